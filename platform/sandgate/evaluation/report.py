@@ -1,0 +1,154 @@
+"""The evaluation report: a contract other tools rely on (``sandgate evaluate --json``).
+
+Fields are only ever added, never renamed or removed, within ``schema_version`` 1.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "Verdict",
+    "ReasonCode",
+    "Reason",
+    "TestOutcome",
+    "TestCase",
+    "TestSummary",
+    "FileCoverage",
+    "CoverageSummary",
+    "Finding",
+    "SandboxInfo",
+    "EvaluationReport",
+]
+
+
+class Verdict(str, Enum):
+    passed = "passed"
+    failed = "failed"  # the skill's fault
+    rejected = "rejected"  # invalid submission, nothing ran
+    error = "error"  # the infrastructure's fault, never counted against the skill
+
+
+class ReasonCode(str, Enum):
+    invalid_submission = "invalid_submission"
+    syntax_error = "syntax_error"
+    policy_violation = "policy_violation"
+    tests_failed = "tests_failed"
+    no_tests = "no_tests"
+    tests_not_run = "tests_not_run"
+    coverage_below_threshold = "coverage_below_threshold"
+    branch_coverage_below_threshold = "branch_coverage_below_threshold"
+    timeout = "timeout"
+    memory_limit = "memory_limit"
+    pids_limit = "pids_limit"
+    output_limit = "output_limit"
+    crashed = "crashed"
+    infrastructure = "infrastructure"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class Reason(_Model):
+    code: ReasonCode
+    message: str
+
+
+TestOutcome = Literal["passed", "failed", "error", "skipped", "xfailed", "xpassed"]
+
+
+class TestCase(_Model):
+    __test__ = False  # not a pytest test class
+
+    nodeid: str
+    outcome: TestOutcome
+    duration_seconds: float = 0.0
+    message: str | None = None
+
+
+class TestSummary(_Model):
+    __test__ = False
+
+    collected: int = 0
+    passed: int = 0
+    failed: int = 0
+    errors: int = 0
+    skipped: int = 0
+    xfailed: int = 0
+    xpassed: int = 0
+    #: pytest's own exit status inside the sandbox (None: it never finished)
+    exit_status: int | None = None
+    cases: list[TestCase] = Field(default_factory=list)
+
+    @property
+    def executed(self) -> int:
+        return self.passed + self.failed + self.errors + self.xpassed
+
+
+class FileCoverage(_Model):
+    path: str
+    statements: int
+    missed_lines: list[int] = Field(default_factory=list)
+    branches: int = 0
+    missed_branches: int = 0
+    line_percent: float = 100.0
+
+
+class CoverageSummary(_Model):
+    line_percent: float = 0.0
+    branch_percent: float = 0.0
+    statements: int = 0
+    covered_lines: int = 0
+    branches: int = 0
+    covered_branches: int = 0
+    files: list[FileCoverage] = Field(default_factory=list)
+
+
+class Finding(_Model):
+    rule_id: str
+    severity: Literal["info", "low", "medium", "high", "critical"]
+    path: str
+    line: int
+    message: str
+
+
+class SandboxInfo(_Model):
+    runtime: str
+    image: str
+    image_id: str | None = None
+    exit_code: int | None = None
+    timed_out: bool = False
+    oom_killed: bool = False
+    pids_limited: bool = False
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int | None = None
+    output_truncated: bool = False
+    container_id: str | None = None
+
+
+class EvaluationReport(_Model):
+    schema_version: Literal[1] = 1
+    evaluation_id: str
+    verdict: Verdict
+    reasons: list[Reason] = Field(default_factory=list)
+    skill: str | None = None
+    content_hash: str | None = None
+    policy: str | None = None
+    policy_hash: str | None = None
+    tests: TestSummary = Field(default_factory=TestSummary)
+    coverage: CoverageSummary | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    sandbox: SandboxInfo | None = None
+    #: seconds per phase: intake, static, dynamic, total (and container start/stop)
+    timings: dict[str, float] = Field(default_factory=dict)
+    #: the skill's captured output (capped), for people reading a failure
+    output: str = ""
+    #: plain statements of what this verdict does not guarantee
+    limits: list[str] = Field(default_factory=list)
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
