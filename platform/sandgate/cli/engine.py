@@ -1,7 +1,69 @@
+"""``sandgate doctor``, ``sandgate image build``, ``sandgate reap``."""
+
 from __future__ import annotations
 
+import json
+from typing import Annotated, Optional
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from sandgate.cli.common import fail
+
+image_app = typer.Typer(help="Build and inspect the sandbox image.", no_args_is_help=True)
+console = Console()
+
+
+def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Report whether a Docker engine answers, its runtimes, and the sandbox image."""
+    from sandgate.sandbox.doctor import diagnose
+
+    diagnosis = diagnose()
+    if as_json:
+        typer.echo(json.dumps(diagnosis.to_dict(), indent=2))
+    else:
+        table = Table(title="sandgate doctor", show_lines=False)
+        table.add_column("check")
+        table.add_column("status")
+        table.add_column("detail", overflow="fold")
+        for check in diagnosis.checks:
+            status = "[green]ok[/]" if check.ok else ("[red]FAIL[/]" if check.required else "[yellow]warn[/]")
+            table.add_row(check.name, status, check.detail)
+        console.print(table)
+        console.print("[green]ready[/]" if diagnosis.ready else "[red]not ready[/]")
+    raise typer.Exit(0 if diagnosis.ready else 1)
+
+
+@image_app.command("build")
+def image_build(
+    base: Annotated[Optional[str], typer.Option(help="Base image with python3 (default: an offline debootstrap base).")] = None,
+    tag: Annotated[Optional[str], typer.Option(help="Image tag (default: settings.image).")] = None,
+) -> None:
+    """Build the sandbox image offline (cached: a rebuild with no change takes seconds)."""
+    from sandgate.sandbox.image import build_image
+
+    try:
+        info = build_image(base=base, tag=tag, say=lambda m: console.print(f"[dim]{m}[/]"))
+    except Exception as exc:  # noqa: BLE001 - translated at the edge
+        fail(exc)
+    console.print(f"{info.tag} {info.id[7:19]} {info.size_bytes / 1e6:.0f} MB "
+                  + " ".join(f"{k}={v}" for k, v in sorted(info.toolchain.items())))
+
+
+def reap() -> None:
+    """Remove every leftover sandbox container (label sandgate.managed=true)."""
+    from sandgate.sandbox import connect
+    from sandgate.sandbox import reap as reap_containers
+
+    try:
+        removed = reap_containers(connect())
+    except Exception as exc:  # noqa: BLE001
+        fail(exc)
+    console.print(f"removed {len(removed)} container(s)")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    app.command()(doctor)
+    app.command()(reap)
+    app.add_typer(image_app, name="image")

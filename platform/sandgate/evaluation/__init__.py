@@ -1,1 +1,157 @@
-"""evaluation."""
+"""Evaluation: one run of a version under a policy, in one sandbox.
+
+static phase (semgrep on the stored bytes, before any submitted code runs)
+→ dynamic phase (pytest + coverage) → report → gates → verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sandgate.errors import InfrastructureError
+from sandgate.evaluation.parse import build_report
+from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, SandboxInfo, Verdict
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sandgate.config import Settings
+    from sandgate.policy import Policy
+    from sandgate.submission import Submission
+
+__all__ = ["evaluate", "evaluate_path", "rejected_report", "rules_files", "LIMITS_STATEMENTS"]
+
+#: what a verdict does not guarantee; carried in every report
+LIMITS_STATEMENTS = [
+    "Test results and coverage are produced inside the process that runs the submitted code; "
+    "they travel on an authenticated channel whose key the static rules make hard, not "
+    "impossible, to steal. A passed verdict means the gates held, not that the code is safe.",
+    "The static phase is pattern matching (semgrep): obfuscated or novel behaviour can evade it; "
+    "the sandbox (no network, no capabilities, limits) is what contains it.",
+    "Coverage measures lines and branches executed by the submitted tests, not the quality "
+    "of their assertions.",
+]
+
+
+def rules_files(rules_dir: Path) -> dict[str, bytes]:
+    """The platform's semgrep rules (never the submission's)."""
+    files = {}
+    for path in sorted(rules_dir.glob("*.y*ml")):
+        files[path.name] = path.read_bytes()
+    return files
+
+
+def evaluate(
+    submission: Submission,
+    *,
+    policy: Policy,
+    evaluation_id: str | None = None,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] = lambda _phase: None,
+) -> EvaluationReport:
+    """Evaluate ``submission`` under ``policy`` in a fresh sandbox and return the report.
+
+    Never raises for the skill's faults (they are in the verdict) nor for the
+    infrastructure's (verdict ``error`` with reason ``infrastructure``).
+    """
+    from sandgate.config import get_settings
+    from sandgate.policy import decide, effective_limits
+    from sandgate.sandbox import SandboxLimits, connect, make_payload, require_image, run_sandbox
+
+    settings = settings or get_settings()
+    evaluation_id = evaluation_id or uuid.uuid4().hex
+    started = time.monotonic()
+    limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
+    sandbox_limits = SandboxLimits(
+        runtime=limits.runtime,
+        timeout_seconds=float(limits.timeout_seconds),
+        memory_mb=int(limits.memory_mb),
+        pids=int(limits.pids),
+        cpus=float(limits.cpus),
+        output_kb=int(limits.output_kb),
+        work_disk_mb=int(limits.work_disk_mb),
+    )
+    base = EvaluationReport(
+        evaluation_id=evaluation_id,
+        verdict=Verdict.error,
+        skill=submission.name,
+        content_hash=submission.content_hash,
+        policy=policy.name,
+        policy_hash=policy.hash,
+        limits=list(LIMITS_STATEMENTS),
+    )
+    try:
+        progress("sandbox")
+        client = connect(settings)
+        image = require_image(client, settings.image)
+        files = {f"skill/{path}": data for path, data in submission.files.items()}
+        files.update({f"rules/{name}": data
+                      for name, data in rules_files(settings.policies_dir / "semgrep").items()})
+        files["config.json"] = json.dumps({
+            "timeout_seconds": sandbox_limits.timeout_seconds,
+            "output_bytes": sandbox_limits.output_kb * 1024,
+            "tests": submission.test_files(),
+            "blocked_severities": list(policy.gates.blocked_severities),
+            "fail_fast": False,
+        }).encode()
+        run = run_sandbox(
+            client,
+            image=settings.image,
+            payload=make_payload(files),
+            limits=sandbox_limits,
+            evaluation_id=evaluation_id,
+            kill_grace=settings.sandbox_kill_grace,
+        )
+        progress("report")
+        report = build_report(base, run, image_id=image.id)
+    except InfrastructureError as exc:
+        report = base.model_copy(update={
+            "reasons": [Reason(code=ReasonCode.infrastructure, message=str(exc))],
+        })
+    report.timings["total"] = round(time.monotonic() - started, 4)
+    verdict, reasons = decide(report, policy)
+    return report.model_copy(update={"verdict": verdict, "reasons": reasons})
+
+
+def rejected_report(exc: Exception, *, policy: Policy | None = None, skill: str | None = None,
+                    evaluation_id: str | None = None) -> EvaluationReport:
+    """The report of a submission that intake refused: verdict ``rejected``, nothing ran."""
+    code = getattr(exc, "code", ReasonCode.invalid_submission.value)
+    if code not in ReasonCode.__members__:
+        code = ReasonCode.invalid_submission.value
+    return EvaluationReport(
+        evaluation_id=evaluation_id or uuid.uuid4().hex,
+        verdict=Verdict.rejected,
+        reasons=[Reason(code=ReasonCode(code), message=str(exc))],
+        skill=skill,
+        policy=policy.name if policy else None,
+        policy_hash=policy.hash if policy else None,
+    )
+
+
+def evaluate_path(
+    path: str | Path,
+    *,
+    policy: Policy,
+    settings: Settings | None = None,
+    progress: Callable[[str], None] = lambda _phase: None,
+) -> EvaluationReport:
+    """Intake + evaluation of a skill directory or archive; intake refusals become ``rejected``."""
+    from sandgate.errors import SubmissionError
+    from sandgate.submission import load_submission
+
+    started = time.monotonic()
+    progress("intake")
+    try:
+        submission = load_submission(path)
+    except SubmissionError as exc:
+        report = rejected_report(exc, policy=policy)
+        report.timings["intake"] = round(time.monotonic() - started, 4)
+        return report
+    intake = time.monotonic() - started
+    report = evaluate(submission, policy=policy, settings=settings, progress=progress)
+    report.timings["intake"] = round(intake, 4)
+    return report

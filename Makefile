@@ -1,0 +1,42 @@
+# sandgate — the two commands a new user needs:  make demo   and   make test
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+
+.PHONY: setup engine image demo test test-fast bench clean
+
+$(BIN)/sandgate: pyproject.toml requirements.lock
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	@touch $@
+
+## setup: the virtual environment from the lock file
+setup: $(BIN)/sandgate
+
+## engine: a Docker engine that answers (installs and starts one on Debian as root)
+engine:
+	@bash sandbox_images/engine.sh
+
+## image: the sandbox image, built offline (cached)
+image: setup engine
+	$(BIN)/sandgate image build
+
+## demo: the main job end to end on the embedded default (SQLite + local Docker)
+demo: image
+	$(BIN)/python examples/demo.py
+
+## test: the whole suite against a real Docker engine and a real PostgreSQL
+test: image
+	@bash tests/ensure_postgres.sh
+	$(BIN)/pytest
+
+## bench: the benchmarks (ratios against floors measured in the same run)
+bench: image
+	$(BIN)/python bench/bench_evaluate.py
+
+clean:
+	rm -rf $(VENV) .sandgate .pytest_cache

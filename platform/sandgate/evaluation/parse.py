@@ -1,0 +1,157 @@
+"""Turn the harness's result into report fields. Defensive: every field is checked.
+
+The harness line is trusted (no submitted code holds its stdout), but the test
+results inside it were produced in the process that ran submitted code, so
+their shape is validated here, never assumed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from sandgate.evaluation.report import (
+    CoverageSummary,
+    EvaluationReport,
+    FileCoverage,
+    Finding,
+    Reason,
+    ReasonCode,
+    SandboxInfo,
+    TestCase,
+    TestSummary,
+)
+from sandgate.sandbox import SandboxRun
+
+__all__ = ["build_report"]
+
+_OUTCOME_FIELD = {"passed": "passed", "failed": "failed", "error": "errors", "skipped": "skipped",
+                  "xfailed": "xfailed", "xpassed": "xpassed"}
+
+
+def _pct(covered: int, total: int) -> float:
+    return round(100.0 * covered / total, 2) if total else 100.0
+
+
+def _coverage(data: Any) -> CoverageSummary | None:
+    if not isinstance(data, dict) or "totals" not in data:
+        return None
+    totals = data["totals"]
+    files = []
+    for path, item in sorted((data.get("files") or {}).items()):
+        summary = item.get("summary", {})
+        files.append(FileCoverage(
+            path=str(path),
+            statements=int(summary.get("num_statements", 0)),
+            missed_lines=[int(x) for x in item.get("missing_lines", [])][:1000],
+            branches=int(summary.get("num_branches", 0)),
+            missed_branches=int(summary.get("missing_branches", 0)),
+            line_percent=_pct(int(summary.get("covered_lines", 0)), int(summary.get("num_statements", 0))),
+        ))
+    statements, covered = int(totals.get("num_statements", 0)), int(totals.get("covered_lines", 0))
+    branches, covered_b = int(totals.get("num_branches", 0)), int(totals.get("covered_branches", 0))
+    return CoverageSummary(
+        line_percent=_pct(covered, statements),
+        branch_percent=_pct(covered_b, branches),
+        statements=statements,
+        covered_lines=covered,
+        branches=branches,
+        covered_branches=covered_b,
+        files=files,
+    )
+
+
+def _tests(result: dict[str, Any]) -> TestSummary:
+    summary = TestSummary(collected=int(result.get("collected", 0)),
+                          exit_status=result.get("exit_status"))
+    counts = dict.fromkeys(_OUTCOME_FIELD.values(), 0)
+    cases = []
+    for raw in result.get("cases", [])[:5000]:
+        outcome = raw.get("outcome") or "error"
+        case = TestCase(
+            nodeid=str(raw.get("nodeid", ""))[:500],
+            outcome=outcome if outcome in _OUTCOME_FIELD else "error",
+            duration_seconds=round(float(raw.get("duration_seconds", 0.0)), 6),
+            message=(str(raw["message"])[:4000] if raw.get("message") else None),
+        )
+        counts[_OUTCOME_FIELD[case.outcome]] += 1
+        cases.append(case)
+    for err in result.get("collect_errors", [])[:100]:
+        counts["errors"] += 1
+        cases.append(TestCase(nodeid=str(err.get("nodeid", "<collection>"))[:500], outcome="error",
+                              message="collection error: " + str(err.get("message", ""))[:4000]))
+    return summary.model_copy(update={**counts, "cases": cases})
+
+
+def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | None) -> EvaluationReport:
+    reasons: list[Reason] = []
+    harness = run.harness or {}
+    cgroup = harness.get("cgroup") or {}
+    dynamic = harness.get("dynamic") or {}
+    static = harness.get("static") or {}
+    oom = run.oom_killed or bool(cgroup.get("oom_kills"))
+    timed_out = run.timed_out or bool(dynamic.get("timed_out"))
+    sandbox = SandboxInfo(
+        runtime=run.runtime,
+        image=run.image,
+        image_id=image_id,
+        exit_code=run.exit_code,
+        timed_out=timed_out,
+        oom_killed=oom,
+        pids_limited=bool(cgroup.get("pids_max_hits")),
+        wall_seconds=round(run.wall_seconds, 4),
+        peak_memory_bytes=cgroup.get("peak_memory_bytes"),
+        output_truncated=bool(dynamic.get("output_truncated")),
+        container_id=run.container_id,
+    )
+    timings = {f"sandbox_{k}": round(v, 4) for k, v in run.timings.items()}
+    for key, value in (harness.get("timings") or {}).items():
+        if isinstance(value, (int, float)):
+            timings[key] = round(float(value), 4)
+    update: dict[str, Any] = {"sandbox": sandbox, "timings": timings,
+                              "output": str(dynamic.get("output", ""))}
+
+    if run.harness is None:
+        if timed_out:
+            reasons.append(Reason(code=ReasonCode.timeout,
+                                  message=f"the sandbox was killed from outside after {run.wall_seconds:.1f}s"))
+        elif oom:
+            reasons.append(Reason(code=ReasonCode.memory_limit, message="the sandbox ran out of memory"))
+        else:
+            reasons.append(Reason(code=ReasonCode.infrastructure,
+                                  message=f"the sandbox gave no result: {run.problem}"))
+        return base.model_copy(update={**update, "reasons": reasons})
+    if "harness_error" in harness:
+        reasons.append(Reason(code=ReasonCode.infrastructure, message=str(harness["harness_error"])))
+        return base.model_copy(update={**update, "reasons": reasons})
+
+    # Static phase
+    if static and not static.get("ran"):
+        reasons.append(Reason(code=ReasonCode.infrastructure,
+                              message="the static phase did not complete: " + "; ".join(static.get("errors", []))))
+    try:
+        update["findings"] = [Finding(**f) for f in static.get("findings", [])]
+    except (ValidationError, TypeError) as exc:
+        reasons.append(Reason(code=ReasonCode.infrastructure, message=f"unreadable semgrep findings: {exc}"))
+
+    # Dynamic phase
+    result = dynamic.get("result")
+    if dynamic.get("ran") and isinstance(result, dict):
+        try:
+            update["tests"] = _tests(result)
+            update["coverage"] = _coverage(result.get("coverage"))
+        except (ValidationError, TypeError, ValueError, AttributeError) as exc:
+            reasons.append(Reason(code=ReasonCode.crashed, message=f"the test results were malformed: {exc}"))
+    elif dynamic.get("ran"):
+        detail = dynamic.get("problem") or "no results"
+        if dynamic.get("signal"):
+            detail += f" (test process killed by {dynamic['signal']})"
+        elif dynamic.get("returncode") not in (None, 0):
+            detail += f" (test process exit code {dynamic['returncode']})"
+        if not (timed_out or oom or sandbox.output_truncated):
+            reasons.append(Reason(code=ReasonCode.crashed, message=detail))
+        update["tests"] = TestSummary()
+    if dynamic.get("problem") and isinstance(result, dict):
+        reasons.append(Reason(code=ReasonCode.crashed, message=str(dynamic["problem"])))
+    return base.model_copy(update={**update, "reasons": reasons})

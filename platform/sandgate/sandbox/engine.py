@@ -1,0 +1,63 @@
+"""The Docker engine: connect with a named timeout, describe it, fail clearly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+from docker.errors import DockerException
+
+from sandgate.config import Settings, get_settings
+from sandgate.errors import EngineUnavailable
+
+__all__ = ["EngineInfo", "connect", "engine_info"]
+
+ENGINE_HINT = (
+    "start a Docker engine (on Debian as root, `bash sandbox_images/engine.sh` installs "
+    "and starts one; elsewhere see https://docs.docker.com/engine/install/)"
+)
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    version: str
+    api_version: str
+    runtimes: list[str] = field(default_factory=list)
+    default_runtime: str = "runc"
+    cgroup_version: str | None = None
+    security_options: list[str] = field(default_factory=list)
+    architecture: str = ""
+
+
+def connect(settings: Settings | None = None) -> docker.DockerClient:
+    """A client whose every API call times out after ``docker_api_timeout`` seconds.
+
+    Raises :class:`EngineUnavailable` when no engine answers.
+    """
+    settings = settings or get_settings()
+    try:
+        client = docker.from_env(timeout=int(max(1, settings.docker_api_timeout)))
+        client.ping()
+    except DockerException as exc:
+        raise EngineUnavailable(f"no Docker engine answers ({exc}); {ENGINE_HINT}") from exc
+    except Exception as exc:  # requests/urllib3 errors that docker-py does not wrap
+        raise EngineUnavailable(f"no Docker engine answers ({exc}); {ENGINE_HINT}") from exc
+    return client
+
+
+def engine_info(client: docker.DockerClient) -> EngineInfo:
+    try:
+        info: dict[str, Any] = client.info()
+        version: dict[str, Any] = client.version()
+    except DockerException as exc:
+        raise EngineUnavailable(f"the Docker engine stopped answering ({exc})") from exc
+    return EngineInfo(
+        version=str(version.get("Version", "?")),
+        api_version=str(version.get("ApiVersion", "?")),
+        runtimes=sorted((info.get("Runtimes") or {}).keys()),
+        default_runtime=str(info.get("DefaultRuntime", "runc")),
+        cgroup_version=info.get("CgroupVersion"),
+        security_options=list(info.get("SecurityOptions") or []),
+        architecture=str(info.get("Architecture", "")),
+    )

@@ -1,0 +1,255 @@
+"""Run one sandbox: an ephemeral, hardened container, used once, always removed.
+
+The payload (skill files, rules, run config) goes in as a tar stream on the
+container's stdin; the harness's single JSON line comes back on its stdout and
+is read only after the container has stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import tarfile
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, NotFound
+
+from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
+
+__all__ = [
+    "MANAGED_LABEL",
+    "EVALUATION_LABEL",
+    "SANDBOX_UID",
+    "SandboxLimits",
+    "SandboxRun",
+    "hardened_host_config",
+    "make_payload",
+    "reap",
+    "run_sandbox",
+]
+
+MANAGED_LABEL = "sandgate.managed"
+EVALUATION_LABEL = "sandgate.evaluation"
+SANDBOX_UID = 10001
+MAX_HARNESS_OUTPUT = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    runtime: str = "runc"
+    timeout_seconds: float = 60.0
+    memory_mb: int = 512
+    pids: int = 128
+    cpus: float = 1.0
+    output_kb: int = 256
+    work_disk_mb: int = 64
+
+
+@dataclass
+class SandboxRun:
+    harness: dict[str, Any] | None
+    exit_code: int | None
+    timed_out: bool
+    oom_killed: bool
+    wall_seconds: float
+    container_id: str | None
+    runtime: str
+    image: str
+    timings: dict[str, float] = field(default_factory=dict)
+    problem: str | None = None
+
+
+def make_payload(files: Mapping[str, bytes]) -> bytes:
+    """An uncompressed tar of regular files, deterministic (mtime 0, root-owned, 0644)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in sorted(files):
+            data = files[name]
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def hardened_host_config(api: docker.APIClient, limits: SandboxLimits) -> dict[str, Any]:
+    """Network none, read-only root, no capabilities, no new privileges, default seccomp,
+    memory = memory+swap, pids/CPU/file-size limits, size-capped tmpfs, no mounts."""
+    memory = int(limits.memory_mb) * 1024 * 1024
+    disk = int(limits.work_disk_mb) * 1024 * 1024
+    tmpfs_opts = f"rw,nosuid,nodev,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
+    return api.create_host_config(
+        network_mode="none",
+        read_only=True,
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        mem_limit=memory,
+        memswap_limit=memory,
+        pids_limit=int(limits.pids),
+        nano_cpus=int(limits.cpus * 1e9),
+        tmpfs={
+            "/work": f"{tmpfs_opts},size={disk}",
+            "/tmp": f"{tmpfs_opts},noexec,size={disk}",
+        },
+        shm_size=16 * 1024 * 1024,
+        ulimits=[
+            docker.types.Ulimit(name="nofile", soft=256, hard=256),
+            docker.types.Ulimit(name="fsize", soft=disk, hard=disk),
+            docker.types.Ulimit(name="core", soft=0, hard=0),
+        ],
+        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "64m", "max-file": "1"}),
+        runtime=limits.runtime,
+        init=False,
+        privileged=False,
+        ipc_mode="private",
+    )
+
+
+def _stdin_write(api: docker.APIClient, container_id: str, payload: bytes) -> None:
+    sock = api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.sendall(payload)
+        raw.shutdown(socket.SHUT_WR)
+    finally:
+        sock.close()
+
+
+def run_sandbox(
+    client: docker.DockerClient,
+    *,
+    image: str,
+    payload: bytes,
+    limits: SandboxLimits,
+    evaluation_id: str | None = None,
+    kill_grace: float = 5.0,
+) -> SandboxRun:
+    """Run the harness once. Raises InfrastructureError when the sandbox itself failed."""
+    api = client.api
+    evaluation_id = evaluation_id or uuid.uuid4().hex
+    timings: dict[str, float] = {}
+    started = time.monotonic()
+    container_id: str | None = None
+    try:
+        try:
+            created = api.create_container(
+                image,
+                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+                stdin_open=True,
+                network_disabled=True,
+                hostname="sandbox",
+                environment={},
+                labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id},
+                name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
+                host_config=hardened_host_config(api, limits),
+            )
+        except APIError as exc:
+            if "runtime" in str(exc).lower() and limits.runtime != "runc":
+                raise RuntimeUnavailable(
+                    f"the Docker engine has no runtime {limits.runtime!r}: {exc.explanation}"
+                ) from exc
+            raise InfrastructureError(f"could not create the sandbox: {exc.explanation or exc}") from exc
+        container_id = created["Id"]
+        timings["create"] = time.monotonic() - started
+
+        t = time.monotonic()
+        try:
+            api.start(container_id)
+            _stdin_write(api, container_id, payload)
+        except APIError as exc:
+            if limits.runtime != "runc" and "runtime" in str(exc).lower():
+                raise RuntimeUnavailable(f"runtime {limits.runtime!r} failed to start: {exc}") from exc
+            raise InfrastructureError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+        timings["start"] = time.monotonic() - t
+
+        t = time.monotonic()
+        timed_out = False
+        try:
+            status = api.wait(container_id, timeout=limits.timeout_seconds + kill_grace)
+            exit_code: int | None = int(status.get("StatusCode", -1))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            timed_out = True
+            try:
+                api.kill(container_id)
+            except (APIError, NotFound):
+                pass
+            status = api.wait(container_id, timeout=30)
+            exit_code = int(status.get("StatusCode", -1))
+        timings["wait"] = time.monotonic() - t
+
+        t = time.monotonic()
+        state = api.inspect_container(container_id)["State"]
+        logs = api.logs(container_id, stdout=True, stderr=False)
+        stderr = api.logs(container_id, stdout=False, stderr=True, tail=50)
+        timings["collect"] = time.monotonic() - t
+    except DockerException as exc:
+        raise InfrastructureError(f"the Docker engine failed during the sandbox run: {exc}") from exc
+    except requests.exceptions.RequestException as exc:
+        raise InfrastructureError(f"the Docker engine stopped answering: {exc}") from exc
+    finally:
+        if container_id is not None:
+            t = time.monotonic()
+            _remove(api, container_id)
+            timings["remove"] = time.monotonic() - t
+
+    harness, problem = _parse_harness(logs, stderr)
+    return SandboxRun(
+        harness=harness,
+        exit_code=exit_code,
+        timed_out=timed_out,
+        oom_killed=bool(state.get("OOMKilled")),
+        wall_seconds=time.monotonic() - started,
+        container_id=container_id,
+        runtime=limits.runtime,
+        image=image,
+        timings=timings,
+        problem=problem,
+    )
+
+
+def _parse_harness(logs: bytes, stderr: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    if len(logs) > MAX_HARNESS_OUTPUT:
+        return None, "the harness output exceeded its cap"
+    lines = [line for line in logs.splitlines() if line.strip()]
+    if not lines:
+        tail = stderr.decode("utf-8", "replace").strip()[-1500:]
+        return None, f"the harness wrote no result{': ' + tail if tail else ''}"
+    try:
+        data = json.loads(lines[-1])
+    except ValueError:
+        return None, "the harness result is not JSON"
+    if not isinstance(data, dict):
+        return None, "the harness result is not an object"
+    return data, None
+
+
+def _remove(api: docker.APIClient, container_id: str) -> None:
+    for attempt in range(3):
+        try:
+            api.remove_container(container_id, force=True, v=True)
+            return
+        except NotFound:
+            return
+        except (APIError, requests.exceptions.RequestException):
+            time.sleep(0.2 * (attempt + 1))
+    raise SandboxFailure(f"could not remove sandbox container {container_id[:12]}")
+
+
+def reap(client: docker.DockerClient, *, evaluation_id: str | None = None) -> list[str]:
+    """Remove every container labelled ``sandgate.managed=true`` (optionally one evaluation's)."""
+    filters = {"label": [f"{MANAGED_LABEL}=true"]}
+    if evaluation_id:
+        filters["label"].append(f"{EVALUATION_LABEL}={evaluation_id}")
+    removed = []
+    for container in client.api.containers(all=True, filters=filters):
+        _remove(client.api, container["Id"])
+        removed.append(container["Id"])
+    return removed

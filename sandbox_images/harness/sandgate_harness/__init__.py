@@ -1,0 +1,22 @@
+"""The in-container harness of sandgate. Runs as the sandbox's PID 1.
+
+It is the only trusted code inside the sandbox. It receives the payload (skill
+files, semgrep rules, run config) as a tar stream on stdin, runs the static
+phase (semgrep's native engine, before any submitted code runs), then the
+dynamic phase (pytest + coverage in a child process), and writes ONE JSON line
+to its stdout, which no other process in the container holds.
+
+Trust boundary:
+- semgrep's findings are read from semgrep's own pipe before submitted code runs.
+- test results and coverage come from the child through a pipe, as frames
+  authenticated with an HMAC key that the child reads from a second pipe and
+  closes *before* importing submitted code; forging a frame needs that key from
+  the runner's memory, which the static rules (frame walking, gc, sys.modules,
+  _pytest/coverage internals) make hard.  This is "hard to fake", not
+  "impossible to fake": the report states it.
+- after the child exits, every other process in the container is SIGKILLed
+  before results are accepted; the harness is non-dumpable (no ptrace, no
+  /proc/1/fd by the same uid) and, as PID 1, ignores signals from inside.
+"""
+
+PROTOCOL = 1

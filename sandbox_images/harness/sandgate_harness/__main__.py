@@ -1,0 +1,253 @@
+"""Harness entry point (PID 1 of the sandbox). See the package docstring."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+from sandgate_harness import PROTOCOL
+from sandgate_harness.payload import PayloadError, read_payload, write_tree
+from sandgate_harness.runner import MAGIC
+from sandgate_harness.static import run_static
+
+WORK = "/work"
+SKILL_DIR = "/work/skill"
+RULES_DIR = "/work/rules"
+MAX_RESULT = 16 * 1024 * 1024
+
+
+def _non_dumpable() -> None:
+    """PR_SET_DUMPABLE=0: no ptrace, no /proc/1/{mem,fd,environ} for same-uid processes."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(4, 0, 0, 0, 0)
+    except Exception:  # noqa: BLE001 - best effort; reported below
+        pass
+
+
+def _read_first(paths: list[str]) -> str | None:
+    for path in paths:
+        try:
+            with open(path) as handle:
+                return handle.read()
+        except OSError:
+            continue
+    return None
+
+
+def cgroup_stats() -> dict[str, Any]:
+    """Peak memory, OOM kills and pids-limit hits, cgroup v2 or v1, best effort."""
+    stats: dict[str, Any] = {"peak_memory_bytes": None, "oom_kills": None, "pids_max_hits": None}
+    peak = _read_first(["/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes"])
+    if peak and peak.strip().isdigit():
+        stats["peak_memory_bytes"] = int(peak.strip())
+    events = _read_first(["/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control"])
+    if events:
+        for line in events.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                stats["oom_kills"] = int(value)
+    pids = _read_first(["/sys/fs/cgroup/pids.events", "/sys/fs/cgroup/pids/pids.events"])
+    if pids:
+        for line in pids.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "max" and value.strip().isdigit():
+                stats["pids_max_hits"] = int(value)
+    return stats
+
+
+class _CappedReader(threading.Thread):
+    """Drain a pipe into a bounded buffer; call on_overflow once when the cap is hit."""
+
+    def __init__(self, fd: int, cap: int, on_overflow: Any = None) -> None:
+        super().__init__(daemon=True)
+        self.fd, self.cap, self.on_overflow = fd, cap, on_overflow
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.truncated = False
+
+    def run(self) -> None:
+        while True:
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            room = self.cap - self.size
+            if room > 0:
+                self.chunks.append(chunk[:room])
+                self.size += min(room, len(chunk))
+            if len(chunk) > room and not self.truncated:
+                self.truncated = True
+                if self.on_overflow is not None:
+                    self.on_overflow()
+        os.close(self.fd)
+
+    def data(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+def _kill_everything_else() -> None:
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def parse_frames(key: bytes, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """Return the last authentic result frame, or an explanation of why there is none."""
+    result, offset, problem = None, 0, None
+    while offset < len(data):
+        head = data[offset:offset + 40]
+        if len(head) < 40 or head[:4] != MAGIC:
+            return result, "the result channel carried bytes that are not a result frame"
+        (length,) = struct.unpack(">I", head[4:8])
+        mac, payload = head[8:40], data[offset + 40:offset + 40 + length]
+        if len(payload) != length:
+            return result, "the result frame was cut short"
+        if not hmac.compare_digest(mac, hmac.new(key, payload, hashlib.sha256).digest()):
+            return result, "a result frame failed authentication (forged results)"
+        try:
+            result = json.loads(payload)
+        except ValueError:
+            return None, "an authentic result frame did not parse"
+        offset += 40 + length
+    if result is None and problem is None:
+        problem = "the test process exited without reporting results"
+    return result, problem
+
+
+def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
+    key = os.urandom(32)
+    key_r, key_w = os.pipe()
+    res_r, res_w = os.pipe()
+    out_r, out_w = os.pipe()
+    runner_config = {"skill_dir": SKILL_DIR, "tests": config["tests"]}
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp/home",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    os.makedirs("/tmp/home", exist_ok=True)
+
+    def preexec() -> None:
+        try:
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("1000")  # the OOM killer takes the test process, not the harness
+        except OSError:
+            pass
+
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "sandgate_harness.runner", str(key_r), str(res_w),
+         json.dumps(runner_config)],
+        cwd=SKILL_DIR, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+        pass_fds=(key_r, res_w), start_new_session=True, preexec_fn=preexec,
+    )
+    os.close(key_r)
+    os.close(res_w)
+    os.close(out_w)
+    os.write(key_w, key)
+    os.close(key_w)
+
+    output_flooded = threading.Event()
+
+    def on_flood() -> None:
+        output_flooded.set()
+        _kill_everything_else()
+
+    out_reader = _CappedReader(out_r, int(config["output_bytes"]), on_flood)
+    res_reader = _CappedReader(res_r, MAX_RESULT, _kill_everything_else)
+    out_reader.start()
+    res_reader.start()
+
+    timed_out = False
+    try:
+        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        _kill_everything_else()
+        returncode = proc.wait()
+    # Daemonised children die here, before any result is accepted.
+    _kill_everything_else()
+    out_reader.join(5)
+    res_reader.join(5)
+    seconds = time.monotonic() - started
+
+    result, problem = parse_frames(key, res_reader.data())
+    if res_reader.truncated:
+        result, problem = None, "the result channel exceeded its size cap"
+    signal_name = None
+    if returncode < 0:
+        try:
+            signal_name = signal.Signals(-returncode).name
+        except ValueError:
+            signal_name = str(-returncode)
+    return {
+        "ran": True,
+        "result": result,
+        "problem": problem,
+        "returncode": returncode,
+        "signal": signal_name,
+        "timed_out": timed_out,
+        "output": out_reader.data().decode("utf-8", "replace"),
+        "output_truncated": out_reader.truncated or output_flooded.is_set(),
+        "seconds": seconds,
+    }
+
+
+def main() -> int:
+    started = time.monotonic()
+    _non_dumpable()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    out: dict[str, Any] = {"protocol": PROTOCOL, "timings": {}}
+    try:
+        files = read_payload(sys.stdin.buffer)
+        config = json.loads(files.pop("config.json"))
+        skill = {k[len("skill/"):]: v for k, v in files.items() if k.startswith("skill/")}
+        rules = {k[len("rules/"):]: v for k, v in files.items() if k.startswith("rules/")}
+        write_tree(SKILL_DIR, skill)
+        write_tree(RULES_DIR, rules)
+    except (PayloadError, KeyError, ValueError, OSError) as exc:
+        out["harness_error"] = f"bad payload: {exc}"
+        print(json.dumps(out), flush=True)
+        return 0
+    out["timings"]["payload"] = time.monotonic() - started
+    deadline = started + float(config["timeout_seconds"])
+
+    if config.get("static", True):
+        targets = sorted(p for p in skill if p.endswith(".py"))
+        out["static"] = run_static(SKILL_DIR, RULES_DIR, targets,
+                                   timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+        out["timings"]["static"] = out["static"]["seconds"]
+        blocked = set(config.get("blocked_severities", []))
+        if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
+            out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
+    if config.get("dynamic", True) and "dynamic" not in out:
+        out["dynamic"] = run_dynamic(config, deadline)
+        out["timings"]["dynamic"] = out["dynamic"]["seconds"]
+    out["cgroup"] = cgroup_stats()
+    out["timings"]["harness_total"] = time.monotonic() - started
+    sys.stdout.write(json.dumps(out) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

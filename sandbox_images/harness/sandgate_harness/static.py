@@ -1,0 +1,92 @@
+"""Static phase: semgrep's native engine over the stored bytes, before any submitted code runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from typing import Any
+
+SEVERITIES = {"critical", "high", "medium", "low", "info"}
+_SEMGREP_SEVERITY = {"ERROR": "high", "WARNING": "medium", "INFO": "low"}
+MAX_SEMGREP_OUTPUT = 16 * 1024 * 1024
+
+
+def semgrep_binary() -> str:
+    import semgrep  # only to locate the package; its Python CLI is not used
+
+    return os.path.join(os.path.dirname(semgrep.__file__), "bin", "semgrep-core")
+
+
+def semgrep_command(rules_dir: str, targets: list[str]) -> list[str]:
+    # argv[0] "osemgrep" selects semgrep-core's native CLI. nosemgrep comments and
+    # ignore files are NOT honoured: the submission must not silence its own scan.
+    return [
+        "osemgrep", "scan", "--experimental", "--config", rules_dir, "--json",
+        "--disable-nosem", "--x-ignore-semgrepignore-files", "--metrics=off",
+        *targets,
+    ]
+
+
+def run_static(skill_dir: str, rules_dir: str, targets: list[str], timeout: float) -> dict[str, Any]:
+    started = time.monotonic()
+    if not targets:
+        return {"ran": True, "findings": [], "errors": [], "seconds": 0.0}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": "/tmp",
+        "SEMGREP_ENABLE_VERSION_CHECK": "0",
+        "SEMGREP_SEND_METRICS": "off",
+        "LANG": "C.UTF-8",
+    }
+    try:
+        proc = subprocess.run(
+            semgrep_command(rules_dir, targets),
+            executable=semgrep_binary(),
+            cwd=skill_dir,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return {"ran": False, "findings": [], "errors": [f"semgrep timed out after {timeout:.1f}s"],
+                "seconds": time.monotonic() - started}
+    seconds = time.monotonic() - started
+    if len(proc.stdout) > MAX_SEMGREP_OUTPUT:
+        return {"ran": False, "findings": [], "errors": ["semgrep output too large"], "seconds": seconds}
+    try:
+        data = json.loads(proc.stdout or b"{}")
+    except ValueError:
+        data = {}
+    if "results" not in data:
+        tail = proc.stderr.decode("utf-8", "replace")[-2000:]
+        return {"ran": False, "findings": [],
+                "errors": [f"semgrep exited {proc.returncode} without results: {tail}"],
+                "seconds": seconds}
+    findings = [_finding(r) for r in data.get("results", [])]
+    errors = [_error(e) for e in data.get("errors", [])]
+    return {"ran": True, "findings": findings, "errors": errors, "seconds": seconds,
+            "scanned": sorted(data.get("paths", {}).get("scanned", []))}
+
+
+def _finding(result: dict[str, Any]) -> dict[str, Any]:
+    extra = result.get("extra") or {}
+    metadata = extra.get("metadata") or {}
+    severity = str(metadata.get("severity", "")).lower()
+    if severity not in SEVERITIES:
+        severity = _SEMGREP_SEVERITY.get(str(extra.get("severity", "")).upper(), "high")
+    return {
+        "rule_id": str(result.get("check_id", "")).rsplit(".", 1)[-1],
+        "severity": severity,
+        "path": str(result.get("path", "")),
+        "line": int((result.get("start") or {}).get("line", 0)),
+        "message": str(extra.get("message", "")).strip(),
+    }
+
+
+def _error(error: dict[str, Any]) -> str:
+    message = error.get("message") or error.get("type") or "semgrep error"
+    path = error.get("path")
+    return f"{path}: {message}" if path else str(message)

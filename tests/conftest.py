@@ -1,0 +1,45 @@
+"""Shared fixtures. Tests that need Docker FAIL (never skip) when no engine answers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from sandgate.config import Settings
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    from sandgate.errors import EngineUnavailable
+    from sandgate.sandbox import connect
+
+    try:
+        return connect(Settings())
+    except EngineUnavailable as exc:
+        pytest.fail(f"this test needs a Docker engine: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def sandbox_image(docker_client) -> str:
+    from sandgate.errors import ImageMissing
+    from sandgate.sandbox import require_image
+
+    settings = Settings()
+    try:
+        require_image(docker_client, settings.image)
+    except ImageMissing as exc:
+        pytest.fail(f"this test needs the sandbox image: {exc} (make image)", pytrace=False)
+    return settings.image
+
+
+@pytest.fixture
+def no_leftovers(docker_client) -> Iterator[None]:
+    """Assert that a test leaves no sandbox container behind (and clean up if it did)."""
+    from sandgate.sandbox import MANAGED_LABEL, reap
+
+    yield
+    left = docker_client.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+    if left:
+        reap(docker_client)
+        pytest.fail(f"{len(left)} sandbox container(s) left behind: {[c['Names'] for c in left]}")
