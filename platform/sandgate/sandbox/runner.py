@@ -85,6 +85,20 @@ def hardened_host_config(api: docker.APIClient, limits: SandboxLimits) -> dict[s
     memory = memory+swap, pids/CPU/file-size limits, size-capped tmpfs, no mounts."""
     memory = int(limits.memory_mb) * 1024 * 1024
     disk = int(limits.work_disk_mb) * 1024 * 1024
+    ulimits = [
+        docker.types.Ulimit(name="nofile", soft=256, hard=256),
+        docker.types.Ulimit(name="fsize", soft=disk, hard=disk),
+        docker.types.Ulimit(name="core", soft=0, hard=0),
+    ]
+    pids = int(limits.pids)
+    if limits.runtime == "runsc":
+        # gVisor's sentry and (ptrace platform) one host stub per guest process all
+        # count against the container's pids cgroup: a guest fork bomb would kill the
+        # sentry itself. The guest limit is enforced inside gVisor's kernel with
+        # RLIMIT_NPROC (per sandbox there, unlike runc where it is per host uid);
+        # the cgroup keeps a host-side ceiling.
+        ulimits.append(docker.types.Ulimit(name="nproc", soft=pids, hard=pids))
+        pids = max(1024, pids * 16)
     tmpfs_opts = f"rw,nosuid,nodev,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
     return api.create_host_config(
         network_mode="none",
@@ -93,18 +107,14 @@ def hardened_host_config(api: docker.APIClient, limits: SandboxLimits) -> dict[s
         security_opt=["no-new-privileges:true"],
         mem_limit=memory,
         memswap_limit=memory,
-        pids_limit=int(limits.pids),
+        pids_limit=pids,
         nano_cpus=int(limits.cpus * 1e9),
         tmpfs={
             "/work": f"{tmpfs_opts},size={disk}",
             "/tmp": f"{tmpfs_opts},noexec,size={disk}",
         },
         shm_size=16 * 1024 * 1024,
-        ulimits=[
-            docker.types.Ulimit(name="nofile", soft=256, hard=256),
-            docker.types.Ulimit(name="fsize", soft=disk, hard=disk),
-            docker.types.Ulimit(name="core", soft=0, hard=0),
-        ],
+        ulimits=ulimits,
         log_config=docker.types.LogConfig(type="json-file", config={"max-size": "64m", "max-file": "1"}),
         runtime=limits.runtime,
         init=False,

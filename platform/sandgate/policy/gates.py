@@ -1,0 +1,347 @@
+"""Gates: turn an evaluation report into a verdict. Pure, total, no I/O.
+
+Precedence
+    1. an ``infrastructure`` reason in the report → ``error`` (never ``failed``);
+    2. an ``invalid_submission`` or ``syntax_error`` reason → ``rejected``;
+    3. otherwise every applicable failure reason is collected → ``failed``,
+       or none → ``passed`` with no reasons.
+
+Which reasons come from where
+    *Facts* carried in the report (``infrastructure``, ``invalid_submission``,
+    ``syntax_error``, ``crashed``, ``timeout``, ``memory_limit``, ``pids_limit``,
+    ``output_limit``) are kept, de-duplicated by code (the first message wins).
+    *Policy-dependent* reasons (``policy_violation``, ``no_tests``,
+    ``tests_failed``, ``tests_not_run``, ``coverage_below_threshold``,
+    ``branch_coverage_below_threshold``) found in the report are dropped and
+    recomputed, so deciding a stored report again under another policy is
+    correct, and deciding twice gives the same answer. The report's incoming
+    ``verdict`` is ignored.
+
+Tests that count
+    Only ``passed`` tests count as evidence; skipped, xfailed and xpassed
+    never do. The number of passed tests must reach ``max(min_tests, 1)`` when
+    any test was collected (``min_tests`` when none was). Falling short when
+    nothing failed and nothing was cut off (e.g. "no test passed: 3 skipped")
+    is reported as ``no_tests``: there is no evidence, rather than failing
+    evidence. It is not added on top of ``tests_failed`` / ``tests_not_run``,
+    which already explain the shortfall.
+
+Coverage
+    No coverage data fails the coverage gate ("no coverage data") when a
+    coverage gate is enabled and a test ran; when no test ran the test reason
+    already explains it and no coverage reason is added (unless there is no
+    test reason at all, e.g. ``min_tests = 0``: then the gate still fails
+    closed). The branch gate only applies when ``min_branch_coverage > 0``
+    and the code has branches (``coverage.branches > 0``): straight-line code
+    has nothing to cover.
+
+Order of reasons
+    Root causes first: sandbox limits, ``crashed``, ``policy_violation``,
+    ``no_tests``, ``tests_failed``, ``tests_not_run``, coverage, branch coverage.
+"""
+
+from __future__ import annotations
+
+from sandgate.evaluation.report import (
+    CoverageSummary,
+    EvaluationReport,
+    Finding,
+    Reason,
+    ReasonCode,
+    SandboxInfo,
+    TestSummary,
+    Verdict,
+)
+from sandgate.policy.model import SEVERITIES, Gates, Limits, Policy
+
+__all__ = ["decide", "POLICY_DEPENDENT_CODES", "REASON_ORDER"]
+
+RC = ReasonCode
+
+#: reasons ``decide`` computes from the data and the policy (dropped from the input)
+POLICY_DEPENDENT_CODES: frozenset[ReasonCode] = frozenset(
+    {
+        RC.policy_violation,
+        RC.no_tests,
+        RC.tests_failed,
+        RC.tests_not_run,
+        RC.coverage_below_threshold,
+        RC.branch_coverage_below_threshold,
+    }
+)
+
+#: the order reasons are returned in: the most fundamental cause first
+REASON_ORDER: tuple[ReasonCode, ...] = (
+    RC.infrastructure,
+    RC.invalid_submission,
+    RC.syntax_error,
+    RC.timeout,
+    RC.memory_limit,
+    RC.pids_limit,
+    RC.output_limit,
+    RC.crashed,
+    RC.policy_violation,
+    RC.no_tests,
+    RC.tests_failed,
+    RC.tests_not_run,
+    RC.coverage_below_threshold,
+    RC.branch_coverage_below_threshold,
+)
+_RANK = {code: i for i, code in enumerate(REASON_ORDER)}
+
+_MAX_LISTED_FINDINGS = 10
+_MAX_LISTED_TESTS = 5
+
+
+# -- formatting helpers -------------------------------------------------------
+
+
+def _plural(n: int, word: str, plural: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (plural or word + 's')}"
+
+
+def _num(value: float, decimals: int) -> str:
+    text = f"{value:.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _pct_pair(value: float, minimum: float) -> tuple[str, str]:
+    """Both percentages, with enough decimals that a shortfall is visible (79.999 vs 80)."""
+    for decimals in range(2, 8):
+        a, b = _num(value, decimals), _num(minimum, decimals)
+        if a != b:
+            return a, b
+    return repr(value), repr(minimum)
+
+
+def _breakdown(tests: TestSummary) -> str:
+    parts = []
+    for count, label in (
+        (tests.failed, "failed"),
+        (tests.errors, "errored"),
+        (tests.skipped, "skipped"),
+        (tests.xfailed, "xfailed"),
+        (tests.xpassed, "xpassed"),
+    ):
+        if count > 0:
+            parts.append(f"{count} {label}")
+    never_ran = _never_ran(tests)
+    if never_ran > 0:
+        parts.append(f"{never_ran} never ran")
+    return ", ".join(parts)
+
+
+def _never_ran(tests: TestSummary) -> int:
+    return tests.collected - tests.skipped - tests.xfailed - tests.executed
+
+
+def _more(listed: int, total: int) -> str:
+    return f", and {total - listed} more" if total > listed else ""
+
+
+# -- the gates ----------------------------------------------------------------
+
+
+def _sandbox_reasons(sandbox: SandboxInfo | None, limits: Limits) -> list[Reason]:
+    if sandbox is None:
+        return []
+    reasons = []
+    if sandbox.timed_out:
+        reasons.append(
+            Reason(
+                code=RC.timeout,
+                message=(
+                    f"the run exceeded its wall-clock limit and was stopped after "
+                    f"{sandbox.wall_seconds:.1f}s (the policy allows at most "
+                    f"{_num(limits.timeout_seconds, 1)}s)"
+                ),
+            )
+        )
+    if sandbox.oom_killed:
+        peak = ""
+        if sandbox.peak_memory_bytes:
+            peak = f", peak {sandbox.peak_memory_bytes / (1024 * 1024):.0f} MiB"
+        reasons.append(
+            Reason(
+                code=RC.memory_limit,
+                message=(
+                    f"the sandbox was killed for exceeding its memory limit{peak} "
+                    f"(the policy allows at most {limits.memory_mb} MiB)"
+                ),
+            )
+        )
+    if sandbox.pids_limited:
+        reasons.append(
+            Reason(
+                code=RC.pids_limit,
+                message=(
+                    f"the sandbox hit its process limit (the policy allows at most "
+                    f"{limits.pids} processes and threads)"
+                ),
+            )
+        )
+    if sandbox.output_truncated:
+        reasons.append(
+            Reason(
+                code=RC.output_limit,
+                message=(
+                    f"the output exceeded its limit and was truncated (the policy allows "
+                    f"at most {limits.output_kb} KiB)"
+                ),
+            )
+        )
+    return reasons
+
+
+def _finding_reasons(findings: list[Finding], gates: Gates) -> list[Reason]:
+    blocked_set = set(gates.blocked_severities)
+    blocked = [f for f in findings if f.severity in blocked_set]
+    if not blocked:
+        return []
+    blocked.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.path, f.line, f.rule_id))
+    listed = blocked[:_MAX_LISTED_FINDINGS]
+    items = ", ".join(f"{f.rule_id} ({f.severity}) at {f.path}:{f.line}" for f in listed)
+    message = (
+        f"{_plural(len(blocked), 'blocked finding')}: {items}{_more(len(listed), len(blocked))}"
+    )
+    return [Reason(code=RC.policy_violation, message=message)]
+
+
+def _test_reasons(tests: TestSummary, gates: Gates) -> list[Reason]:
+    reasons: list[Reason] = []
+    codes: set[ReasonCode] = set()
+
+    def add(code: ReasonCode, message: str) -> None:
+        reasons.append(Reason(code=code, message=message))
+        codes.add(code)
+
+    if tests.collected < gates.min_tests:
+        if tests.collected <= 0:
+            add(RC.no_tests, "no tests were collected")
+        else:
+            add(
+                RC.no_tests,
+                f"only {_plural(tests.collected, 'test')} collected; "
+                f"the policy requires at least {gates.min_tests}",
+            )
+
+    if gates.tests_must_pass and (tests.failed > 0 or tests.errors > 0):
+        counts = []
+        if tests.failed > 0:
+            counts.append(f"{tests.failed} failed")
+        if tests.errors > 0:
+            counts.append(f"{tests.errors} errored")
+        bad = [c.nodeid for c in tests.cases if c.outcome in ("failed", "error")]
+        listed = bad[:_MAX_LISTED_TESTS]
+        detail = f": {', '.join(listed)}{_more(len(listed), len(bad))}" if listed else ""
+        add(RC.tests_failed, f"{' and '.join(counts)} of {tests.collected} collected{detail}")
+
+    never_ran = _never_ran(tests)
+    if never_ran > 0:
+        add(
+            RC.tests_not_run,
+            f"{never_ran} of {tests.collected} collected tests never ran "
+            f"(the run ended before they did)",
+        )
+
+    required = max(gates.min_tests, 1) if tests.collected > 0 else gates.min_tests
+    shortfall_explained = codes & {RC.no_tests, RC.tests_failed, RC.tests_not_run}
+    if tests.passed < required and not shortfall_explained:
+        breakdown = _breakdown(tests) or "nothing else ran"
+        if tests.passed <= 0:
+            add(RC.no_tests, f"no test passed: {breakdown}")
+        else:
+            add(
+                RC.no_tests,
+                f"only {_plural(tests.passed, 'test')} passed; the policy requires at least "
+                f"{required} ({breakdown}; skipped and xfailed tests never count)",
+            )
+    return reasons
+
+
+def _coverage_reasons(
+    coverage: CoverageSummary | None,
+    tests: TestSummary,
+    gates: Gates,
+    test_reason_given: bool,
+) -> list[Reason]:
+    line_gate = gates.min_line_coverage > 0
+    branch_gate = gates.min_branch_coverage > 0
+    if coverage is None:
+        if not (line_gate or branch_gate):
+            return []
+        if tests.executed > 0:
+            return [Reason(code=RC.coverage_below_threshold, message="no coverage data")]
+        if not test_reason_given:
+            return [
+                Reason(
+                    code=RC.coverage_below_threshold,
+                    message="no coverage data (no test ran)",
+                )
+            ]
+        return []
+
+    reasons = []
+    if coverage.line_percent < gates.min_line_coverage:
+        got, need = _pct_pair(coverage.line_percent, gates.min_line_coverage)
+        reasons.append(
+            Reason(
+                code=RC.coverage_below_threshold,
+                message=f"line coverage {got}% is below the minimum {need}%",
+            )
+        )
+    if (
+        branch_gate
+        and coverage.branches > 0
+        and coverage.branch_percent < gates.min_branch_coverage
+    ):
+        got, need = _pct_pair(coverage.branch_percent, gates.min_branch_coverage)
+        reasons.append(
+            Reason(
+                code=RC.branch_coverage_below_threshold,
+                message=(
+                    f"branch coverage {got}% is below the minimum {need}% "
+                    f"({coverage.covered_branches} of {coverage.branches} branches)"
+                ),
+            )
+        )
+    return reasons
+
+
+# -- the decision -------------------------------------------------------------
+
+
+def _dedupe(reasons: list[Reason]) -> list[Reason]:
+    seen: set[ReasonCode] = set()
+    out = []
+    for reason in reasons:
+        if reason.code not in seen:
+            seen.add(reason.code)
+            out.append(reason.model_copy())
+    return out
+
+
+def _ordered(reasons: list[Reason]) -> list[Reason]:
+    return sorted(reasons, key=lambda r: _RANK.get(r.code, len(_RANK)))
+
+
+def decide(report: EvaluationReport, policy: Policy) -> tuple[Verdict, list[Reason]]:
+    """The verdict and its reasons for ``report`` under ``policy``. Pure and total."""
+    carried = _dedupe([r for r in report.reasons if r.code not in POLICY_DEPENDENT_CODES])
+    carried_codes = {r.code for r in carried}
+
+    if RC.infrastructure in carried_codes:
+        return Verdict.error, _ordered(carried)
+    if carried_codes & {RC.invalid_submission, RC.syntax_error}:
+        return Verdict.rejected, _ordered(carried)
+
+    gates = policy.gates
+    test_reasons = _test_reasons(report.tests, gates)
+    computed = [
+        *_sandbox_reasons(report.sandbox, policy.limits),
+        *_finding_reasons(report.findings, gates),
+        *test_reasons,
+        *_coverage_reasons(report.coverage, report.tests, gates, bool(test_reasons)),
+    ]
+    reasons = _ordered(_dedupe([*carried, *computed]))
+    return (Verdict.failed if reasons else Verdict.passed), reasons

@@ -1,0 +1,212 @@
+"""Policy data: the validated content of a ``policies/<name>.toml`` file.
+
+Loading the file is the only I/O in :mod:`sandgate.policy`; everything else is
+pure. Validation is strict (TOML has real types, so ``min_tests = "1"`` is an
+error, not a coercion) and unknown keys are refused, so a typo in a gate name
+cannot silently disable the gate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from sandgate.errors import PolicyError
+
+__all__ = [
+    "Severity",
+    "SEVERITIES",
+    "Runtime",
+    "PromotionMode",
+    "Gates",
+    "Limits",
+    "Promotion",
+    "Policy",
+    "parse_policy",
+    "load_policy",
+]
+
+Severity = Literal["info", "low", "medium", "high", "critical"]
+#: lowest to highest; the same words as :class:`sandgate.evaluation.report.Finding`
+SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
+Runtime = Literal["runc", "runsc"]
+PromotionMode = Literal["auto", "manual"]
+
+_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
+
+
+class Gates(_Strict):
+    """What an evaluation must show for the verdict ``passed``."""
+
+    #: any failed or erroring test fails the gate
+    tests_must_pass: bool = True
+    #: fewer tests collected (or passed, see :func:`sandgate.policy.decide`) → ``no_tests``
+    min_tests: int = Field(default=1, ge=0)
+    #: percent of statements covered
+    min_line_coverage: float = Field(default=80.0, ge=0.0, le=100.0)
+    #: percent of branches covered; 0 disables the gate
+    min_branch_coverage: float = Field(default=0.0, ge=0.0, le=100.0)
+    #: findings of these severities fail the evaluation with ``policy_violation``
+    blocked_severities: list[Severity] = Field(default_factory=lambda: ["critical", "high"])
+
+    @field_validator("blocked_severities")
+    @classmethod
+    def _normalise_severities(cls, value: list[str]) -> list[str]:
+        # order and repetition are cosmetic: normalise so the hash ignores them
+        return sorted(set(value), key=SEVERITIES.index, reverse=True)
+
+
+class Limits(_Strict):
+    """Sandbox limits: the operator's ceiling. A submitter may only tighten them."""
+
+    runtime: Runtime = "runc"
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    memory_mb: int = Field(default=512, gt=0)
+    pids: int = Field(default=128, gt=0)
+    cpus: float = Field(default=1.0, gt=0)
+    output_kb: int = Field(default=256, gt=0)
+    work_disk_mb: int = Field(default=64, gt=0)
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.memory_mb * 1024 * 1024
+
+    @property
+    def output_bytes(self) -> int:
+        return self.output_kb * 1024
+
+    @property
+    def work_disk_bytes(self) -> int:
+        return self.work_disk_mb * 1024 * 1024
+
+
+class Promotion(_Strict):
+    """Whether a passing version becomes ``active`` by itself or waits for a human."""
+
+    mode: PromotionMode = "auto"
+    #: per-skill override of ``mode``
+    skills: dict[str, PromotionMode] = Field(default_factory=dict)
+
+    @field_validator("skills")
+    @classmethod
+    def _skill_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _SKILL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a skill name (^[a-z][a-z0-9_]{{0,62}}$)")
+        return dict(sorted(value.items()))
+
+    def mode_for(self, skill: str) -> PromotionMode:
+        return self.skills.get(skill, self.mode)
+
+
+class Policy(_Strict):
+    """A named, validated policy. ``hash`` identifies its content."""
+
+    #: the file name without ``.toml``; not part of the file, not part of the hash
+    name: str = "default"
+    description: str = ""
+    gates: Gates = Field(default_factory=Gates)
+    limits: Limits = Field(default_factory=Limits)
+    promotion: Promotion = Field(default_factory=Promotion)
+
+    def canonical_json(self) -> str:
+        """The validated content (everything but ``name``) as canonical JSON."""
+        data = self.model_dump(mode="json", exclude={"name"})
+        return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+    @property
+    def hash(self) -> str:
+        """``sha256:<hex>`` of :meth:`canonical_json`.
+
+        Comments, key order, whitespace, ``60`` vs ``60.0`` and the order of
+        ``blocked_severities`` do not change it; any value change does.
+        """
+        return "sha256:" + hashlib.sha256(self.canonical_json().encode("utf-8")).hexdigest()
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False):
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown key")
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            got = repr(err["input"])
+            if len(got) > 60:
+                got = got[:57] + "..."
+            parts.append(f"{key}: {msg} (got {got})")
+    return "; ".join(parts)
+
+
+def parse_policy(data: dict[str, Any] | str, *, name: str, source: str | None = None) -> Policy:
+    """Validate policy content (a TOML string or the parsed table) into a :class:`Policy`.
+
+    Raises :class:`PolicyError` naming ``source`` (default: the name) and the key.
+    """
+    where = source or f"policy {name!r}"
+    if isinstance(data, str):
+        try:
+            data = tomllib.loads(data)
+        except tomllib.TOMLDecodeError as exc:
+            raise PolicyError(f"invalid policy {where}: not valid TOML: {exc}") from exc
+    if "name" in data:
+        raise PolicyError(
+            f"invalid policy {where}: name: unknown key (a policy's name is its file name)"
+        )
+    try:
+        return Policy.model_validate({**data, "name": name})
+    except ValidationError as exc:
+        raise PolicyError(f"invalid policy {where}: {_format_errors(exc)}") from exc
+
+
+def _resolve(name_or_path: str | Path, policies_dir: Path | None) -> tuple[Path, bool]:
+    """(file, named) — ``named`` when resolved by name inside the policies directory."""
+    if isinstance(name_or_path, Path):
+        return name_or_path, False
+    text = str(name_or_path)
+    if "/" in text or "\\" in text or text.endswith(".toml"):
+        return Path(text), False
+    if not _POLICY_NAME.match(text):
+        raise PolicyError(f"invalid policy name {text!r}: use a file name without .toml, or a path")
+    if policies_dir is None:
+        from sandgate.config import get_settings
+
+        policies_dir = get_settings().policies_dir
+    return Path(policies_dir) / f"{text}.toml", True
+
+
+def load_policy(name_or_path: str | Path, *, policies_dir: Path | None = None) -> Policy:
+    """Load and validate a policy.
+
+    ``"default"`` → ``policies_dir / "default.toml"``; a :class:`~pathlib.Path`,
+    or a string containing a path separator or ending in ``.toml``, → that file.
+    ``policies_dir`` defaults to ``get_settings().policies_dir``.
+    """
+    path, named = _resolve(name_or_path, policies_dir)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError as exc:
+        hint = ""
+        if named and path.parent.is_dir():
+            available = sorted(p.stem for p in path.parent.glob("*.toml"))
+            hint = f" (available: {', '.join(available) or 'none'})"
+        raise PolicyError(f"policy file not found: {path}{hint}") from exc
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path}: {exc}") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"invalid policy {path}: not UTF-8 text: {exc}") from exc
+    return parse_policy(text, name=path.stem, source=str(path))
