@@ -141,8 +141,13 @@ def run_sandbox(
     limits: SandboxLimits,
     evaluation_id: str | None = None,
     kill_grace: float = 5.0,
+    entrypoint: list[str] | None = None,
 ) -> SandboxRun:
-    """Run the harness once. Raises InfrastructureError when the sandbox itself failed."""
+    """Run the harness once. Raises InfrastructureError when the sandbox itself failed.
+
+    ``entrypoint`` replaces the harness (benchmarks use it to measure a bare floor
+    under the same hardening); the result is then the raw stdout under ``{"stdout": ...}``.
+    """
     api = client.api
     evaluation_id = evaluation_id or uuid.uuid4().hex
     timings: dict[str, float] = {}
@@ -156,6 +161,7 @@ def run_sandbox(
                 stdin_open=True,
                 network_disabled=True,
                 hostname="sandbox",
+                entrypoint=entrypoint,
                 environment={},
                 labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id},
                 name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
@@ -210,7 +216,10 @@ def run_sandbox(
             _remove(api, container_id)
             timings["remove"] = time.monotonic() - t
 
-    harness, problem = _parse_harness(logs, stderr)
+    if entrypoint is not None:
+        harness, problem = {"stdout": logs.decode("utf-8", "replace")}, None
+    else:
+        harness, problem = _parse_harness(logs, stderr)
     return SandboxRun(
         harness=harness,
         exit_code=exit_code,
