@@ -35,11 +35,17 @@ def sandbox_image(docker_client) -> str:
 
 @pytest.fixture
 def no_leftovers(docker_client) -> Iterator[None]:
-    """Assert that a test leaves no sandbox container behind (and clean up if it did)."""
-    from sandgate.sandbox import MANAGED_LABEL, reap
+    """Assert that a test leaves no sandbox container behind (and clean up if it did).
+
+    Only this test process's containers count (label ``sandgate.controller``), so
+    another controller using the same engine is never disturbed.
+    """
+    from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, controller_id, reap
 
     yield
-    left = docker_client.api.containers(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+    me = controller_id()
+    left = docker_client.api.containers(
+        all=True, filters={"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={me}"]})
     if left:
-        reap(docker_client)
+        reap(docker_client, controller=me)
         pytest.fail(f"{len(left)} sandbox container(s) left behind: {[c['Names'] for c in left]}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import socket
 import tarfile
 import time
@@ -24,7 +25,9 @@ from docker.errors import APIError, DockerException, NotFound
 from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
 
 __all__ = [
+    "CONTROLLER_LABEL",
     "MANAGED_LABEL",
+    "controller_id",
     "EVALUATION_LABEL",
     "SANDBOX_UID",
     "SandboxLimits",
@@ -37,6 +40,13 @@ __all__ = [
 
 MANAGED_LABEL = "sandgate.managed"
 EVALUATION_LABEL = "sandgate.evaluation"
+#: which controller process started the sandbox (host:pid), so a reaper or a test
+#: can tell its own leftovers from those of another live controller
+CONTROLLER_LABEL = "sandgate.controller"
+
+
+def controller_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 SANDBOX_UID = 10001
 MAX_HARNESS_OUTPUT = 32 * 1024 * 1024
 
@@ -163,7 +173,8 @@ def run_sandbox(
                 hostname="sandbox",
                 entrypoint=entrypoint,
                 environment={},
-                labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id},
+                labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,
+                        CONTROLLER_LABEL: controller_id()},
                 name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
                 host_config=hardened_host_config(api, limits),
             )
@@ -262,11 +273,18 @@ def _remove(api: docker.APIClient, container_id: str) -> None:
     raise SandboxFailure(f"could not remove sandbox container {container_id[:12]}")
 
 
-def reap(client: docker.DockerClient, *, evaluation_id: str | None = None) -> list[str]:
-    """Remove every container labelled ``sandgate.managed=true`` (optionally one evaluation's)."""
+def reap(client: docker.DockerClient, *, evaluation_id: str | None = None,
+         controller: str | None = None) -> list[str]:
+    """Remove every container labelled ``sandgate.managed=true``.
+
+    ``evaluation_id`` / ``controller`` narrow it to one evaluation's or one
+    controller process's containers.
+    """
     filters = {"label": [f"{MANAGED_LABEL}=true"]}
     if evaluation_id:
         filters["label"].append(f"{EVALUATION_LABEL}={evaluation_id}")
+    if controller:
+        filters["label"].append(f"{CONTROLLER_LABEL}={controller}")
     removed = []
     for container in client.api.containers(all=True, filters=filters):
         _remove(client.api, container["Id"])
