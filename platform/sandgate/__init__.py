@@ -21,6 +21,7 @@ _LAZY = {
     "load_policy": "sandgate.policy",
     "Policy": "sandgate.policy",
     "SandgateError": "sandgate.errors",
+    "connect": "sandgate.registry",
 }
 
 __all__ = sorted([*_LAZY, "__version__"])
@@ -31,6 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sandgate.evaluation import evaluate
     from sandgate.evaluation.report import EvaluationReport
     from sandgate.policy import Policy, load_policy
+    from sandgate.registry import connect
     from sandgate.submission import Submission, load_submission
 
 

@@ -14,6 +14,7 @@ EXPECTED = [
     "Settings",
     "Submission",
     "__version__",
+    "connect",
     "evaluate",
     "get_settings",
     "load_policy",
