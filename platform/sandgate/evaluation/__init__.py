@@ -7,6 +7,7 @@ static phase (semgrep on the stored bytes, before any submitted code runs)
 from __future__ import annotations
 
 import json
+import secrets
 import time
 import uuid
 from collections.abc import Callable
@@ -90,7 +91,9 @@ def evaluate(
         files = {f"skill/{path}": data for path, data in submission.files.items()}
         files.update({f"rules/{name}": data
                       for name, data in rules_files(settings.policies_dir / "semgrep").items()})
+        channel_key = secrets.token_bytes(32)
         files["config.json"] = json.dumps({
+            "channel_key": channel_key.hex(),
             "timeout_seconds": sandbox_limits.timeout_seconds,
             "output_bytes": sandbox_limits.output_kb * 1024,
             "tests": submission.test_files(),
@@ -104,6 +107,7 @@ def evaluate(
             limits=sandbox_limits,
             evaluation_id=evaluation_id,
             kill_grace=settings.sandbox_kill_grace,
+            channel_key=channel_key,
         )
         progress("report")
         report = build_report(base, run, image_id=image.id)

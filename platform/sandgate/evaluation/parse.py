@@ -84,12 +84,19 @@ def _tests(result: dict[str, Any]) -> TestSummary:
     return summary.model_copy(update={**counts, "cases": cases})
 
 
+def _findings(static: dict[str, Any], reasons: list[Reason]) -> list[Finding]:
+    try:
+        return [Finding(**f) for f in static.get("findings", [])]
+    except (ValidationError, TypeError) as exc:
+        reasons.append(Reason(code=ReasonCode.infrastructure, message=f"unreadable semgrep findings: {exc}"))
+        return []
+
+
 def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | None) -> EvaluationReport:
     reasons: list[Reason] = []
     harness = run.harness or {}
     cgroup = harness.get("cgroup") or {}
     dynamic = harness.get("dynamic") or {}
-    static = harness.get("static") or {}
     oom = run.oom_killed or bool(cgroup.get("oom_kills"))
     timed_out = run.timed_out or bool(dynamic.get("timed_out"))
     sandbox = SandboxInfo(
@@ -112,28 +119,36 @@ def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | Non
     update: dict[str, Any] = {"sandbox": sandbox, "timings": timings,
                               "output": str(dynamic.get("output", ""))}
 
+    static = harness.get("static") or (run.static or {}).get("static") or {}
+    if run.tampered:
+        reasons.append(Reason(code=ReasonCode.crashed, message=(
+            "something other than the harness wrote to the harness's output channel; "
+            "nothing from this run is trusted as a pass")))
     if run.harness is None:
         if timed_out:
             reasons.append(Reason(code=ReasonCode.timeout,
                                   message=f"the sandbox was killed from outside after {run.wall_seconds:.1f}s"))
         elif oom:
             reasons.append(Reason(code=ReasonCode.memory_limit, message="the sandbox ran out of memory"))
-        else:
+        elif run.exit_code is not None and run.exit_code > 128:
+            # Only a process inside the sandbox can signal the harness like this
+            # (under gVisor; runc protects PID 1): the skill's doing.
+            reasons.append(Reason(code=ReasonCode.crashed, message=(
+                f"the harness was killed by signal {run.exit_code - 128} from inside the sandbox")))
+        elif not run.tampered:
             reasons.append(Reason(code=ReasonCode.infrastructure,
                                   message=f"the sandbox gave no result: {run.problem}"))
+        update["findings"] = _findings(static, reasons)
         return base.model_copy(update={**update, "reasons": reasons})
-    if "harness_error" in harness:
-        reasons.append(Reason(code=ReasonCode.infrastructure, message=str(harness["harness_error"])))
-        return base.model_copy(update={**update, "reasons": reasons})
+    if run.exit_code not in (0, None):
+        reasons.append(Reason(code=ReasonCode.crashed,
+                              message=f"the harness exited with status {run.exit_code} after reporting"))
 
     # Static phase
     if static and not static.get("ran"):
         reasons.append(Reason(code=ReasonCode.infrastructure,
                               message="the static phase did not complete: " + "; ".join(static.get("errors", []))))
-    try:
-        update["findings"] = [Finding(**f) for f in static.get("findings", [])]
-    except (ValidationError, TypeError) as exc:
-        reasons.append(Reason(code=ReasonCode.infrastructure, message=f"unreadable semgrep findings: {exc}"))
+    update["findings"] = _findings(static, reasons)
 
     # Dynamic phase
     result = dynamic.get("result")

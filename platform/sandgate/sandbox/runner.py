@@ -7,6 +7,8 @@ is read only after the container has stopped.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import io
 import json
 import os
@@ -74,6 +76,10 @@ class SandboxRun:
     image: str
     timings: dict[str, float] = field(default_factory=dict)
     problem: str | None = None
+    #: the static phase's line, kept even when the final line never came
+    static: dict[str, Any] | None = None
+    #: a line on the harness's channel failed verification (someone else wrote it)
+    tampered: bool = False
 
 
 def make_payload(files: Mapping[str, bytes]) -> bytes:
@@ -152,11 +158,13 @@ def run_sandbox(
     evaluation_id: str | None = None,
     kill_grace: float = 5.0,
     entrypoint: list[str] | None = None,
+    channel_key: bytes | None = None,
 ) -> SandboxRun:
     """Run the harness once. Raises InfrastructureError when the sandbox itself failed.
 
     ``entrypoint`` replaces the harness (benchmarks use it to measure a bare floor
     under the same hardening); the result is then the raw stdout under ``{"stdout": ...}``.
+    ``channel_key`` is the key the harness signs its lines with (sent in the payload).
     """
     api = client.api
     evaluation_id = evaluation_id or uuid.uuid4().hex
@@ -227,12 +235,20 @@ def run_sandbox(
             _remove(api, container_id)
             timings["remove"] = time.monotonic() - t
 
+    static, tampered = None, False
     if entrypoint is not None:
         harness, problem = {"stdout": logs.decode("utf-8", "replace")}, None
     else:
-        harness, problem = _parse_harness(logs, stderr)
+        lines = read_signed_lines(logs, channel_key or b"")
+        harness, static, tampered = lines.get("final"), lines.get("static"), bool(lines.get("tampered"))
+        problem = None
+        if harness is None:
+            tail = stderr.decode("utf-8", "replace").strip()[-1500:]
+            problem = "the harness wrote no authenticated result" + (f": {tail}" if tail else "")
     return SandboxRun(
         harness=harness,
+        static=static,
+        tampered=tampered,
         exit_code=exit_code,
         timed_out=timed_out,
         oom_killed=bool(state.get("OOMKilled")),
@@ -245,20 +261,38 @@ def run_sandbox(
     )
 
 
-def _parse_harness(logs: bytes, stderr: bytes) -> tuple[dict[str, Any] | None, str | None]:
+def read_signed_lines(logs: bytes, key: bytes) -> dict[str, Any]:
+    """The harness's verified lines by kind (``static``, ``final``), plus ``tampered``.
+
+    A line that does not verify — written by anything but the harness — is never
+    used, and marks the run as tampered.
+    """
+    found: dict[str, Any] = {}
     if len(logs) > MAX_HARNESS_OUTPUT:
-        return None, "the harness output exceeded its cap"
-    lines = [line for line in logs.splitlines() if line.strip()]
-    if not lines:
-        tail = stderr.decode("utf-8", "replace").strip()[-1500:]
-        return None, f"the harness wrote no result{': ' + tail if tail else ''}"
-    try:
-        data = json.loads(lines[-1])
-    except ValueError:
-        return None, "the harness result is not JSON"
-    if not isinstance(data, dict):
-        return None, "the harness result is not an object"
-    return data, None
+        return {"tampered": True}
+    for raw in logs.splitlines():
+        if not raw.strip():
+            continue
+        parts = raw.split(b" ", 3)
+        if len(parts) != 4 or parts[0] != b"SGH1" or not key:
+            found["tampered"] = True
+            continue
+        kind, mac, text = parts[1], parts[2], parts[3]
+        expected = hmac.new(key, kind + b" " + text, hashlib.sha256).hexdigest().encode()
+        if not hmac.compare_digest(mac, expected):
+            found["tampered"] = True
+            continue
+        try:
+            body = json.loads(text)
+        except ValueError:
+            found["tampered"] = True
+            continue
+        name = kind.decode()
+        if name in found or not isinstance(body, dict):
+            found["tampered"] = True  # the harness writes each kind once
+            continue
+        found[name] = body
+    return found
 
 
 def _remove(api: docker.APIClient, container_id: str) -> None:

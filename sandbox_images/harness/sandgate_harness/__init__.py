@@ -16,7 +16,14 @@ Trust boundary:
   "impossible to fake": the report states it.
 - after the child exits, every other process in the container is SIGKILLed
   before results are accepted; the harness is non-dumpable (no ptrace, no
-  /proc/1/fd by the same uid) and, as PID 1, ignores signals from inside.
+  /proc/1/fd by the same uid under runc) and, as PID 1, ignores signals from
+  inside under runc.
+- every line the harness writes is signed with a per-evaluation key that the
+  controller sends in the payload (never on disk, in the environment or in the
+  test process). Under gVisor (whose 2022 release lets a same-uid process open
+  /proc/1/fd/1 and signal PID 1) a skill can still kill the harness or write to
+  its stdout, but cannot forge a line: the controller accepts only verified
+  lines and treats any other line as tampering.
 """
 
-PROTOCOL = 1
+PROTOCOL = 2

@@ -212,6 +212,22 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
     }
 
 
+def signed_line(key: bytes, kind: str, body: dict[str, Any]) -> str:
+    """``SGH1 <kind> <hmac-sha256 hex> <json>``: the controller accepts only lines it can verify.
+
+    The key comes from the controller inside the payload; it is never written to
+    disk, put in the environment or passed to the test process.
+    """
+    text = json.dumps(body, separators=(",", ":"))
+    mac = hmac.new(key, f"{kind} {text}".encode(), hashlib.sha256).hexdigest()
+    return f"SGH1 {kind} {mac} {text}\n"
+
+
+def emit(key: bytes, kind: str, body: dict[str, Any]) -> None:
+    sys.stdout.write(signed_line(key, kind, body))
+    sys.stdout.flush()
+
+
 def main() -> int:
     started = time.monotonic()
     _non_dumpable()
@@ -220,14 +236,16 @@ def main() -> int:
     try:
         files = read_payload(sys.stdin.buffer)
         config = json.loads(files.pop("config.json"))
+        key = bytes.fromhex(config.pop("channel_key"))
         skill = {k[len("skill/"):]: v for k, v in files.items() if k.startswith("skill/")}
         rules = {k[len("rules/"):]: v for k, v in files.items() if k.startswith("rules/")}
         write_tree(SKILL_DIR, skill)
         write_tree(RULES_DIR, rules)
     except (PayloadError, KeyError, ValueError, OSError) as exc:
-        out["harness_error"] = f"bad payload: {exc}"
-        print(json.dumps(out), flush=True)
-        return 0
+        # No trustworthy key either: the controller sees an unauthenticated line
+        # and reports an infrastructure error with this text.
+        print(f"harness: bad payload: {exc}", file=sys.stderr, flush=True)
+        return 3
     out["timings"]["payload"] = time.monotonic() - started
     deadline = started + float(config["timeout_seconds"])
 
@@ -236,6 +254,9 @@ def main() -> int:
         out["static"] = run_static(SKILL_DIR, RULES_DIR, targets,
                                    timeout=max(1.0, min(30.0, deadline - time.monotonic())))
         out["timings"]["static"] = out["static"]["seconds"]
+        # Sent now, before any submitted code runs: if the sandbox dies later,
+        # the findings still reach the report.
+        emit(key, "static", {"protocol": PROTOCOL, "static": out["static"]})
         blocked = set(config.get("blocked_severities", []))
         if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
             out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
@@ -244,8 +265,7 @@ def main() -> int:
         out["timings"]["dynamic"] = out["dynamic"]["seconds"]
     out["cgroup"] = cgroup_stats()
     out["timings"]["harness_total"] = time.monotonic() - started
-    sys.stdout.write(json.dumps(out) + "\n")
-    sys.stdout.flush()
+    emit(key, "final", out)
     return 0
 
 

@@ -120,6 +120,9 @@ def main() -> None:
         "-p", "no:pytester",
         "--basetemp", "/tmp/pytest",
         "-q", "-rfE", "--color=no",
+        # tee: what tests print also reaches the harness's capped pipe at once, so
+        # an output flood is stopped by the cap instead of filling pytest's buffer
+        "--capture=tee-sys",
         *config["tests"],
     ]
     started = time.monotonic()
