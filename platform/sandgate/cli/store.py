@@ -1,7 +1,490 @@
+"""Store commands: submit, skills, versions, show, promote, rollback, yank, history, diff.
+
+Thin: every command calls :mod:`sandgate.lifecycle` or
+:mod:`sandgate.store.repository` and only formats the result. Readable tables
+by default, ``--json`` for scripts.
+
+Exit codes: 0 ok (a submit whose verdict is passed, or that was queued);
+1 refused (not found, concurrent move, invalid transition, or a submit whose
+verdict is failed/rejected); 2 error (infrastructure, configuration, a submit
+whose verdict is error). Errors are one line on stderr.
+"""
+
 from __future__ import annotations
 
+import getpass
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from sandgate.errors import (
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    SandgateError,
+    SubmissionError,
+)
+
+__all__ = ["register", "default_actor"]
+
+EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ActorOpt = Annotated[
+    str | None,
+    typer.Option("--actor", help="Who is acting (default: $SANDGATE_ACTOR or cli:<user>)."),
+]
+
+
+def default_actor() -> str:
+    actor = os.environ.get("SANDGATE_ACTOR")
+    if actor:
+        return actor
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (containers)
+        user = str(os.getuid())
+    return f"cli:{user}"
+
+
+def _console() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    one_line = " ".join(message.split())  # driver messages can span lines
+    typer.echo(f"error: {one_line}", err=True)
+    raise typer.Exit(code)
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, (NotFound, Conflict, InvalidTransition, SubmissionError)):
+        return EXIT_REFUSED
+    return EXIT_ERROR
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Translate library errors into one stderr line and an exit code (the edge)."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except SandgateError as exc:
+        _fail(str(exc), _exit_code(exc))
+    except ImportError as exc:  # a part of sandgate this command needs is missing
+        _fail(f"sandgate is incompletely installed: {exc}", EXIT_ERROR)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            _fail(f"invalid configuration: {exc}", EXIT_ERROR)
+        raise
+
+
+def _open_store():  # type: ignore[no-untyped-def]
+    from sandgate.config import get_settings
+    from sandgate.store import open_store
+
+    return open_store(get_settings().effective_database_url)
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    store = _open_store()
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _echo_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=False, default=str))
+
+
+def _when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _short_hash(h: str | None) -> str:
+    return (h or "").split(":", 1)[-1][:12]
+
+
+def _parse_ref(ref: str) -> tuple[str, int | None]:
+    name, sep, number = ref.partition("@")
+    if not sep:
+        return name, None
+    try:
+        return name, int(number)
+    except ValueError:
+        raise typer.BadParameter(f"expected NAME or NAME@NUMBER, got {ref!r}") from None
+
+
+def _move_line(move: Any) -> str:
+    verb = "promoted" if move.action == "promoted" else "rolled back"
+    was = f"{move.skill}@{move.from_version}" if move.from_version is not None else "nothing"
+    forced = " (forced)" if move.forced else ""
+    return (
+        f"{verb} {move.skill}: active {was} -> {move.skill}@{move.to_version}"
+        f"{forced} (generation {move.generation}, event {move.event_id})"
+    )
+
+
+def _reasons_text(reasons: list[dict[str, Any]]) -> str:
+    return "; ".join(f"{r.get('code')}: {r.get('message')}" for r in reasons)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def submit(
+    path: Annotated[Path, typer.Argument(help="Skill directory or archive to submit.")],
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Evaluate now, or only queue for a worker.")
+    ] = True,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="Policy name (default: settings.policy).")
+    ] = None,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
+    from sandgate import lifecycle
+
+    with _errors():
+        submission = lifecycle.load_submission(path)
+        pol = lifecycle.load_policy(policy)
+        with _store() as store:
+            result = lifecycle.submit(
+                store,
+                submission=submission,
+                policy=pol,
+                actor=actor or default_actor(),
+                wait=wait,
+                provenance={"client": "cli", "path": str(path)},
+            )
+    verdict = result.verdict
+    if as_json:
+        _echo_json(result.to_dict())
+    else:
+        out = _console()
+        v = result.version
+        state = "new version" if result.created else "same content as existing version"
+        out.print(f"{v.ref}  ({state}, {_short_hash(v.content_hash)}, {v.file_count} files)")
+        if result.evaluation is None:
+            pass
+        elif result.queued:
+            out.print(f"evaluation {result.evaluation.id} queued under policy {pol.name}")
+        else:
+            reused = " (reused earlier evaluation)" if result.reused_evaluation else ""
+            out.print(f"verdict: {verdict}{reused}  [evaluation {result.evaluation.id}]")
+            if result.evaluation.reasons:
+                out.print(f"reasons: {_reasons_text(result.evaluation.reasons)}")
+        if result.promoted is not None:
+            out.print(_move_line(result.promoted))
+        elif verdict == "passed" and result.promotion_mode == "manual":
+            out.print(f"promotion: manual — run `sandgate promote {v.skill} {v.number}`")
+        if result.promotion_note:
+            out.print(result.promotion_note)
+    if result.evaluation is None:  # yanked
+        raise typer.Exit(EXIT_REFUSED)
+    if verdict in ("failed", "rejected"):
+        raise typer.Exit(EXIT_REFUSED)
+    if verdict == "error":
+        raise typer.Exit(EXIT_ERROR)
+
+
+def skills(as_json: JsonOpt = False) -> None:
+    """List skills with their active version."""
+    from sandgate.store import repository as repo
+
+    with _errors(), _store() as store:
+        rows = repo.list_skills(store)
+    if as_json:
+        _echo_json([r.to_dict() for r in rows])
+        return
+    table = Table("skill", "active", "latest", "generation", "created")
+    for r in rows:
+        table.add_row(
+            r.name,
+            str(r.active_version) if r.active_version is not None else "-",
+            str(r.latest_version) if r.latest_version is not None else "-",
+            str(r.generation),
+            _when(r.created_at),
+        )
+    _console().print(table if rows else "no skills yet")
+
+
+def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False) -> None:
+    """List the versions of a skill."""
+    from sandgate.store import repository as repo
+
+    with _errors(), _store() as store:
+        rows = repo.list_versions(store, name=name)
+    if as_json:
+        _echo_json([r.to_dict() for r in rows])
+        return
+    table = Table("", "version", "hash", "status", "files", "created", "by", "yanked", title=name)
+    for v in rows:
+        table.add_row(
+            "*" if v.active else "",
+            str(v.number),
+            _short_hash(v.content_hash),
+            v.status,
+            str(v.file_count),
+            _when(v.created_at),
+            v.created_by,
+            f"{_when(v.yanked_at)}: {v.yank_reason}" if v.yanked else "",
+        )
+    _console().print(table)
+
+
+def show(
+    ref: Annotated[str, typer.Argument(metavar="NAME[@N]", help="Skill, optionally @version (default: active, else latest).")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Show a version: manifest, latest evaluation, files."""
+    from sandgate.store import repository as repo
+
+    name, number = _parse_ref(ref)
+    with _errors(), _store() as store:
+        if number is None:
+            active = repo.get_active_version(store, name=name)
+            number = active.number if active else repo.get_skill(store, name=name).latest_version
+            if number is None:
+                raise NotFound(f"{name} has no versions")
+        version = repo.get_version(store, name=name, number=number)
+        evaluation = repo.latest_evaluation(store, name=name, number=number)
+        files = repo.get_version_files(store, name=name, number=number)
+    file_rows = [
+        {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in files.items()
+    ]
+    if as_json:
+        _echo_json(
+            {
+                "version": version.to_dict(),
+                "evaluation": evaluation.to_dict() if evaluation else None,
+                "files": file_rows,
+            }
+        )
+        return
+    out = _console()
+    flags = [f for f, on in (("active", version.active), ("yanked", version.yanked)) if on]
+    out.print(f"[bold]{version.ref}[/bold] {' '.join(f'[{f}]' for f in flags)}")
+    out.print(f"  hash:         {version.content_hash}")
+    out.print(f"  status:       {version.status}")
+    out.print(f"  created:      {_when(version.created_at)} by {version.created_by}")
+    if version.yanked:
+        out.print(f"  yanked:       {_when(version.yanked_at)}: {version.yank_reason}")
+    m = version.manifest
+    for key in ("description", "entrypoint", "requirements", "tests"):
+        if m.get(key) is not None:
+            value = ", ".join(map(str, m[key])) or "-" if isinstance(m[key], list) else m[key]
+            out.print(f"  {key + ':':<14}{value}")
+    if evaluation is None:
+        out.print("evaluation: none finished yet")
+    else:
+        out.print(
+            f"evaluation {evaluation.id}: [bold]{evaluation.verdict}[/bold] under policy "
+            f"{evaluation.policy_name} ({_short_hash(evaluation.policy_hash)}), "
+            f"{_when(evaluation.finished_at)}"
+        )
+        report = evaluation.report or {}
+        tests = report.get("tests") or {}
+        if tests:
+            out.print(
+                f"  tests: {tests.get('passed', 0)} passed, {tests.get('failed', 0)} failed, "
+                f"{tests.get('errors', 0)} errors of {tests.get('collected', 0)}"
+            )
+        coverage = report.get("coverage")
+        if coverage:
+            out.print(
+                f"  coverage: {coverage.get('line_percent', 0):.1f}% lines, "
+                f"{coverage.get('branch_percent', 0):.1f}% branches"
+            )
+        for r in evaluation.reasons:
+            out.print(f"  reason: {r.get('code')}: {r.get('message')}")
+    table = Table("file", "size", "sha256")
+    for f in file_rows:
+        table.add_row(f["path"], str(f["size"]), f["sha256"][:12])
+    out.print(table)
+
+
+def promote(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    number: Annotated[int, typer.Argument(help="Version number to make active.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote without a passed evaluation (needs --reason).")
+    ] = False,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the event).")] = None,
+    policy: Annotated[
+        str | None, typer.Option("--policy", help="Current policy (default: settings.policy).")
+    ] = None,
+    expected_generation: Annotated[
+        int | None,
+        typer.Option("--expected-generation", help="Refuse unless the skill is at this generation."),
+    ] = None,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a version active (it must have passed under the current policy)."""
+    from sandgate import lifecycle
+
+    with _errors():
+        pol = lifecycle.load_policy(policy)
+        with _store() as store:
+            move = lifecycle.promote(
+                store,
+                name=name,
+                number=number,
+                actor=actor or default_actor(),
+                reason=reason,
+                policy=pol,
+                expected_generation=expected_generation,
+                force=force,
+            )
+    _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
+
+
+def rollback(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    to: Annotated[int | None, typer.Option("--to", help="Go back to this older version.")] = None,
+    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the event).")] = None,
+    expected_generation: Annotated[
+        int | None,
+        typer.Option("--expected-generation", help="Refuse unless the skill is at this generation."),
+    ] = None,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Go back to what was active before the last move (again: further back). No re-evaluation."""
+    from sandgate import lifecycle
+
+    with _errors(), _store() as store:
+        move = lifecycle.rollback(
+            store,
+            name=name,
+            to=to,
+            actor=actor or default_actor(),
+            reason=reason,
+            expected_generation=expected_generation,
+        )
+    _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
+
+
+def yank(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    number: Annotated[int, typer.Argument(help="Version number to yank.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (required, recorded).")],
+    do_rollback: Annotated[
+        bool,
+        typer.Option("--rollback", help="If the version is active, roll back first (same transaction)."),
+    ] = False,
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mark a version as never to be promoted again."""
+    from sandgate import lifecycle
+
+    with _errors(), _store() as store:
+        result = lifecycle.yank(
+            store,
+            name=name,
+            number=number,
+            actor=actor or default_actor(),
+            reason=reason,
+            rollback=do_rollback,
+        )
+    if as_json:
+        _echo_json(result.to_dict())
+        return
+    out = _console()
+    if result.rollback is not None:
+        out.print(_move_line(result.rollback))
+    out.print(f"yanked {result.version.ref}: {reason}")
+
+
+def history(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the newest N events.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The audit log of a skill: who did what, when, why."""
+    from sandgate.store import repository as repo
+
+    with _errors(), _store() as store:
+        events = repo.history(store, name=name, limit=limit)
+    if as_json:
+        _echo_json([e.to_dict() for e in events])
+        return
+    table = Table("id", "when", "actor", "action", "version", "change", "reason", title=name)
+    for e in events:
+        change = ""
+        if e.action in ("promoted", "rolled_back") and e.before and e.after:
+            was = e.before.get("version")
+            change = f"{was if was is not None else '-'} -> {e.after.get('version')} (gen {e.after.get('generation')})"
+            if (e.evidence or {}).get("forced"):
+                change += " forced"
+        elif e.action == "evaluated" and e.evidence:
+            change = f"{e.evidence.get('verdict')} ({e.evidence.get('policy')})"
+        table.add_row(
+            str(e.id),
+            _when(e.created_at),
+            e.actor,
+            e.action,
+            str(e.version) if e.version is not None else "-",
+            change,
+            e.reason or "",
+        )
+    _console().print(table)
+
+
+def diff(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    a: Annotated[int, typer.Argument(help="From version.")],
+    b: Annotated[int, typer.Argument(help="To version.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Unified diff of the files of two versions."""
+    from sandgate.store import repository as repo
+
+    with _errors(), _store() as store:
+        diffs = repo.diff(store, name=name, a=a, b=b)
+    if as_json:
+        _echo_json([d.to_dict() for d in diffs])
+        return
+    if not diffs:
+        typer.echo(f"{name}@{a} and {name}@{b} have identical files")
+    for d in diffs:
+        if d.binary:
+            typer.echo(f"Binary file {d.path} {d.change}")
+        else:
+            typer.echo(d.diff, nl=False)
+
+
+_COMMANDS: list[tuple[str, Callable[..., Any]]] = [
+    ("submit", submit),
+    ("skills", skills),
+    ("versions", versions),
+    ("show", show),
+    ("promote", promote),
+    ("rollback", rollback),
+    ("yank", yank),
+    ("history", history),
+    ("diff", diff),
+]
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
+    for name, fn in _COMMANDS:
+        app.command(name)(fn)
+

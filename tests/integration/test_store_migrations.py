@@ -1,0 +1,177 @@
+"""Migrations on real SQLite and real PostgreSQL: data survives, concurrent opens are safe."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import sys
+from pathlib import Path
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:  # conftest_store lives beside this file
+    sys.path.insert(0, _HERE)
+
+import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("conftest_store")
+from conftest_store import make_policy, variant  # noqa: E402
+from sqlalchemy import inspect, text  # noqa: E402
+
+from sandgate.errors import StoreError  # noqa: E402
+from sandgate.store import open_store  # noqa: E402
+from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store.engine import _make_engine  # noqa: E402
+from sandgate.store.migrate import current_revision, head_revision, upgrade  # noqa: E402
+from sandgate.store.models import Base  # noqa: E402
+
+pytest_plugins = ["conftest_store"]
+
+T0 = "2025-01-01 10:00:00+00:00"
+
+
+def _seed_at_0001(conn) -> None:  # type: ignore[no-untyped-def]
+    """Rows written with the 0001 schema only (plain SQL, no models)."""
+    j = json.dumps
+    conn.execute(
+        text("INSERT INTO skills (id, name, created_at, generation) VALUES (1, 'greet', :t, 0)"),
+        {"t": T0},
+    )
+    for n, body in ((1, b"x = 1\n"), (2, b"x = 2\n")):
+        conn.execute(
+            text(
+                "INSERT INTO versions (id, skill_id, number, content_hash, manifest, file_count,"
+                " total_bytes, created_at, created_by, status)"
+                " VALUES (:id, 1, :n, :h, :m, 1, :size, :t, 'old-cli', 'passed')"
+            ),
+            {"id": n, "n": n, "h": f"sha256:{n:064d}", "m": j({"name": "greet"}), "size": len(body), "t": T0},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO version_files (version_id, path, content, sha256, size)"
+                " VALUES (:v, 'skill.py', :c, 'x', :size)"
+            ),
+            {"v": n, "c": body, "size": len(body)},
+        )
+        conn.execute(
+            text(
+                "INSERT INTO evaluations (id, version_id, policy_name, policy_hash, status, verdict,"
+                " reasons, report, created_at, finished_at)"
+                " VALUES (:id, :v, 'default', 'sha256:policy-1', 'done', 'passed', '[]', :r, :t, :t)"
+            ),
+            {"id": f"ev-{n}", "v": n, "r": j({"verdict": "passed", "evaluation_id": f"ev-{n}"}), "t": T0},
+        )
+    # two promotions: 1, then 2 (whose back link is the first)
+    for eid, vid, back, before, after in ((1, 1, None, None, 1), (2, 2, 1, 1, 2)):
+        conn.execute(
+            text(
+                "INSERT INTO events (id, skill_id, version_id, actor, action, reason, before, after,"
+                " evidence, back_event_id, created_at)"
+                " VALUES (:id, 1, :v, 'old-cli', 'promoted', 'seed', :b, :a, :e, :back, :t)"
+            ),
+            {
+                "id": eid,
+                "v": vid,
+                "back": back,
+                "b": j({"version": before, "generation": eid - 1}),
+                "a": j({"version": after, "generation": eid}),
+                "e": j({"forced": False}),
+                "t": T0,
+            },
+        )
+    conn.execute(
+        text("UPDATE skills SET active_version_id = 2, generation = 2, pointer_event_id = 2 WHERE id = 1")
+    )
+    if conn.dialect.name == "postgresql":  # explicit ids above: move the sequences on
+        for table in ("skills", "versions", "events"):
+            conn.execute(text(f"SELECT setval(pg_get_serial_sequence('{table}', 'id'), 10)"))
+
+
+def test_upgrade_from_0001_keeps_data(empty_url):
+    engine = _make_engine(empty_url)
+    upgrade(engine, "0001")
+    with engine.connect() as conn:
+        assert current_revision(conn) == "0001"
+        assert "provenance" not in {c["name"] for c in inspect(conn).get_columns("versions")}
+        conn.rollback()
+        with conn.begin():
+            _seed_at_0001(conn)
+    engine.dispose()
+
+    store = open_store(empty_url)  # migrates to head on open
+    try:
+        with store.engine.connect() as conn:
+            assert current_revision(conn) == head_revision() == "0002"
+            indexes = {i["name"] for i in inspect(conn).get_indexes("evaluations")}
+            assert "ix_evaluations_status_created_at" in indexes
+        versions = repo.list_versions(store, name="greet")
+        assert [(v.number, v.status, v.active, v.provenance) for v in versions] == [
+            (1, "passed", False, None),
+            (2, "passed", True, None),
+        ]
+        assert repo.get_version_files(store, name="greet", number=2) == {"skill.py": b"x = 2\n"}
+        assert repo.active_pointer(store, name="greet") == (2, 2)
+        assert [e.action for e in repo.history(store, name="greet")] == ["promoted", "promoted"]
+        assert repo.latest_evaluation(store, name="greet", number=1).id == "ev-1"
+        # the old pointer history still drives rollback, and new writes use the new column
+        assert repo.rollback(store, name="greet", actor="t").to_version == 1
+        v3, created = repo.create_version(
+            store, submission=variant("greet", 3), actor="t", provenance={"via": "test"}
+        )
+        assert created and v3.number == 3 and v3.provenance == {"via": "test"}
+        assert repo.promote(store, name="greet", number=2, actor="t", policy=make_policy()).generation == 4
+    finally:
+        store.close()
+
+
+def test_models_match_migrations(store):
+    """The models describe exactly the schema the migrations build."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with store.engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        diffs = compare_metadata(ctx, Base.metadata)
+    assert diffs == []
+
+
+def _opener(url: str, barrier, queue) -> None:  # type: ignore[no-untyped-def]
+    try:
+        barrier.wait(timeout=60)
+        open_store(url).close()
+        queue.put("ok")
+    except BaseException as exc:
+        queue.put(repr(exc))
+
+
+def test_concurrent_first_opens_migrate_once(empty_url):
+    ctx = multiprocessing.get_context("fork")
+    n = 4
+    barrier, queue = ctx.Barrier(n), ctx.Queue()
+    procs = [ctx.Process(target=_opener, args=(empty_url, barrier, queue)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert results == ["ok"] * n
+    store = open_store(empty_url)
+    try:
+        with store.engine.connect() as conn:
+            assert current_revision(conn) == head_revision()
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        assert repo.list_skills(store) == []
+    finally:
+        store.close()
+
+
+def test_open_store_errors(tmp_path):
+    with pytest.raises(StoreError, match="unsupported database"):
+        open_store("mysql://x@localhost/db")
+    with pytest.raises(StoreError, match="invalid database URL"):
+        open_store("not a url")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        open_store("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    # a SQLite file under a home that does not exist yet is created
+    store = open_store(f"sqlite:///{tmp_path / 'new' / 'home' / 'sandgate.db'}")
+    store.close()
+    assert (tmp_path / "new" / "home" / "sandgate.db").exists()
