@@ -43,7 +43,7 @@ targets = sorted(n[len("skill/"):] for n in files if n.startswith("skill/") and 
 scan = subprocess.run(["osemgrep", "scan", "--experimental", "--config", "/work/rules", "--json",
                        "--disable-nosem", "--x-ignore-semgrepignore-files", "--metrics=off", *targets],
                       capture_output=True, env=env)
-tests = subprocess.run([sys.executable, "-I", "-m", "coverage", "run", "--branch", "--source", ".",
+tests = subprocess.run([sys.executable, "-m", "coverage", "run", "--branch", "--source", ".",
                         "--data-file", "/tmp/.coverage", "-m", "pytest", "-q", "-p", "no:cacheprovider",
                         "--import-mode=importlib", *config["tests"]],
                        capture_output=True, env={**env, "PYTHONPATH": "/work/skill"})
