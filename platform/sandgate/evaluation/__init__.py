@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandgate.errors import InfrastructureError
-from sandgate.evaluation.parse import build_report
 from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, SandboxInfo, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -59,6 +58,7 @@ def evaluate(
     infrastructure's (verdict ``error`` with reason ``infrastructure``).
     """
     from sandgate.config import get_settings
+    from sandgate.evaluation.parse import build_report
     from sandgate.policy import decide, effective_limits
     from sandgate.sandbox import SandboxLimits, connect, make_payload, require_image, run_sandbox
 

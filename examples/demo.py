@@ -1,0 +1,82 @@
+"""The sandgate demo: the main job end to end on the embedded default.
+
+SQLite under .sandgate/demo/ (fresh each run), the local Docker engine, the
+example skills in examples/skills/. Every step is a real `sandgate` command,
+printed before it runs, so the demo doubles as a tour of the CLI:
+
+1. evaluate a skill in a sandbox and read its report
+2. submit text_stats v1: evaluated, passes, auto-promoted
+3. submit v2 (adds sentence counting): passes, promoted
+4. submit a bad v3 (an off-by-one the tests catch): the gates stop it, v2 stays active
+5. roll back: the previous version (v1) is active again, with no re-evaluation
+6. the history: every move with who, what, when and why
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SKILLS = ROOT / "examples" / "skills"
+DEMO_HOME = ROOT / ".sandgate" / "demo"
+
+
+def sandgate(*args: str, expect: int = 0) -> str:
+    print(f"\n$ sandgate {' '.join(args)}", flush=True)
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "sandgate", *args], capture_output=True, text=True,
+                          env=ENV, cwd=ROOT)
+    sys.stdout.write(proc.stdout)
+    sys.stderr.write(proc.stderr)
+    print(f"[exit {proc.returncode}, {time.monotonic() - started:.1f}s]", flush=True)
+    if proc.returncode != expect:
+        raise SystemExit(f"demo: `sandgate {' '.join(args)}` exited {proc.returncode}, expected {expect}")
+    return proc.stdout
+
+
+def step(text: str) -> None:
+    print(f"\n=== {text}", flush=True)
+
+
+def main() -> int:
+    shutil.rmtree(DEMO_HOME, ignore_errors=True)
+    DEMO_HOME.mkdir(parents=True)
+    step("1. evaluate a skill in a fresh sandbox (no network, read-only root, no capabilities)")
+    sandgate("evaluate", str(SKILLS / "csv_summary"))
+
+    step("2. submit text_stats v1: stored, evaluated, passed, auto-promoted by the default policy")
+    sandgate("submit", str(SKILLS / "text_stats"))
+
+    step("3. submit text_stats v2 (adds sentence counting): passes and is promoted")
+    sandgate("submit", str(SKILLS / "text_stats_v2"))
+
+    step("4. submit a bad v3 (an off-by-one its own tests catch): the gates stop it")
+    sandgate("submit", str(SKILLS / "text_stats_bad"), expect=1)
+    out = sandgate("skills")
+    assert "text_stats" in out
+    sandgate("versions", "text_stats")
+
+    step("5. on call: roll back to what was active before the last move (no re-evaluation)")
+    sandgate("rollback", "text_stats", "--reason", "demo: v2 misbehaves in production")
+    sandgate("show", "text_stats")
+
+    step("6. the history: who moved what, when and why")
+    sandgate("history", "text_stats")
+    print("\ndemo finished: v1 active again, v3 never went live, every move is in the audit log.")
+    return 0
+
+
+ENV = {
+    **os.environ,
+    "SANDGATE_DATABASE_URL": f"sqlite:///{DEMO_HOME / 'sandgate.db'}",
+    "SANDGATE_ACTOR": "demo:operator",
+    "COLUMNS": os.environ.get("COLUMNS", "120"),
+}
+
+if __name__ == "__main__":
+    sys.exit(main())
