@@ -67,6 +67,13 @@ def main() -> int:
 
     step("6. the history: who moved what, when and why")
     sandgate("history", "text_stats")
+    if os.environ.get("SANDGATE_LLM_BASE_URL"):
+        step("7. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
+        sandgate("generate", "slugify", "--description",
+                 "Turn a title into a lowercase URL slug: letters and digits kept, runs of anything "
+                 "else collapsed to a single '-', no leading or trailing '-'.", "--attempts", "3")
+    else:
+        print("\n(step 7, generating a skill with an LLM, runs when SANDGATE_LLM_BASE_URL is set)")
     print("\ndemo finished: v1 active again, v3 never went live, every move is in the audit log.")
     return 0
 

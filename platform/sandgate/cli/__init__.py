@@ -19,11 +19,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sandgate.cli import engine, evaluate, store
+    from sandgate.cli import engine, evaluate, generate, store
 
     engine.register(app)
     evaluate.register(app)
     store.register(app)
+    generate.register(app)
 
 
 def main() -> None:
