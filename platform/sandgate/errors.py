@@ -15,10 +15,11 @@ in between catches and re-labels them.
     │   ├── ImageMissing          the sandbox image is not built
     │   ├── RuntimeUnavailable    the policy asks for a runtime (e.g. runsc) the engine lacks
     │   └── SandboxFailure        the sandbox did not produce a trustworthy result
-    └── StoreError                the skill store refused an operation
-        ├── NotFound              no such skill / version / evaluation
-        ├── Conflict              a concurrent pointer move won (compare-and-set lost)
-        └── InvalidTransition     the move is not allowed (e.g. promote a failed version)
+    ├── StoreError                the skill store refused an operation
+    │   ├── NotFound              no such skill / version / evaluation
+    │   ├── Conflict              a concurrent pointer move won (compare-and-set lost)
+    │   └── InvalidTransition     the move is not allowed (e.g. promote a failed version)
+    └── LoadFailed                a consumer (registry) could not load a version; the old one keeps serving
 
 Errors raised at a boundary keep their cause: ``raise X(...) from exc``.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "NotFound",
     "Conflict",
     "InvalidTransition",
+    "LoadFailed",
 ]
 
 
@@ -116,3 +118,20 @@ class Conflict(StoreError):
 
 class InvalidTransition(StoreError):
     code = "invalid_transition"
+
+
+class LoadFailed(SandgateError):
+    """A skill version could not be loaded; the previously active version keeps serving.
+
+    ``retryable`` is True when the cause is the environment (the backend or the
+    cache directory failed), False when it is the version itself (its import
+    raised, its entrypoint is missing or not callable, its bytes do not match
+    its content hash). A non-retryable failure is not tried again until the
+    pointer moves.
+    """
+
+    code = "load_failed"
+
+    def __init__(self, message: str, *, code: str | None = None, retryable: bool = False) -> None:
+        super().__init__(message, code=code)
+        self.retryable = retryable
