@@ -6,9 +6,11 @@ printed before it runs, so the demo doubles as a tour of the CLI:
 
 1. evaluate a skill in a sandbox and read its report
 2. submit text_stats v1: evaluated, passes, auto-promoted
-3. submit v2 (adds sentence counting): passes, promoted
+   ... a consumer process starts calling text_stats through the hot-reload
+   registry and prints, for each call, the version that answered ("consumer |")
+3. submit v2 (adds sentence counting): passes, promoted; the consumer switches
 4. submit a bad v3 (an off-by-one the tests catch): the gates stop it, v2 stays active
-5. roll back: the previous version (v1) is active again, with no re-evaluation
+5. roll back: v1 is active again, with no re-evaluation; the consumer follows
 6. the history: every move with who, what, when and why
 """
 
@@ -18,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -43,6 +46,62 @@ def step(text: str) -> None:
     print(f"\n=== {text}", flush=True)
 
 
+def start_consumer() -> tuple[subprocess.Popen[str], list[str], threading.Thread]:
+    """examples/consumer.py in the background; its lines are echoed as they come."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "consumer.py"), "text_stats", "--calls", "0",
+         "--interval", "0.75", "--args", "The cat sat. The dog ran!"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    seen: list[str] = []
+
+    def echo() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line.rstrip())
+            print(f"    consumer | {line.rstrip()[:110]}", flush=True)
+
+    thread = threading.Thread(target=echo, daemon=True)
+    thread.start()
+    return proc, seen, thread
+
+
+def run_store_steps(seen: list[str]) -> None:
+    step("3. submit text_stats v2 (adds sentence counting): passes and is promoted")
+    sandgate("submit", str(SKILLS / "text_stats_v2"))
+    wait_for_line(seen, "text_stats@2")
+
+    step("4. submit a bad v3 (an off-by-one its own tests catch): the gates stop it, v2 stays active")
+    sandgate("submit", str(SKILLS / "text_stats_bad"), expect=1)
+    sandgate("versions", "text_stats")
+    wait_for_line(seen, "text_stats@2")
+
+    step("5. on call: roll back to what was active before the last move (no re-evaluation)")
+    sandgate("rollback", "text_stats", "--reason", "demo: v2 misbehaves in production")
+    wait_for_line(seen, "text_stats@1")
+    sandgate("show", "text_stats")
+
+    step("6. the history: who moved what, when and why")
+    sandgate("history", "text_stats")
+
+
+def _runs(served: list[str]) -> list[str]:
+    """Collapse consecutive repeats: [@1, @1, @2, @2, @1] -> [@1, @2, @1]."""
+    out: list[str] = []
+    for ref in served:
+        if not out or out[-1] != ref:
+            out.append(ref)
+    return out
+
+
+def wait_for_line(seen: list[str], prefix: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if seen and seen[-1].startswith(prefix):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"demo: the consumer never served {prefix!r} (last: {seen[-1:]})")
+
+
 def main() -> int:
     shutil.rmtree(DEMO_HOME, ignore_errors=True)
     DEMO_HOME.mkdir(parents=True)
@@ -52,21 +111,21 @@ def main() -> int:
     step("2. submit text_stats v1: stored, evaluated, passed, auto-promoted by the default policy")
     sandgate("submit", str(SKILLS / "text_stats"))
 
-    step("3. submit text_stats v2 (adds sentence counting): passes and is promoted")
-    sandgate("submit", str(SKILLS / "text_stats_v2"))
+    step("   a consumer process starts calling text_stats through the hot-reload registry")
+    consumer, seen, echo = start_consumer()
+    try:
+        wait_for_line(seen, "text_stats@1")
+        run_store_steps(seen)
+    finally:
+        consumer.terminate()
+        consumer.wait(timeout=10)
+        echo.join(timeout=5)
+    served = [line.split(" ", 1)[0] for line in seen if line.startswith("text_stats@")]
+    failed = [line for line in seen if line.startswith("text_stats@") and " -> " in line
+              and line.split(" -> ", 1)[1].split(":", 1)[0].endswith(("Error", "NotFound"))]
+    print(f"\nthe consumer made {len(served)} calls without a restart ({len(failed)} failed); "
+          f"the versions it used, in order: {' -> '.join(_runs(served))}")
 
-    step("4. submit a bad v3 (an off-by-one its own tests catch): the gates stop it")
-    sandgate("submit", str(SKILLS / "text_stats_bad"), expect=1)
-    out = sandgate("skills")
-    assert "text_stats" in out
-    sandgate("versions", "text_stats")
-
-    step("5. on call: roll back to what was active before the last move (no re-evaluation)")
-    sandgate("rollback", "text_stats", "--reason", "demo: v2 misbehaves in production")
-    sandgate("show", "text_stats")
-
-    step("6. the history: who moved what, when and why")
-    sandgate("history", "text_stats")
     if os.environ.get("SANDGATE_LLM_BASE_URL"):
         step("7. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
         sandgate("generate", "slugify", "--description",
