@@ -108,7 +108,10 @@ Keys: `name` (exactly the skill name given), `description` (one line), `entrypoi
 os._exit; no sys.exit at import time or in tests.
 - No eval, exec, compile, __import__, importlib, runpy, ctypes, pickle, marshal.
 - Files: no absolute paths, no `..`, nothing outside the working directory; tests that \
-need files use pytest's `tmp_path` fixture; the module takes paths as arguments.
+need files use pytest's `tmp_path` fixture; the module takes paths as arguments. Do not \
+use system paths (/etc, /proc, /sys, /usr, ...) even as sample data, never write raw \
+file descriptors (os.write/os.fdopen on numbers), and never name test-result files \
+(.coverage, junit*.xml, coverage.json).
 - Behave the same under test as in production: do not read os.environ to detect the test \
 run, do not look at sys.argv, sys.modules, sys.path, builtins, frames (inspect, \
 sys._getframe), gc, atexit, sys.settrace, coverage, or pytest internals; no pytest \
