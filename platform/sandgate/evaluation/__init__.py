@@ -51,12 +51,18 @@ def evaluate(
     evaluation_id: str | None = None,
     settings: Settings | None = None,
     progress: Callable[[str], None] = lambda _phase: None,
+    phases: tuple[str, ...] = ("static", "dynamic"),
 ) -> EvaluationReport:
     """Evaluate ``submission`` under ``policy`` in a fresh sandbox and return the report.
 
     Never raises for the skill's faults (they are in the verdict) nor for the
     infrastructure's (verdict ``error`` with reason ``infrastructure``).
+    ``phases=("static",)`` runs the semgrep scan only (the scheduler's re-scan):
+    no submitted code runs, and the verdict is meaningless — read the findings.
     """
+    unknown = set(phases) - {"static", "dynamic"}
+    if unknown or not phases:
+        raise ValueError(f"phases must be a non-empty subset of ('static', 'dynamic'), got {phases!r}")
     from sandgate.config import get_settings
     from sandgate.evaluation.parse import build_report
     from sandgate.policy import decide, effective_limits
@@ -99,6 +105,8 @@ def evaluate(
             "tests": submission.test_files(),
             "blocked_severities": list(policy.gates.blocked_severities),
             "fail_fast": False,
+            "static": "static" in phases,
+            "dynamic": "dynamic" in phases,
         }).encode()
         run = run_sandbox(
             client,

@@ -16,11 +16,13 @@ records. ``sandgate.lifecycle`` composes them with evaluation and policy.
 
 from __future__ import annotations
 
+from sandgate.store import keys as _keys  # noqa: F401 - registers api_keys on the metadata
 from sandgate.store.engine import Store, open_store
 from sandgate.store.records import (
     EvaluationRecord,
     EventRecord,
     FileDiff,
+    FlagResult,
     PointerMove,
     SkillRecord,
     VersionRecord,
@@ -37,4 +39,5 @@ __all__ = [
     "PointerMove",
     "YankResult",
     "FileDiff",
+    "FlagResult",
 ]

@@ -18,7 +18,9 @@ The pointer moves only by compare-and-set on ``skills.generation`` (see
 the move whose state a rollback from it returns to (the pointer's history
 stack), so a rollback is a couple of primary-key lookups, never a log scan.
 
-Nothing is ever deleted: versions are yanked, events are only appended.
+Nothing is ever deleted: versions are yanked, events are only appended. The one
+exception is retention (``repository.prune_evaluations``, run by the scheduler):
+old, superseded evaluations of versions that were never active.
 """
 
 from __future__ import annotations
@@ -147,6 +149,8 @@ class Evaluation(Base):
         Index(None, "version_id", "policy_hash"),
         # the work queue: oldest queued first (added in 0002)
         Index(None, "status", "created_at"),
+        # lapsed leases of running evaluations, oldest first (added in 0003)
+        Index(None, "status", "lease_expires_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -163,6 +167,13 @@ class Evaluation(Base):
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    #: the worker that holds (or last held) the evaluation: ``host:pid:random`` — added in 0003
+    lease_owner: Mapped[str | None] = mapped_column(String(ACTOR_LENGTH))
+    #: while ``running``: when the lease lapses unless the owner heartbeats (NULL: not leased,
+    #: e.g. an embedded ``submit(wait=True)`` run)
+    lease_expires_at: Mapped[datetime | None]
+    #: how many times a worker claimed it; at the maximum it ends as verdict ``error``
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Event(Base):
@@ -179,7 +190,7 @@ class Event(Base):
     #: the version acted on (for a move: the version that became active)
     version_id: Mapped[int | None] = mapped_column(BigIntPK, ForeignKey("versions.id"))
     actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
-    #: submitted | evaluated | promoted | rolled_back | yanked
+    #: submitted | evaluated | promoted | rolled_back | yanked | flagged
     action: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(Text)
     before: Mapped[dict[str, Any] | None] = mapped_column(JSONType)

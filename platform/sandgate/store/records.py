@@ -19,6 +19,7 @@ __all__ = [
     "PointerMove",
     "YankResult",
     "FileDiff",
+    "FlagResult",
 ]
 
 
@@ -97,6 +98,12 @@ class EvaluationRecord(_Record):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: how many times a worker claimed it (a lapsed lease is claimed again, up to a maximum)
+    attempts: int = 0
+    #: the worker holding it while running (``host:pid:random``); after that, the last one
+    lease_owner: str | None = None
+    #: while running under a lease: when it lapses unless heartbeated
+    lease_expires_at: datetime | None = None
 
     def report_model(self) -> Any:
         """The stored report as an ``EvaluationReport`` (None until done)."""
@@ -151,3 +158,16 @@ class FileDiff(_Record):
     #: unified diff text ("" for binary files; see ``binary``)
     diff: str
     binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FlagResult(_Record):
+    """A ``flagged`` event (a re-scan found blocked findings) and the quarantine it caused."""
+
+    skill: str
+    version: int
+    event_id: int
+    #: set when the flag quarantined the version by rolling the skill back
+    rollback: PointerMove | None = None
+    #: why a requested quarantine did not happen (e.g. nothing to roll back to)
+    note: str | None = None

@@ -60,16 +60,47 @@ A yanked version stays stored (its events and bytes are evidence) but can no
 longer be promoted or rolled back to. Yanking the active version is refused
 unless ``rollback=True``, which rolls back (plain semantics, skipping the
 version being yanked) and yanks in one transaction: two events, one move.
+
+The work queue
+==============
+
+``queue_evaluation`` writes a ``queued`` row; workers take rows with leases::
+
+    queued ──claim──► running (lease_owner, lease_expires_at, attempts += 1) ──finish──► done
+       ▲                 │  heartbeat: extend, only while still the owner
+       │                 ├─ lease lapses ─► claimed again by another worker (or requeued
+       └── release ──────┘                 by recover_leases); at max attempts → verdict error
+
+* ``claim_evaluation`` takes a running row whose lease lapsed first, else the
+  oldest queued row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN
+  IMMEDIATE`` on SQLite): exactly one claimer wins a row.
+* ``finish_evaluation`` with a lease owner is a compare-and-set on
+  ``(status = running, lease_owner = owner)``: a worker whose lease was taken
+  over gets ``Conflict`` (code ``lease_lost``) and discards its result, so an
+  evaluation is completed — one ``evaluated`` event — exactly once.
+* A job that exhausts ``max_attempts`` (default 3) ends as verdict ``error``
+  with reason ``infrastructure`` ("gave up after 3 attempts"), never
+  ``failed``: a dying worker is the infrastructure's fault.
+* Lease times come from the database server's clock on PostgreSQL, so workers
+  on several hosts agree on expiry whatever their own clocks say.
+
+Retention (``prune_evaluations``) and re-scan flags (``flag_version``) are the
+scheduler's; neither ever touches versions, nor any evaluation of a version
+that is or ever was active.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
+import os
 import re
+import socket
 import uuid
-from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 from sqlalchemy import func, select, update
@@ -92,6 +123,7 @@ from sandgate.store.records import (
     EvaluationRecord,
     EventRecord,
     FileDiff,
+    FlagResult,
     PointerMove,
     SkillRecord,
     VersionRecord,
@@ -113,6 +145,14 @@ __all__ = [
     "finish_evaluation",
     "record_evaluation",
     "claim_evaluation",
+    "heartbeat",
+    "release_evaluation",
+    "recover_leases",
+    "lease_scope",
+    "prune_evaluations",
+    "flag_version",
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
     "get_evaluation",
     "latest_evaluation",
     "pending_evaluation",
@@ -131,6 +171,13 @@ MOVES = ("promoted", "rolled_back")
 CONCLUSIVE = ("passed", "failed", "rejected")
 _MAX_WALK = 10_000
 _CREATE_ATTEMPTS = 5
+#: a worker's lease on a running evaluation, unless it heartbeats
+DEFAULT_LEASE_SECONDS = 30.0
+#: claims of one evaluation before it ends as verdict ``error``
+DEFAULT_MAX_ATTEMPTS = 3
+
+#: the lease owner :func:`finish_evaluation` checks when none is passed (see :func:`lease_scope`)
+_lease_owner: ContextVar[str | None] = ContextVar("sandgate_lease_owner", default=None)
 
 #: test seam: callables run at named points inside transactions, given the session
 #: ("create_version.files_inserted", "move.before_cas")
@@ -264,6 +311,9 @@ def _evaluation_record(e: Evaluation, skill_name: str, number: int) -> Evaluatio
         created_at=_utc(e.created_at),  # type: ignore[arg-type]
         started_at=_utc(e.started_at),
         finished_at=_utc(e.finished_at),
+        attempts=e.attempts or 0,
+        lease_owner=e.lease_owner,
+        lease_expires_at=_utc(e.lease_expires_at),
     )
 
 
@@ -504,7 +554,14 @@ def _report_fields(report: Any) -> tuple[str, list[dict[str, Any]], dict[str, An
     return verdict, list(data.get("reasons") or []), data
 
 
-def _apply_verdict(s: Session, version: Version, skill: Skill, ev: Evaluation, now: datetime) -> None:
+def _apply_verdict(
+    s: Session,
+    version: Version,
+    skill: Skill,
+    ev: Evaluation,
+    now: datetime,
+    extra_evidence: Mapping[str, Any] | None = None,
+) -> None:
     """Version status follows conclusive verdicts; every finished evaluation is an event."""
     if ev.verdict in CONCLUSIVE:
         version.status = ev.verdict
@@ -522,6 +579,7 @@ def _apply_verdict(s: Session, version: Version, skill: Skill, ev: Evaluation, n
                 "policy": ev.policy_name,
                 "policy_hash": ev.policy_hash,
                 "verdict": ev.verdict,
+                **(extra_evidence or {}),
             },
             created_at=now,
         )
@@ -580,29 +638,61 @@ def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
         return _evaluation_record(ev, skill.name, version.number)
 
 
-def finish_evaluation(store: Store, *, evaluation_id: str, report: Any) -> EvaluationRecord:
-    """Store the report of a queued or running evaluation: → ``done``, one ``evaluated`` event."""
+def finish_evaluation(
+    store: Store, *, evaluation_id: str, report: Any, owner: str | None = None
+) -> EvaluationRecord:
+    """Store the report of a queued or running evaluation: → ``done``, one ``evaluated`` event.
+
+    With a lease owner — ``owner``, or the one set by :func:`lease_scope` — it is
+    a compare-and-set on the lease: only a ``running`` evaluation still held by
+    that owner is finished. A worker whose lease lapsed and was taken over gets
+    :class:`Conflict` (code ``lease_lost``) and its result is discarded, so a job
+    is never completed twice. Without an owner (the embedded path) any queued or
+    running evaluation is finished.
+
+    The report's ``policy_hash`` (the policy content actually used) replaces the
+    queued one when they differ; the event's evidence keeps the queued hash.
+    """
     verdict, reasons, data = _report_fields(report)
+    owner = owner or _lease_owner.get()
     now = _now()
     with store.write() as s:
         ev, version, skill = _evaluation_with_owner(s, evaluation_id)
+        queued_hash = ev.policy_hash
+        used_hash = data.get("policy_hash") or queued_hash
+        if len(used_hash) > HASH_LENGTH:
+            raise StoreError(f"invalid policy hash {used_hash[:40]!r}...")
+        q = update(Evaluation).where(Evaluation.id == evaluation_id)
+        if owner is None:
+            q = q.where(Evaluation.status.in_(("queued", "running")))
+        else:
+            q = q.where(Evaluation.status == "running", Evaluation.lease_owner == owner)
         rc = s.execute(
-            update(Evaluation)
-            .where(Evaluation.id == evaluation_id, Evaluation.status.in_(("queued", "running")))
-            .values(
+            q.values(
                 status="done",
                 verdict=verdict,
                 reasons=reasons,
                 report=data,
+                policy_hash=used_hash,
                 started_at=func.coalesce(Evaluation.started_at, now),
                 finished_at=now,
-            )
-            .execution_options(synchronize_session=False)
+                lease_expires_at=None,
+            ).execution_options(synchronize_session=False)
         ).rowcount
         s.refresh(ev)
         if rc != 1:
+            if owner is not None:
+                holder = f", held by {ev.lease_owner}" if ev.status == "running" else ""
+                raise Conflict(
+                    f"evaluation {evaluation_id}: lease lost (it is {ev.status}{holder}); "
+                    "result discarded",
+                    code="lease_lost",
+                )
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
-        _apply_verdict(s, version, skill, ev, now)
+        extra = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
+        if owner is not None:
+            extra = {**(extra or {}), "worker": owner, "attempt": ev.attempts}
+        _apply_verdict(s, version, skill, ev, now, extra)
         return _evaluation_record(ev, skill.name, version.number)
 
 
@@ -640,29 +730,102 @@ def record_evaluation(
         return _evaluation_record(ev, skill.name, version.number)
 
 
-def claim_evaluation(store: Store) -> EvaluationRecord | None:
-    """Take the oldest queued evaluation and mark it running (for workers).
+def _default_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
-    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other.
-    SQLite: writers are serialised anyway.
+
+def _db_now(s: Session) -> datetime:
+    """Lease clock: the database server's on PostgreSQL (one clock for every worker host)."""
+    if s.get_bind().dialect.name == "postgresql":
+        value = s.scalar(select(func.clock_timestamp()))
+        assert value is not None
+        return value
+    return _now()
+
+
+def _give_up(
+    s: Session, ev: Evaluation, version: Version, skill: Skill, now: datetime, why: str
+) -> None:
+    """End an evaluation the workers could not finish: verdict ``error`` (never ``failed``)."""
+    from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+
+    message = f"gave up after {ev.attempts} attempt{'s' if ev.attempts != 1 else ''}: {why}"
+    report = EvaluationReport(
+        evaluation_id=ev.id,
+        verdict=Verdict.error,
+        reasons=[Reason(code=ReasonCode.infrastructure, message=message)],
+        skill=skill.name,
+        content_hash=version.content_hash,
+        policy=ev.policy_name,
+        policy_hash=ev.policy_hash,
+    ).model_dump(mode="json")
+    ev.status = "done"
+    ev.verdict = "error"
+    ev.reasons = report["reasons"]
+    ev.report = report
+    ev.started_at = ev.started_at or now
+    ev.finished_at = now
+    ev.lease_expires_at = None
+    s.flush()
+    _apply_verdict(s, version, skill, ev, now, {"gave_up": True, "attempts": ev.attempts})
+
+
+def claim_evaluation(
+    store: Store,
+    *,
+    owner: str | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> EvaluationRecord | None:
+    """Lease the next evaluation to ``owner`` for ``lease_seconds`` and mark it running.
+
+    The next one is a ``running`` evaluation whose lease lapsed (its worker died
+    or hung; oldest lapse first), else the oldest ``queued`` one. Each claim
+    counts an attempt; a lapsed evaluation that already had ``max_attempts``
+    ends as verdict ``error`` ("gave up after N attempts") and the next is tried.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other
+    and never get the same row. SQLite: the write transaction is ``BEGIN
+    IMMEDIATE``, so claims are serialised and each row has one winner.
+    ``owner`` defaults to ``host:pid:random``.
     """
-    now = _now()
+    owner = owner or _default_owner()
+    if len(owner) > ACTOR_LENGTH:
+        raise StoreError(f"lease owner longer than {ACTOR_LENGTH} characters")
     with store.write() as s:
-        ev = s.scalars(
-            select(Evaluation)
-            .where(Evaluation.status == "queued")
-            .order_by(Evaluation.created_at, Evaluation.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        ).one_or_none()
-        if ev is None:
-            return None
-        ev.status = "running"
-        ev.started_at = now
-        version = s.get_one(Version, ev.version_id)
-        skill = s.get_one(Skill, version.skill_id)
-        s.flush()
-        return _evaluation_record(ev, skill.name, version.number)
+        now = _db_now(s)
+        for _ in range(_MAX_WALK):
+            ev = s.scalars(
+                select(Evaluation)
+                .where(Evaluation.status == "running", Evaluation.lease_expires_at < now)
+                .order_by(Evaluation.lease_expires_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if ev is None:
+                ev = s.scalars(
+                    select(Evaluation)
+                    .where(Evaluation.status == "queued")
+                    # created_at alone: the (status, created_at) index serves it, no sort
+                    .order_by(Evaluation.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+            if ev is None:
+                return None
+            version = s.get_one(Version, ev.version_id)
+            skill = s.get_one(Skill, version.skill_id)
+            if ev.attempts >= max_attempts:
+                _give_up(s, ev, version, skill, now, f"the lease of {ev.lease_owner} lapsed")
+                continue
+            ev.status = "running"
+            ev.started_at = now
+            ev.lease_owner = owner
+            ev.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            ev.attempts = (ev.attempts or 0) + 1
+            s.flush()
+            return _evaluation_record(ev, skill.name, version.number)
+    return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
 
 
 def get_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
@@ -732,6 +895,229 @@ def pending_evaluation(
             .limit(1)
         ).first()
         return None if ev is None else _evaluation_record(ev, skill.name, version.number)
+
+
+# --------------------------------------------------------------------------- the work queue
+
+
+@contextmanager
+def lease_scope(owner: str) -> Iterator[None]:
+    """Within this block (this thread/context), :func:`finish_evaluation` acts as ``owner``.
+
+    Workers run ``lifecycle.run_evaluation`` inside it, so the one code path the
+    embedded mode uses also gets the lease compare-and-set.
+    """
+    token = _lease_owner.set(owner)
+    try:
+        yield
+    finally:
+        _lease_owner.reset(token)
+
+
+def heartbeat(
+    store: Store, *, evaluation_id: str, owner: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> datetime:
+    """Extend ``owner``'s lease to now + ``lease_seconds``; return the new expiry.
+
+    Only while the evaluation is ``running`` and still leased to ``owner``
+    (even if the lease already lapsed, as long as nobody took it over).
+    Otherwise :class:`Conflict` (code ``lease_lost``): the caller must stop and
+    discard its result.
+    """
+    with store.write() as s:
+        now = _db_now(s)
+        expires = now + timedelta(seconds=lease_seconds)
+        rc = s.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.id == evaluation_id,
+                Evaluation.status == "running",
+                Evaluation.lease_owner == owner,
+            )
+            .values(lease_expires_at=expires)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if rc != 1:
+            row = s.execute(
+                select(Evaluation.status, Evaluation.lease_owner).where(Evaluation.id == evaluation_id)
+            ).first()
+            state = "gone" if row is None else f"{row[0]}, lease {row[1]}"
+            raise Conflict(f"evaluation {evaluation_id}: lease lost ({state})", code="lease_lost")
+        return expires
+
+
+def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
+    """Hand a running evaluation back to the queue (a worker shutting down).
+
+    Only ``owner``'s own lease is released; the attempt it used is not counted
+    (stopping a worker is not the job's fault). False: it was not ``owner``'s.
+    """
+    with store.write() as s:
+        rc = s.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.id == evaluation_id,
+                Evaluation.status == "running",
+                Evaluation.lease_owner == owner,
+            )
+            .values(
+                status="queued",
+                started_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=func.max(Evaluation.attempts - 1, 0)
+                if s.get_bind().dialect.name == "sqlite"
+                else func.greatest(Evaluation.attempts - 1, 0),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        return rc == 1
+
+
+def recover_leases(
+    store: Store,
+    *,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    stale_seconds: float | None = 3600.0,
+) -> dict[str, list[str]]:
+    """Requeue running evaluations whose lease lapsed, or give them up (the scheduler's job).
+
+    A lapsed lease with fewer than ``max_attempts`` claims goes back to
+    ``queued``; one at the maximum ends as verdict ``error`` ("gave up after N
+    attempts"). A ``running`` evaluation with no lease at all (an embedded run,
+    or one from before leases existed) that started more than ``stale_seconds``
+    ago is requeued too (``None``: leave those alone).
+
+    Returns ``{"requeued": [ids], "gave_up": [ids]}``.
+    """
+    out: dict[str, list[str]] = {"requeued": [], "gave_up": []}
+    with store.write() as s:
+        now = _db_now(s)
+        lapsed = list(
+            s.scalars(
+                select(Evaluation)
+                .where(Evaluation.status == "running", Evaluation.lease_expires_at < now)
+                .order_by(Evaluation.lease_expires_at)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if stale_seconds is not None:
+            lapsed += list(
+                s.scalars(
+                    select(Evaluation)
+                    .where(
+                        Evaluation.status == "running",
+                        Evaluation.lease_expires_at.is_(None),
+                        Evaluation.started_at < now - timedelta(seconds=stale_seconds),
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            )
+        for ev in lapsed:
+            version = s.get_one(Version, ev.version_id)
+            skill = s.get_one(Skill, version.skill_id)
+            if ev.attempts >= max_attempts:
+                _give_up(s, ev, version, skill, now, f"the lease of {ev.lease_owner} lapsed")
+                out["gave_up"].append(ev.id)
+            else:
+                ev.status = "queued"
+                ev.started_at = None
+                ev.lease_owner = None
+                ev.lease_expires_at = None
+                out["requeued"].append(ev.id)
+        s.flush()
+    return out
+
+
+def _protected(s: Session, version_ids: set[int]) -> set[int]:
+    """Those of ``version_ids`` that are active now or ever were (a move event names them)."""
+    if not version_ids:
+        return set()
+    skill_ids = set(s.scalars(select(Version.skill_id).where(Version.id.in_(version_ids))))
+    active = set(s.scalars(select(Skill.active_version_id).where(Skill.id.in_(skill_ids)))) & version_ids
+    moved = set(
+        s.scalars(
+            select(Event.version_id)
+            .where(Event.version_id.in_(version_ids), Event.action.in_(MOVES))
+            .distinct()
+        )
+    )
+    return {int(v) for v in active | moved if v is not None}
+
+
+def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
+    """Retention: shrink old evaluations of versions that were never active.
+
+    For every version that is not active and never was (no ``promoted`` /
+    ``rolled_back`` event names it), evaluations finished before ``before``:
+
+    * are deleted unless they are, per policy hash, the version's latest
+      evaluation or its latest conclusive one (what ``promote`` and ``submit``
+      look at) — so pruning never changes a decision;
+    * the ones kept lose their captured ``output`` text (the report stays valid).
+
+    Versions, their files and events are never touched, nor anything of a
+    version that is or was active, nor queued/running evaluations.
+    Returns ``{"deleted": n, "outputs_dropped": n}``.
+    """
+    with store.write() as s:
+        # created_at <= finished_at: the (status, created_at) index bounds the scan to old rows
+        candidates = {
+            int(v)
+            for v in s.scalars(
+                select(Evaluation.version_id)
+                .where(
+                    Evaluation.status == "done",
+                    Evaluation.created_at < before,
+                    Evaluation.finished_at < before,
+                )
+                .distinct()
+            )
+        }
+        old_versions: set[int] = set()
+        chunk = sorted(candidates)
+        for start in range(0, len(chunk), 500):
+            batch = set(chunk[start : start + 500])
+            old_versions |= batch - _protected(s, batch)
+        if not old_versions:
+            return {"deleted": 0, "outputs_dropped": 0}
+        rows = s.execute(
+            select(
+                Evaluation.id,
+                Evaluation.version_id,
+                Evaluation.policy_hash,
+                Evaluation.verdict,
+                Evaluation.finished_at,
+                Evaluation.created_at,
+            ).where(Evaluation.version_id.in_(old_versions), Evaluation.status == "done")
+        ).all()
+        newest: dict[tuple[int, str], tuple[Any, str]] = {}
+        newest_conclusive: dict[tuple[int, str], tuple[Any, str]] = {}
+        for eid, vid, phash, verdict, finished, created in rows:
+            key, rank = (vid, phash), (_utc(finished), _utc(created), eid)
+            if key not in newest or rank > newest[key][0]:
+                newest[key] = (rank, eid)
+            if verdict in CONCLUSIVE and (
+                key not in newest_conclusive or rank > newest_conclusive[key][0]
+            ):
+                newest_conclusive[key] = (rank, eid)
+        keep = {eid for _, eid in newest.values()} | {eid for _, eid in newest_conclusive.values()}
+        cutoff = _utc(before)
+        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(finished) < cutoff]  # type: ignore[operator]
+        drop = [eid for eid in old if eid not in keep]
+        for start in range(0, len(drop), 500):
+            s.execute(
+                Evaluation.__table__.delete().where(Evaluation.id.in_(drop[start : start + 500]))
+            )
+        dropped = 0
+        kept_old = [eid for eid in old if eid in keep]
+        for start in range(0, len(kept_old), 500):
+            for ev in s.scalars(select(Evaluation).where(Evaluation.id.in_(kept_old[start : start + 500]))):
+                if isinstance(ev.report, dict) and ev.report.get("output"):
+                    ev.report = {**ev.report, "output": ""}
+                    dropped += 1
+        s.flush()
+        return {"deleted": len(drop), "outputs_dropped": dropped}
 
 
 # --------------------------------------------------------------------------- pointer moves
@@ -1089,6 +1475,85 @@ def yank(
         s.refresh(skill)
         return YankResult(
             version=_version_record(version, skill), rollback=move, event_id=event.id
+        )
+
+
+def flag_version(
+    store: Store,
+    *,
+    name: str,
+    number: int,
+    actor: str,
+    reason: str,
+    evidence: Mapping[str, Any],
+    quarantine: bool = False,
+) -> FlagResult | None:
+    """Record a ``flagged`` event on ``name@number`` (a re-scan found blocked findings).
+
+    ``evidence["fingerprint"]`` identifies the findings: when the version's
+    latest ``flagged`` event has the same fingerprint nothing is written and
+    None is returned (a daily re-scan does not repeat itself).
+
+    ``quarantine=True`` on the active version also rolls the skill back (plain
+    rollback semantics, in the same transaction, its event pointing at the
+    flag). A rollback is reversible — a human can promote the version again —
+    where a yank is not, and a new rule can be a false positive. When there is
+    nothing to roll back to the flag is still written and ``note`` says why.
+    """
+    actor = _require_actor(actor)
+    reason = _require_reason(reason, "a flag")
+    evidence = dict(evidence)
+    with store.write() as s:
+        skill = _skill(s, name, lock=True)
+        version = _version(s, skill, number)
+        fingerprint = evidence.get("fingerprint")
+        if fingerprint is not None:
+            last = s.scalars(
+                select(Event)
+                .where(Event.version_id == version.id, Event.action == "flagged")
+                .order_by(Event.id.desc())
+                .limit(1)
+            ).first()
+            if last is not None and (last.evidence or {}).get("fingerprint") == fingerprint:
+                return None
+        active = skill.active_version_id == version.id
+        event = Event(
+            skill_id=skill.id,
+            version_id=version.id,
+            actor=actor,
+            action="flagged",
+            reason=reason,
+            before={"version": number, "active": active},
+            after={"version": number, "quarantine": quarantine},
+            evidence=evidence,
+            created_at=_now(),
+        )
+        s.add(event)
+        s.flush()
+        move, note = None, None
+        if quarantine and active:
+            try:
+                move = _rollback_in(
+                    s,
+                    skill,
+                    to=None,
+                    actor=actor,
+                    reason=f"quarantine {name}@{number}: {reason}",
+                    expected_generation=None,
+                    evidence={"flagged_event": event.id, "quarantine": number},
+                )
+            except InvalidTransition as exc:
+                note = f"quarantine did not happen: {exc}"
+        elif quarantine:
+            note = f"{name}@{number} is not active: nothing to quarantine"
+        event.evidence = {
+            **evidence,
+            "rolled_back": move.event_id if move else None,
+            **({"note": note} if note else {}),
+        }
+        s.flush()
+        return FlagResult(
+            skill=name, version=number, event_id=event.id, rollback=move, note=note
         )
 
 

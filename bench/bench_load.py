@@ -1,0 +1,509 @@
+"""Queue throughput under load: 200 submissions at once, worker processes, a measured ceiling.
+
+What it does, in one run:
+
+1. **Floor CPU.** Runs the ``bench_evaluate`` floor (a bare hardened ``docker
+   run`` of the same image doing the same work as an evaluation: semgrep with
+   the platform's rules, pytest under branch coverage, a JSON coverage report,
+   no harness) ``--floor-runs`` times and measures the CPU seconds of each run
+   *from the container's own cgroup*: the floor script's last step reads
+   ``cpuacct.usage`` (cgroup v1) or ``cpu.stat`` ``usage_usec`` (cgroup v2) —
+   every process in the container, semgrep and pytest included. (The
+   container's rusage of itself and its children is printed beside it as a
+   cross-check.) The median is ``floor_cpu``.
+2. **Ceiling** = cores ÷ ``floor_cpu`` evaluations per second: what the machine
+   could do if every core did nothing but floor work. It ignores the Docker
+   engine's own cost of creating/starting/removing a container and the
+   controller's bookkeeping — both are real overhead the ratio has to absorb.
+3. **Load.** Starts ``--workers`` worker processes (``python -m sandgate
+   worker``), then posts ``--submissions`` distinct submissions (20 skills ×
+   N versions of the example ``text_stats`` skill) through
+   ``lifecycle.submit(wait=False)`` from 8 threads at once, and waits until
+   every evaluation is done.
+4. **Report.** Throughput (evaluations/minute, first submit → last verdict),
+   p50/p95 submit → verdict, peak RSS of the worker processes (``VmHWM``),
+   host CPU seconds actually spent per evaluation (``/proc/stat``) and the
+   workers' own share, verdicts (any ``error`` is a failure), leftover
+   containers, and **throughput ÷ ceiling** (target ≥ 0.8).
+
+::
+
+    python bench/bench_load.py                  # 200 submissions (a throwaway PostgreSQL if installed)
+    python bench/bench_load.py --quick          # 20 submissions, smoke
+    python bench/bench_load.py --database-url sqlite:////tmp/load.db --workers 2 --concurrency 2
+
+``--url`` is reserved for posting through the HTTP API (``sandgate serve``);
+not implemented yet: the library path is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SKILL = ROOT / "examples" / "skills" / "text_stats"
+
+CPU_PROBE = r"""
+import resource
+def _cg_usage():
+    for path, scale in (("/sys/fs/cgroup/cpuacct/cpuacct.usage", 1e-9), ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", 1e-9)):
+        try:
+            return int(open(path).read()) * scale
+        except OSError:
+            pass
+    try:
+        for line in open("/sys/fs/cgroup/cpu.stat"):
+            if line.startswith("usage_usec"):
+                return int(line.split()[1]) * 1e-6
+    except OSError:
+        pass
+    return None
+_s, _c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+print(json.dumps({"cgroup_cpu_seconds": _cg_usage(),
+                  "rusage_cpu_seconds": _s.ru_utime + _s.ru_stime + _c.ru_utime + _c.ru_stime}))
+"""
+
+_WIRED = "worker" in (ROOT / "platform" / "sandgate" / "cli" / "__init__.py").read_text()
+_MAIN = (
+    "from sandgate.cli import app, _register\n_register()\n"
+    "if not any(c.name == 'worker' for c in app.registered_commands):\n"
+    "    from sandgate.cli import worker\n    worker.register(app)\n"
+    "app(prog_name='sandgate')\n"
+)
+
+
+def _load(path: Path, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- floor
+
+
+def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[str, Any]:
+    """CPU seconds of one floor evaluation, from the container's cgroup (median of ``runs``).
+
+    Also: the host's CPU per (sequential) floor run — engine and kernel included —
+    and, with ``parallel_runs``, the bare floor's own throughput ``width`` at a time.
+    """
+    from sandgate.config import get_settings
+    from sandgate.evaluation import rules_files
+    from sandgate.policy import load_policy
+    from sandgate.sandbox import SandboxLimits, connect, make_payload, run_sandbox
+    from sandgate.submission import load_submission
+
+    floor_script = _load(ROOT / "bench" / "bench_evaluate.py", "bench_evaluate").FLOOR_SCRIPT + CPU_PROBE
+    settings = get_settings()
+    policy = load_policy(settings.policy)
+    submission = load_submission(SKILL)
+    client = connect(settings)
+    files = {f"skill/{p}": b for p, b in submission.files.items()}
+    files.update({f"rules/{n}": b for n, b in rules_files(settings.policies_dir / "semgrep").items()})
+    files["config.json"] = json.dumps({"tests": submission.test_files()}).encode()
+    payload = make_payload(files)
+    limits = SandboxLimits(**{k: getattr(policy.limits, k) for k in
+                              ("runtime", "timeout_seconds", "memory_mb", "pids", "cpus", "output_kb",
+                               "work_disk_mb")})
+    def once() -> dict[str, Any]:
+        run = run_sandbox(client, image=settings.image, payload=payload, limits=limits,
+                          entrypoint=["python3", "-I", "-c", floor_script])
+        lines = run.harness["stdout"].strip().splitlines()
+        work, cpu = json.loads(lines[-2]), json.loads(lines[-1])
+        assert work["scan_rc"] == 0 and work["pytest_rc"] == 0 and work["cov_rc"] == 0, work
+        return cpu
+
+    cgroup, rusage, wall, host = [], [], [], []
+    once()  # warms the page cache
+    for _ in range(runs):
+        busy, t = _host_busy_seconds(), time.perf_counter()
+        cpu = once()
+        wall.append(time.perf_counter() - t)
+        host.append(_host_busy_seconds() - busy)
+        rusage.append(cpu["rusage_cpu_seconds"])
+        if cpu["cgroup_cpu_seconds"] is not None:
+            cgroup.append(cpu["cgroup_cpu_seconds"])
+    out: dict[str, Any] = {
+        "cpu_seconds": statistics.median(cgroup or rusage),
+        "source": "cgroup" if cgroup else "rusage",
+        "cgroup_cpu_seconds": cgroup,
+        "rusage_cpu_seconds": rusage,
+        "host_cpu_seconds": statistics.median(host),
+        "wall_seconds": statistics.median(wall),
+        "parallel_per_min": None,
+    }
+    if parallel_runs:
+        done = []
+        lock = threading.Lock()
+
+        def loop() -> None:
+            while True:
+                with lock:
+                    if len(done) >= parallel_runs:
+                        return
+                    done.append(None)
+                once()
+
+        t = time.perf_counter()
+        threads = [threading.Thread(target=loop) for _ in range(width)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        out["parallel_per_min"] = parallel_runs / (time.perf_counter() - t) * 60
+    return out
+
+
+# --------------------------------------------------------------------------- host accounting
+
+
+def _host_busy_seconds() -> float:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def background_cpu(seconds: float = 2.0) -> float:
+    """Fraction of the machine busy while this benchmark does nothing (other tenants)."""
+    busy = _host_busy_seconds()
+    time.sleep(seconds)
+    return (_host_busy_seconds() - busy) / seconds / (os.cpu_count() or 1)
+
+
+def wait_for_quiet(limit: float, patience: float) -> float:
+    """Wait (up to ``patience`` seconds) until background load is below ``limit``; return it."""
+    deadline = time.monotonic() + patience
+    level = background_cpu()
+    while level > limit and time.monotonic() < deadline:
+        print(f"  machine busy with other work ({level:.0%}); waiting for a quiet moment ...", flush=True)
+        level = background_cpu()
+    return level
+
+
+def _proc_cpu_seconds(pid: int) -> float:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _docker_cgroup_cpu_seconds() -> float | None:
+    """CPU of every container ever run, from the engine's parent cgroup.
+
+    cgroup v1 ``cpuacct`` charges each ancestor as it goes, so the parent keeps
+    the usage of removed sandboxes. (cgroup v2: None.)
+    """
+    for path in ("/sys/fs/cgroup/cpuacct/docker/cpuacct.usage", "/sys/fs/cgroup/cpu,cpuacct/docker/cpuacct.usage"):
+        try:
+            return int(Path(path).read_text()) / 1e9
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _cpu_by_command(names: tuple[str, ...]) -> dict[str, float]:
+    """Summed CPU seconds of live processes by command name (dockerd, postgres, ...)."""
+    out = dict.fromkeys(names, 0.0)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            comm = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in out:
+            out[comm] += _proc_cpu_seconds(int(entry.name))
+    return out
+
+
+ENGINE_PROCESSES = ("dockerd", "containerd", "postgres")
+
+
+def _peak_rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+# --------------------------------------------------------------------------- load
+
+
+def submissions(n: int) -> list[Any]:
+    from sandgate.submission import submission_from_files
+
+    base = {str(p.relative_to(SKILL)): p.read_bytes() for p in sorted(SKILL.rglob("*")) if p.is_file()}
+    out = []
+    for i in range(n):
+        files = dict(base)
+        name = f"load_{i % 20:02d}"
+        files["skill.toml"] = files["skill.toml"].replace(b'name = "text_stats"', f'name = "{name}"'.encode())
+        files["text_stats.py"] = files["text_stats.py"] + f"\n# load variant {i}\n".encode()
+        out.append(submission_from_files(files))
+    return out
+
+
+def start_workers(url: str, count: int, concurrency: int | None, lease: float, logdir: Path) -> list[Any]:
+    argv = [sys.executable, "-m", "sandgate"] if _WIRED else [sys.executable, "-c", _MAIN]
+    env = {**os.environ, "SANDGATE_DATABASE_URL": url, "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for k in range(count):
+        args = [*argv, "worker", "--lease-seconds", str(lease), "--poll-interval", "0.2", "--log-level", "warning"]
+        if concurrency:
+            args += ["--concurrency", str(concurrency)]
+        log = open(logdir / f"worker-{k}.log", "wb")  # noqa: SIM115
+        procs.append((subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--submissions", type=int, default=200)
+    parser.add_argument("--quick", action="store_true", help="20 submissions, 1 floor run")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes")
+    parser.add_argument("--concurrency", type=int, default=None,
+                        help="evaluations per worker (default: the worker's own default)")
+    parser.add_argument("--lease-seconds", type=float, default=30.0)
+    parser.add_argument("--floor-runs", type=int, default=5)
+    parser.add_argument("--floor-load", type=int, default=40,
+                        help="bare floor runs at the workers' total concurrency, for the engine's own "
+                             "throughput (0: skip)")
+    parser.add_argument("--database-url", default=None,
+                        help="default: a throwaway PostgreSQL (tests/pg.py), else a temporary SQLite file")
+    parser.add_argument("--url", default=None, help="post through the HTTP API (not implemented yet)")
+    parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
+    parser.add_argument("--quiet-limit", type=float, default=0.10,
+                        help="wait until other tenants use less than this share of the CPUs (default 0.10)")
+    parser.add_argument("--quiet-patience", type=float, default=120.0,
+                        help="seconds to wait for that before measuring anyway")
+    args = parser.parse_args()
+    if args.url:
+        parser.error("--url (posting through sandgate serve) is not implemented yet; use the library path")
+    if args.quick:
+        args.submissions, args.floor_runs, args.floor_load = 20, 1, 0
+
+    from sandgate import lifecycle
+    from sandgate.policy import load_policy
+    from sandgate.sandbox import connect
+    from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, reap
+    from sandgate.store import open_store
+    from sandgate.worker import default_concurrency
+
+    cores = os.cpu_count() or 1
+    before = wait_for_quiet(args.quiet_limit, args.quiet_patience)
+    print(f"machine: {cores} cores, background load {before:.0%}; measuring the floor ({args.floor_runs} runs + 1 warm-up) ...", flush=True)
+    per_worker = args.concurrency or default_concurrency(load_policy("default"))
+    width = per_worker * args.workers
+    floor = measure_floor(args.floor_runs, parallel_runs=args.floor_load, width=width)
+    ceiling_per_min = cores / floor["cpu_seconds"] * 60
+    engine_ceiling_per_min = cores / floor["host_cpu_seconds"] * 60
+    print(f"floor: {floor['cpu_seconds']:.3f} CPU-s per evaluation ({floor['source']}; "
+          f"rusage {', '.join(f'{x:.3f}' for x in floor['rusage_cpu_seconds'])}), "
+          f"wall {floor['wall_seconds']:.3f}s", flush=True)
+    print(f"ceiling: {cores} cores / {floor['cpu_seconds']:.3f} CPU-s = {ceiling_per_min:.1f} evaluations/min",
+          flush=True)
+    print(f"engine-inclusive: {floor['host_cpu_seconds']:.3f} host CPU-s per floor run (engine + kernel too) "
+          f"-> {engine_ceiling_per_min:.1f}/min"
+          + (f"; bare floor {width} at a time: {floor['parallel_per_min']:.1f}/min"
+             if floor["parallel_per_min"] else ""), flush=True)
+
+    with ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sandgate-load-")))
+        url = args.database_url
+        if url is None:
+            pg = _load(ROOT / "tests" / "pg.py", "sandgate_bench_pg")
+            try:
+                server = stack.enter_context(pg.postgres_server())
+                url = server.create_database("load")
+            except pg.PostgresUnavailable:
+                url = f"sqlite:///{tmp / 'load.db'}"
+        store = open_store(url)
+        stack.callback(store.close)
+        policy = load_policy("default")
+        subs = submissions(args.submissions)
+        backend = url.split(":", 1)[0]
+        print(f"store: {backend}; {args.workers} worker process(es) x concurrency {per_worker}; "
+              f"{args.submissions} submissions", flush=True)
+
+        procs = start_workers(url, args.workers, args.concurrency, args.lease_seconds, tmp)
+
+        def stop_workers() -> None:
+            for p, log in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            for p, log in procs:
+                try:
+                    p.wait(60)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                log.close()
+
+        stack.callback(stop_workers)
+        time.sleep(2.0)  # let them import and connect (idle polling costs nearly nothing)
+
+        wait_for_quiet(args.quiet_limit, args.quiet_patience)
+        busy0, workers0 = _host_busy_seconds(), sum(_proc_cpu_seconds(p.pid) for p, _ in procs)
+        sandboxes0, engine0 = _docker_cgroup_cpu_seconds(), _cpu_by_command(ENGINE_PROCESSES)
+        t0 = time.time()
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(
+                lambda s: lifecycle.submit(store, submission=s, policy=policy, actor="bench", wait=False), subs))
+        posted = time.time() - t0
+        ids = [r.evaluation.id for r in results]
+        assert len(set(ids)) == len(ids), "distinct submissions must queue distinct evaluations"
+        print(f"posted {len(ids)} submissions in {posted:.2f}s", flush=True)
+
+        from sqlalchemy import text
+
+        peak_rss: dict[int, int] = {}
+        stop_sampling = threading.Event()
+
+        def sample() -> None:  # VmHWM is already a peak; sampling keeps it if a worker dies
+            while not stop_sampling.wait(1.0):
+                for p, _ in procs:
+                    peak_rss[p.pid] = max(peak_rss.get(p.pid, 0), _peak_rss(p.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        deadline = time.time() + max(600, args.submissions * 10)
+        while time.time() < deadline:
+            with store.read() as s:
+                left = s.scalar(text("SELECT count(*) FROM evaluations WHERE status <> 'done'"))
+            if left == 0:
+                break
+            if all(p.poll() is not None for p, _ in procs):
+                print("all workers exited early; see their logs:", tmp, file=sys.stderr)
+                return 2
+            time.sleep(1.0)
+        busy = _host_busy_seconds() - busy0
+        workers_cpu = sum(_proc_cpu_seconds(p.pid) for p, _ in procs) - workers0
+        sandboxes1, engine1 = _docker_cgroup_cpu_seconds(), _cpu_by_command(ENGINE_PROCESSES)
+        sandboxes_cpu = None if sandboxes0 is None or sandboxes1 is None else sandboxes1 - sandboxes0
+        engine_cpu = {k: engine1[k] - engine0.get(k, 0.0) for k in engine1}
+        stop_sampling.set()
+        sampler.join()
+        for p, _ in procs:
+            peak_rss[p.pid] = max(peak_rss.get(p.pid, 0), _peak_rss(p.pid))
+        after = background_cpu()
+
+        records = [r for r in (lifecycle.repo.get_evaluation(store, evaluation_id=e) for e in ids)]
+        unfinished = [r for r in records if r.status != "done"]
+        finished = [r for r in records if r.status == "done"]
+        latencies = sorted((r.finished_at - r.created_at).total_seconds() for r in finished)
+        first = min(r.created_at for r in records)
+        last = max(r.finished_at for r in finished) if finished else first
+        span = (last - first).total_seconds()
+        verdicts: dict[str, int] = {}
+        for r in finished:
+            verdicts[r.verdict] = verdicts.get(r.verdict, 0) + 1
+        retried = sum(1 for r in finished if r.attempts > 1)
+        stop_workers()
+        problems = []
+        for k in range(args.workers):
+            for line in (tmp / f"worker-{k}.log").read_text(errors="replace").splitlines():
+                if '"level": "warning"' in line or '"level": "error"' in line or not line.startswith("{"):
+                    problems.append(f"worker-{k}: {line[:400]}")
+        slowest = sorted(finished, key=lambda r: (r.finished_at - r.created_at).total_seconds())[-3:]
+        client = connect()
+        leftovers = []
+        for p, _ in procs:
+            controller = f"{os.uname().nodename}:{p.pid}"
+            leftovers += client.api.containers(
+                all=True, filters={"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"]})
+            reap(client, controller=controller)
+
+    n = len(finished)
+    throughput = n / span * 60 if span > 0 else 0.0
+    ratio = throughput / ceiling_per_min
+    q = statistics.quantiles(latencies, n=20) if len(latencies) >= 2 else latencies * 19
+    out = {
+        "submissions": args.submissions,
+        "store": backend,
+        "workers": args.workers,
+        "concurrency_per_worker": per_worker,
+        "finished": n,
+        "unfinished": len(unfinished),
+        "verdicts": verdicts,
+        "retried": retried,
+        "span_seconds": round(span, 2),
+        "throughput_per_min": round(throughput, 1),
+        "latency_p50_seconds": round(statistics.median(latencies), 2) if latencies else None,
+        "latency_p95_seconds": round(q[18], 2) if latencies else None,
+        "peak_rss_bytes_per_worker": sorted(peak_rss.values()),
+        "peak_rss_bytes_total": sum(peak_rss.values()),
+        "host_cpu_seconds_per_evaluation": round(busy / max(n, 1), 3),
+        "worker_cpu_seconds_per_evaluation": round(workers_cpu / max(n, 1), 3),
+        "sandbox_cpu_seconds_per_evaluation": (
+            round(sandboxes_cpu / max(n, 1), 3) if sandboxes_cpu is not None else None),
+        "engine_cpu_seconds_per_evaluation": {k: round(v / max(n, 1), 3) for k, v in engine_cpu.items()},
+        "floor_cpu_seconds": round(floor["cpu_seconds"], 3),
+        "floor_wall_seconds": round(floor["wall_seconds"], 3),
+        "cores": cores,
+        "ceiling_per_min": round(ceiling_per_min, 1),
+        "ratio": round(ratio, 3),
+        "floor_host_cpu_seconds": round(floor["host_cpu_seconds"], 3),
+        "engine_ceiling_per_min": round(engine_ceiling_per_min, 1),
+        "ratio_engine_inclusive": round(throughput / engine_ceiling_per_min, 3),
+        "floor_parallel_per_min": round(floor["parallel_per_min"], 1) if floor["parallel_per_min"] else None,
+        "ratio_to_parallel_floor": (
+            round(throughput / floor["parallel_per_min"], 3) if floor["parallel_per_min"] else None),
+        "leftover_containers": len(leftovers),
+        "background_load_before": round(before, 3),
+        "background_load_after": round(after, 3),
+    }
+    mib = 1024 * 1024
+    print(f"finished {n}/{args.submissions} in {span:.1f}s: {throughput:.1f} evaluations/min "
+          f"(verdicts {verdicts}, retried {retried}, unfinished {len(unfinished)})")
+    print(f"submit -> verdict: p50 {out['latency_p50_seconds']}s, p95 {out['latency_p95_seconds']}s")
+    print(f"peak worker RSS: {', '.join(f'{b / mib:.0f} MiB' for b in out['peak_rss_bytes_per_worker'])} "
+          f"(total {out['peak_rss_bytes_total'] / mib:.0f} MiB)")
+    print(f"CPU actually spent per evaluation: host {out['host_cpu_seconds_per_evaluation']}s = "
+          f"sandboxes {out['sandbox_cpu_seconds_per_evaluation']}s (floor {out['floor_cpu_seconds']}s) + "
+          f"workers {out['worker_cpu_seconds_per_evaluation']}s + "
+          + " + ".join(f"{k} {v}s" for k, v in out["engine_cpu_seconds_per_evaluation"].items())
+          + " + kernel/runc/shims/other tenants")
+    print(f"ratio throughput/ceiling: {ratio:.3f}  (target >= 0.8)")
+    print(f"  engine-inclusive ceiling ratio: {out['ratio_engine_inclusive']}"
+          + (f"; vs the bare floor at the same concurrency: {out['ratio_to_parallel_floor']}"
+             if out["ratio_to_parallel_floor"] else ""))
+    print(f"leftover containers: {len(leftovers)}")
+    print(f"background load from other tenants: {before:.0%} before, {after:.0%} after"
+          + ("  (NOISY: the numbers above are not trustworthy)" if max(before, after) > args.quiet_limit else ""))
+    if problems:
+        print(f"worker warnings/errors ({len(problems)}):")
+        for line in problems[:20]:
+            print("  " + line)
+    print("slowest: " + "; ".join(
+        f"{r.skill}@{r.version} queued {(r.started_at - r.created_at).total_seconds():.1f}s, "
+        f"ran {(r.finished_at - r.started_at).total_seconds():.1f}s, attempts {r.attempts}" for r in slowest))
+    if args.json:
+        print(json.dumps(out))
+    ok = not unfinished and verdicts.get("error", 0) == 0 and not leftovers and verdicts.get("passed") == n
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

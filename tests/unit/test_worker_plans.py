@@ -1,0 +1,127 @@
+"""No full scans in the queue, retention and flag queries (SQLite's query planner says so).
+
+Same method as tests/unit/test_store_plans.py: record every SELECT/UPDATE/DELETE
+a repository call makes, run each through ``EXPLAIN QUERY PLAN``, and fail on
+a ``SCAN`` of a store table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select, update
+
+from sandgate.evaluation.report import EvaluationReport, Verdict
+from sandgate.store import Store, open_store
+from sandgate.store import repository as repo
+from sandgate.store.models import Evaluation
+
+TABLES = ("skills", "versions", "version_files", "evaluations", "events")
+SCAN = re.compile(r"\bSCAN (%s)\b" % "|".join(TABLES))
+POLICY = SimpleNamespace(name="p", hash="sha256:p")
+
+
+def _sub(name: str, i: int) -> Any:
+    files = {"skill.py": f"x = {i}\n".encode()}
+    return SimpleNamespace(
+        name=name, files=files, manifest={"name": name},
+        content_hash="sha256:" + hashlib.sha256(files["skill.py"]).hexdigest(),
+    )  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
+    s = open_store(f"sqlite:///{tmp_path / 'plans.db'}")
+    for k in range(10):
+        name = f"skill_{k}"
+        for i in range(1, 4):
+            v, _ = repo.create_version(s, submission=_sub(name, i), actor="t")
+            repo.record_evaluation(
+                s, name=name, number=v.number,
+                report=EvaluationReport(evaluation_id=f"{name}-{i}", verdict=Verdict.passed),
+                policy_name=POLICY.name, policy_hash=POLICY.hash,
+            )  # fmt: skip
+            repo.queue_evaluation(s, name=name, number=v.number, policy_name="p", policy_hash="h",
+                                  evaluation_id=f"q-{name}-{i}")
+        repo.promote(s, name=name, number=1, actor="t", policy=POLICY)
+    repo.record_evaluation(
+        s, name="skill_5", number=2, report=EvaluationReport(evaluation_id="skill_5-2b", verdict=Verdict.failed),
+        policy_name=POLICY.name, policy_hash=POLICY.hash,
+    )  # fmt: skip
+    for k in range(5):
+        repo.claim_evaluation(s, owner=f"w{k}", lease_seconds=30)
+    old = datetime.now(UTC) - timedelta(days=40)
+    with s.write() as session:
+        session.execute(update(Evaluation).where(Evaluation.lease_owner == "w0")
+                        .values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=5)))
+        # a few old evaluations of a never-active version: the retention candidates
+        session.execute(update(Evaluation).where(Evaluation.id.in_(["skill_5-2", "skill_5-3"]))
+                        .values(created_at=old, finished_at=old))
+        session.execute(update(Evaluation).where(Evaluation.id == "skill_5-2b")
+                        .values(created_at=old - timedelta(days=1), finished_at=old - timedelta(days=1)))
+    with s.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    yield s
+    s.close()
+
+
+def _plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        head = statement.lstrip().split(None, 1)[0].upper()
+        if head in ("SELECT", "UPDATE", "DELETE") and not executemany:
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    out = []
+    raw = store.engine.raw_connection()
+    try:
+        for statement, parameters in seen:
+            rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            out.append((statement, "\n".join(r[-1] for r in rows)))
+    finally:
+        raw.close()
+    return out
+
+
+def _running_id(store: Store) -> str:
+    with store.read() as s:
+        return s.scalars(select(Evaluation.id).where(Evaluation.lease_owner == "w1")).one()
+
+
+CALLS = {
+    "claim_evaluation(lapsed first)": lambda s, rid: repo.claim_evaluation(s, owner="x", lease_seconds=30),
+    "heartbeat": lambda s, rid: repo.heartbeat(s, evaluation_id=rid, owner="w1", lease_seconds=30),
+    "release_evaluation": lambda s, rid: repo.release_evaluation(s, evaluation_id=rid, owner="w1"),
+    "finish_evaluation(owner)": lambda s, rid: repo.finish_evaluation(
+        s, evaluation_id=rid, owner="w1", report=EvaluationReport(evaluation_id="x", verdict=Verdict.passed)),
+    "recover_leases": lambda s, rid: repo.recover_leases(s, stale_seconds=60),
+    "prune_evaluations": lambda s, rid: repo.prune_evaluations(s, before=datetime.now(UTC) - timedelta(days=30)),
+    "flag_version": lambda s, rid: repo.flag_version(
+        s, name="skill_3", number=1, actor="t", reason="r", evidence={"fingerprint": "f"}, quarantine=True),
+}
+
+
+def test_prune_fixture_has_work(store: Store) -> None:
+    assert repo.prune_evaluations(store, before=datetime.now(UTC) - timedelta(days=30)) == {
+        "deleted": 1, "outputs_dropped": 0}
+
+
+@pytest.mark.parametrize("op", list(CALLS))
+def test_no_full_scans(store: Store, op: str) -> None:
+    rid = _running_id(store)
+    plans = _plans(store, lambda: CALLS[op](store, rid))
+    assert plans, "no statements captured"
+    scans = [(sql, plan) for sql, plan in plans if SCAN.search(plan)]
+    assert not scans, "\n\n".join(f"{sql}\n--> {plan}" for sql, plan in scans)
