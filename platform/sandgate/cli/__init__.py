@@ -19,12 +19,15 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sandgate.cli import engine, evaluate, generate, store
+    from sandgate.cli import engine, evaluate, generate, keys, serve, store, worker
 
     engine.register(app)
     evaluate.register(app)
     store.register(app)
     generate.register(app)
+    serve.register(app)
+    keys.register(app)
+    worker.register(app)
 
 
 def main() -> None:

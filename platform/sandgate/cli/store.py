@@ -8,6 +8,12 @@ Exit codes: 0 ok (a submit whose verdict is passed, or that was queued);
 1 refused (not found, concurrent move, invalid transition, or a submit whose
 verdict is failed/rejected); 2 error (infrastructure, configuration, a submit
 whose verdict is error). Errors are one line on stderr.
+
+Remote mode: with ``SANDGATE_URL`` (and ``SANDGATE_API_KEY``) set, the same
+commands, with the same output and exit codes, talk to a ``sandgate serve``
+through :mod:`sandgate.client` instead of opening the store. The server records
+the API key as the actor, so ``--actor`` is refused there; ``submit`` uploads,
+and with ``--wait`` (the default) polls until a worker has evaluated it.
 """
 
 from __future__ import annotations
@@ -90,6 +96,19 @@ def _errors() -> Iterator[None]:
         raise
 
 
+def _remote():  # type: ignore[no-untyped-def]
+    """A :class:`~sandgate.client.SandgateClient` when ``SANDGATE_URL`` is set, else None."""
+    from sandgate.client import from_env
+
+    return from_env()
+
+
+def _no_remote_actor(actor: str | None) -> None:
+    if actor:
+        _fail("--actor is for embedded mode: the server records the API key as the actor "
+              "(unset SANDGATE_URL to use the store directly)", EXIT_ERROR)
+
+
 def _open_store():  # type: ignore[no-untyped-def]
     from sandgate.config import get_settings
     from sandgate.store import open_store
@@ -142,6 +161,37 @@ def _reasons_text(reasons: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r.get('code')}: {r.get('message')}" for r in reasons)
 
 
+def _remote_submit(api: Any, path: Path, *, policy: str | None, wait: bool,
+                   timeout: float) -> tuple[Any, str]:
+    """Upload, then (``wait``) poll the evaluation; a ``SubmitResult`` like the embedded one."""
+    from sandgate.client import record_from_dict
+    from sandgate.lifecycle import SubmitResult
+    from sandgate.store.records import EvaluationRecord, PointerMove
+
+    data = api.submit_path(path, policy=policy, provenance={"client": "cli", "path": str(path)})
+    name, number = data["skill"], data["version"]
+    status = api.get_evaluation_status(data["evaluation_id"]) if data.get("evaluation_id") else None
+    if status is not None and wait and status.get("status") != "done":
+        status = api.wait_evaluation(data["evaluation_id"], timeout=timeout)
+    evaluation = record_from_dict(EvaluationRecord, status) if status is not None else None
+    moved = (status or {}).get("promoted")
+    promoted = None
+    if moved and evaluation is not None and not data["reused_evaluation"]:
+        promoted = record_from_dict(PointerMove, moved)
+    version = api.get_version(name, number)["version"]
+    result = SubmitResult(
+        version=version,
+        created=data["created"],
+        evaluation=evaluation,
+        reused_evaluation=data["reused_evaluation"],
+        promotion_mode=data["promotion_mode"],
+        promoted=promoted,
+        promotion_note=data.get("promotion_note"),
+    )
+    policy_name = evaluation.policy_name if evaluation is not None else (policy or "default")
+    return result, policy_name
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -155,22 +205,34 @@ def submit(
     ] = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
+    wait_timeout: Annotated[
+        float,
+        typer.Option("--wait-timeout", help="Remote mode: how long --wait polls the evaluation (s)."),
+    ] = 600.0,
 ) -> None:
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
     from sandgate import lifecycle
 
     with _errors():
-        submission = lifecycle.load_submission(path)
-        pol = lifecycle.load_policy(policy)
-        with _store() as store:
-            result = lifecycle.submit(
-                store,
-                submission=submission,
-                policy=pol,
-                actor=actor or default_actor(),
-                wait=wait,
-                provenance={"client": "cli", "path": str(path)},
-            )
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            with api:
+                result, policy_name = _remote_submit(api, path, policy=policy, wait=wait,
+                                                     timeout=wait_timeout)
+        else:
+            submission = lifecycle.load_submission(path)
+            pol = lifecycle.load_policy(policy)
+            policy_name = pol.name
+            with _store() as store:
+                result = lifecycle.submit(
+                    store,
+                    submission=submission,
+                    policy=pol,
+                    actor=actor or default_actor(),
+                    wait=wait,
+                    provenance={"client": "cli", "path": str(path)},
+                )
     verdict = result.verdict
     if as_json:
         _echo_json(result.to_dict())
@@ -182,7 +244,7 @@ def submit(
         if result.evaluation is None:
             pass
         elif result.queued:
-            out.print(f"evaluation {result.evaluation.id} queued under policy {pol.name}")
+            out.print(f"evaluation {result.evaluation.id} queued under policy {policy_name}")
         else:
             reused = " (reused earlier evaluation)" if result.reused_evaluation else ""
             out.print(f"verdict: {verdict}{reused}  [evaluation {result.evaluation.id}]")
@@ -206,8 +268,14 @@ def skills(as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
     from sandgate.store import repository as repo
 
-    with _errors(), _store() as store:
-        rows = repo.list_skills(store)
+    with _errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                rows = api.list_skills()
+        else:
+            with _store() as store:
+                rows = repo.list_skills(store)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -227,8 +295,14 @@ def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: 
     """List the versions of a skill."""
     from sandgate.store import repository as repo
 
-    with _errors(), _store() as store:
-        rows = repo.list_versions(store, name=name)
+    with _errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                rows = api.list_versions(name)
+        else:
+            with _store() as store:
+                rows = repo.list_versions(store, name=name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -255,18 +329,33 @@ def show(
     from sandgate.store import repository as repo
 
     name, number = _parse_ref(ref)
-    with _errors(), _store() as store:
-        if number is None:
-            active = repo.get_active_version(store, name=name)
-            number = active.number if active else repo.get_skill(store, name=name).latest_version
-            if number is None:
-                raise NotFound(f"{name} has no versions")
-        version = repo.get_version(store, name=name, number=number)
-        evaluation = repo.latest_evaluation(store, name=name, number=number)
-        files = repo.get_version_files(store, name=name, number=number)
-    file_rows = [
-        {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()} for p, b in files.items()
-    ]
+    with _errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                if number is None:
+                    skill = api.get_skill(name)
+                    number = skill.active_version or skill.latest_version
+                    if number is None:
+                        raise NotFound(f"{name} has no versions")
+                detail = api.get_version(name, number)
+            version, evaluation = detail["version"], detail["evaluation"]
+            file_rows = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]}
+                         for f in detail["files"]]
+        else:
+            with _store() as store:
+                if number is None:
+                    active = repo.get_active_version(store, name=name)
+                    number = active.number if active else repo.get_skill(store, name=name).latest_version
+                    if number is None:
+                        raise NotFound(f"{name} has no versions")
+                version = repo.get_version(store, name=name, number=number)
+                evaluation = repo.latest_evaluation(store, name=name, number=number)
+                files = repo.get_version_files(store, name=name, number=number)
+            file_rows = [
+                {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                for p, b in files.items()
+            ]
     if as_json:
         _echo_json(
             {
@@ -339,18 +428,25 @@ def promote(
     from sandgate import lifecycle
 
     with _errors():
-        pol = lifecycle.load_policy(policy)
-        with _store() as store:
-            move = lifecycle.promote(
-                store,
-                name=name,
-                number=number,
-                actor=actor or default_actor(),
-                reason=reason,
-                policy=pol,
-                expected_generation=expected_generation,
-                force=force,
-            )
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            with api:
+                move = api.promote(name, number, reason=reason, force=force,
+                                   expected_generation=expected_generation, policy=policy)
+        else:
+            pol = lifecycle.load_policy(policy)
+            with _store() as store:
+                move = lifecycle.promote(
+                    store,
+                    name=name,
+                    number=number,
+                    actor=actor or default_actor(),
+                    reason=reason,
+                    policy=pol,
+                    expected_generation=expected_generation,
+                    force=force,
+                )
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -368,15 +464,23 @@ def rollback(
     """Go back to what was active before the last move (again: further back). No re-evaluation."""
     from sandgate import lifecycle
 
-    with _errors(), _store() as store:
-        move = lifecycle.rollback(
-            store,
-            name=name,
-            to=to,
-            actor=actor or default_actor(),
-            reason=reason,
-            expected_generation=expected_generation,
-        )
+    with _errors():
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            with api:
+                move = api.rollback(name, to=to, reason=reason,
+                                    expected_generation=expected_generation)
+        else:
+            with _store() as store:
+                move = lifecycle.rollback(
+                    store,
+                    name=name,
+                    to=to,
+                    actor=actor or default_actor(),
+                    reason=reason,
+                    expected_generation=expected_generation,
+                )
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -394,15 +498,22 @@ def yank(
     """Mark a version as never to be promoted again."""
     from sandgate import lifecycle
 
-    with _errors(), _store() as store:
-        result = lifecycle.yank(
-            store,
-            name=name,
-            number=number,
-            actor=actor or default_actor(),
-            reason=reason,
-            rollback=do_rollback,
-        )
+    with _errors():
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            with api:
+                result = api.yank(name, number, reason=reason, rollback=do_rollback)
+        else:
+            with _store() as store:
+                result = lifecycle.yank(
+                    store,
+                    name=name,
+                    number=number,
+                    actor=actor or default_actor(),
+                    reason=reason,
+                    rollback=do_rollback,
+                )
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -420,8 +531,14 @@ def history(
     """The audit log of a skill: who did what, when, why."""
     from sandgate.store import repository as repo
 
-    with _errors(), _store() as store:
-        events = repo.history(store, name=name, limit=limit)
+    with _errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                events = api.history(name, limit=limit)
+        else:
+            with _store() as store:
+                events = repo.history(store, name=name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])
         return
@@ -456,8 +573,14 @@ def diff(
     """Unified diff of the files of two versions."""
     from sandgate.store import repository as repo
 
-    with _errors(), _store() as store:
-        diffs = repo.diff(store, name=name, a=a, b=b)
+    with _errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                diffs = api.diff(name, a, b)
+        else:
+            with _store() as store:
+                diffs = repo.diff(store, name=name, a=a, b=b)
     if as_json:
         _echo_json([d.to_dict() for d in diffs])
         return

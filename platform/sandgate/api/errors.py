@@ -1,0 +1,215 @@
+"""The API's edge: library errors → HTTP statuses and one JSON error body.
+
+Every error response is::
+
+    {"error": {"code": "not_found", "message": "no skill named 'x'", "request_id": "..."}}
+
+plus ``details`` (a list of ``{loc, message}``) for request validation errors
+and ``path`` for a submission error that names a file.
+
+==========================================  ======  ============================================
+error                                       status  note
+==========================================  ======  ============================================
+``SubmissionError``                         422     ``code`` is the reason code (``invalid_submission``,
+                                                    ``syntax_error``, ...)
+``NotFound``                                404
+``Conflict``                                409     a concurrent move won (``expected_generation``)
+``InvalidTransition``                       409     the move conflicts with the skill's state
+                                                    (``already_active``, ``yanked``, ``not_passed``, ...)
+``InvalidTransition`` with ``reason_required``,
+``actor_required``, ``invalid_key``             422     the request itself is incomplete
+other ``StoreError``                        503     the store could not do it now (retry)
+``InfrastructureError`` (incl. LLM errors)  503
+``GenerationError`` (``invalid_request``)   400
+``PolicyError``/``ConfigError``             500     the operator's configuration is broken; a
+                                                    policy the *client* named is a 400 (``ApiError``)
+``ApiError`` (this module)                  its own status (401/403/413/415/429/...)
+request validation (path, query, body)      422     code ``invalid_request``
+unknown route / method                      404/405
+anything else                               500     code ``internal``; logged with the traceback,
+                                                    the message never leaves the server
+==========================================  ======  ============================================
+
+Database failures that escape the library as SQLAlchemy ``OperationalError``
+(the server went away mid-request) are 503 ``database_unavailable``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from sandgate.errors import (
+    ConfigError,
+    Conflict,
+    InfrastructureError,
+    InvalidTransition,
+    NotFound,
+    SandgateError,
+    StoreError,
+    SubmissionError,
+)
+
+__all__ = ["ApiError", "error_body", "status_for", "install_handlers", "json_error"]
+
+log = logging.getLogger("sandgate.api")
+
+#: InvalidTransition codes that mean "the request is incomplete", not "the state forbids it"
+_UNPROCESSABLE_TRANSITIONS = frozenset({"reason_required", "actor_required", "invalid_key"})
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    406: "not_acceptable",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "rate_limited",
+    500: "internal",
+    501: "not_implemented",
+    503: "unavailable",
+}
+
+
+class ApiError(SandgateError):
+    """A refusal decided by the API layer itself, with an explicit HTTP status.
+
+    Mostly the client's fault (401, 403, 413, 415, 422, 429, a policy it may not
+    name); also 503 for a feature this server is not configured for.
+    ``headers`` are added to the response (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    def __init__(self, status: int, message: str, *, code: str | None = None,
+                 headers: dict[str, str] | None = None, details: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message, code=code or _HTTP_CODES.get(status, "error"))
+        self.status = status
+        self.headers = headers or {}
+        self.details = details
+
+
+def status_for(exc: BaseException) -> int:
+    if isinstance(exc, ApiError):
+        return exc.status
+    if isinstance(exc, SubmissionError):
+        return 422
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, InvalidTransition):
+        return 422 if exc.code in _UNPROCESSABLE_TRANSITIONS else 409
+    if isinstance(exc, StoreError):
+        return 503
+    if isinstance(exc, InfrastructureError):
+        return 503
+    if isinstance(exc, ConfigError):
+        return 500
+    try:
+        from sandgate.generation.errors import GenerationError
+
+        if isinstance(exc, GenerationError):
+            return 400
+    except ImportError:  # pragma: no cover
+        pass
+    return 500
+
+
+def request_id_of(request: Request) -> str | None:
+    ctx = request.scope.get("sandgate")
+    return ctx.get("request_id") if isinstance(ctx, dict) else None
+
+
+def error_body(code: str, message: str, *, request_id: str | None = None,
+               **extra: Any) -> dict[str, Any]:
+    err: dict[str, Any] = {"code": code, "message": message}
+    err.update({k: v for k, v in extra.items() if v is not None})
+    if request_id:
+        err["request_id"] = request_id
+    return {"error": err}
+
+
+def json_error(status: int, code: str, message: str, *, request_id: str | None = None,
+               headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message, request_id=request_id, **extra),
+                        status_code=status, headers=headers)
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+async def _sandgate_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, SandgateError)
+    status = status_for(exc)
+    if status >= 500:
+        ctx = request.scope.get("sandgate")
+        log.warning("request failed: %s: %s", type(exc).__name__, exc,
+                    extra={"fields": {"request_id": request_id_of(request), "status": status,
+                                      "error_code": exc.code}})
+        if isinstance(ctx, dict):
+            ctx.setdefault("log", {})["error"] = f"{type(exc).__name__}: {exc}"[:500]
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 503:
+        headers.setdefault("Retry-After", "5")
+    message = _one_line(exc.message)
+    if status == 500 and isinstance(exc, ConfigError):
+        message = f"the server is misconfigured: {message}"
+    return json_error(status, exc.code, message, request_id=request_id_of(request),
+                      headers=headers or None, path=getattr(exc, "path", None),
+                      details=getattr(exc, "details", None))
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for err in exc.errors():
+        loc = [str(p) for p in err.get("loc", ())]
+        details.append({"loc": loc, "message": _one_line(str(err.get("msg", "invalid")), 300)})
+    first = details[0] if details else {"loc": [], "message": "invalid request"}
+    where = ".".join(first["loc"]) or "request"
+    message = f"{where}: {first['message']}"
+    if len(details) > 1:
+        message += f" (and {len(details) - 1} more)"
+    return json_error(422, "invalid_request", message, request_id=request_id_of(request),
+                      details=details[:50])
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+    if status == 404 and detail == "Not Found":
+        detail = f"no such endpoint: {request.method} {request.url.path}"
+    elif status == 405:
+        detail = f"method {request.method} is not allowed on {request.url.path}"
+    elif status == 400 and "parsing the body" in detail:
+        detail = "the request body could not be parsed"
+    return json_error(status, _HTTP_CODES.get(status, "error"), _one_line(detail),
+                      request_id=request_id_of(request), headers=getattr(exc, "headers", None))
+
+
+async def _operational_error(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("database error: %s", _one_line(str(exc), 500),
+                extra={"fields": {"request_id": request_id_of(request)}})
+    return json_error(503, "database_unavailable", "the database is unavailable; retry later",
+                      request_id=request_id_of(request), headers={"Retry-After": "5"})
+
+
+def install_handlers(app: FastAPI) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    app.add_exception_handler(SandgateError, _sandgate_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    # other database errors (DataError, ...) mean a value got past validation: a bug,
+    # rendered as a 500 by the outer middleware, never with its message
+    app.add_exception_handler(OperationalError, _operational_error)

@@ -1,0 +1,398 @@
+"""The ``/v1`` routes: thin over :mod:`sandgate.lifecycle` and :mod:`sandgate.store.repository`.
+
+Each route authenticates (``require(role)``), validates, calls the same
+library function the CLI calls, and returns the record's ``to_dict()``. No
+route catches a library error: :mod:`sandgate.api.errors` maps them.
+
+Sync routes run in the server's thread pool (the library is blocking); the
+submit route is async only to take the raw body, and does its intake and
+database work in the pool.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from sandgate.api import queries
+from sandgate.api.auth import REQUIRED_ROLE, Promoter, Reader, Submitter
+from sandgate.api.deps import StoreDep, resolve_policy
+from sandgate.api.errors import ApiError
+from sandgate.api.intake import parse_submission_body
+from sandgate.api.schemas import (
+    EVALUATION_ID_PATTERN,
+    INT32,
+    INT64,
+    POLICY_NAME_PATTERN,
+    SKILL_NAME_PATTERN,
+    EvaluationStatusOut,
+    EventOut,
+    FileDiffOut,
+    GenerateRequest,
+    GenerationOut,
+    MoveOut,
+    PointersOut,
+    PromoteRequest,
+    RollbackRequest,
+    SkillOut,
+    SubmitOut,
+    VersionDetailOut,
+    VersionFilesOut,
+    VersionOut,
+    WhoAmIOut,
+    YankOut,
+    YankRequest,
+)
+from sandgate.errors import ConfigError
+from sandgate.store import repository as repo
+from sandgate.store.keys import role_allows
+
+__all__ = ["router"]
+
+router = APIRouter(prefix="/v1")
+
+SkillName = Annotated[str, Path(pattern=SKILL_NAME_PATTERN, description="skill name")]
+VersionNumber = Annotated[int, Path(ge=1, le=INT32, description="version number")]
+
+
+def _role(role: str) -> dict[str, Any]:
+    return {"openapi_extra": {REQUIRED_ROLE: role, "security": [{"bearerAuth": []}]}}
+
+
+def _log(request: Request, **fields: Any) -> None:
+    ctx = request.scope.get("sandgate")
+    if isinstance(ctx, dict):
+        ctx.setdefault("log", {}).update({k: v for k, v in fields.items() if v is not None})
+
+
+# --------------------------------------------------------------------------- identity
+
+
+@router.get("/whoami", response_model=WhoAmIOut, tags=["keys"], **_role("reader"))
+def whoami(key: Reader) -> dict[str, Any]:
+    """The calling key: its name, role and the actor recorded for its actions."""
+    return {"name": key.name, "role": key.role, "actor": key.actor}
+
+
+# --------------------------------------------------------------------------- skills
+
+
+@router.get("/skills", response_model=list[SkillOut], tags=["skills"], **_role("reader"))
+def list_skills(
+    key: Reader,
+    store: StoreDep,
+    prefix: Annotated[str | None, Query(max_length=63, pattern=r"^[a-z0-9_]*$")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
+) -> list[dict[str, Any]]:
+    """All skills with their active version and generation, by name."""
+    return [r.to_dict() for r in repo.list_skills(store, prefix=prefix, limit=limit)]
+
+
+@router.get("/skills/{name}", response_model=SkillOut, tags=["skills"], **_role("reader"))
+def get_skill(name: SkillName, key: Reader, store: StoreDep) -> dict[str, Any]:
+    return repo.get_skill(store, name=name).to_dict()
+
+
+@router.get("/skills/{name}/versions", response_model=list[VersionOut], tags=["versions"],
+            **_role("reader"))
+def list_versions(name: SkillName, key: Reader, store: StoreDep) -> list[dict[str, Any]]:
+    return [v.to_dict() for v in repo.list_versions(store, name=name)]
+
+
+_SUBMIT_BODY = {
+    "required": True,
+    "content": {
+        "application/json": {"schema": {"$ref": "#/components/schemas/FilesSubmission"}},
+        "multipart/form-data": {"schema": {
+            "type": "object", "required": ["archive"],
+            "properties": {"archive": {"type": "string", "format": "binary"},
+                           "policy": {"type": "string", "pattern": POLICY_NAME_PATTERN},
+                           "provenance": {"type": "string", "description": "a JSON object"}}}},
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+        "application/zip": {"schema": {"type": "string", "format": "binary"}},
+    },
+}
+
+
+@router.post(
+    "/skills/{name}/versions",
+    response_model=SubmitOut,
+    status_code=202,
+    tags=["versions"],
+    responses={200: {"model": SubmitOut, "description": "same content already evaluated "
+                                                        "under this policy (reused)"},
+               409: {"description": "this content is a yanked version"},
+               413: {"description": "the body is larger than the server's limit"},
+               415: {"description": "unsupported content type"},
+               422: {"description": "invalid submission (reason code in error.code)"}},
+    openapi_extra={**_role("submitter")["openapi_extra"], "requestBody": _SUBMIT_BODY},
+)
+async def submit_version(
+    name: SkillName,
+    request: Request,
+    response: Response,
+    key: Submitter,
+    store: StoreDep,
+    policy: Annotated[str | None, Query(pattern=POLICY_NAME_PATTERN)] = None,
+) -> dict[str, Any]:
+    """Store a new version (idempotent on content) and queue its evaluation.
+
+    Answers once the version is stored and its evaluation is queued in the
+    database (202): a worker runs it; poll ``GET /v1/evaluations/{id}`` or
+    watch ``/v1/watch``. The manifest's name must be ``{name}``.
+    """
+    from sandgate import lifecycle
+
+    body = await request.body()
+    parsed = parse_submission_body(request.headers.get("content-type"), body, policy=policy)
+    submission = await run_in_threadpool(parsed.submission)
+    if submission.name != name:
+        raise ApiError(422, f"the manifest names skill {submission.name!r}, but this is "
+                            f"POST /v1/skills/{name}/versions", code="name_mismatch")
+    pol = await run_in_threadpool(resolve_policy, request, parsed.policy)
+    provenance = {**(parsed.provenance or {}), "client": "api", "key": key.name,
+                  "format": parsed.source}
+    result = await run_in_threadpool(
+        lambda: lifecycle.submit(store, submission=submission, policy=pol, actor=key.actor,
+                                 wait=False, provenance=provenance))
+    data = result.to_dict()
+    _log(request, skill=name, version=result.version.number, evaluation_id=data["evaluation_id"])
+    if result.evaluation is None:
+        raise ApiError(409, result.promotion_note or f"{result.version.ref} is yanked",
+                       code="yanked")
+    data["links"] = {
+        "evaluation": f"/v1/evaluations/{result.evaluation.id}",
+        "version": f"/v1/skills/{name}/versions/{result.version.number}",
+    }
+    response.status_code = 200 if result.reused_evaluation else 202
+    return data
+
+
+@router.get("/skills/{name}/versions/{number}", response_model=VersionDetailOut, tags=["versions"],
+            **_role("reader"))
+def get_version(name: SkillName, number: VersionNumber, key: Reader, store: StoreDep) -> dict[str, Any]:
+    """A version: its record, manifest, latest finished evaluation and file list."""
+    version = repo.get_version(store, name=name, number=number)
+    evaluation = repo.latest_evaluation(store, name=name, number=number)
+    files = repo.get_version_files(store, name=name, number=number)
+    return {
+        "version": version.to_dict(),
+        "evaluation": evaluation.to_dict() if evaluation else None,
+        "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
+                  for p, b in files.items()],
+    }
+
+
+@router.get("/skills/{name}/versions/{number}/files", response_model=VersionFilesOut,
+            tags=["versions"], **_role("reader"))
+def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
+                      store: StoreDep) -> dict[str, Any]:
+    """The exact stored bytes (base64), for registries: verify them against ``content_hash``."""
+    version = repo.get_version(store, name=name, number=number)
+    files = repo.get_version_files(store, name=name, number=number)
+    return {
+        "skill": name,
+        "version": number,
+        "content_hash": version.content_hash,
+        "entrypoint": version.manifest.get("entrypoint"),
+        "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest(),
+                   "content_base64": base64.b64encode(b).decode("ascii")} for p, b in files.items()],
+    }
+
+
+@router.post("/skills/{name}/versions/{number}/yank", response_model=YankOut, tags=["pointer"],
+             **_role("promoter"))
+def yank_version(name: SkillName, number: VersionNumber, body: YankRequest, key: Promoter,
+                 store: StoreDep, request: Request) -> dict[str, Any]:
+    """Never promote this version again (``rollback: true`` first moves the pointer off it)."""
+    from sandgate import lifecycle
+
+    result = lifecycle.yank(store, name=name, number=number, actor=key.actor, reason=body.reason,
+                            rollback=body.rollback)
+    _log(request, skill=name, version=number)
+    return result.to_dict()
+
+
+@router.post("/skills/{name}/promote", response_model=MoveOut, tags=["pointer"],
+             responses={409: {"description": "a concurrent move won, or the state forbids it"}},
+             **_role("promoter"))
+def promote(name: SkillName, body: PromoteRequest, key: Promoter, store: StoreDep,
+            request: Request) -> dict[str, Any]:
+    """Make a version active (it must have passed under the current policy; ``force`` needs admin)."""
+    from sandgate import lifecycle
+
+    if body.force and not role_allows(key.role, "admin"):
+        raise ApiError(403, f"forcing a promotion needs the admin role; key {key.name!r} has "
+                            f"role {key.role}", code="forbidden")
+    pol = resolve_policy(request, body.policy)
+    move = lifecycle.promote(store, name=name, number=body.version, actor=key.actor,
+                             reason=body.reason, policy=pol,
+                             expected_generation=body.expected_generation, force=body.force)
+    _log(request, skill=name, version=body.version)
+    return move.to_dict()
+
+
+@router.post("/skills/{name}/rollback", response_model=MoveOut, tags=["pointer"],
+             **_role("promoter"))
+def rollback(name: SkillName, body: RollbackRequest, key: Promoter, store: StoreDep,
+             request: Request) -> dict[str, Any]:
+    """Go back to what was active before the last move (or to ``to``). Never re-evaluates."""
+    from sandgate import lifecycle
+
+    move = lifecycle.rollback(store, name=name, to=body.to, actor=key.actor, reason=body.reason,
+                              expected_generation=body.expected_generation)
+    _log(request, skill=name, version=move.to_version)
+    return move.to_dict()
+
+
+@router.get("/skills/{name}/history", response_model=list[EventOut], tags=["audit"],
+            **_role("reader"))
+def history(name: SkillName, key: Reader, store: StoreDep,
+            limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> list[dict[str, Any]]:
+    """The skill's audit events, oldest first (``limit``: only the newest N)."""
+    return [e.to_dict() for e in repo.history(store, name=name, limit=limit)]
+
+
+@router.get("/skills/{name}/diff", response_model=list[FileDiffOut], tags=["audit"],
+            **_role("reader"))
+def diff(name: SkillName, key: Reader, store: StoreDep,
+         a: Annotated[int, Query(ge=1, le=INT32)], b: Annotated[int, Query(ge=1, le=INT32)],
+         ) -> list[dict[str, Any]]:
+    """Per changed file, a unified diff from version ``a`` to version ``b``."""
+    return [d.to_dict() for d in repo.diff(store, name=name, a=a, b=b)]
+
+
+# --------------------------------------------------------------------------- generation
+
+
+@router.post("/skills/{name}/generate", response_model=GenerationOut, status_code=202,
+             tags=["generation"],
+             responses={503: {"description": "no LLM endpoint is configured on this server"}},
+             **_role("submitter"))
+def generate(name: SkillName, body: GenerateRequest, key: Submitter, store: StoreDep,
+             request: Request) -> dict[str, Any]:
+    """Start an LLM generation of the skill in the background (poll ``/v1/generations/{id}``).
+
+    The passing version is submitted through the same lifecycle as any other.
+    Jobs live in the server process that started them.
+    """
+    from sandgate.generation import GenerationSettings, start_generation
+
+    try:
+        settings = GenerationSettings.load()
+        settings.require_endpoint()
+    except ConfigError as exc:
+        raise ApiError(503, f"generation is not available on this server: {exc}",
+                       code="generation_unavailable") from exc
+    pol = resolve_policy(request, body.policy)
+    job = start_generation(name, body.description, requirements=body.requirements,
+                           attempts=body.attempts, policy=pol, store=store, actor=key.actor,
+                           settings=settings)
+    _log(request, skill=name, generation_id=job.id)
+    return job.snapshot()
+
+
+@router.get("/generations/{job_id}", response_model=GenerationOut, tags=["generation"],
+            **_role("reader"))
+def get_generation(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], key: Reader) -> dict[str, Any]:
+    """A generation job of this server process: status, progress events, result."""
+    from sandgate.errors import NotFound
+    from sandgate.generation import get_job
+
+    job = get_job(job_id)
+    if job is None:
+        raise NotFound(f"no generation job {job_id!r} on this server")
+    return job.snapshot()
+
+
+# --------------------------------------------------------------------------- evaluations, pointers
+
+
+@router.get("/evaluations/{evaluation_id}", response_model=EvaluationStatusOut,
+            tags=["evaluations"], **_role("reader"))
+def get_evaluation(evaluation_id: Annotated[str, Path(pattern=EVALUATION_ID_PATTERN)],
+                   key: Reader, store: StoreDep, request: Request) -> dict[str, Any]:
+    """Status (``queued`` → ``running`` → ``done``), verdict, reasons and the full report."""
+    ev = repo.get_evaluation(store, evaluation_id=evaluation_id)
+    data = ev.to_dict()
+    move = None
+    if ev.status == "done" and ev.verdict == "passed":
+        move = queries.auto_promotion_of(store, skill=ev.skill, evaluation_id=ev.id)
+    data["promoted"] = move.to_dict() if move else None
+    _log(request, evaluation_id=ev.id, skill=ev.skill)
+    return data
+
+
+@router.get("/pointers", response_model=PointersOut, tags=["pointer"], **_role("reader"))
+def pointers(key: Reader, store: StoreDep,
+             names: Annotated[str | None, Query(max_length=64_000,
+                                                description="comma-separated skill names")] = None,
+             ) -> dict[str, Any]:
+    """Active version and generation of every skill (or of ``names``): cheap, for registries."""
+    wanted = _names(names) if names is not None else None
+    last = queries.latest_event_id(store)  # read first: a move after it is seen by /v1/watch
+    rows = repo.active_pointers(store, names=wanted)
+    return {"pointers": {n: {"version": v, "generation": g} for n, (v, g) in sorted(rows.items())},
+            "last_event_id": last}
+
+
+def _names(raw: str) -> list[str]:
+    import re
+
+    out = [n.strip() for n in raw.split(",") if n.strip()]
+    bad = [n for n in out if not re.match(SKILL_NAME_PATTERN, n)]
+    if bad:
+        raise ApiError(422, f"not a skill name: {bad[0][:70]!r}", code="invalid_request")
+    return out
+
+
+@router.get("/watch", tags=["pointer"],
+            responses={200: {"content": {"text/event-stream": {}},
+                             "description": "server-sent events (see the API docs)"}},
+            **_role("reader"))
+async def watch(
+    request: Request,
+    key: Reader,
+    after: Annotated[int | None, Query(ge=0, le=INT64, description="resume after this event id")] = None,
+    skills: Annotated[str | None, Query(max_length=64_000, description="comma-separated names")] = None,
+    actions: Annotated[str | None, Query(max_length=200, description="comma-separated: "
+                                         "submitted, evaluated, promoted, rolled_back, yanked, flagged, "
+                                         "or all")] = None,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
+) -> StreamingResponse:
+    """Server-sent events of pointer moves and evaluation results, resumable by event id."""
+    from sandgate.api.watch import ALL_ACTIONS, DEFAULT_ACTIONS, event_stream
+
+    if after is None and last_event_id is not None and last_event_id.strip():
+        if not last_event_id.strip().isdigit() or int(last_event_id) > INT64:
+            raise ApiError(422, "Last-Event-ID must be an event id (a non-negative integer)",
+                           code="invalid_request")
+        after = int(last_event_id)
+    wanted_actions: tuple[str, ...] = DEFAULT_ACTIONS
+    if actions is not None:
+        parts = [a.strip() for a in actions.split(",") if a.strip()]
+        if parts == ["all"]:
+            wanted_actions = ALL_ACTIONS
+        else:
+            unknown = [a for a in parts if a not in ALL_ACTIONS]
+            if unknown or not parts:
+                raise ApiError(422, f"unknown action {unknown[0][:40] if unknown else ''!r}: "
+                                    f"use {', '.join(ALL_ACTIONS)} or all", code="invalid_request")
+            wanted_actions = tuple(parts)
+    wanted_skills = set(_names(skills)) if skills is not None else None
+    app = request.app
+    stores = app.state.stores
+    await run_in_threadpool(stores.get)  # 503 now, not a broken stream, if the store is away
+    api = app.state.api
+    stream = event_stream(app.state.hub, stores.get, after=after, skills=wanted_skills,
+                          actions=set(wanted_actions), keepalive=api.watch_keepalive_seconds,
+                          gap_grace=api.watch_gap_grace_seconds, batch=api.watch_batch,
+                          is_disconnected=request.is_disconnected)
+    return StreamingResponse(stream, media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+

@@ -1,0 +1,131 @@
+"""``sandgate keys``: API keys of ``sandgate serve``, managed directly in the store.
+
+::
+
+    sandgate keys create ci-bot --role submitter [--rate 5 --burst 20]   # prints the token once
+    sandgate keys list [--json]
+    sandgate keys rotate ci-bot          # a new token, same name and role; the old one stops
+    sandgate keys revoke ci-bot          # at once; the name is never reused
+
+Embedded only (it needs the database: run it where the server's
+``SANDGATE_DATABASE_URL`` points, e.g. ``docker compose exec controller sandgate keys ...``).
+Roles: reader < submitter < promoter < admin.
+
+``create`` and ``rotate`` print only the token on stdout (the rest on stderr), so
+``TOKEN=$(sandgate keys create ci --role submitter)`` works.
+
+Exit codes: 0 ok; 1 refused (no such key, name taken, already revoked);
+2 error (the store cannot be opened, bad configuration).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from sandgate.cli.store import EXIT_ERROR, _errors, _store, _when, default_actor
+
+__all__ = ["register", "keys_app"]
+
+keys_app = typer.Typer(
+    name="keys",
+    help="API keys of `sandgate serve` (stored hashed; the token is shown once).",
+    no_args_is_help=True,
+)
+
+RoleOpt = Annotated[
+    str,
+    typer.Option("--role", help="reader < submitter < promoter < admin.", case_sensitive=False),
+]
+
+
+def _roles() -> tuple[str, ...]:
+    from sandgate.store.keys import ROLES
+
+    return ROLES
+
+
+@keys_app.command("create")
+def create(
+    name: Annotated[str, typer.Argument(help="Key name: its identity in the event log is key:NAME.")],
+    role: RoleOpt,
+    rate: Annotated[float | None, typer.Option("--rate", help="Requests per second for this key "
+                                                              "(default: the server's).")] = None,
+    burst: Annotated[int | None, typer.Option("--burst", help="Bucket size for this key.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """Create a key and print its token (the only time it is shown)."""
+    from sandgate.store import keys
+
+    role = role.lower()
+    if role not in _roles():
+        typer.echo(f"error: unknown role {role!r}: one of {', '.join(_roles())}", err=True)
+        raise typer.Exit(EXIT_ERROR)
+    with _errors(), _store() as store:
+        record, token = keys.create_key(store, name=name, role=role, actor=default_actor(),
+                                        rate_per_second=rate, burst=burst)
+    if as_json:
+        typer.echo(json.dumps({**record.to_dict(), "token": token}, indent=2))
+        return
+    typer.echo(f"created key {record.name} (role {record.role}, id {record.key_id}); "
+               "the token below is shown once, store it now:", err=True)
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def list_(
+    all_: Annotated[bool, typer.Option("--all/--live", help="Include revoked keys.")] = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
+) -> None:
+    """List keys (never their tokens)."""
+    from sandgate.store import keys
+
+    with _errors(), _store() as store:
+        rows = keys.list_keys(store, include_revoked=all_)
+    if as_json:
+        typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    if not rows:
+        typer.echo("no keys yet: sandgate keys create NAME --role ROLE")
+        return
+    table = Table("name", "role", "id", "created", "by", "last used", "rate", "revoked")
+    for r in rows:
+        rate = "" if r.rate_per_second is None else f"{r.rate_per_second:g}/s"
+        if r.burst is not None:
+            rate += f" burst {r.burst}"
+        table.add_row(r.name, r.role, r.key_id, _when(r.created_at), r.created_by,
+                      _when(r.last_used_at), rate or "default",
+                      f"{_when(r.revoked_at)} by {r.revoked_by}" if r.revoked else "")
+    Console(highlight=False, soft_wrap=True).print(table)
+
+
+@keys_app.command("revoke")
+def revoke(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
+    """Revoke a key at once (its next request gets 401)."""
+    from sandgate.store import keys
+
+    with _errors(), _store() as store:
+        record = keys.revoke_key(store, name=name, actor=default_actor())
+    typer.echo(f"revoked key {record.name} ({record.role})")
+
+
+@keys_app.command("rotate")
+def rotate(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
+    """Give a live key a new token (same name, role and identity); the old token stops working."""
+    from sandgate.store import keys
+
+    with _errors(), _store() as store:
+        record, token = keys.rotate_key(store, name=name)
+    typer.echo(f"rotated key {record.name} (role {record.role}, id {record.key_id}); "
+               "the token below is shown once, store it now:", err=True)
+    typer.echo(token)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``keys`` command group to ``app``."""
+    app.add_typer(keys_app, name="keys")
+

@@ -1,0 +1,103 @@
+"""``sandgate serve``: the REST API (``sandgate.api``) under uvicorn.
+
+Binds ``127.0.0.1:8080`` by default (``--host``/``--port``, or
+``SANDGATE_API_HOST``/``SANDGATE_API_PORT``): exposing it is a deliberate
+choice (``--host 0.0.0.0`` in a container, behind TLS). The store is
+``SANDGATE_DATABASE_URL`` (default: SQLite under ``SANDGATE_HOME``); it is
+opened and migrated on the first request that needs it. Logs are JSON lines
+on stderr. SIGTERM/SIGINT end open event streams and let requests finish
+(``SANDGATE_API_GRACEFUL_SHUTDOWN_SECONDS``).
+
+Exit codes: 0 stopped cleanly; 2 bad configuration or the port is taken.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+
+__all__ = ["register", "serve"]
+
+
+def serve(
+    host: Annotated[str | None, typer.Option("--host", help="Bind address (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option("--port", min=0, max=65535,
+                                             help="TCP port (default 8080).")] = None,
+) -> None:
+    """Run the HTTP API server (keys: `sandgate keys create`)."""
+    import uvicorn
+
+    from sandgate.api.app import create_app
+    from sandgate.api.observability import configure_logging
+    from sandgate.api.settings import ApiSettings
+    from sandgate.config import get_settings
+    from sandgate.errors import SandgateError
+
+    try:
+        settings = get_settings()
+        api = ApiSettings.load()
+    except SandgateError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # pydantic ValidationError of Settings
+        typer.echo(f"error: invalid configuration: {' '.join(str(exc).split())}", err=True)
+        raise typer.Exit(2) from None
+    host = host or api.host
+    port = api.port if port is None else port
+    configure_logging(api.log_level)
+    app = create_app(settings, api=api)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # configure_logging did it: JSON lines
+        access_log=False,  # the API logs every request itself, with its request id
+        proxy_headers=False,
+        server_header=False,
+        timeout_graceful_shutdown=api.graceful_shutdown_seconds,
+        lifespan="on",
+    )
+    server = _server_class()(config)
+    try:
+        server.run()
+    except SystemExit:  # uvicorn exits when it cannot bind (it logged why)
+        if not server.started:
+            typer.echo(f"error: cannot serve on {host}:{port} (the log above says why)", err=True)
+            raise typer.Exit(2) from None
+        raise
+    except OSError as exc:
+        typer.echo(f"error: cannot serve on {host}:{port}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _server_class() -> Any:
+    """uvicorn's server, ending the event streams as soon as shutdown begins.
+
+    uvicorn waits for open connections before the application's lifespan ends;
+    an SSE stream never finishes on its own, so the hub is told at the signal.
+    """
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            hub = _hub_of(self.config.app)
+            if hub is not None:
+                try:
+                    asyncio.get_running_loop().create_task(hub.close_streams())
+                except RuntimeError:
+                    hub.closing = True
+            super().handle_exit(sig, frame)
+
+    return Server
+
+
+def _hub_of(app: Any) -> Any:
+    state = getattr(app, "state", None)
+    return getattr(state, "hub", None)
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``serve`` to ``app``."""
+    app.command("serve")(serve)
