@@ -611,11 +611,14 @@ def test_skills_are_loaded_at_connect(backend: FakeBackend, make_registry: Any) 
         make_registry(skills=["nope"])
 
 
-def test_connect_refuses_http_urls_and_bad_arguments(backend: FakeBackend, tmp_path: Path) -> None:
+def test_connect_refuses_http_without_a_key_and_bad_arguments(
+    backend: FakeBackend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SANDGATE_API_KEY", raising=False)
     for url in ("http://controller:8000", "HTTPS://controller"):
-        with pytest.raises(ConfigError, match="not implemented") as info:
+        with pytest.raises(ConfigError, match="API key is needed") as info:
             connect(url)
-        assert info.value.code == "not_implemented"
+        assert info.value.code == "unauthorized"
     with pytest.raises(ConfigError):
         connect("sqlite://", backend=backend)
     with pytest.raises(ValueError):

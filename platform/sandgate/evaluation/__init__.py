@@ -66,7 +66,8 @@ def evaluate(
     from sandgate.config import get_settings
     from sandgate.evaluation.parse import build_report
     from sandgate.policy import decide, effective_limits
-    from sandgate.sandbox import SandboxLimits, connect, make_payload, require_image, run_sandbox
+    from sandgate.sandbox import SandboxLimits, make_payload, require_image, run_sandbox
+    from sandgate.sandbox.engine import shared_client
 
     settings = settings or get_settings()
     evaluation_id = evaluation_id or uuid.uuid4().hex
@@ -92,7 +93,7 @@ def evaluate(
     )
     try:
         progress("sandbox")
-        client = connect(settings)
+        client = shared_client(settings)
         image = require_image(client, settings.image)
         files = {f"skill/{path}": data for path, data in submission.files.items()}
         files.update({f"rules/{name}": data

@@ -47,10 +47,15 @@ consumer should lower ``sys.setswitchinterval`` or call ``refresh()`` from its
 own loop between batches.
 
 Backends: :class:`StoreBackend` (SQLite/PostgreSQL, this package's default) and
-a documented slot for :class:`HttpBackend` (API server + server-sent events;
-``http(s)://`` URLs raise :class:`~sandgate.errors.ConfigError` until it
-exists). Any object with ``pointers``/``fetch``/``close`` can be passed as
-``backend=`` (see :mod:`sandgate.registry.backends`).
+:class:`HttpBackend` (the API server, ``sandgate serve``: ``connect("https://…",
+api_key=…)`` or ``$SANDGATE_URL``/``$SANDGATE_API_KEY``; pointer moves are
+pushed over server-sent events and wake the watcher at once, polling every
+``poll_interval`` — 1 s by default over HTTP — stays underneath as the safety
+net; ``bench/bench_registry.py --serve``: p99 ≈ 115 ms from a move to the
+first call on the new version with the server's event feed polling every
+0.1 s, ≈ 515 ms at its 0.5 s default). Any object with
+``pointers``/``fetch``/``close`` can be passed as ``backend=`` (see
+:mod:`sandgate.registry.backends`).
 
 Trust model
 ===========
@@ -107,7 +112,7 @@ from typing import Any
 
 from sandgate.errors import ConfigError
 from sandgate.registry.backends import (
-    HTTP_NOT_IMPLEMENTED,
+    HTTP_POLL_INTERVAL,
     FetchedVersion,
     HttpBackend,
     RegistryBackend,
@@ -137,27 +142,42 @@ def connect(
     url: str | None = None,
     *,
     backend: RegistryBackend | None = None,
-    poll_interval: float = 0.05,
+    api_key: str | None = None,
+    poll_interval: float | None = None,
     cache_dir: str | Path | None = None,
     max_loaded: int = 3,
     on_event: Callable[[RegistryEvent], Any] | None = None,
     skills: Iterable[str] = (),
     watch: bool = True,
 ) -> Registry:
-    """A :class:`Registry` following the store at ``url`` (default: the settings' store).
+    """A :class:`Registry` following the store at ``url`` (default: ``$SANDGATE_URL``, else the settings' store).
 
-    ``url``: a database URL (``sqlite:///…``, ``postgresql+psycopg://…``);
-    ``http(s)://`` is reserved for the API-server backend (not implemented:
-    :class:`~sandgate.errors.ConfigError`). ``backend``: any
+    ``url``: a database URL (``sqlite:///…``, ``postgresql+psycopg://…``) or
+    the ``http(s)://`` URL of a sandgate API server (:class:`HttpBackend`,
+    authenticated with ``api_key``, default ``$SANDGATE_API_KEY``; a key
+    with the reader role is enough). ``backend``: any
     :class:`RegistryBackend` instead of a URL (it is closed with the registry).
-    ``skills``: load these now (errors raise here rather than at the first
-    call). ``watch=False``: no watcher thread; only :meth:`Registry.refresh`
-    moves the snapshot (tools and tests). ``on_event`` is called from the
-    watcher thread (or the thread that called ``refresh``/made the first
-    call); its exceptions are logged and ignored.
+    ``poll_interval``: seconds between polls (default 0.05 for a database,
+    :data:`HTTP_POLL_INTERVAL` over HTTP, where moves are pushed and polling
+    is the safety net). ``skills``: load these now (errors raise here rather
+    than at the first call). ``watch=False``: no watcher thread; only
+    :meth:`Registry.refresh` moves the snapshot (tools and tests). ``on_event``
+    is called from the watcher thread (or the thread that called
+    ``refresh``/made the first call); its exceptions are logged and ignored.
     """
+    import os
+
     if backend is not None and url is not None:
         raise ConfigError("pass either url or backend, not both")
+    if backend is None and url is None:
+        from sandgate.client import URL_ENV
+
+        url = os.environ.get(URL_ENV, "").strip() or None
+    remote = url is not None and url.split("://", 1)[0].lower() in ("http", "https")
+    if api_key is not None and not remote:
+        raise ConfigError("api_key is for http(s):// URLs (a sandgate API server)")
+    if poll_interval is None:
+        poll_interval = HTTP_POLL_INTERVAL if remote or isinstance(backend, HttpBackend) else 0.05
     if not poll_interval > 0:
         raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
     if max_loaded < 0:
@@ -167,10 +187,8 @@ def connect(
 
         cache_dir = get_settings().home / "registry-cache"
     if backend is None:
-        if url is not None and url.split("://", 1)[0].lower() in ("http", "https"):
-            raise ConfigError(HTTP_NOT_IMPLEMENTED, code="not_implemented")
-        backend = StoreBackend(url)
-    return Registry(
+        backend = HttpBackend(url, api_key=api_key) if remote else StoreBackend(url)
+    registry = Registry(
         backend,
         cache_dir=cache_dir,
         poll_interval=poll_interval,
@@ -179,3 +197,6 @@ def connect(
         skills=skills,
         watch=watch,
     )
+    if isinstance(backend, HttpBackend):  # close() must not wait out a long poll interval in watch()
+        backend.bind_stop(getattr(registry, "_stop", None))
+    return registry

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +13,7 @@ from docker.errors import DockerException
 from sandgate.config import Settings, get_settings
 from sandgate.errors import EngineUnavailable
 
-__all__ = ["EngineInfo", "connect", "engine_info"]
+__all__ = ["EngineInfo", "connect", "engine_info", "shared_client"]
 
 ENGINE_HINT = (
     "start a Docker engine (on Debian as root, `bash sandbox_images/engine.sh` installs "
@@ -44,6 +46,26 @@ def connect(settings: Settings | None = None) -> docker.DockerClient:
     except Exception as exc:  # requests/urllib3 errors that docker-py does not wrap
         raise EngineUnavailable(f"no Docker engine answers ({exc}); {ENGINE_HINT}") from exc
     return client
+
+
+_shared: dict[tuple[str, int], docker.DockerClient] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_client(settings: Settings | None = None) -> docker.DockerClient:
+    """One client per engine address and timeout for this process (pinged once).
+
+    Evaluations call this instead of :func:`connect` so a busy worker does not
+    open a connection pool and ping the engine for every sandbox; a dead engine
+    still surfaces, as an :class:`InfrastructureError` from the sandbox call.
+    """
+    settings = settings or get_settings()
+    key = (os.environ.get("DOCKER_HOST", ""), int(max(1, settings.docker_api_timeout)))
+    with _shared_lock:
+        client = _shared.get(key)
+        if client is None:
+            client = _shared[key] = connect(settings)
+        return client
 
 
 def engine_info(client: docker.DockerClient) -> EngineInfo:

@@ -117,8 +117,24 @@ def _protocol() -> int:
     return int(match.group(1))
 
 
+_checked: dict[tuple[int, str], tuple[float, ImageInfo]] = {}
+#: how long a successful image check is reused (a removed image still fails loudly:
+#: creating the sandbox then reports it)
+IMAGE_CHECK_TTL = 30.0
+
+
 def require_image(client: docker.DockerClient, tag: str) -> ImageInfo:
-    """The image, or :class:`ImageMissing` saying how to build it."""
+    """The image, or :class:`ImageMissing` saying how to build it (cached briefly when present)."""
+    now = time.monotonic()
+    cached = _checked.get((id(client), tag))
+    if cached is not None and now - cached[0] < IMAGE_CHECK_TTL:
+        return cached[1]
+    info = _require_image(client, tag)
+    _checked[(id(client), tag)] = (now, info)
+    return info
+
+
+def _require_image(client: docker.DockerClient, tag: str) -> ImageInfo:
     info = inspect_image(client, tag)
     if info is None:
         raise ImageMissing(f"the sandbox image {tag} does not exist; build it with `sandgate image build`")
