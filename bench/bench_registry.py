@@ -50,7 +50,6 @@ import contextlib
 import importlib.util
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading

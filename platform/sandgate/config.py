@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar, Self
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -18,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "get_settings", "project_root"]
+__all__ = ["EnvSettings", "Settings", "get_settings", "project_root"]
 
 
 def project_root() -> Path:
@@ -77,3 +78,46 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     return Settings()
+
+
+class EnvSettings(BaseSettings):
+    """Settings of one area read from its ``SANDGATE_<AREA>_*`` variables only.
+
+    :meth:`load` turns a misspelt variable (``SANDGATE_LLM_BASEURL``) or a bad
+    value into one :class:`~sandgate.errors.ConfigError` naming the variables.
+    Subclasses set ``model_config = SettingsConfigDict(env_prefix=..., extra="forbid")``
+    and ``area`` (a word for messages: "API", "LLM").
+    """
+
+    area: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings)
+
+    @classmethod
+    def load(cls, **overrides: object) -> Self:
+        from sandgate.errors import ConfigError
+
+        prefix = str(cls.model_config.get("env_prefix", "")).upper()
+        known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+        if unknown:
+            raise ConfigError(f"unknown {cls.area} setting(s) {', '.join(unknown)}; known: "
+                              f"{', '.join(sorted(known))}")
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            lines = []
+            for err in exc.errors(include_url=False):
+                loc = ".".join(str(p) for p in err["loc"])
+                name = f"{prefix}{loc.upper()}" if loc else "settings"
+                lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
+            raise ConfigError(f"invalid {cls.area} settings: " + "; ".join(lines)) from None

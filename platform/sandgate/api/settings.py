@@ -28,13 +28,12 @@ variable                                   meaning
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import NoDecode, SettingsConfigDict
 
-from sandgate.errors import ConfigError
+from sandgate.config import EnvSettings
 
 __all__ = ["ApiSettings", "ENV_PREFIX", "MiB"]
 
@@ -42,8 +41,9 @@ ENV_PREFIX = "SANDGATE_API_"
 MiB = 1024 * 1024
 
 
-class ApiSettings(BaseSettings):
+class ApiSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    area = "API"
 
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -82,33 +82,4 @@ class ApiSettings(BaseSettings):
             return [p.strip() for p in value.split(",") if p.strip()]
         return value
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
 
-    @classmethod
-    def load(cls, **overrides: object) -> ApiSettings:
-        """From the environment; a misspelt variable or a bad value is a :class:`ConfigError`."""
-        from pydantic import ValidationError
-
-        known = {f"{ENV_PREFIX}{name.upper()}" for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX)
-                         and k.upper() not in known)
-        if unknown:
-            raise ConfigError(f"unknown API setting(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(sorted(known))}")
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            lines = []
-            for err in exc.errors(include_url=False):
-                loc = ".".join(str(p) for p in err["loc"])
-                lines.append(f"{ENV_PREFIX}{loc.upper()}: {err['msg']}")
-            raise ConfigError("invalid API settings: " + "; ".join(lines)) from None

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandgate.errors import InfrastructureError
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, SandboxInfo, Verdict
+from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.config import Settings

@@ -36,8 +36,9 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
+from sandgate.config import EnvSettings
 from sandgate.errors import ConfigError
 
 __all__ = ["GenerationSettings", "ENV_PREFIX"]
@@ -45,8 +46,9 @@ __all__ = ["GenerationSettings", "ENV_PREFIX"]
 ENV_PREFIX = "SANDGATE_LLM_"
 
 
-class GenerationSettings(BaseSettings):
+class GenerationSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+    area = "LLM"
 
     #: OpenAI-compatible API root; ``{base_url}/chat/completions`` is called
     base_url: str | None = None
@@ -88,16 +90,6 @@ class GenerationSettings(BaseSettings):
                               f"{ENV_PREFIX}API_KEY_ENV")
         super().__init__(**values)
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings)
 
     @field_validator("base_url", "model", "api_key_env", "azure_api_version", mode="before")
     @classmethod
@@ -175,24 +167,3 @@ class GenerationSettings(BaseSettings):
             return SecretStr(value)
         return self.api_key
 
-    @classmethod
-    def load(cls, **overrides: object) -> GenerationSettings:
-        """Settings from the environment; a validation failure or a misspelt variable
-        (``SANDGATE_LLM_BASEURL``) becomes :class:`ConfigError`."""
-        from pydantic import ValidationError
-
-        known = {f"{ENV_PREFIX}{name.upper()}" for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX)
-                         and k.upper() not in known)
-        if unknown:
-            raise ConfigError(f"unknown LLM setting(s) {', '.join(unknown)}; known: "
-                              f"{', '.join(sorted(known))}")
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            lines = []
-            for err in exc.errors(include_url=False):
-                loc = ".".join(str(p) for p in err["loc"])
-                name = f"{ENV_PREFIX}{loc.upper()}" if loc else "settings"
-                lines.append(f"{name}: {err['msg'].removeprefix('Value error, ')}")
-            raise ConfigError("invalid LLM settings: " + "; ".join(lines)) from None
