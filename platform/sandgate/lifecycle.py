@@ -262,22 +262,9 @@ def submit(
     version = repo.get_version(store, name=name, number=number)
     base["version"] = version
 
-    promoted = None
-    note = None
-    if finished.verdict == "passed" and mode == "auto" and not version.active:
-        try:
-            promoted = repo.promote(
-                store,
-                name=name,
-                number=number,
-                actor=policy_actor(policy),
-                reason=f"auto-promotion: passed {policy.name}",
-                policy=policy,
-            )
-            version = repo.get_version(store, name=name, number=number)
-            base["version"] = version
-        except (Conflict, InvalidTransition) as exc:
-            note = f"auto-promotion did not happen: {exc}"
+    promoted, note = auto_promote(store, evaluation=finished, policy=policy)
+    if promoted is not None:
+        base["version"] = repo.get_version(store, name=name, number=number)
     return SubmitResult(
         **base,
         evaluation=finished,
@@ -285,6 +272,39 @@ def submit(
         promoted=promoted,
         promotion_note=note,
     )
+
+
+def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, str | None]:
+    """Promote a freshly evaluated version when the policy says ``auto``.
+
+    Returns ``(PointerMove | None, note)``. Nothing happens unless the verdict is
+    ``passed`` and the skill's mode is ``auto``; never over a newer active
+    version (workers finish out of order); a lost race is a note, not an error.
+    Shared by :func:`submit` and the workers.
+    """
+    if evaluation.verdict != "passed" or policy.promotion.mode_for(evaluation.skill) != "auto":
+        return None, None
+    skill = repo.get_skill(store, name=evaluation.skill)
+    if skill.active_version == evaluation.version:
+        return None, None
+    if skill.active_version is not None and skill.active_version > evaluation.version:
+        return None, (
+            f"{evaluation.skill}@{skill.active_version} is active and newer: "
+            f"{evaluation.skill}@{evaluation.version} not promoted over it"
+        )
+    try:
+        move = repo.promote(
+            store,
+            name=evaluation.skill,
+            number=evaluation.version,
+            actor=policy_actor(policy),
+            reason=f"auto-promotion: passed {policy.name}",
+            policy=policy,
+            expected_generation=skill.generation,
+        )
+    except (Conflict, InvalidTransition) as exc:
+        return None, f"auto-promotion did not happen: {exc}"
+    return move, None
 
 
 # --------------------------------------------------------------------------- pointer moves

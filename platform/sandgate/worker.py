@@ -86,7 +86,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sandgate.errors import (
     Conflict,
-    InvalidTransition,
     SandgateError,
     StoreError,
     SubmissionError,
@@ -567,8 +566,8 @@ class Worker:
         record = lifecycle.run_evaluation(
             self.store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=self._evaluate
         )
-        promoted, note = self._auto_promote(record, policy)
-        return record, promoted, note
+        move, note = lifecycle.auto_promote(self.store, evaluation=record, policy=policy)
+        return record, (move.to_version if move is not None else None), note
 
     def _load_submission(self, c: EvaluationRecord) -> Any:
         from sandgate.submission import submission_from_files
@@ -589,34 +588,6 @@ class Worker:
         from sandgate import lifecycle
 
         return lifecycle.load_policy(name)
-
-    def _auto_promote(self, record: EvaluationRecord, policy: Policy) -> tuple[int | None, str | None]:
-        """``lifecycle.submit``'s auto-promotion, for an evaluation a worker ran."""
-        from sandgate import lifecycle
-
-        if record.verdict != "passed" or policy.promotion.mode_for(record.skill) != "auto":
-            return None, None
-        skill = repo.get_skill(self.store, name=record.skill)
-        if skill.active_version == record.version:
-            return None, None
-        if skill.active_version is not None and skill.active_version > record.version:
-            return None, (
-                f"{record.skill}@{skill.active_version} is active and newer: "
-                f"{record.skill}@{record.version} not promoted over it"
-            )
-        try:
-            move = repo.promote(
-                self.store,
-                name=record.skill,
-                number=record.version,
-                actor=lifecycle.policy_actor(policy),
-                reason=f"auto-promotion: passed {policy.name}",
-                policy=policy,
-                expected_generation=skill.generation,
-            )
-        except (Conflict, InvalidTransition) as exc:
-            return None, f"auto-promotion did not happen: {exc}"
-        return move.to_version, None
 
     # ------------------------------------------------------------------ sandboxes
 
