@@ -18,13 +18,15 @@ so it never replays a migration.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, inspect, text
+
+if TYPE_CHECKING:  # pragma: no cover
+    from alembic.config import Config
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "head_revision", "current_revision", "upgrade"]
 
@@ -35,6 +37,8 @@ _PG_LOCK_KEY = 0x5A6E_D6A7_E5C0_11E1
 
 
 def alembic_config(url: str | None = None) -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     if url:
@@ -43,21 +47,51 @@ def alembic_config(url: str | None = None) -> Config:
 
 
 def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None
     return head
 
 
 def current_revision(conn: Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
     return MigrationContext.configure(conn).get_current_revision()
+
+
+_REVISION = re.compile(r'^(down_)?revision(?:: [^=]+)? = "([^"]+)"', re.M)
+
+
+@lru_cache(maxsize=1)
+def scripted_head() -> str:
+    """The head revision read straight from the migration files (no Alembic import).
+
+    Every open takes the fast path with this; Alembic is imported only when a
+    migration has to run. A test pins it to :func:`head_revision`.
+    """
+    revisions, downs = set(), set()
+    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
+        for down, value in _REVISION.findall(path.read_text(encoding="utf-8")):
+            (downs if down else revisions).add(value)
+    heads = revisions - downs
+    if len(heads) != 1:
+        raise RuntimeError(f"the migrations have {len(heads)} heads: {sorted(heads)}")
+    return heads.pop()
+
+
+def _stamped_revision(conn: Connection) -> str | None:
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (default: head) under the migration lock."""
-    target = head_revision() if revision == "head" else revision
+    target = scripted_head() if revision == "head" else revision
     with engine.connect() as conn:
-        # fast path: already there (every open after the first)
-        if current_revision(conn) == target:
+        # fast path: already there (every open after the first), without importing Alembic
+        if _stamped_revision(conn) == target:
             conn.rollback()
             return
         conn.rollback()
@@ -68,6 +102,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             if dialect == "postgresql":
                 conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_LOCK_KEY})
             if current_revision(conn) != target:
+                from alembic import command
+
                 cfg = alembic_config()
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, revision)
