@@ -1,33 +1,56 @@
-"""Error translation at the CLI edge: one clear line on stderr, a defined exit code."""
+"""Error translation at the CLI edge: one clear line on stderr, a defined exit code.
+
+Exit codes: 0 success, 1 refused (the request or the skill: not found, a lost
+race, a move that is not allowed, an invalid submission), 2 error (the
+infrastructure, the configuration, anything else).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 import typer
 
-from sandgate.errors import (
-    ConfigError,
-    InfrastructureError,
-    SandgateError,
-    StoreError,
-    SubmissionError,
-)
+from sandgate.errors import Conflict, InvalidTransition, NotFound, SandgateError, SubmissionError
 
-__all__ = ["exit_code_for", "fail"]
+__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED", "errors", "exit_code_for", "fail", "fail_with"]
+
+EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (SubmissionError, StoreError)):
-        return 1
-    if isinstance(exc, (InfrastructureError, ConfigError, SandgateError)):
-        return 2
-    return 2
+    if isinstance(exc, (NotFound, Conflict, InvalidTransition, SubmissionError)):
+        return EXIT_REFUSED
+    return EXIT_ERROR
+
+
+def fail_with(message: str, code: int) -> NoReturn:
+    one_line = " ".join(message.split())  # driver messages can span lines
+    typer.echo(f"error: {one_line}", err=True)
+    raise typer.Exit(code)
 
 
 def fail(exc: BaseException) -> NoReturn:
-    if isinstance(exc, SandgateError):
-        typer.echo(f"error: {exc}", err=True)
-    else:
-        typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
-    raise typer.Exit(exit_code_for(exc))
+    message = str(exc) if isinstance(exc, SandgateError) else f"{type(exc).__name__}: {exc}"
+    fail_with(message, exit_code_for(exc))
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Translate library errors raised inside the block into :func:`fail`."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except SandgateError as exc:
+        fail(exc)
+    except ImportError as exc:  # a part of sandgate this command needs is missing
+        fail_with(f"sandgate is incompletely installed: {exc}", EXIT_ERROR)
+    except Exception as exc:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):
+            fail_with(f"invalid configuration: {exc}", EXIT_ERROR)
+        raise

@@ -27,7 +27,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.cli.store import EXIT_ERROR, _errors, _store, _when, default_actor
+from sandgate.cli.common import EXIT_ERROR, errors
+from sandgate.cli.store import _store, _when, default_actor
 
 __all__ = ["register", "keys_app"]
 
@@ -65,7 +66,7 @@ def create(
     if role not in _roles():
         typer.echo(f"error: unknown role {role!r}: one of {', '.join(_roles())}", err=True)
         raise typer.Exit(EXIT_ERROR)
-    with _errors(), _store() as store:
+    with errors(), _store() as store:
         record, token = keys.create_key(store, name=name, role=role, actor=default_actor(),
                                         rate_per_second=rate, burst=burst)
     if as_json:
@@ -84,7 +85,7 @@ def list_(
     """List keys (never their tokens)."""
     from sandgate.store import keys
 
-    with _errors(), _store() as store:
+    with errors(), _store() as store:
         rows = keys.list_keys(store, include_revoked=all_)
     if as_json:
         typer.echo(json.dumps([r.to_dict() for r in rows], indent=2))
@@ -108,7 +109,7 @@ def revoke(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
     """Revoke a key at once (its next request gets 401)."""
     from sandgate.store import keys
 
-    with _errors(), _store() as store:
+    with errors(), _store() as store:
         record = keys.revoke_key(store, name=name, actor=default_actor())
     typer.echo(f"revoked key {record.name} ({record.role})")
 
@@ -118,7 +119,7 @@ def rotate(name: Annotated[str, typer.Argument(help="Key name.")]) -> None:
     """Give a live key a new token (same name, role and identity); the old token stops working."""
     from sandgate.store import keys
 
-    with _errors(), _store() as store:
+    with errors(), _store() as store:
         record, token = keys.rotate_key(store, name=name)
     typer.echo(f"rotated key {record.name} (role {record.role}, id {record.key_id}); "
                "the token below is shown once, store it now:", err=True)

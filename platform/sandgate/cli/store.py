@@ -25,25 +25,24 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.errors import (
-    Conflict,
-    InvalidTransition,
-    NotFound,
-    SandgateError,
-    SubmissionError,
-)
+from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, errors, fail_with
+from sandgate.errors import NotFound
 
 __all__ = ["register", "default_actor"]
 
-EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+ReasonOpt = Annotated[str | None, typer.Option("--reason", help="Why (recorded in the event).")]
+ExpectedGenerationOpt = Annotated[
+    int | None,
+    typer.Option("--expected-generation", help="Refuse unless the skill is at this generation."),
+]
 ActorOpt = Annotated[
     str | None,
     typer.Option("--actor", help="Who is acting (default: $SANDGATE_ACTOR or cli:<user>)."),
@@ -65,37 +64,6 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    one_line = " ".join(message.split())  # driver messages can span lines
-    typer.echo(f"error: {one_line}", err=True)
-    raise typer.Exit(code)
-
-
-def _exit_code(exc: BaseException) -> int:
-    if isinstance(exc, (NotFound, Conflict, InvalidTransition, SubmissionError)):
-        return EXIT_REFUSED
-    return EXIT_ERROR
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Translate library errors into one stderr line and an exit code (the edge)."""
-    try:
-        yield
-    except typer.Exit:
-        raise
-    except SandgateError as exc:
-        _fail(str(exc), _exit_code(exc))
-    except ImportError as exc:  # a part of sandgate this command needs is missing
-        _fail(f"sandgate is incompletely installed: {exc}", EXIT_ERROR)
-    except Exception as exc:
-        from pydantic import ValidationError
-
-        if isinstance(exc, ValidationError):
-            _fail(f"invalid configuration: {exc}", EXIT_ERROR)
-        raise
-
-
 def _remote():  # type: ignore[no-untyped-def]
     """A :class:`~sandgate.client.SandgateClient` when ``SANDGATE_URL`` is set, else None."""
     from sandgate.client import from_env
@@ -105,7 +73,7 @@ def _remote():  # type: ignore[no-untyped-def]
 
 def _no_remote_actor(actor: str | None) -> None:
     if actor:
-        _fail("--actor is for embedded mode: the server records the API key as the actor "
+        fail_with("--actor is for embedded mode: the server records the API key as the actor "
               "(unset SANDGATE_URL to use the store directly)", EXIT_ERROR)
 
 
@@ -213,7 +181,7 @@ def submit(
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
     from sandgate import lifecycle
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             _no_remote_actor(actor)
@@ -268,7 +236,7 @@ def skills(as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
     from sandgate.store import repository as repo
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             with api:
@@ -295,7 +263,7 @@ def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: 
     """List the versions of a skill."""
     from sandgate.store import repository as repo
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             with api:
@@ -329,7 +297,7 @@ def show(
     from sandgate.store import repository as repo
 
     name, number = _parse_ref(ref)
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             with api:
@@ -413,21 +381,18 @@ def promote(
     force: Annotated[
         bool, typer.Option("--force", help="Promote without a passed evaluation (needs --reason).")
     ] = False,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the event).")] = None,
+    reason: ReasonOpt = None,
     policy: Annotated[
         str | None, typer.Option("--policy", help="Current policy (default: settings.policy).")
     ] = None,
-    expected_generation: Annotated[
-        int | None,
-        typer.Option("--expected-generation", help="Refuse unless the skill is at this generation."),
-    ] = None,
+    expected_generation: ExpectedGenerationOpt = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Make a version active (it must have passed under the current policy)."""
     from sandgate import lifecycle
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             _no_remote_actor(actor)
@@ -453,18 +418,15 @@ def promote(
 def rollback(
     name: Annotated[str, typer.Argument(help="Skill name.")],
     to: Annotated[int | None, typer.Option("--to", help="Go back to this older version.")] = None,
-    reason: Annotated[str | None, typer.Option("--reason", help="Why (recorded in the event).")] = None,
-    expected_generation: Annotated[
-        int | None,
-        typer.Option("--expected-generation", help="Refuse unless the skill is at this generation."),
-    ] = None,
+    reason: ReasonOpt = None,
+    expected_generation: ExpectedGenerationOpt = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Go back to what was active before the last move (again: further back). No re-evaluation."""
     from sandgate import lifecycle
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             _no_remote_actor(actor)
@@ -498,7 +460,7 @@ def yank(
     """Mark a version as never to be promoted again."""
     from sandgate import lifecycle
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             _no_remote_actor(actor)
@@ -531,7 +493,7 @@ def history(
     """The audit log of a skill: who did what, when, why."""
     from sandgate.store import repository as repo
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             with api:
@@ -573,7 +535,7 @@ def diff(
     """Unified diff of the files of two versions."""
     from sandgate.store import repository as repo
 
-    with _errors():
+    with errors():
         api = _remote()
         if api is not None:
             with api:
