@@ -1,37 +1,23 @@
 """No full scans: every lookup the repository makes uses an index (SQLite's query planner says so).
 
-Each repository call runs with a listener that records its SQL; every SELECT and
-UPDATE is then run through ``EXPLAIN QUERY PLAN``, and a ``SCAN`` of a store
+Each repository call runs with a listener that records its SQL; every SELECT,
+UPDATE and DELETE is then run through ``EXPLAIN QUERY PLAN`` (tests/unit/query_plans.py), and a ``SCAN`` of a store
 table (a full table or full index scan) fails the test. ``list_skills`` and an
 unfiltered ``active_pointers`` read every skill by design and are not checked.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from sandgate.evaluation.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
 from sandgate.store import repository as repo
-
-TABLES = ("skills", "versions", "version_files", "evaluations", "events")
-SCAN = re.compile(r"\bSCAN (%s)\b" % "|".join(TABLES))
-POLICY = SimpleNamespace(name="p", hash="sha256:p")
+from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
 
 
-def _sub(name: str, i: int) -> Any:
-    files = {"skill.py": f"x = {i}\n".encode()}
-    return SimpleNamespace(
-        name=name, files=files, manifest={"name": name},
-        content_hash="sha256:" + hashlib.sha256(files["skill.py"]).hexdigest(),
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -40,7 +26,7 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
-            v, _ = repo.create_version(s, submission=_sub(name, i), actor="t")
+            v, _ = repo.create_version(s, submission=submission(name, i), actor="t")
             repo.record_evaluation(
                 s, name=name, number=v.number,
                 report=EvaluationReport(evaluation_id=f"{name}-{i}", verdict=Verdict.passed),
@@ -54,29 +40,6 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     s.close()
 
 
-def _plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        head = statement.lstrip().split(None, 1)[0].upper()
-        if head in ("SELECT", "UPDATE") and not executemany:
-            seen.append((statement, parameters))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        call()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    out = []
-    raw = store.engine.raw_connection()
-    try:
-        for statement, parameters in seen:
-            rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
-            out.append((statement, "\n".join(r[-1] for r in rows)))
-    finally:
-        raw.close()
-    return out
-
 
 CALLS = {
     "get_skill": lambda s: repo.get_skill(s, name="skill_7"),
@@ -89,7 +52,7 @@ CALLS = {
     "active_pointers(names)": lambda s: repo.active_pointers(s, names=["skill_7", "skill_8"]),
     "history": lambda s: repo.history(s, name="skill_7", limit=10),
     "diff": lambda s: repo.diff(s, name="skill_7", a=1, b=2),
-    "create_version": lambda s: repo.create_version(s, submission=_sub("skill_7", 9), actor="t"),
+    "create_version": lambda s: repo.create_version(s, submission=submission("skill_7", 9), actor="t"),
     "promote": lambda s: repo.promote(s, name="skill_7", number=3, actor="t", policy=POLICY),
     "rollback": lambda s: repo.rollback(s, name="skill_7", actor="t"),
     "rollback(to)": lambda s: repo.rollback(s, name="skill_7", to=1, actor="t"),
@@ -100,7 +63,7 @@ CALLS = {
 
 @pytest.mark.parametrize("op", list(CALLS))
 def test_no_full_scans(store: Store, op: str) -> None:
-    plans = _plans(store, lambda: CALLS[op](store))
+    plans = capture_plans(store, lambda: CALLS[op](store))
     assert plans, "no statements captured"
     scans = [(sql, plan) for sql, plan in plans if SCAN.search(plan)]
     assert not scans, "\n\n".join(f"{sql}\n--> {plan}" for sql, plan in scans)
@@ -108,5 +71,5 @@ def test_no_full_scans(store: Store, op: str) -> None:
 
 def test_the_check_sees_a_full_scan(store: Store) -> None:
     """list_skills reads every skill by design: the detector must flag it (it is not vacuous)."""
-    plans = _plans(store, lambda: repo.list_skills(store))
+    plans = capture_plans(store, lambda: repo.list_skills(store))
     assert any(SCAN.search(plan) for _, plan in plans)

@@ -7,32 +7,19 @@ a ``SCAN`` of a store table.
 
 from __future__ import annotations
 
-import hashlib
-import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
-from sqlalchemy import event, select, update
+from sqlalchemy import select, update
 
 from sandgate.evaluation.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
 from sandgate.store import repository as repo
 from sandgate.store.models import Evaluation
-
-TABLES = ("skills", "versions", "version_files", "evaluations", "events")
-SCAN = re.compile(r"\bSCAN (%s)\b" % "|".join(TABLES))
-POLICY = SimpleNamespace(name="p", hash="sha256:p")
+from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
 
 
-def _sub(name: str, i: int) -> Any:
-    files = {"skill.py": f"x = {i}\n".encode()}
-    return SimpleNamespace(
-        name=name, files=files, manifest={"name": name},
-        content_hash="sha256:" + hashlib.sha256(files["skill.py"]).hexdigest(),
-    )  # fmt: skip
 
 
 @pytest.fixture
@@ -41,7 +28,7 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
-            v, _ = repo.create_version(s, submission=_sub(name, i), actor="t")
+            v, _ = repo.create_version(s, submission=submission(name, i), actor="t")
             repo.record_evaluation(
                 s, name=name, number=v.number,
                 report=EvaluationReport(evaluation_id=f"{name}-{i}", verdict=Verdict.passed),
@@ -71,29 +58,6 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     s.close()
 
 
-def _plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
-    seen: list[tuple[str, Any]] = []
-
-    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
-        head = statement.lstrip().split(None, 1)[0].upper()
-        if head in ("SELECT", "UPDATE", "DELETE") and not executemany:
-            seen.append((statement, parameters))
-
-    event.listen(store.engine, "before_cursor_execute", record)
-    try:
-        call()
-    finally:
-        event.remove(store.engine, "before_cursor_execute", record)
-    out = []
-    raw = store.engine.raw_connection()
-    try:
-        for statement, parameters in seen:
-            rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
-            out.append((statement, "\n".join(r[-1] for r in rows)))
-    finally:
-        raw.close()
-    return out
-
 
 def _running_id(store: Store) -> str:
     with store.read() as s:
@@ -121,7 +85,7 @@ def test_prune_fixture_has_work(store: Store) -> None:
 @pytest.mark.parametrize("op", list(CALLS))
 def test_no_full_scans(store: Store, op: str) -> None:
     rid = _running_id(store)
-    plans = _plans(store, lambda: CALLS[op](store, rid))
+    plans = capture_plans(store, lambda: CALLS[op](store, rid))
     assert plans, "no statements captured"
     scans = [(sql, plan) for sql, plan in plans if SCAN.search(plan)]
     assert not scans, "\n\n".join(f"{sql}\n--> {plan}" for sql, plan in scans)

@@ -1,0 +1,52 @@
+"""Shared by the no-full-scan tests: capture a call's SQL and its SQLite query plans.
+
+Every SELECT, UPDATE and DELETE a call makes is recorded and run through
+``EXPLAIN QUERY PLAN``; :data:`SCAN` matches a full scan of a store table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from types import SimpleNamespace
+from typing import Any
+
+from sqlalchemy import event
+
+from sandgate.store import Store
+
+TABLES = ("skills", "versions", "version_files", "evaluations", "events")
+SCAN = re.compile(r"\bSCAN (%s)\b" % "|".join(TABLES))
+POLICY = SimpleNamespace(name="p", hash="sha256:p")
+
+
+def submission(name: str, i: int) -> Any:
+    files = {"skill.py": f"x = {i}\n".encode()}
+    return SimpleNamespace(
+        name=name, files=files, manifest={"name": name},
+        content_hash="sha256:" + hashlib.sha256(files["skill.py"]).hexdigest(),
+    )  # fmt: skip
+
+
+def capture_plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    seen: list[tuple[str, Any]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
+        head = statement.lstrip().split(None, 1)[0].upper()
+        if head in ("SELECT", "UPDATE", "DELETE") and not executemany:
+            seen.append((statement, parameters))
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        call()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    out = []
+    raw = store.engine.raw_connection()
+    try:
+        for statement, parameters in seen:
+            rows = raw.cursor().execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            out.append((statement, "\n".join(r[-1] for r in rows)))
+    finally:
+        raw.close()
+    return out
