@@ -17,7 +17,7 @@ _LAZY = {
     "load_submission": "sandgate.submission",
     "Submission": "sandgate.submission",
     "evaluate": "sandgate.evaluation",
-    "EvaluationReport": "sandgate.evaluation.report",
+    "EvaluationReport": "sandgate.report",
     "load_policy": "sandgate.policy",
     "Policy": "sandgate.policy",
     "SandgateError": "sandgate.errors",
@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from sandgate.config import Settings, get_settings
     from sandgate.errors import SandgateError
     from sandgate.evaluation import evaluate
-    from sandgate.evaluation.report import EvaluationReport
+    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy, load_policy
     from sandgate.registry import connect
     from sandgate.submission import Submission, load_submission

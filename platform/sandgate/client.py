@@ -52,7 +52,7 @@ from sandgate.errors import (
     StoreError,
     SubmissionError,
 )
-from sandgate.store.records import (
+from sandgate.records import (
     EvaluationRecord,
     EventRecord,
     FileDiff,

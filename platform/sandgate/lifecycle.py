@@ -38,10 +38,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sandgate.errors import Conflict, InfrastructureError, InvalidTransition, SubmissionError
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.store import repository as repo
 from sandgate.store.engine import Store
-from sandgate.store.records import EvaluationRecord, PointerMove, VersionRecord, YankResult
+from sandgate.records import EvaluationRecord, PointerMove, VersionRecord, YankResult
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.policy import Policy

@@ -82,7 +82,6 @@ from __future__ import annotations
 import ast
 import codecs
 import gzip
-import hashlib
 import io
 import keyword
 import os
@@ -101,7 +100,7 @@ from dataclasses import dataclass, fields
 from fnmatch import fnmatchcase
 from pathlib import Path
 from types import MappingProxyType
-from typing import IO, Any, Literal, NamedTuple
+from typing import IO, Any, NamedTuple
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
@@ -109,6 +108,9 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sandgate.errors import SubmissionError
+from sandgate.limits import LimitsRequest
+from sandgate.names import SKILL_NAME, SKILL_NAME_RULE
+from sandgate.names import content_hash as _content_hash
 
 __all__ = [
     "MANIFEST_NAME",
@@ -130,7 +132,6 @@ MANIFEST_NAME = "skill.toml"
 DEFAULT_TEST_PATTERNS: tuple[str, ...] = ("tests/**/test_*.py", "test_*.py")
 _DEFAULT_TESTS_TEXT = "tests/test_*.py or test_*.py"
 
-_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENTRYPOINT = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
 
@@ -214,22 +215,8 @@ class IntakeLimits:
 # --------------------------------------------------------------------------- manifest
 
 
-class SandboxRequest(BaseModel):
-    """``[sandbox]`` in ``skill.toml``: a submitter may only ask for *more* safety.
-
-    Values are validated here; :func:`sandgate.policy.effective_limits` clamps
-    them to the policy (a request for more than the policy allows is ignored).
-    """
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
-
-    runtime: Literal["runc", "runsc"] | None = None
-    timeout_seconds: float | None = Field(default=None, gt=0)
-    memory_mb: int | None = Field(default=None, gt=0)
-    pids: int | None = Field(default=None, gt=0)
-    cpus: float | None = Field(default=None, gt=0)
-    output_kb: int | None = Field(default=None, gt=0)
-    work_disk_mb: int | None = Field(default=None, gt=0)
+#: ``[sandbox]`` in ``skill.toml`` (:data:`sandgate.limits.LimitsRequest`)
+SandboxRequest = LimitsRequest
 
 
 class Manifest(BaseModel):
@@ -245,16 +232,13 @@ class Manifest(BaseModel):
     requirements: list[str] = Field(default_factory=list)
     #: a tests directory, a test file or a glob (``**`` spans directories); default: see module doc
     tests: str | None = None
-    sandbox: SandboxRequest | None = None
+    sandbox: LimitsRequest | None = None  # type: ignore[valid-type]
 
     @field_validator("name")
     @classmethod
     def _check_name(cls, value: str) -> str:
-        if not _SKILL_NAME.match(value):
-            raise ValueError(
-                f"{value!r} is not a skill name: a lowercase letter, then lowercase letters, "
-                "digits or '_', at most 63 characters (^[a-z][a-z0-9_]{0,62}$)"
-            )
+        if not SKILL_NAME.match(value):
+            raise ValueError(f"{value!r} is not a skill name: {SKILL_NAME_RULE}")
         return value
 
     @field_validator("entrypoint")
@@ -342,15 +326,8 @@ class Submission:
 
 
 def hash_files(files: Mapping[str, bytes]) -> str:
-    """The content hash of a canonical file set (formula in the module docstring)."""
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        data = files[path]
-        digest.update(path.encode("utf-8"))
-        digest.update(b"\0")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return "sha256:" + digest.hexdigest()
+    """The content hash of a canonical file set (:func:`sandgate.names.content_hash`)."""
+    return _content_hash(files)
 
 
 def load_submission(

@@ -76,7 +76,6 @@ import socket
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -90,12 +89,13 @@ from sandgate.errors import (
     StoreError,
     SubmissionError,
 )
+from sandgate.names import controller_id, owner_id
 from sandgate.store import repository as repo
 from sandgate.store.engine import Store
-from sandgate.store.records import EvaluationRecord
+from sandgate.records import EvaluationRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.evaluation.report import EvaluationReport
+    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
 
 __all__ = [
@@ -104,7 +104,6 @@ __all__ = [
     "JsonFormatter",
     "configure_logging",
     "default_concurrency",
-    "make_owner_id",
     "controller_alive",
     "reap_dead_controllers",
 ]
@@ -192,16 +191,6 @@ def default_concurrency(policy: Policy | None = None) -> int:
     available = _available_memory_bytes()
     by_memory = available // memory_each if available else by_cpu
     return max(1, min(by_cpu, int(by_memory)))
-
-
-def make_owner_id() -> str:
-    """``<hostname>:<pid>:<random>``: unique per worker, and names the controller process."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _controller_id() -> str:
-    # the same formula as sandgate.sandbox.runner.controller_id (not imported: it pulls in docker)
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 # --------------------------------------------------------------------------- dead controllers
@@ -358,7 +347,7 @@ class Worker:
         self.store = store
         self.lease_seconds = float(lease_seconds)
         self.poll_interval = float(poll_interval)
-        self.owner = owner or make_owner_id()
+        self.owner = owner or owner_id()
         self.max_attempts = int(max_attempts)
         self.drain_seconds = float(drain_seconds)
         self.reap_interval = float(reap_interval)
@@ -611,7 +600,7 @@ class Worker:
         try:
             from sandgate.sandbox.runner import reap
 
-            reap(client, evaluation_id=evaluation_id, controller=_controller_id())
+            reap(client, evaluation_id=evaluation_id, controller=controller_id())
         except Exception as exc:
             log.warning("could not remove the sandbox: %s", exc,
                         extra={**self._extra, "evaluation_id": evaluation_id})
@@ -658,7 +647,7 @@ class Worker:
 
 
 def _reason_code(code: str) -> str:
-    from sandgate.evaluation.report import ReasonCode
+    from sandgate.report import ReasonCode
 
     return code if code in ReasonCode.__members__ else ReasonCode.invalid_submission.value
 
@@ -667,7 +656,7 @@ def _report(
     c: EvaluationRecord, verdict: str, code: str, message: str, *, policy: Any = None
 ) -> EvaluationReport:
     """A report for an evaluation that could not even start (policy or stored bytes unusable)."""
-    from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+    from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
     return EvaluationReport(
         evaluation_id=c.id,

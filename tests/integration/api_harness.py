@@ -238,7 +238,7 @@ def _queued(db_url: str) -> int:
 
 def fake_evaluate(verdict: str = "passed") -> Callable[..., Any]:
     """An evaluator that runs nothing (for tests about the API, not the sandbox)."""
-    from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+    from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
     def evaluate(submission: Any, *, policy: Any, evaluation_id: str | None = None) -> Any:
         reasons = [] if verdict == "passed" else [

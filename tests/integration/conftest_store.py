@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.store import Store, open_store
 
 

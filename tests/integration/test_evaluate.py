@@ -12,7 +12,7 @@ import pytest
 
 from sandgate.config import Settings
 from sandgate.evaluation import evaluate, evaluate_path
-from sandgate.evaluation.report import EvaluationReport, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, ReasonCode, Verdict
 from sandgate.policy import load_policy, parse_policy
 from sandgate.submission import submission_from_files
 

@@ -28,7 +28,7 @@ from sqlalchemy import func, select, update  # noqa: E402
 
 from sandgate import lifecycle  # noqa: E402
 from sandgate.config import Settings  # noqa: E402
-from sandgate.evaluation.report import EvaluationReport, Verdict  # noqa: E402
+from sandgate.report import EvaluationReport, Verdict  # noqa: E402
 from sandgate.policy import load_policy  # noqa: E402
 from sandgate.sandbox.runner import CONTROLLER_LABEL, EVALUATION_LABEL, MANAGED_LABEL, controller_id  # noqa: E402
 from sandgate.scheduler import (  # noqa: E402

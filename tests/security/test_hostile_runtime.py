@@ -39,7 +39,7 @@ if _HERE not in sys.path:  # hostile_skills lives beside this file
 import hostile_skills as skills  # noqa: E402
 
 from sandgate.evaluation import evaluate, evaluate_path  # noqa: E402
-from sandgate.evaluation.report import EvaluationReport, TestCase, Verdict  # noqa: E402
+from sandgate.report import EvaluationReport, TestCase, Verdict  # noqa: E402
 from sandgate.policy import Policy, load_policy, parse_policy  # noqa: E402
 from sandgate.submission import submission_from_files  # noqa: E402
 

@@ -303,7 +303,7 @@ def test_reused_evaluation_is_200_and_yanked_is_409(app_env):
     c, h = app_env.client, app_env.h
     r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
     ev = repo.claim_evaluation(app_env.store)
-    from sandgate.evaluation.report import EvaluationReport, Verdict
+    from sandgate.report import EvaluationReport, Verdict
 
     repo.finish_evaluation(app_env.store, evaluation_id=ev.id,
                            report=EvaluationReport(evaluation_id=ev.id, verdict=Verdict.passed))
@@ -446,7 +446,7 @@ def test_client_records_round_trip():
     from datetime import UTC, datetime
 
     from sandgate.client import record_from_dict
-    from sandgate.store.records import EventRecord, PointerMove, SkillRecord, VersionRecord, YankResult
+    from sandgate.records import EventRecord, PointerMove, SkillRecord, VersionRecord, YankResult
 
     now = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
     skill = SkillRecord(name="a", created_at=now, active_version=1, generation=2, latest_version=3)

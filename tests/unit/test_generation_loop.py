@@ -28,7 +28,7 @@ from fakes.openai_server import (  # noqa: E402,F401
 )
 
 from sandgate.errors import EngineUnavailable  # noqa: E402
-from sandgate.evaluation.report import (  # noqa: E402
+from sandgate.report import (  # noqa: E402
     CoverageSummary,
     EvaluationReport,
     FileCoverage,

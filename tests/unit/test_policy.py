@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from sandgate.errors import PolicyError, SubmissionError
-from sandgate.evaluation.report import (
+from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
     Finding,

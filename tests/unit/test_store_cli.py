@@ -21,7 +21,7 @@ from sandgate import lifecycle
 from sandgate.cli import store as store_cli
 from sandgate.config import get_settings
 from sandgate.errors import SubmissionError
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
 app = typer.Typer(pretty_exceptions_enable=False)  # only this module's commands
 store_cli.register(app)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from sandgate.evaluation.report import EvaluationReport, Verdict
+from sandgate.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
 from sandgate.store import repository as repo
 from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py

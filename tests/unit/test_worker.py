@@ -25,11 +25,12 @@ from sqlalchemy import update
 
 from sandgate import lifecycle
 from sandgate.errors import PolicyError
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.policy import Policy, parse_policy
 from sandgate.store import Store, open_store
 from sandgate.store import repository as repo
 from sandgate.store.models import Evaluation
+from sandgate.names import owner_id as make_owner_id
 from sandgate.submission import submission_from_files
 from sandgate.worker import (
     JsonFormatter,
@@ -37,7 +38,6 @@ from sandgate.worker import (
     configure_logging,
     controller_alive,
     default_concurrency,
-    make_owner_id,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

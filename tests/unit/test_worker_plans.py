@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
-from sandgate.evaluation.report import EvaluationReport, Verdict
+from sandgate.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
 from sandgate.store import repository as repo
 from sandgate.store.models import Evaluation

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from sandgate.store.engine import Store
 from sandgate.store.models import Evaluation, Event, Skill, Version
-from sandgate.store.records import EventRecord, PointerMove
+from sandgate.records import EventRecord, PointerMove
 
 __all__ = ["latest_event_id", "events_after", "evaluation_counts", "auto_promotion_of"]
 

@@ -13,6 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from sandgate.names import SKILL_NAME_PATTERN
+
 __all__ = [
     "INT32",
     "SKILL_NAME_PATTERN",
@@ -46,7 +48,6 @@ __all__ = [
 
 INT32 = 2**31 - 1
 INT64 = 2**63 - 1
-SKILL_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,62}$"
 POLICY_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 EVALUATION_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
 MAX_FILES = 1000

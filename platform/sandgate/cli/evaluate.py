@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sandgate.cli.common import fail
-from sandgate.evaluation.report import EvaluationReport, Verdict
+from sandgate.report import EvaluationReport, Verdict
 
 console = Console(stderr=False)
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "rejected": "bold magenta", "error": "bold yellow"}

@@ -134,7 +134,7 @@ def _remote_submit(api: Any, path: Path, *, policy: str | None, wait: bool,
     """Upload, then (``wait``) poll the evaluation; a ``SubmitResult`` like the embedded one."""
     from sandgate.client import record_from_dict
     from sandgate.lifecycle import SubmitResult
-    from sandgate.store.records import EvaluationRecord, PointerMove
+    from sandgate.records import EvaluationRecord, PointerMove
 
     data = api.submit_path(path, policy=policy, provenance={"client": "cli", "path": str(path)})
     name, number = data["skill"], data["version"]

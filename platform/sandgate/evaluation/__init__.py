@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandgate.errors import InfrastructureError
-from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.config import Settings
@@ -66,22 +66,13 @@ def evaluate(
     from sandgate.config import get_settings
     from sandgate.evaluation.parse import build_report
     from sandgate.policy import decide, effective_limits
-    from sandgate.sandbox import SandboxLimits, make_payload, require_image, run_sandbox
+    from sandgate.sandbox import make_payload, require_image, run_sandbox
     from sandgate.sandbox.engine import shared_client
 
     settings = settings or get_settings()
     evaluation_id = evaluation_id or uuid.uuid4().hex
     started = time.monotonic()
     limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
-    sandbox_limits = SandboxLimits(
-        runtime=limits.runtime,
-        timeout_seconds=float(limits.timeout_seconds),
-        memory_mb=int(limits.memory_mb),
-        pids=int(limits.pids),
-        cpus=float(limits.cpus),
-        output_kb=int(limits.output_kb),
-        work_disk_mb=int(limits.work_disk_mb),
-    )
     base = EvaluationReport(
         evaluation_id=evaluation_id,
         verdict=Verdict.error,
@@ -101,8 +92,8 @@ def evaluate(
         channel_key = secrets.token_bytes(32)
         files["config.json"] = json.dumps({
             "channel_key": channel_key.hex(),
-            "timeout_seconds": sandbox_limits.timeout_seconds,
-            "output_bytes": sandbox_limits.output_kb * 1024,
+            "timeout_seconds": limits.timeout_seconds,
+            "output_bytes": limits.output_kb * 1024,
             "tests": submission.test_files(),
             "blocked_severities": list(policy.gates.blocked_severities),
             "fail_fast": False,
@@ -113,7 +104,7 @@ def evaluate(
             client,
             image=settings.image,
             payload=make_payload(files),
-            limits=sandbox_limits,
+            limits=limits,
             evaluation_id=evaluation_id,
             kill_grace=settings.sandbox_kill_grace,
             channel_key=channel_key,

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sandgate.evaluation.report import (
+from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
     FileCoverage,

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from sandgate.generation.loop import GenerationResult, generate_skill
+from sandgate.names import is_skill_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.generation.client import ChatClient
@@ -121,10 +122,9 @@ def start_generation(
     """
     from sandgate.generation.client import ChatClient
     from sandgate.generation.errors import GenerationError
-    from sandgate.generation.loop import _SKILL_NAME
     from sandgate.generation.settings import GenerationSettings
 
-    if not _SKILL_NAME.match(name or ""):
+    if not is_skill_name(name):
         raise GenerationError(f"{name!r} is not a skill name", code="invalid_request")
     if not description or not description.strip():
         raise GenerationError("a description is required", code="invalid_request")

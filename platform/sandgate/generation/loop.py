@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import time
 import uuid
@@ -50,13 +49,14 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sandgate.errors import InfrastructureError, SandgateError, SubmissionError
+from sandgate.names import SKILL_NAME_PATTERN, is_skill_name
 from sandgate.generation.client import Budget, Completion
 from sandgate.generation.errors import BudgetExceeded, GenerationError, LLMError, MalformedOutput
 from sandgate.generation.parse import ParsedOutput, parse_output
 from sandgate.generation.prompt import first_messages, reask_prompt, repair_messages, repair_prompt
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.evaluation.report import EvaluationReport
+    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
     from sandgate.submission import Submission
 
@@ -71,7 +71,6 @@ __all__ = [
 ]
 
 PROVENANCE_SCHEMA = 1
-_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
 Status = Literal["passed", "failed", "error", "budget_exceeded", "cancelled"]
 Outcome = Literal["passed", "failed", "rejected", "error", "malformed", "budget_exceeded",
@@ -304,8 +303,8 @@ def generate_skill(
     ``requirements`` are functional requirements (sentences the skill must
     satisfy), not packages: the sandbox is stdlib-only.
     """
-    if not _SKILL_NAME.match(name or ""):
-        raise GenerationError(f"{name!r} is not a skill name (^[a-z][a-z0-9_]{{0,62}}$)",
+    if not is_skill_name(name):
+        raise GenerationError(f"{name!r} is not a skill name ({SKILL_NAME_PATTERN})",
                               code="invalid_request")
     if not description or not description.strip():
         raise GenerationError("a description is required", code="invalid_request")
@@ -513,7 +512,7 @@ def _intake_and_evaluate(attempt: Attempt, parsed: ParsedOutput, *, name: str, p
     try:
         report = evaluate(submission, policy=policy)
     except InfrastructureError as exc:
-        from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+        from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
         report = EvaluationReport(
             evaluation_id=uuid.uuid4().hex, verdict=Verdict.error,

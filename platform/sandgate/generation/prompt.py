@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from sandgate.generation.parse import MAX_TEST_FILES, render_files
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.evaluation.report import EvaluationReport
+    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
 
 __all__ = [

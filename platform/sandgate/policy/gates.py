@@ -42,7 +42,7 @@ Order of reasons
 
 from __future__ import annotations
 
-from sandgate.evaluation.report import (
+from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
     Finding,

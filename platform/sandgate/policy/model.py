@@ -18,6 +18,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sandgate.errors import PolicyError
+from sandgate.limits import Limits, Runtime
+from sandgate.names import SKILL_NAME, SKILL_NAME_PATTERN
 
 __all__ = [
     "Severity",
@@ -33,12 +35,10 @@ __all__ = [
 ]
 
 Severity = Literal["info", "low", "medium", "high", "critical"]
-#: lowest to highest; the same words as :class:`sandgate.evaluation.report.Finding`
+#: lowest to highest; the same words as :class:`sandgate.report.Finding`
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
-Runtime = Literal["runc", "runsc"]
 PromotionMode = Literal["auto", "manual"]
 
-_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -67,30 +67,6 @@ class Gates(_Strict):
         return sorted(set(value), key=SEVERITIES.index, reverse=True)
 
 
-class Limits(_Strict):
-    """Sandbox limits: the operator's ceiling. A submitter may only tighten them."""
-
-    runtime: Runtime = "runc"
-    timeout_seconds: float = Field(default=60.0, gt=0)
-    memory_mb: int = Field(default=512, gt=0)
-    pids: int = Field(default=128, gt=0)
-    cpus: float = Field(default=1.0, gt=0)
-    output_kb: int = Field(default=256, gt=0)
-    work_disk_mb: int = Field(default=64, gt=0)
-
-    @property
-    def memory_bytes(self) -> int:
-        return self.memory_mb * 1024 * 1024
-
-    @property
-    def output_bytes(self) -> int:
-        return self.output_kb * 1024
-
-    @property
-    def work_disk_bytes(self) -> int:
-        return self.work_disk_mb * 1024 * 1024
-
-
 class Promotion(_Strict):
     """Whether a passing version becomes ``active`` by itself or waits for a human."""
 
@@ -102,8 +78,8 @@ class Promotion(_Strict):
     @classmethod
     def _skill_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
-            if not _SKILL_NAME.match(name):
-                raise ValueError(f"{name!r} is not a skill name (^[a-z][a-z0-9_]{{0,62}}$)")
+            if not SKILL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a skill name ({SKILL_NAME_PATTERN})")
         return dict(sorted(value.items()))
 
     def mode_for(self, skill: str) -> PromotionMode:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import threading
 import time
 import weakref
@@ -42,6 +41,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from sandgate.errors import NotFound, SandgateError
+from sandgate.names import SKILL_NAME as _SKILL_NAME
+from sandgate.names import SKILL_NAME_PATTERN
 from sandgate.registry.backends import FetchedVersion, RegistryBackend, VersionInfo
 from sandgate.registry.loader import (
     LoadedModule,
@@ -55,7 +56,6 @@ __all__ = ["Registry", "SkillHandle", "RegistryEvent", "EventKind"]
 
 log = logging.getLogger("sandgate.registry")
 
-_SKILL_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: longest wait between polls after repeated backend failures (seconds)
 MAX_BACKOFF = 5.0
 
@@ -353,7 +353,7 @@ class Registry:
             if v is not None:
                 return v
             if not isinstance(name, str) or not _SKILL_NAME.match(name):
-                raise NotFound(f"{name!r} is not a skill name (^[a-z][a-z0-9_]{{0,62}}$)")
+                raise NotFound(f"{name!r} is not a skill name ({SKILL_NAME_PATTERN})")
             known = name in self._watched
             if not known or (name not in self._missing and name not in self._failed):
                 self._watched.add(name)

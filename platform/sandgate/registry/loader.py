@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import builtins
 import errno
-import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -82,6 +81,7 @@ from types import ModuleType
 from typing import Any
 
 from sandgate.errors import LoadFailed
+from sandgate.names import SKILL_NAME, content_hash
 
 __all__ = [
     "ROOT_PACKAGE",
@@ -109,22 +109,6 @@ _WRITE_ATTEMPTS = 3
 
 
 # --------------------------------------------------------------------------- hashing
-
-
-def content_hash(files: Mapping[str, bytes]) -> str:
-    """``sha256:<hex>`` of a file set: the formula of :func:`sandgate.submission.hash_files`.
-
-    Repeated here (and pinned against it by a test) so that a consumer does not
-    import the intake machinery.
-    """
-    digest = hashlib.sha256()
-    for path in sorted(files):
-        data = files[path]
-        digest.update(path.encode("utf-8"))
-        digest.update(b"\0")
-        digest.update(len(data).to_bytes(8, "big"))
-        digest.update(data)
-    return "sha256:" + digest.hexdigest()
 
 
 def _hash_hex(expected: str) -> str:
@@ -516,7 +500,7 @@ def load_version(
     if match is None:
         raise LoadFailed(f"{ref}: entrypoint {entrypoint!r} is not 'module:function'", code="bad_entrypoint")
     module_name, function_name = match.group(1), match.group(2)
-    if not re.match(r"^[a-z][a-z0-9_]{0,62}$", name):
+    if not SKILL_NAME.match(name):
         raise LoadFailed(f"{name!r} is not a skill name", code="bad_name")
     toplevel, dirs = _toplevel(files)
     _install_finder()

@@ -10,7 +10,6 @@ from sandgate.sandbox.image import ImageInfo, build_image, inspect_image, requir
 from sandgate.sandbox.runner import (
     EVALUATION_LABEL,
     MANAGED_LABEL,
-    SandboxLimits,
     SandboxRun,
     make_payload,
     reap,
@@ -22,7 +21,6 @@ __all__ = [
     "MANAGED_LABEL",
     "EngineInfo",
     "ImageInfo",
-    "SandboxLimits",
     "SandboxRun",
     "build_image",
     "connect",

@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
 import socket
 import tarfile
 import time
@@ -25,6 +24,8 @@ import requests
 from docker.errors import APIError, DockerException, NotFound
 
 from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
+from sandgate.limits import Limits
+from sandgate.names import controller_id
 
 __all__ = [
     "CONTROLLER_LABEL",
@@ -32,7 +33,6 @@ __all__ = [
     "controller_id",
     "EVALUATION_LABEL",
     "SANDBOX_UID",
-    "SandboxLimits",
     "SandboxRun",
     "hardened_host_config",
     "make_payload",
@@ -47,21 +47,8 @@ EVALUATION_LABEL = "sandgate.evaluation"
 CONTROLLER_LABEL = "sandgate.controller"
 
 
-def controller_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 SANDBOX_UID = 10001
 MAX_HARNESS_OUTPUT = 32 * 1024 * 1024
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    runtime: str = "runc"
-    timeout_seconds: float = 60.0
-    memory_mb: int = 512
-    pids: int = 128
-    cpus: float = 1.0
-    output_kb: int = 256
-    work_disk_mb: int = 64
 
 
 @dataclass
@@ -96,7 +83,7 @@ def make_payload(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def hardened_host_config(api: docker.APIClient, limits: SandboxLimits) -> dict[str, Any]:
+def hardened_host_config(api: docker.APIClient, limits: Limits) -> dict[str, Any]:
     """Network none, read-only root, no capabilities, no new privileges, default seccomp,
     memory = memory+swap, pids/CPU/file-size limits, size-capped tmpfs, no mounts."""
     memory = int(limits.memory_mb) * 1024 * 1024
@@ -154,7 +141,7 @@ def run_sandbox(
     *,
     image: str,
     payload: bytes,
-    limits: SandboxLimits,
+    limits: Limits,
     evaluation_id: str | None = None,
     kill_grace: float = 5.0,
     entrypoint: list[str] | None = None,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from sandgate.store import keys as _keys  # noqa: F401 - registers api_keys on the metadata
 from sandgate.store.engine import Store, open_store
-from sandgate.store.records import (
+from sandgate.records import (
     EvaluationRecord,
     EventRecord,
     FileDiff,

@@ -45,7 +45,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from sandgate.errors import Conflict, InvalidTransition, NotFound
 from sandgate.store.engine import Store
 from sandgate.store.models import ACTOR_LENGTH, Base, BigIntPK
-from sandgate.store.records import _Record
+from sandgate.records import _Record
 
 __all__ = [
     "ROLES",

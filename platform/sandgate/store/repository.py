@@ -1,7 +1,7 @@
 """The skill store's operations: keyword-only functions, one transaction each.
 
 Every function takes the :class:`~sandgate.store.engine.Store` explicitly and
-returns plain records (:mod:`sandgate.store.records`), never ORM objects.
+returns plain records (:mod:`sandgate.records`), never ORM objects.
 Refusals are :class:`~sandgate.errors.NotFound`,
 :class:`~sandgate.errors.Conflict` or :class:`~sandgate.errors.InvalidTransition`
 with a message meant for the person at the terminal.
@@ -119,7 +119,7 @@ from sandgate.store.models import (
     Version,
     VersionFile,
 )
-from sandgate.store.records import (
+from sandgate.records import (
     EvaluationRecord,
     EventRecord,
     FileDiff,
@@ -747,7 +747,7 @@ def _give_up(
     s: Session, ev: Evaluation, version: Version, skill: Skill, now: datetime, why: str
 ) -> None:
     """End an evaluation the workers could not finish: verdict ``error`` (never ``failed``)."""
-    from sandgate.evaluation.report import EvaluationReport, Reason, ReasonCode, Verdict
+    from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
     message = f"gave up after {ev.attempts} attempt{'s' if ev.attempts != 1 else ''}: {why}"
     report = EvaluationReport(

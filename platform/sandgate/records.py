@@ -109,7 +109,7 @@ class EvaluationRecord(_Record):
         """The stored report as an ``EvaluationReport`` (None until done)."""
         if self.report is None:
             return None
-        from sandgate.evaluation.report import EvaluationReport
+        from sandgate.report import EvaluationReport
 
         return EvaluationReport.model_validate(self.report)
 
