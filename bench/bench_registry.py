@@ -63,7 +63,7 @@ from typing import Any
 from sandgate.registry import RegistryEvent, connect
 from sandgate.registry.loader import content_hash
 from sandgate.store import Store, open_store
-from sandgate.store import repository as repo
+from sandgate.store import evaluations, pointers, versions
 
 NAME = "bench_swap"
 POLICY = SimpleNamespace(name="bench", hash="sha256:bench-policy")
@@ -90,8 +90,8 @@ def seed(store: Store, count: int) -> list[int]:
             manifest={"name": NAME, "entrypoint": "bench_swap:run"},
             content_hash=content_hash(files),
         )
-        v, _ = repo.create_version(store, submission=sub, actor="bench")
-        repo.record_evaluation(
+        v, _ = versions.create_version(store, submission=sub, actor="bench")
+        evaluations.record_evaluation(
             store,
             name=NAME,
             number=v.number,
@@ -121,10 +121,10 @@ class StoreMover:
         return seed(self.store, count)
 
     def promote(self, number: int) -> Any:
-        return repo.promote(self.store, name=NAME, number=number, actor="bench", policy=POLICY)
+        return pointers.promote(self.store, name=NAME, number=number, actor="bench", policy=POLICY)
 
     def rollback(self) -> Any:
-        return repo.rollback(self.store, name=NAME, actor="bench", reason="bench")
+        return pointers.rollback(self.store, name=NAME, actor="bench", reason="bench")
 
 
 class ApiMover:
@@ -350,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         with _database(args) as url, tempfile.TemporaryDirectory(prefix="sandgate-bench-cache-") as cache:
             store = open_store(url)
             try:
-                if repo.list_skills(store, limit=1):
+                if versions.list_skills(store, limit=1):
                     print("error: the benchmark needs an empty database", file=sys.stderr)
                     return 2
                 where = url.split("@")[-1] if "@" in url else url

@@ -40,7 +40,7 @@ from typing import Any
 from sqlalchemy import insert, text
 
 from sandgate.store import Store, open_store
-from sandgate.store import repository as repo
+from sandgate.store import audit, pointers, versions
 from sandgate.store.models import Evaluation, Event, Skill, Version, VersionFile
 
 POLICY = SimpleNamespace(name="bench", hash="sha256:bench-policy")
@@ -194,12 +194,12 @@ def measure_stage(store: Store, population: int, m: int, lookups: int, moves: in
     res["floor: SELECT 1"] = _measure(_floor(store), lookups)
     pick = lambda: _name(rnd.randint(1, population))  # noqa: E731
     res["get_version"] = _measure(
-        lambda: repo.get_version(store, name=pick(), number=rnd.randint(1, m)), lookups
+        lambda: versions.get_version(store, name=pick(), number=rnd.randint(1, m)), lookups
     )
-    res["active_pointer (one skill)"] = _measure(lambda: repo.active_pointer(store, name=pick()), lookups)
-    res["list_versions (one skill)"] = _measure(lambda: repo.list_versions(store, name=pick()), lookups)
-    res["get_skill"] = _measure(lambda: repo.get_skill(store, name=pick()), lookups)
-    res["history (one skill)"] = _measure(lambda: repo.history(store, name=pick(), limit=20), lookups)
+    res["active_pointer (one skill)"] = _measure(lambda: pointers.active_pointer(store, name=pick()), lookups)
+    res["list_versions (one skill)"] = _measure(lambda: versions.list_versions(store, name=pick()), lookups)
+    res["get_skill"] = _measure(lambda: versions.get_skill(store, name=pick()), lookups)
+    res["history (one skill)"] = _measure(lambda: audit.history(store, name=pick(), limit=20), lookups)
 
     # moves: on random skills, promote another passed version, then roll it back
     # (the first 10 pairs are warm-up and not counted)
@@ -208,13 +208,13 @@ def measure_stage(store: Store, population: int, m: int, lookups: int, moves: in
     rollback_t: list[float] = []
     for sid in targets:
         name = _name(sid)
-        active, _ = repo.active_pointer(store, name=name) or (None, 0)
+        active, _ = pointers.active_pointer(store, name=name) or (None, 0)
         number = rnd.choice([n for n in range(1, m + 1) if n != active])
         t0 = time.perf_counter_ns()
-        repo.promote(store, name=name, number=number, actor="bench", reason="bench", policy=POLICY)
+        pointers.promote(store, name=name, number=number, actor="bench", reason="bench", policy=POLICY)
         promote_t.append((time.perf_counter_ns() - t0) / 1000.0)
         t0 = time.perf_counter_ns()
-        repo.rollback(store, name=name, actor="bench", reason="bench")
+        pointers.rollback(store, name=name, actor="bench", reason="bench")
         rollback_t.append((time.perf_counter_ns() - t0) / 1000.0)
     res["promote"] = _percentiles(promote_t[10:] or promote_t)
     res["rollback"] = _percentiles(rollback_t[10:] or rollback_t)
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     with _database(args) as url:
         store = open_store(url)
         try:
-            if repo.list_skills(store, limit=1):
+            if versions.list_skills(store, limit=1):
                 print("error: the benchmark needs an empty database", file=sys.stderr)
                 return 2
             seeder = Seeder(store, args.versions)

@@ -4,6 +4,7 @@ The CLI, the API, workers and the tests all call these functions::
 
     submit(store, submission=..., policy=..., actor=...)   -> SubmitResult
     run_evaluation(store, evaluation_id=..., submission=..., policy=...) -> EvaluationRecord
+    run_claimed(store, claimed, owner=...)                 -> ClaimedRun (a worker's job, end to end)
     promote / rollback / yank                              -> thin wrappers that resolve the policy
 
 ``submit`` stores the version (idempotent on content), reuses a finished
@@ -26,22 +27,36 @@ Judgement calls:
   winning the queued → running compare-and-set); one that a worker is already
   running is not waited for — a second evaluation runs.
 
-Seams for tests and embedding: :func:`default_evaluate`, :func:`load_policy`
-and :func:`load_submission` are looked up at call time, so monkeypatching them
-on this module changes what the CLI uses.
+Collaborators are parameters: ``evaluate=`` (default :func:`default_evaluate`,
+the sandbox) and ``policy_loader=`` (default :func:`load_policy`, the
+configured policies); a lease ``owner=`` makes storing the report a
+compare-and-set on that worker's lease. Tests pass fakes; nothing here is
+meant to be patched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sandgate.errors import Conflict, InfrastructureError, InvalidTransition, SubmissionError
-from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
-from sandgate.store import repository as repo
-from sandgate.store.engine import Store
+from sandgate import report as reports
+from sandgate.config import get_settings
+from sandgate.errors import (
+    Conflict,
+    InfrastructureError,
+    InvalidTransition,
+    SandgateError,
+    StoreError,
+    SubmissionError,
+)
+from sandgate.policy import load_policy as _load_policy
 from sandgate.records import EvaluationRecord, PointerMove, VersionRecord, YankResult
+from sandgate.report import EvaluationReport
+from sandgate.store import evaluations, pointers, versions
+from sandgate.store.engine import Store
+from sandgate.submission import load_submission as _load_submission
+from sandgate.submission import submission_from_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.policy import Policy
@@ -49,9 +64,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "EvaluateFn",
+    "PolicyLoader",
     "SubmitResult",
+    "ClaimedRun",
     "submit",
     "run_evaluation",
+    "run_claimed",
+    "auto_promote",
     "promote",
     "rollback",
     "yank",
@@ -68,10 +87,14 @@ class EvaluateFn(Protocol):
     ) -> EvaluationReport: ...
 
 
+#: loads a policy by name (None: the configured one)
+PolicyLoader = Callable[[str | None], Any]
+
+
 def default_evaluate(
     submission: Submission, *, policy: Policy, evaluation_id: str | None = None
 ) -> EvaluationReport:
-    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker)."""
+    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker, which start-up avoids)."""
     from sandgate.evaluation import evaluate
 
     return evaluate(submission, policy=policy, evaluation_id=evaluation_id)
@@ -79,16 +102,11 @@ def default_evaluate(
 
 def load_policy(name: str | None = None) -> Policy:
     """The named policy, or the configured one (``Settings.policy``)."""
-    from sandgate.config import get_settings
-    from sandgate.policy import load_policy as _load
-
-    return _load(name or get_settings().policy)
+    return _load_policy(name or get_settings().policy)
 
 
 def load_submission(path: Any) -> Submission:
-    from sandgate.submission import load_submission as _load
-
-    return _load(path)
+    return _load_submission(path)
 
 
 def policy_actor(policy: Any) -> str:
@@ -142,27 +160,13 @@ class SubmitResult:
         }
 
 
-def _error_report(evaluation_id: str, submission: Any, policy: Any, exc: BaseException) -> EvaluationReport:
-    if isinstance(exc, SubmissionError):
-        verdict, code = Verdict.rejected, _reason_code(exc.code, ReasonCode.invalid_submission)
-    else:
-        verdict, code = Verdict.error, ReasonCode.infrastructure
-    return EvaluationReport(
-        evaluation_id=evaluation_id,
-        verdict=verdict,
-        reasons=[Reason(code=code, message=f"{type(exc).__name__}: {exc}")],
-        skill=getattr(submission, "name", None),
-        content_hash=getattr(submission, "content_hash", None),
-        policy=getattr(policy, "name", None),
-        policy_hash=getattr(policy, "hash", None),
-    )
-
-
-def _reason_code(code: str, default: ReasonCode) -> ReasonCode:
-    try:
-        return ReasonCode(code)
-    except ValueError:
-        return default
+def _ids(submission: Any, policy: Any) -> dict[str, Any]:
+    return {
+        "skill": getattr(submission, "name", None),
+        "content_hash": getattr(submission, "content_hash", None),
+        "policy": getattr(policy, "name", None),
+        "policy_hash": getattr(policy, "hash", None),
+    }
 
 
 def run_evaluation(
@@ -172,29 +176,100 @@ def run_evaluation(
     submission: Any,
     policy: Any,
     evaluate: EvaluateFn | None = None,
+    owner: str | None = None,
 ) -> EvaluationRecord:
     """Run a started evaluation and store its report (used by ``submit`` and workers).
 
     The evaluator's exceptions never leave the evaluation dangling: an
     :class:`InfrastructureError` becomes an ``error`` verdict, a
     :class:`SubmissionError` a ``rejected`` one; anything else is stored as an
-    ``error`` verdict and re-raised (it is a bug).
+    ``error`` verdict and re-raised (it is a bug). ``owner``: the worker whose
+    lease must still hold when the report is stored (``Conflict`` otherwise).
     """
     run = evaluate if evaluate is not None else default_evaluate
     try:
         report = run(submission, policy=policy, evaluation_id=evaluation_id)
     except (InfrastructureError, SubmissionError) as exc:
-        report = _error_report(evaluation_id, submission, policy, exc)
+        report = reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy))
     except BaseException as exc:
-        repo.finish_evaluation(
+        evaluations.finish_evaluation(
             store,
             evaluation_id=evaluation_id,
-            report=_error_report(evaluation_id, submission, policy, exc),
+            report=reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy)),
+            owner=owner,
         )
         raise
     if report.evaluation_id != evaluation_id:
         report = report.model_copy(update={"evaluation_id": evaluation_id})
-    return repo.finish_evaluation(store, evaluation_id=evaluation_id, report=report)
+    return evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedRun:
+    """What :func:`run_claimed` did with one claimed evaluation."""
+
+    evaluation: EvaluationRecord
+    #: the pointer move auto-promotion made, if any
+    promoted: PointerMove | None = None
+    #: why a due promotion did not happen, or a note
+    note: str | None = None
+    #: the hash of the policy content it ran under (None: the policy did not load)
+    policy_hash: str | None = None
+
+
+def stored_submission(store: Store, *, name: str, number: int) -> Submission:
+    """A version's exact stored bytes, validated again; they must hash to its content hash."""
+    version = versions.get_version(store, name=name, number=number)
+    submission = submission_from_files(versions.get_version_files(store, name=name, number=number))
+    if submission.content_hash != version.content_hash:
+        raise StoreError(
+            f"{version.ref}: the stored bytes hash to {submission.content_hash}, "
+            f"not the version's {version.content_hash}"
+        )
+    return submission
+
+
+def run_claimed(
+    store: Store,
+    claimed: EvaluationRecord,
+    *,
+    owner: str,
+    evaluate: EvaluateFn | None = None,
+    policy_loader: PolicyLoader = load_policy,
+) -> ClaimedRun:
+    """Run an evaluation claimed under ``owner``'s lease end to end: evaluate → finish → auto-promote.
+
+    The policy is loaded by the name it was queued under (its *current*
+    content: the stored evaluation records the hash actually used). A policy
+    that does not load ends it as verdict ``error``; stored bytes that do not
+    validate as ``rejected``, or that do not match the version as ``error``.
+    Every report is stored as a compare-and-set on ``owner``'s lease: a lost
+    lease raises :class:`Conflict` (code ``lease_lost``) and nothing is stored.
+    """
+    c = claimed
+    try:
+        policy = policy_loader(c.policy_name)
+    except SandgateError as exc:
+        report = reports.infrastructure_error(
+            f"policy {c.policy_name!r} cannot be loaded: {exc}",
+            evaluation_id=c.id, skill=c.skill, policy=c.policy_name, policy_hash=c.policy_hash,
+        )  # fmt: skip
+        return ClaimedRun(evaluations.finish_evaluation(store, evaluation_id=c.id, report=report, owner=owner))
+    ids = {"skill": c.skill, "policy": c.policy_name, "policy_hash": policy.hash}
+    try:
+        submission = stored_submission(store, name=c.skill, number=c.version)
+    except SubmissionError as exc:
+        report = reports.rejected(exc, evaluation_id=c.id, **ids)
+    except StoreError as exc:
+        report = reports.infrastructure_error(str(exc), evaluation_id=c.id, **ids)
+    else:
+        record = run_evaluation(
+            store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
+        )
+        move, note = auto_promote(store, evaluation=record, policy=policy)
+        return ClaimedRun(record, promoted=move, note=note, policy_hash=policy.hash)
+    finished = evaluations.finish_evaluation(store, evaluation_id=c.id, report=report, owner=owner)
+    return ClaimedRun(finished, policy_hash=policy.hash)
 
 
 def submit(
@@ -211,7 +286,7 @@ def submit(
 
     ``wait=False`` only queues the evaluation (status ``queued``) for a worker.
     """
-    version, created = repo.create_version(
+    version, created = versions.create_version(
         store, submission=submission, actor=actor, provenance=provenance
     )
     mode = policy.promotion.mode_for(version.skill)
@@ -225,7 +300,7 @@ def submit(
         )
 
     name, number = version.skill, version.number
-    done = repo.latest_evaluation(
+    done = evaluations.latest_evaluation(
         store, name=name, number=number, policy_hash=policy.hash, conclusive=True
     )
     if done is not None:
@@ -237,10 +312,10 @@ def submit(
             )
         return SubmitResult(**base, evaluation=done, reused_evaluation=True, promotion_note=note)
 
-    evaluation = repo.pending_evaluation(store, name=name, number=number, policy_hash=policy.hash)
+    evaluation = evaluations.pending_evaluation(store, name=name, number=number, policy_hash=policy.hash)
     if not wait:
         if evaluation is None:
-            evaluation = repo.queue_evaluation(
+            evaluation = evaluations.queue_evaluation(
                 store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash
             )
         return SubmitResult(**base, evaluation=evaluation, reused_evaluation=False)
@@ -248,23 +323,23 @@ def submit(
     started = None
     if evaluation is not None and evaluation.status == "queued":
         try:
-            started = repo.start_evaluation(store, evaluation_id=evaluation.id)
+            started = evaluations.start_evaluation(store, evaluation_id=evaluation.id)
         except Conflict:
             started = None  # a worker took it; run our own
     if started is None:
-        queued = repo.queue_evaluation(
+        queued = evaluations.queue_evaluation(
             store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash
         )
-        started = repo.start_evaluation(store, evaluation_id=queued.id)
+        started = evaluations.start_evaluation(store, evaluation_id=queued.id)
     finished = run_evaluation(
         store, evaluation_id=started.id, submission=submission, policy=policy, evaluate=evaluate
     )
-    version = repo.get_version(store, name=name, number=number)
+    version = versions.get_version(store, name=name, number=number)
     base["version"] = version
 
     promoted, note = auto_promote(store, evaluation=finished, policy=policy)
     if promoted is not None:
-        base["version"] = repo.get_version(store, name=name, number=number)
+        base["version"] = versions.get_version(store, name=name, number=number)
     return SubmitResult(
         **base,
         evaluation=finished,
@@ -284,7 +359,7 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     """
     if evaluation.verdict != "passed" or policy.promotion.mode_for(evaluation.skill) != "auto":
         return None, None
-    skill = repo.get_skill(store, name=evaluation.skill)
+    skill = versions.get_skill(store, name=evaluation.skill)
     if skill.active_version == evaluation.version:
         return None, None
     if skill.active_version is not None and skill.active_version > evaluation.version:
@@ -293,7 +368,7 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
             f"{evaluation.skill}@{evaluation.version} not promoted over it"
         )
     try:
-        move = repo.promote(
+        move = pointers.promote(
             store,
             name=evaluation.skill,
             number=evaluation.version,
@@ -320,11 +395,12 @@ def promote(
     policy: Any | None = None,
     expected_generation: int | None = None,
     force: bool = False,
+    policy_loader: PolicyLoader | None = None,
 ) -> PointerMove:
-    """``repository.promote`` under the given policy (default: the configured one)."""
+    """``pointers.promote`` under the given policy (default: ``policy_loader(None)``, the configured one)."""
     if policy is None:
-        policy = load_policy()
-    return repo.promote(
+        policy = (policy_loader or load_policy)(None)
+    return pointers.promote(
         store,
         name=name,
         number=number,
@@ -345,7 +421,7 @@ def rollback(
     reason: str | None = None,
     expected_generation: int | None = None,
 ) -> PointerMove:
-    return repo.rollback(
+    return pointers.rollback(
         store, name=name, to=to, actor=actor, reason=reason, expected_generation=expected_generation
     )
 
@@ -353,5 +429,5 @@ def rollback(
 def yank(
     store: Store, *, name: str, number: int, actor: str, reason: str, rollback: bool = False
 ) -> YankResult:
-    return repo.yank(store, name=name, number=number, actor=actor, reason=reason, rollback=rollback)
+    return pointers.yank(store, name=name, number=number, actor=actor, reason=reason, rollback=rollback)
 

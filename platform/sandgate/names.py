@@ -1,5 +1,8 @@
 """The shared vocabulary's formulas: skill names, content hashes, controller ids.
 
+:func:`controller_alive` answers, for a controller id on this host, whether
+that process still runs (``/proc``): the reaper's "is this controller alive".
+
 Ground floor: standard library only. Everything that needs one of these
 imports it from here, so each is written once.
 """
@@ -12,6 +15,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 
 __all__ = [
     "SKILL_NAME_PATTERN",
@@ -21,6 +25,7 @@ __all__ = [
     "content_hash",
     "controller_id",
     "owner_id",
+    "controller_alive",
 ]
 
 #: a skill's name: a lowercase letter, then lowercase letters, digits or ``_`` (63 at most)
@@ -61,3 +66,55 @@ def controller_id() -> str:
 def owner_id() -> str:
     """``<hostname>:<pid>:<random>``: a lease owner; it starts with its :func:`controller_id`."""
     return f"{controller_id()}:{uuid.uuid4().hex[:8]}"
+
+
+def _process_start_epoch(pid: int) -> float | None:
+    """When ``pid`` started (seconds since the epoch), or None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    except OSError:  # pragma: no cover - e.g. hidepid: cannot tell, assume alive
+        return 0.0
+    try:
+        fields = stat[stat.rindex(")") + 2 :].split()
+        start_ticks = int(fields[19])  # field 22 of the whole line
+        boot = next(
+            float(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime ")
+        )
+        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (ValueError, IndexError, StopIteration, OSError):  # pragma: no cover
+        return 0.0
+
+
+def controller_alive(label: str | None, created_epoch: float | None = None) -> bool | None:
+    """Is the controller ``host:pid`` that started a container still running?
+
+    True / False for controllers on this host; None when it is another host's
+    (or the label is missing or malformed): not ours to judge. A process with
+    that pid that started after the container was created is a reused pid:
+    the controller is dead.
+    """
+    if not label or ":" not in label:
+        return None
+    host, _, pid_text = label.rpartition(":")
+    if host != socket.gethostname():
+        return None
+    try:
+        pid = int(pid_text)
+    except ValueError:
+        return None
+    if pid == os.getpid():
+        return True
+    started = _process_start_epoch(pid)
+    if started is None:
+        return False
+    if created_epoch is not None and started > created_epoch + 2.0:
+        return False  # the pid was reused after the container was created
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")  # a zombie's controller is gone

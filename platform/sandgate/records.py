@@ -1,4 +1,4 @@
-"""What the repository returns: plain frozen dataclasses, never ORM objects.
+"""What the store returns: plain frozen dataclasses, never ORM objects (ground floor: stdlib only).
 
 Every record has ``to_dict()`` giving JSON-ready data (the CLI's ``--json``
 and the API use it).

@@ -1,6 +1,11 @@
 """The evaluation report: a contract other tools rely on (``sandgate evaluate --json``).
 
 Fields are only ever added, never renamed or removed, within ``schema_version`` 1.
+
+Reports of evaluations where nothing ran are built here and nowhere else
+(:func:`nothing_ran` and the constructors over it: :func:`rejected`,
+:func:`infrastructure_error`, :func:`from_exception`, :func:`gave_up`). Ground
+floor: pydantic and :mod:`sandgate.errors` only.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from sandgate.errors import SubmissionError
 
 __all__ = [
     "Verdict",
@@ -22,6 +29,12 @@ __all__ = [
     "Finding",
     "SandboxInfo",
     "EvaluationReport",
+    "reason_code",
+    "nothing_ran",
+    "rejected",
+    "infrastructure_error",
+    "from_exception",
+    "gave_up",
 ]
 
 
@@ -152,3 +165,80 @@ class EvaluationReport(_Model):
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)
+
+
+# --------------------------------------------------------------------------- nothing ran
+
+
+def reason_code(code: object, default: ReasonCode = ReasonCode.invalid_submission) -> ReasonCode:
+    """``code`` as a :class:`ReasonCode` when it is one, else ``default``."""
+    return ReasonCode(code) if isinstance(code, str) and code in ReasonCode.__members__ else default
+
+
+def nothing_ran(
+    verdict: Verdict,
+    code: ReasonCode,
+    message: str,
+    *,
+    evaluation_id: str,
+    skill: str | None = None,
+    content_hash: str | None = None,
+    policy: str | None = None,
+    policy_hash: str | None = None,
+) -> EvaluationReport:
+    """The report of an evaluation that ran nothing: one reason, no tests, no sandbox."""
+    return EvaluationReport(
+        evaluation_id=evaluation_id,
+        verdict=verdict,
+        reasons=[Reason(code=code, message=message)],
+        skill=skill,
+        content_hash=content_hash,
+        policy=policy,
+        policy_hash=policy_hash,
+    )
+
+
+def rejected(exc: BaseException, *, evaluation_id: str, **ids: str | None) -> EvaluationReport:
+    """Intake refused the submission (verdict ``rejected``; the error's code when it is a reason)."""
+    return nothing_ran(
+        Verdict.rejected, reason_code(getattr(exc, "code", None)), str(exc),
+        evaluation_id=evaluation_id, **ids,
+    )  # fmt: skip
+
+
+def infrastructure_error(message: str, *, evaluation_id: str, **ids: str | None) -> EvaluationReport:
+    """The infrastructure failed before anything ran (verdict ``error``, never the skill's fault)."""
+    return nothing_ran(
+        Verdict.error, ReasonCode.infrastructure, message, evaluation_id=evaluation_id, **ids
+    )
+
+
+def from_exception(exc: BaseException, *, evaluation_id: str, **ids: str | None) -> EvaluationReport:
+    """An evaluator raised: a :class:`SubmissionError` is ``rejected``, anything else ``error``."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, SubmissionError):
+        code = reason_code(exc.code)
+        return nothing_ran(Verdict.rejected, code, message, evaluation_id=evaluation_id, **ids)
+    return infrastructure_error(message, evaluation_id=evaluation_id, **ids)
+
+
+def gave_up(
+    *,
+    evaluation_id: str,
+    skill: str,
+    content_hash: str,
+    policy: str,
+    policy_hash: str,
+    attempts: int,
+    why: str,
+) -> EvaluationReport:
+    """Workers could not finish it in ``attempts`` claims: verdict ``error`` (never ``failed``)."""
+    message = f"gave up after {attempts} attempt{'s' if attempts != 1 else ''}: {why}"
+    return infrastructure_error(
+        message,
+        evaluation_id=evaluation_id,
+        skill=skill,
+        content_hash=content_hash,
+        policy=policy,
+        policy_hash=policy_hash,
+    )

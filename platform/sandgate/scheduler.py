@@ -76,9 +76,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import func, select
 
-from sandgate.errors import SandgateError
-from sandgate.store import repository as repo
+from sandgate.config import get_settings
+from sandgate.errors import NotFound, SandgateError
+from sandgate.evaluation import evaluate, rules_files
+from sandgate.names import controller_alive
+from sandgate.policy import load_policy
+from sandgate.report import gave_up
+from sandgate.store import evaluations, pointers, versions
 from sandgate.store.engine import Store
+from sandgate.submission import submission_from_files
 
 if TYPE_CHECKING:  # pragma: no cover
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -117,7 +123,7 @@ class SchedulerSettings(BaseSettings):
     retention_seconds: float = Field(default=3600.0, gt=0)
     rescan_seconds: float = Field(default=86400.0, gt=0)
     #: claims of one evaluation before it ends as verdict ``error``
-    max_attempts: int = Field(default=repo.DEFAULT_MAX_ATTEMPTS, ge=1)
+    max_attempts: int = Field(default=evaluations.DEFAULT_MAX_ATTEMPTS, ge=1)
     #: a running evaluation with no lease older than this is requeued
     stale_running_seconds: float = Field(default=3600.0, gt=0)
     #: extra age, beyond the longest policy timeout + kill grace, before an orphan is reaped
@@ -155,14 +161,16 @@ def _exclusive(store: Store, job: str) -> Iterator[bool]:
 def recover_leases(
     store: Store,
     *,
-    max_attempts: int = repo.DEFAULT_MAX_ATTEMPTS,
+    max_attempts: int = evaluations.DEFAULT_MAX_ATTEMPTS,
     stale_running_seconds: float | None = 3600.0,
 ) -> dict[str, list[str]]:
     """Requeue lapsed leases, give up at ``max_attempts`` (see the module docstring)."""
     with _exclusive(store, "recover_leases") as mine:
         if not mine:
             return {"requeued": [], "gave_up": []}
-        out = repo.recover_leases(store, max_attempts=max_attempts, stale_seconds=stale_running_seconds)
+        out = evaluations.recover_leases(
+            store, give_up=gave_up, max_attempts=max_attempts, stale_seconds=stale_running_seconds
+        )
     for eid in out["requeued"]:
         log.info("lease lapsed: requeued", extra={"evaluation_id": eid})
     for eid in out["gave_up"]:
@@ -172,8 +180,6 @@ def recover_leases(
 
 def max_policy_timeout(policies_dir: Path) -> float:
     """The longest ``limits.timeout_seconds`` of the policies in ``policies_dir`` (60 if none load)."""
-    from sandgate.policy import load_policy
-
     longest = 0.0
     for path in sorted(Path(policies_dir).glob("*.toml")):
         try:
@@ -200,66 +206,42 @@ def reap_orphans(
     running under its controller's lease (finished, requeued, re-claimed by
     another worker, or unknown to this store). ``labels`` narrows the search.
     """
-    import time
-
-    from sandgate.config import get_settings
-    from sandgate.errors import NotFound
-    from sandgate.sandbox.runner import CONTROLLER_LABEL, EVALUATION_LABEL, MANAGED_LABEL, reap
-    from sandgate.worker import controller_alive
-
     settings = settings or get_settings()
+    # the Docker adapter: loaded when a reap runs, not when the scheduler module is imported
+    from sandgate.sandbox import connect, reaper
+
     if client is None:
-        from sandgate.sandbox import connect
-
         client = connect(settings)
-    now = time.time() if now is None else now
     max_age = max_policy_timeout(settings.policies_dir) + settings.sandbox_kill_grace + grace_seconds
-    removed: list[str] = []
-    containers = client.api.containers(all=True, filters={"label": [f"{MANAGED_LABEL}=true", *labels]})
-    for c in containers:
-        container_labels = c.get("Labels") or {}
-        controller = container_labels.get(CONTROLLER_LABEL)
-        evaluation_id = container_labels.get(EVALUATION_LABEL)
-        created = float(c.get("Created") or now)
-        why = None
-        if controller_alive(controller, created) is False:
-            why = "controller process is dead"
-        elif now - created > max_age:
-            try:
-                ev = repo.get_evaluation(store, evaluation_id=evaluation_id) if evaluation_id else None
-            except NotFound:
-                ev = None
-            held = (
-                ev is not None
-                and ev.status == "running"
-                and controller is not None
-                and (ev.lease_owner or "").startswith(controller + ":")
-            )
-            if not held:
-                why = f"older than {max_age:.0f}s and its evaluation is not running under its controller"
-        if why is None:
-            continue
-        try:
-            ids = (
-                reap(client, evaluation_id=evaluation_id, controller=controller)
-                if evaluation_id and controller
-                else []
-            )
-            if not ids:
-                from sandgate.sandbox.runner import _remove
 
-                _remove(client.api, c["Id"])
-                ids = [c["Id"]]
-        except Exception as exc:
-            log.warning("could not remove orphan %s: %s", c["Id"][:12], exc)
-            continue
-        removed.extend(ids)
+    def held(sandbox: reaper.Sandbox) -> bool:
+        """Its evaluation is running under its controller's lease."""
+        try:
+            ev = (
+                evaluations.get_evaluation(store, evaluation_id=sandbox.evaluation_id)
+                if sandbox.evaluation_id
+                else None
+            )
+        except NotFound:
+            ev = None
+        return (
+            ev is not None
+            and ev.status == "running"
+            and sandbox.controller is not None
+            and (ev.lease_owner or "").startswith(sandbox.controller + ":")
+        )
+
+    reaped = reaper.reap(
+        client, alive=controller_alive, max_age=max_age, held=held, labels=labels, now=now
+    )
+    for r in reaped:
         log.info(
             "removed an orphaned sandbox: %s",
-            why,
-            extra={"container": c["Id"][:12], "evaluation_id": evaluation_id, "controller": controller},
+            r.why,
+            extra={"container": r.sandbox.container_id[:12], "evaluation_id": r.sandbox.evaluation_id,
+                   "controller": r.sandbox.controller},
         )
-    return removed
+    return [cid for r in reaped for cid in r.removed]
 
 
 def apply_retention(
@@ -270,7 +252,7 @@ def apply_retention(
     with _exclusive(store, "apply_retention") as mine:
         if not mine:
             return {"deleted": 0, "outputs_dropped": 0}
-        out = repo.prune_evaluations(store, before=before)
+        out = evaluations.prune_evaluations(store, before=before)
     log.info("retention applied", extra={"before": before.isoformat(), **out})
     return out
 
@@ -289,8 +271,6 @@ def _findings_fingerprint(findings: list[dict[str, Any]]) -> str:
 
 
 def _static_evaluate(submission: Any, *, policy: Any, settings: Any) -> Any:
-    from sandgate.evaluation import evaluate
-
     return evaluate(submission, policy=policy, settings=settings, phases=("static",))
 
 
@@ -308,13 +288,9 @@ def rescan_active(
     Returns one entry per active version: ``{"skill", "version", "status"}``,
     status ``clean`` | ``flagged`` | ``already_flagged`` | ``quarantined`` |
     ``error``, plus ``findings`` / ``event_id`` / ``note``. ``evaluate`` is the
-    seam for tests: ``evaluate(submission, policy=, settings=)`` → report.
+    collaborator that runs the scan: ``evaluate(submission, policy=, settings=)`` → report
+    (default: the static phase in a real sandbox).
     """
-    from sandgate.config import get_settings
-    from sandgate.evaluation import rules_files
-    from sandgate.policy import load_policy
-    from sandgate.submission import submission_from_files
-
     settings = settings or get_settings()
     policy = policy or load_policy(settings.policy, policies_dir=settings.policies_dir)
     action = action or getattr(policy, "rescan_action", None) or SchedulerSettings().rescan_action
@@ -325,11 +301,11 @@ def rescan_active(
     with _exclusive(store, "rescan_active") as mine:
         if not mine:
             return results
-        for name, (number, _generation) in sorted(repo.active_pointers(store, names=names).items()):
+        for name, (number, _generation) in sorted(pointers.active_pointers(store, names=names).items()):
             entry: dict[str, Any] = {"skill": name, "version": number}
             extra = {"skill": name, "version": number}
             try:
-                files = repo.get_version_files(store, name=name, number=number)
+                files = versions.get_version_files(store, name=name, number=number)
                 report = run(submission_from_files(files), policy=policy, settings=settings)
             except Exception as exc:
                 entry |= {"status": "error", "note": f"{type(exc).__name__}: {exc}"}
@@ -366,7 +342,7 @@ def rescan_active(
                 "sandbox": report.sandbox.model_dump(mode="json") if report.sandbox else None,
                 "scan_id": report.evaluation_id,
             }
-            flag = repo.flag_version(
+            flag = pointers.flag_version(
                 store,
                 name=name,
                 number=number,
@@ -442,10 +418,9 @@ def build_scheduler(
     Each job runs at most once at a time (``max_instances=1``), missed runs
     are coalesced, and the first run happens right after start.
     """
+    # APScheduler is loaded only by the process that runs the scheduler
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
-
-    from sandgate.config import get_settings
 
     ss = scheduler_settings or SchedulerSettings()
     s = settings or get_settings()
@@ -474,8 +449,6 @@ def run_jobs_once(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Run each job once now, in order (``sandgate scheduler --once``)."""
-    from sandgate.config import get_settings
-
     ss = scheduler_settings or SchedulerSettings()
     s = settings or get_settings()
     return {name: _guarded(name, lambda n=name: JOBS[n][1](store, ss, s))() for name in jobs or list(JOBS)}

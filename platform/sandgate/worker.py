@@ -12,21 +12,21 @@
 One evaluation, start to end
 ----------------------------
 
-1. ``repository.claim_evaluation`` leases the next evaluation to this worker
+1. ``evaluations.claim_evaluation`` leases the next evaluation to this worker
    (owner ``<hostname>:<pid>:<random>``) for ``lease_seconds``.
 2. A heartbeat thread per job extends the lease every ``lease_seconds / 3``.
    If the lease was lost (the worker stalled, another worker took the job
    over) the heartbeat kills this worker's sandbox for that evaluation and the
    result is discarded.
-3. The version's exact stored bytes (``repository.get_version_files``) are
-   validated again (``submission_from_files``) and must hash to the version's
-   content hash; the policy is loaded **by the name it was queued under**.
-4. ``lifecycle.run_evaluation`` runs it — the one code path of the embedded
-   mode — inside ``repository.lease_scope(owner)``, which makes storing the
-   report a compare-and-set on the lease: a job is completed exactly once.
-5. Auto-promotion as in ``lifecycle.submit``: a passed verdict under a policy
-   whose promotion mode for the skill is ``auto`` promotes (actor
-   ``policy:<name>``), unless the version is already active.
+3. ``lifecycle.run_claimed(store, claimed, owner=...)`` does the rest, end to
+   end: the policy is loaded **by the name it was queued under**; the
+   version's exact stored bytes are validated again and must hash to the
+   version's content hash; ``lifecycle.run_evaluation`` — the one code path of
+   the embedded mode — runs it and stores the report as a compare-and-set on
+   this worker's lease (a job is completed exactly once); then auto-promotion
+   as in ``lifecycle.submit``: a passed verdict under a policy whose promotion
+   mode for the skill is ``auto`` promotes (actor ``policy:<name>``), unless
+   the version is already active.
 
 Decisions
 ---------
@@ -62,50 +62,38 @@ slightly is, because an evaluation spends part of its wall time in the engine
 (create, start, collect, remove) rather than in its sandbox (measured in
 ``bench/bench_load.py``: 3 slots on 2 cores beat 2 by ~8%).
 
-Logs are one JSON object per line (:func:`configure_logging`), with
+Logs are one JSON object per line (:mod:`sandgate.logs`), with
 ``evaluation_id``, ``skill``, ``version`` and ``worker`` on every job line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
-import socket
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sandgate.errors import (
-    Conflict,
-    SandgateError,
-    StoreError,
-    SubmissionError,
-)
-from sandgate.names import controller_id, owner_id
-from sandgate.store import repository as repo
+from sandgate import lifecycle
+from sandgate.errors import Conflict, SandgateError
+from sandgate.report import gave_up
+from sandgate.names import controller_alive, controller_id, owner_id
+from sandgate.store import evaluations
 from sandgate.store.engine import Store
 from sandgate.records import EvaluationRecord
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
 
 __all__ = [
     "Worker",
     "JobOutcome",
-    "JsonFormatter",
-    "configure_logging",
     "default_concurrency",
-    "controller_alive",
-    "reap_dead_controllers",
 ]
 
 log = logging.getLogger("sandgate.worker")
@@ -114,44 +102,6 @@ log = logging.getLogger("sandgate.worker")
 REAP_INTERVAL_SECONDS = 60.0
 #: back-off after the store failed to answer a claim
 STORE_RETRY_SECONDS = 2.0
-
-
-# --------------------------------------------------------------------------- logging
-
-_STANDARD_ATTRS = frozenset(
-    logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime", "taskName"}
-)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line: ``ts``, ``level``, ``logger``, ``msg`` and every ``extra``."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        for key, value in record.__dict__.items():
-            if key not in _STANDARD_ATTRS and not key.startswith("_"):
-                out[key] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str, ensure_ascii=False)
-
-
-def configure_logging(level: str | int = "INFO", stream: Any = None) -> None:
-    """Send the ``sandgate`` loggers to ``stream`` (stderr) as JSON lines."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    root = logging.getLogger("sandgate")
-    for old in list(root.handlers):
-        if isinstance(old.formatter, JsonFormatter):
-            root.removeHandler(old)
-    root.addHandler(handler)
-    root.setLevel(level if isinstance(level, int) else level.upper())
-    root.propagate = False
 
 
 # --------------------------------------------------------------------------- sizing, identity
@@ -191,91 +141,6 @@ def default_concurrency(policy: Policy | None = None) -> int:
     available = _available_memory_bytes()
     by_memory = available // memory_each if available else by_cpu
     return max(1, min(by_cpu, int(by_memory)))
-
-
-# --------------------------------------------------------------------------- dead controllers
-
-
-def _process_start_epoch(pid: int) -> float | None:
-    """When ``pid`` started (seconds since the epoch), or None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return None
-    except OSError:  # pragma: no cover - e.g. hidepid: cannot tell, assume alive
-        return 0.0
-    try:
-        fields = stat[stat.rindex(")") + 2 :].split()
-        start_ticks = int(fields[19])  # field 22 of the whole line
-        boot = next(
-            float(line.split()[1])
-            for line in Path("/proc/stat").read_text().splitlines()
-            if line.startswith("btime ")
-        )
-        return boot + start_ticks / os.sysconf("SC_CLK_TCK")
-    except (ValueError, IndexError, StopIteration, OSError):  # pragma: no cover
-        return 0.0
-
-
-def controller_alive(label: str | None, created_epoch: float | None = None) -> bool | None:
-    """Is the controller ``host:pid`` that started a container still running?
-
-    True / False for controllers on this host; None when it is another host's
-    (or the label is missing or malformed): not ours to judge. A process with
-    that pid that started after the container was created is a reused pid:
-    the controller is dead.
-    """
-    if not label or ":" not in label:
-        return None
-    host, _, pid_text = label.rpartition(":")
-    if host != socket.gethostname():
-        return None
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return None
-    if pid == os.getpid():
-        return True
-    started = _process_start_epoch(pid)
-    if started is None:
-        return False
-    if created_epoch is not None and started > created_epoch + 2.0:
-        return False  # the pid was reused after the container was created
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state not in ("Z", "X")  # a zombie's controller is gone
-
-
-def reap_dead_controllers(client: Any, *, labels: Iterable[str] = ()) -> list[str]:
-    """Remove sandboxes whose controller process on this host is dead; return their ids.
-
-    ``labels`` narrows the search (``key=value`` filters, e.g. in tests).
-    Containers of live controllers, and of other hosts, are never touched.
-    """
-    from sandgate.sandbox.runner import CONTROLLER_LABEL, EVALUATION_LABEL, MANAGED_LABEL, reap
-
-    filters = {"label": [f"{MANAGED_LABEL}=true", *labels]}
-    removed: list[str] = []
-    for c in client.api.containers(all=True, filters=filters):
-        container_labels = c.get("Labels") or {}
-        controller = container_labels.get(CONTROLLER_LABEL)
-        if controller_alive(controller, c.get("Created")) is not False:
-            continue
-        evaluation = container_labels.get(EVALUATION_LABEL)
-        ids = reap(client, evaluation_id=evaluation, controller=controller) if evaluation else []
-        if not ids:
-            from sandgate.sandbox.runner import _remove
-
-            _remove(client.api, c["Id"])
-            ids = [c["Id"]]
-        removed.extend(ids)
-        log.info(
-            "removed a sandbox of a dead controller",
-            extra={"container": c["Id"][:12], "controller": controller, "evaluation_id": evaluation},
-        )
-    return removed
 
 
 # --------------------------------------------------------------------------- the worker
@@ -321,9 +186,6 @@ class _Job:
                 "attempt": c.attempts, **more}
 
 
-EvaluateFn = Callable[..., "EvaluationReport"]
-
-
 class Worker:
     """A pool of evaluation slots fed from the store's queue (see the module docstring)."""
 
@@ -332,11 +194,11 @@ class Worker:
         store: Store,
         *,
         concurrency: int | None = None,
-        lease_seconds: float = repo.DEFAULT_LEASE_SECONDS,
+        lease_seconds: float = evaluations.DEFAULT_LEASE_SECONDS,
         poll_interval: float = 0.5,
         owner: str | None = None,
-        evaluate: EvaluateFn | None = None,
-        max_attempts: int = repo.DEFAULT_MAX_ATTEMPTS,
+        evaluate: lifecycle.EvaluateFn | None = None,
+        max_attempts: int = evaluations.DEFAULT_MAX_ATTEMPTS,
         drain_seconds: float = 25.0,
         load_policy: Callable[[str], Policy] | None = None,
         reap_interval: float = REAP_INTERVAL_SECONDS,
@@ -352,10 +214,11 @@ class Worker:
         self.drain_seconds = float(drain_seconds)
         self.reap_interval = float(reap_interval)
         self._evaluate = evaluate
-        self._load_policy_fn = load_policy
+        #: loads the policy an evaluation was queued under, by name
+        self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
             try:
-                concurrency = default_concurrency(self._load_policy(None))
+                concurrency = default_concurrency(lifecycle.load_policy(None))
             except SandgateError:
                 concurrency = default_concurrency(None)
         if concurrency < 1:
@@ -432,10 +295,19 @@ class Worker:
         if client is None:
             return []
         try:
-            return reap_dead_controllers(client)
+            from sandgate.sandbox import reaper  # the Docker adapter: loaded with the engine
+
+            reaped = reaper.reap(client, alive=controller_alive)
         except Exception as exc:  # the engine is flaky: evaluations will say so; keep working
             log.warning("reaping dead controllers' sandboxes failed: %s", exc, extra=self._extra)
             return []
+        for r in reaped:
+            log.info(
+                "removed a sandbox of a dead controller",
+                extra={"container": r.sandbox.container_id[:12], "controller": r.sandbox.controller,
+                       "evaluation_id": r.sandbox.evaluation_id},
+            )
+        return [cid for r in reaped for cid in r.removed]
 
     # ------------------------------------------------------------------ claiming
 
@@ -445,8 +317,9 @@ class Worker:
 
     def _claim(self) -> EvaluationRecord | None:
         try:
-            return repo.claim_evaluation(
+            return evaluations.claim_evaluation(
                 self.store,
+                give_up=gave_up,
                 owner=self.owner,
                 lease_seconds=self.lease_seconds,
                 max_attempts=self.max_attempts,
@@ -483,7 +356,7 @@ class Worker:
         interval = max(0.1, self.lease_seconds / 3.0)
         while not job.done.wait(interval):
             try:
-                repo.heartbeat(
+                evaluations.heartbeat(
                     self.store,
                     evaluation_id=job.id,
                     owner=self.owner,
@@ -503,8 +376,16 @@ class Worker:
         c = job.claimed
         base = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
         try:
-            with repo.lease_scope(self.owner):
-                record, promoted, note = self._evaluate_claimed(job)
+            run = lifecycle.run_claimed(
+                self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader
+            )
+            record, note = run.evaluation, run.note
+            promoted = run.promoted.to_version if run.promoted is not None else None
+            if run.policy_hash is not None and run.policy_hash != c.policy_hash:
+                log.info(
+                    "policy changed since queued: evaluated under its current content",
+                    extra=job.log_extra(self.owner, queued_policy_hash=c.policy_hash, policy_hash=run.policy_hash),
+                )
             outcome = JobOutcome(**base, status="done", verdict=record.verdict, promoted=promoted,
                                  note=note, seconds=round(time.monotonic() - job.started, 3))
             log.info(
@@ -529,54 +410,6 @@ class Worker:
                 self._jobs.pop(job.id, None)
             self._wake.set()
         return outcome
-
-    def _evaluate_claimed(self, job: _Job) -> tuple[EvaluationRecord, int | None, str | None]:
-        from sandgate import lifecycle
-
-        c = job.claimed
-        try:
-            policy = self._load_policy(c.policy_name)
-        except SandgateError as exc:
-            report = _report(c, "error", "infrastructure", f"policy {c.policy_name!r} cannot be loaded: {exc}")
-            return repo.finish_evaluation(self.store, evaluation_id=c.id, report=report), None, None
-        if policy.hash != c.policy_hash:
-            log.info(
-                "policy changed since queued: evaluating under its current content",
-                extra=job.log_extra(self.owner, queued_policy_hash=c.policy_hash, policy_hash=policy.hash),
-            )
-        try:
-            submission = self._load_submission(c)
-        except SubmissionError as exc:
-            report = _report(c, "rejected", _reason_code(exc.code), str(exc), policy=policy)
-            return repo.finish_evaluation(self.store, evaluation_id=c.id, report=report), None, None
-        except StoreError as exc:
-            report = _report(c, "error", "infrastructure", str(exc), policy=policy)
-            return repo.finish_evaluation(self.store, evaluation_id=c.id, report=report), None, None
-        record = lifecycle.run_evaluation(
-            self.store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=self._evaluate
-        )
-        move, note = lifecycle.auto_promote(self.store, evaluation=record, policy=policy)
-        return record, (move.to_version if move is not None else None), note
-
-    def _load_submission(self, c: EvaluationRecord) -> Any:
-        from sandgate.submission import submission_from_files
-
-        version = repo.get_version(self.store, name=c.skill, number=c.version)
-        files = repo.get_version_files(self.store, name=c.skill, number=c.version)
-        submission = submission_from_files(files)
-        if submission.content_hash != version.content_hash:
-            raise StoreError(
-                f"{version.ref}: the stored bytes hash to {submission.content_hash}, "
-                f"not the version's {version.content_hash}"
-            )
-        return submission
-
-    def _load_policy(self, name: str | None) -> Policy:
-        if self._load_policy_fn is not None and name is not None:
-            return self._load_policy_fn(name)
-        from sandgate import lifecycle
-
-        return lifecycle.load_policy(name)
 
     # ------------------------------------------------------------------ sandboxes
 
@@ -616,7 +449,7 @@ class Worker:
         for job in left:
             job.released.set()
             try:
-                released = repo.release_evaluation(self.store, evaluation_id=job.id, owner=self.owner)
+                released = evaluations.release_evaluation(self.store, evaluation_id=job.id, owner=self.owner)
             except Exception as exc:
                 released = False
                 log.warning("release failed (the lease will lapse): %s", exc, extra=job.log_extra(self.owner))
@@ -641,28 +474,3 @@ class Worker:
                 signal.signal(sig, old)
 
         return restore
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def _reason_code(code: str) -> str:
-    from sandgate.report import ReasonCode
-
-    return code if code in ReasonCode.__members__ else ReasonCode.invalid_submission.value
-
-
-def _report(
-    c: EvaluationRecord, verdict: str, code: str, message: str, *, policy: Any = None
-) -> EvaluationReport:
-    """A report for an evaluation that could not even start (policy or stored bytes unusable)."""
-    from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
-
-    return EvaluationReport(
-        evaluation_id=c.id,
-        verdict=Verdict(verdict),
-        reasons=[Reason(code=ReasonCode(code), message=message)],
-        skill=c.skill,
-        policy=c.policy_name,
-        policy_hash=policy.hash if policy is not None else c.policy_hash,
-    )

@@ -179,23 +179,24 @@ def drain_queue(db_url: str, *, evaluate: Callable[..., Any] | None = None,
     from sandgate import lifecycle
     from sandgate.errors import Conflict, InvalidTransition
     from sandgate.store import open_store
-    from sandgate.store import repository as repo
+    from sandgate.report import gave_up
+    from sandgate.store import evaluations, versions
     from sandgate.submission import submission_from_files
 
     store = open_store(db_url)
     done = []
     try:
         for _ in range(limit):
-            ev = repo.claim_evaluation(store)
+            ev = evaluations.claim_evaluation(store, give_up=gave_up)
             if ev is None:
                 break
-            files = repo.get_version_files(store, name=ev.skill, number=ev.version)
+            files = versions.get_version_files(store, name=ev.skill, number=ev.version)
             submission = submission_from_files(files)
             policy = lifecycle.load_policy(ev.policy_name)
             finished = lifecycle.run_evaluation(store, evaluation_id=ev.id, submission=submission,
                                                 policy=policy, evaluate=evaluate)
             done.append(finished)
-            version = repo.get_version(store, name=ev.skill, number=ev.version)
+            version = versions.get_version(store, name=ev.skill, number=ev.version)
             if (finished.verdict == "passed" and policy.promotion.mode_for(ev.skill) == "auto"
                     and not version.active and finished.policy_hash == policy.hash):
                 try:

@@ -156,11 +156,11 @@ class FakeEvaluate:
 
 def passed_version(store: Store, name: str, i: int, policy: Any = None) -> int:
     """Store content ``i`` of ``name`` and record a passed evaluation; return its number."""
-    from sandgate.store import repository as repo
+    from sandgate.store import evaluations, versions
 
     policy = policy or make_policy()
-    v, _ = repo.create_version(store, submission=variant(name, i), actor="test")
-    repo.record_evaluation(
+    v, _ = versions.create_version(store, submission=variant(name, i), actor="test")
+    evaluations.record_evaluation(
         store,
         name=name,
         number=v.number,

@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image", "no_l
 def test_fail_then_repair_passes_on_attempt_2_in_the_real_sandbox(
         fake_llm: FakeOpenAIServer, tmp_path: Path) -> None:
     from sandgate.store import open_store
-    from sandgate.store import repository as repo
+    from sandgate.store import evaluations, versions
 
     fake_llm.enqueue(Reply.chat(skill_reply(clamp_files(tests=CLAMP_TESTS_WRONG))),
                      Reply.chat(skill_reply(clamp_files())))
@@ -54,10 +54,10 @@ def test_fail_then_repair_passes_on_attempt_2_in_the_real_sandbox(
 
         report = result.report
         assert report.tests.passed == 4 and report.coverage.line_percent >= 80
-        version = repo.get_version(store, name="clamp", number=1)
+        version = versions.get_version(store, name="clamp", number=1)
         assert version.active and version.content_hash == result.submission.content_hash
         assert [a["verdict"] for a in version.provenance["attempts"]] == ["failed", "passed"]
-        stored = repo.latest_evaluation(store, name="clamp", number=1,
+        stored = evaluations.latest_evaluation(store, name="clamp", number=1,
                                         policy_hash=load_policy("default").hash, conclusive=True)
         assert stored is not None and stored.verdict == "passed"
     finally:

@@ -17,7 +17,8 @@ from conftest_store import FakeEvaluate, make_policy, variant  # noqa: E402
 
 from sandgate import lifecycle  # noqa: E402
 from sandgate.errors import EngineUnavailable, SubmissionError  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.report import gave_up  # noqa: E402
+from sandgate.store import audit, evaluations, pointers  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -33,7 +34,7 @@ def test_auto_promotion_on_pass(store):
     assert r.promoted.to_version == 1 and r.version.active
     assert len(ev.calls) == 1 and ev.calls[0][1] == r.evaluation.id
     assert r.report.verdict.value == "passed" and r.report.evaluation_id == r.evaluation.id
-    events = repo.history(store, name="greet")
+    events = audit.history(store, name="greet")
     assert [e.action for e in events] == ["submitted", "evaluated", "promoted"]
     promoted = events[-1]
     assert promoted.actor == "policy:default" and promoted.reason == "auto-promotion: passed default"
@@ -45,7 +46,7 @@ def test_manual_mode_does_not_promote(store):
         store, submission=variant("greet", 1), policy=MANUAL, actor="agent", evaluate=FakeEvaluate()
     )
     assert r.verdict == "passed" and r.promoted is None and r.promotion_mode == "manual"
-    assert repo.active_pointer(store, name="greet") is None
+    assert pointers.active_pointer(store, name="greet") is None
     m = lifecycle.promote(store, name="greet", number=1, actor="human", reason="ok", policy=MANUAL)
     assert m.to_version == 1
 
@@ -65,7 +66,7 @@ def test_idempotent_resubmit_reuses_version_and_evaluation(store):
     auto2 = make_policy(hash="sha256:policy-3", mode="auto")
     fourth = lifecycle.submit(store, submission=variant("greet", 1), policy=auto2, actor="d", evaluate=ev)
     assert fourth.verdict == "passed" and fourth.promoted is None and fourth.promotion_note is None
-    assert repo.active_pointer(store, name="greet") == (1, 1)  # still active, no extra move
+    assert pointers.active_pointer(store, name="greet") == (1, 1)  # still active, no extra move
 
 
 def test_resubmit_of_a_rolled_back_version_does_not_promote_it_again(store):
@@ -75,7 +76,7 @@ def test_resubmit_of_a_rolled_back_version_does_not_promote_it_again(store):
     lifecycle.rollback(store, name="greet", actor="oncall", reason="2 is bad")
     r = lifecycle.submit(store, submission=variant("greet", 2), policy=AUTO, actor="a", evaluate=ev)
     assert r.reused_evaluation and r.promoted is None and "not promoted again" in r.promotion_note
-    assert repo.active_pointer(store, name="greet")[0] == 1
+    assert pointers.active_pointer(store, name="greet")[0] == 1
 
 
 def test_failed_verdict_leaves_the_old_active_version(store):
@@ -84,7 +85,7 @@ def test_failed_verdict_leaves_the_old_active_version(store):
         store, submission=variant("greet", 2), policy=AUTO, actor="a", evaluate=FakeEvaluate("failed")
     )
     assert r.verdict == "failed" and r.promoted is None and r.version.status == "failed"
-    assert repo.active_pointer(store, name="greet") == (1, 1)
+    assert pointers.active_pointer(store, name="greet") == (1, 1)
     # a failed evaluation is conclusive: it is reused, not re-run
     ev = FakeEvaluate("passed")
     again = lifecycle.submit(store, submission=variant("greet", 2), policy=AUTO, actor="a", evaluate=ev)
@@ -98,7 +99,7 @@ def test_error_verdict_never_promotes_and_is_retried(store):
     )
     assert r.verdict == "error" and r.promoted is None
     assert r.version.status == "pending"  # not counted against the skill
-    assert repo.active_pointer(store, name="greet") == (1, 1)
+    assert pointers.active_pointer(store, name="greet") == (1, 1)
     retry = lifecycle.submit(
         store, submission=variant("greet", 2), policy=AUTO, actor="a", evaluate=FakeEvaluate()
     )
@@ -124,7 +125,7 @@ def test_evaluator_exceptions_become_verdicts(store):
 
     with pytest.raises(ZeroDivisionError):
         lifecycle.submit(store, submission=variant("greet", 3), policy=AUTO, actor="a", evaluate=buggy)
-    latest = repo.latest_evaluation(store, name="greet", number=3)
+    latest = evaluations.latest_evaluation(store, name="greet", number=3)
     assert latest.status == "done" and latest.verdict == "error"  # never left dangling
 
 
@@ -139,7 +140,7 @@ def test_no_wait_only_queues_then_a_worker_finishes(store):
     )
     assert again.evaluation.id == r.evaluation.id  # not queued twice
     # a worker's shape: claim, run, store
-    claimed = repo.claim_evaluation(store)
+    claimed = evaluations.claim_evaluation(store, give_up=gave_up)
     assert claimed.id == r.evaluation.id
     done = lifecycle.run_evaluation(
         store, evaluation_id=claimed.id, submission=variant("greet", 1), policy=AUTO, evaluate=ev
@@ -158,23 +159,23 @@ def test_lost_promotion_race_is_reported_not_raised(store):
         # between our read of the generation and our compare-and-set, another
         # mover's committed UPDATE lands (emulated inside our transaction, so it
         # behaves the same on both backends and is rolled back with it)
-        repo._hooks.pop("move.before_cas")
+        store.hooks.pop("move.before_cas")
         session.execute(text("UPDATE skills SET generation = generation + 1 WHERE name = 'greet'"))
 
     def evaluate(submission, *, policy, evaluation_id=None):
-        repo._hooks["move.before_cas"] = concurrent_winner
+        store.hooks["move.before_cas"] = concurrent_winner
         return FakeEvaluate()(submission, policy=policy, evaluation_id=evaluation_id)
 
     try:
         r = lifecycle.submit(store, submission=variant("greet", 2), policy=AUTO, actor="a", evaluate=evaluate)
     finally:
-        repo._hooks.clear()
+        store.hooks.clear()
     assert r.verdict == "passed" and r.promoted is None
     assert r.promotion_note == (
         "auto-promotion did not happen: skill greet moved concurrently: expected generation 1, now 2"
     )
-    assert repo.active_pointer(store, name="greet") == (1, 1)
-    assert [e.action for e in repo.history(store, name="greet")].count("promoted") == 1
+    assert pointers.active_pointer(store, name="greet") == (1, 1)
+    assert [e.action for e in audit.history(store, name="greet")].count("promoted") == 1
 
 
 def test_yanked_version_is_not_evaluated_again(store):

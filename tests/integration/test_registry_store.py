@@ -32,7 +32,7 @@ from sandgate.errors import NotFound  # noqa: E402
 from sandgate.registry import LoadFailed, Registry, RegistryEvent, connect  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402
 from sandgate.store import Store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import evaluations, pointers, versions  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -59,9 +59,9 @@ def add_version(store: Store, tag: str, *, body: str | None = None, passed: bool
         manifest={"name": "greet", "entrypoint": "greet:run"},
         content_hash=content_hash(files),
     )
-    version, _ = repo.create_version(store, submission=sub, actor="test")
+    version, _ = versions.create_version(store, submission=sub, actor="test")
     if passed:
-        repo.record_evaluation(
+        evaluations.record_evaluation(
             store,
             name="greet",
             number=version.number,
@@ -74,9 +74,9 @@ def add_version(store: Store, tag: str, *, body: str | None = None, passed: bool
 
 def promote(store: Store, number: int, *, force: bool = False) -> None:
     if force:
-        repo.promote(store, name="greet", number=number, actor="test", reason="forced in a test", force=True)
+        pointers.promote(store, name="greet", number=number, actor="test", reason="forced in a test", force=True)
     else:
-        repo.promote(store, name="greet", number=number, actor="test", policy=POLICY)
+        pointers.promote(store, name="greet", number=number, actor="test", policy=POLICY)
 
 
 def open_registry(store_url: str, tmp_path: Path, observe: str, events: list[RegistryEvent]) -> Registry:
@@ -164,7 +164,7 @@ def test_rollback_under_load(store: Store, store_url: str, tmp_path: Path, obser
     with open_registry(store_url, tmp_path, observe, events) as registry:
         assert registry.call("greet") == "v2"
         move_under_load(
-            registry, observe, lambda: repo.rollback(store, name="greet", actor="test", reason="t"), "v2", "v1", 1
+            registry, observe, lambda: pointers.rollback(store, name="greet", actor="test", reason="t"), "v2", "v1", 1
         )
     assert [(e.kind, e.old, e.new) for e in events] == [("loaded", None, 2), ("rolled_back", 2, 1)]
 
@@ -190,7 +190,7 @@ def test_a_version_that_fails_to_import_does_not_replace_a_working_one(
         assert registry.version("greet") == 1
 
         # rolling the store back to the version still serving: nothing to swap
-        repo.rollback(store, name="greet", actor="test", reason="bad import")
+        pointers.rollback(store, name="greet", actor="test", reason="bad import")
         registry.refresh()
         assert registry.snapshot()["greet"][0] == 1
         promote(store, good)
@@ -232,8 +232,8 @@ def test_consumer_example_prints_the_version_of_every_call(tmp_path: Path, sqlit
     with open_store(url) as store:
         for path in ("text_stats", "text_stats_v2"):
             sub = load_submission(ROOT / "examples" / "skills" / path)
-            v, _ = repo.create_version(store, submission=sub, actor="test")
-            repo.promote(store, name="text_stats", number=v.number, actor="test", reason="test", force=True)
+            v, _ = versions.create_version(store, submission=sub, actor="test")
+            pointers.promote(store, name="text_stats", number=v.number, actor="test", reason="test", force=True)
     env = {**os.environ, "SANDGATE_HOME": str(tmp_path / "home")}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "consumer.py"), "text_stats", "--db", url,

@@ -41,7 +41,8 @@ from sandgate.scheduler import (  # noqa: E402
     rescan_active,
 )
 from sandgate.store import open_store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.report import gave_up  # noqa: E402
+from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 from sandgate.store.models import Evaluation  # noqa: E402
 from sandgate.submission import submission_from_files  # noqa: E402
 
@@ -66,19 +67,19 @@ def _passed(submission: Any, *, policy: Any, evaluation_id: str | None = None) -
 
 
 def test_recover_leases_job(store):
-    v, _ = repo.create_version(store, submission=variant("greet", 1), actor="t")
-    ev = repo.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
-    repo.claim_evaluation(store, owner="dead-worker", lease_seconds=30)
+    v, _ = versions.create_version(store, submission=variant("greet", 1), actor="t")
+    ev = evaluations.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
+    evaluations.claim_evaluation(store, give_up=gave_up, owner="dead-worker", lease_seconds=30)
     assert recover_leases(store) == {"requeued": [], "gave_up": []}  # the lease is live
     with store.write() as s:
         s.execute(update(Evaluation).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert recover_leases(store, max_attempts=3) == {"requeued": [ev.id], "gave_up": []}
     for _ in range(2):
-        repo.claim_evaluation(store, owner="w", lease_seconds=30)
+        evaluations.claim_evaluation(store, give_up=gave_up, owner="w", lease_seconds=30)
         with store.write() as s:
             s.execute(update(Evaluation).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
     assert recover_leases(store, max_attempts=3) == {"requeued": [], "gave_up": [ev.id]}
-    rec = repo.get_evaluation(store, evaluation_id=ev.id)
+    rec = evaluations.get_evaluation(store, evaluation_id=ev.id)
     assert rec.verdict == "error" and "gave up after 3 attempts" in rec.reasons[0]["message"]
     assert v.number == 1
 
@@ -91,9 +92,9 @@ def test_store_wide_jobs_run_on_one_scheduler_at_a_time(pg_server, pg_template):
     url = pg_server.create_database("sched_lock", template=pg_template)
     store = open_store(url)
     try:
-        repo.create_version(store, submission=variant("greet", 1), actor="t")
-        ev = repo.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
-        repo.claim_evaluation(store, owner="w", lease_seconds=30)
+        versions.create_version(store, submission=variant("greet", 1), actor="t")
+        ev = evaluations.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
+        evaluations.claim_evaluation(store, give_up=gave_up, owner="w", lease_seconds=30)
         with store.write() as s:
             s.execute(update(Evaluation).values(lease_expires_at=datetime.now(UTC) - timedelta(seconds=1)))
         key = 0x5A6E_D000_0000_0000 | zlib.crc32(b"recover_leases")
@@ -118,9 +119,9 @@ def test_reap_orphans(docker_client, sandbox_image, tmp_path):
     me = controller_id()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    repo.create_version(store, submission=variant("greet", 1), actor="t")
-    held = repo.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
-    repo.claim_evaluation(store, owner=f"{me}:abcd", lease_seconds=3600)
+    versions.create_version(store, submission=variant("greet", 1), actor="t")
+    held = evaluations.queue_evaluation(store, name="greet", number=1, policy_name="p", policy_hash="h")
+    evaluations.claim_evaluation(store, give_up=gave_up, owner=f"{me}:abcd", lease_seconds=3600)
 
     def container(name: str, controller: str, evaluation: str) -> str:
         return docker_client.api.create_container(
@@ -145,7 +146,7 @@ def test_reap_orphans(docker_client, sandbox_image, tmp_path):
         assert sorted(removed) == sorted([ids["live"], ids["remote"]])
         left = [c["Id"] for c in docker_client.api.containers(all=True, filters={"label": [tag]})]
         assert left == [ids["held"]]  # its evaluation still runs under this controller's lease
-        repo.release_evaluation(store, evaluation_id=held.id, owner=f"{me}:abcd")
+        evaluations.release_evaluation(store, evaluation_id=held.id, owner=f"{me}:abcd")
         assert reap_orphans(store, client=docker_client, labels=(tag,), now=later) == [ids["held"]]
     finally:
         for c in docker_client.api.containers(all=True, filters={"label": [tag]}):
@@ -159,12 +160,12 @@ def test_reap_orphans(docker_client, sandbox_image, tmp_path):
 def test_retention_job_respects_days_and_ever_active_versions(store):
     policy = make_policy()
     passed_version(store, "greet", 1, policy)
-    repo.promote(store, name="greet", number=1, actor="t", policy=policy)
-    repo.create_version(store, submission=variant("greet", 2), actor="t")
+    pointers.promote(store, name="greet", number=1, actor="t", policy=policy)
+    versions.create_version(store, submission=variant("greet", 2), actor="t")
     ids = []
     for k, verdict in enumerate(("failed", "error", "failed")):
         for number in (1, 2):
-            ev = repo.record_evaluation(
+            ev = evaluations.record_evaluation(
                 store, name="greet", number=number, policy_name=policy.name, policy_hash=policy.hash,
                 report=make_report(verdict, f"e{number}-{k}", output="out"),
             )  # fmt: skip
@@ -176,8 +177,8 @@ def test_retention_job_respects_days_and_ever_active_versions(store):
     # v2 (never active): the newest conclusive (e2-0) and the newest (e2-0) stay; e2-1, e2-2 go
     assert apply_retention(store, days=30) == {"deleted": 2, "outputs_dropped": 1}
     v1 = [e for e in ids if e.startswith("e1-")]
-    assert all(repo.get_evaluation(store, evaluation_id=e).report["output"] == "out" for e in v1)
-    assert repo.get_evaluation(store, evaluation_id="e2-0").report["output"] == ""
+    assert all(evaluations.get_evaluation(store, evaluation_id=e).report["output"] == "out" for e in v1)
+    assert evaluations.get_evaluation(store, evaluation_id="e2-0").report["output"] == ""
 
 
 # --------------------------------------------------------------------------- re-scan
@@ -213,13 +214,13 @@ def test_rescan_flags_active_versions_when_a_new_rule_blocks_them(docker_client,
         [flagged] = rescan_active(store, settings=settings, policy=policy, action="flag")
         assert flagged["status"] == "flagged" and flagged["version"] == 2
         assert {f["rule_id"] for f in flagged["findings"]} == {"no-regex-compile"}
-        event = repo.history(store, name="text_stats")[-1]
+        event = audit.history(store, name="text_stats")[-1]
         assert event.action == "flagged" and event.actor == "scheduler:rescan" and event.version == 2
         assert "no-regex-compile" in event.reason
         assert event.evidence["findings"][0]["path"] == "text_stats.py"
         assert event.evidence["rules_fingerprint"].startswith("sha256:")
         assert event.evidence["policy_hash"] == policy.hash and event.evidence["action"] == "flag"
-        assert repo.active_pointer(store, name="text_stats")[0] == 2  # flag only
+        assert pointers.active_pointer(store, name="text_stats")[0] == 2  # flag only
 
         [again] = rescan_active(store, settings=settings, policy=policy, action="flag")
         assert again["status"] == "already_flagged"  # the same findings are not flagged twice
@@ -231,11 +232,11 @@ def test_rescan_flags_active_versions_when_a_new_rule_blocks_them(docker_client,
         )  # fmt: skip
         [q] = rescan_active(store, settings=settings, policy=policy, action="quarantine")
         assert q["status"] == "quarantined" and q["rolled_back_to"] == 1, q
-        assert repo.active_pointer(store, name="text_stats")[0] == 1
-        moved = repo.history(store, name="text_stats")[-1]
+        assert pointers.active_pointer(store, name="text_stats")[0] == 1
+        moved = audit.history(store, name="text_stats")[-1]
         assert moved.action == "rolled_back" and moved.evidence["flagged_event"] == q["event_id"]
         # the version's own status and evaluations are untouched: a static scan is not an evaluation
-        assert repo.get_version(store, name="text_stats", number=2).status == "passed"
+        assert versions.get_version(store, name="text_stats", number=2).status == "passed"
     finally:
         store.close()
 
@@ -251,7 +252,7 @@ def test_rescan_reports_infrastructure_errors_without_flagging(store, tmp_path):
 
     [r] = rescan_active(store, settings=Settings(home=tmp_path), policy=policy, evaluate=broken)
     assert r["status"] == "error" and "no engine" in r["note"]
-    assert [e.action for e in repo.history(store, name="text_stats")] == ["submitted", "evaluated", "promoted"]
+    assert [e.action for e in audit.history(store, name="text_stats")] == ["submitted", "evaluated", "promoted"]
 
 
 # --------------------------------------------------------------------------- wiring

@@ -32,7 +32,7 @@ from conftest_store import passed_version, variant  # noqa: E402
 
 from sandgate.errors import Conflict, InvalidTransition  # noqa: E402
 from sandgate.store import open_store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, pointers, versions  # noqa: E402
 from sandgate.store.models import Version, VersionFile  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
@@ -41,7 +41,7 @@ N = 8
 
 
 def move_events(store, name):
-    return [e for e in repo.history(store, name=name) if e.action in ("promoted", "rolled_back")]
+    return [e for e in audit.history(store, name=name) if e.action in ("promoted", "rolled_back")]
 
 
 def assert_consistent(store, name, winners: list[int]) -> None:
@@ -49,7 +49,7 @@ def assert_consistent(store, name, winners: list[int]) -> None:
     for prev, cur in zip(events, events[1:], strict=False):
         assert cur.before == prev.after, (prev, cur)
         assert cur.after["generation"] == cur.before["generation"] + 1
-    skill = repo.get_skill(store, name=name)
+    skill = versions.get_skill(store, name=name)
     assert events[-1].after == {"version": skill.active_version, "generation": skill.generation}
     assert skill.generation == len(events)
     assert sorted(winners) == [e.id for e in events]
@@ -58,16 +58,16 @@ def assert_consistent(store, name, winners: list[int]) -> None:
 def _setup(store, policy, versions=5) -> None:
     for i in range(1, versions + 1):
         passed_version(store, "greet", i)
-    repo.promote(store, name="greet", number=1, actor="setup", policy=policy)
-    repo.promote(store, name="greet", number=2, actor="setup", policy=policy)
+    pointers.promote(store, name="greet", number=1, actor="setup", policy=policy)
+    pointers.promote(store, name="greet", number=2, actor="setup", policy=policy)
 
 
 def _attempt(store, policy, op: str, expected: int | None) -> tuple[str, object]:
     try:
         if op == "rollback":
-            m = repo.rollback(store, name="greet", actor="t", expected_generation=expected)
+            m = pointers.rollback(store, name="greet", actor="t", expected_generation=expected)
         else:
-            m = repo.promote(
+            m = pointers.promote(
                 store, name="greet", number=int(op), actor="t", policy=policy,
                 expected_generation=expected,
             )  # fmt: skip
@@ -81,7 +81,7 @@ def _attempt(store, policy, op: str, expected: int | None) -> tuple[str, object]
 def test_threads_same_expected_generation_exactly_one_wins(store, policy):
     _setup(store, policy)
     setup_ids = [e.id for e in move_events(store, "greet")]
-    _, generation = repo.active_pointer(store, name="greet")
+    _, generation = pointers.active_pointer(store, name="greet")
     ops = ["rollback", "3", "4", "5", "1", "rollback", "3", "4"]  # all valid from the current state
     barrier = threading.Barrier(N)
     results: list[tuple[str, object]] = [("", None)] * N
@@ -141,7 +141,7 @@ def _mover(url: str, mode: str, seed: int, barrier, queue) -> None:  # type: ign
     out: list[tuple[str, object]] = []
     try:
         if mode == "race":
-            _, generation = repo.active_pointer(store, name="greet")
+            _, generation = pointers.active_pointer(store, name="greet")
             ops = ["rollback", "3", "4", "5", "1"]
             barrier.wait(timeout=60)
             out.append(_attempt(store, policy, ops[seed % len(ops)], generation))
@@ -199,7 +199,7 @@ _SUBMITTER = textwrap.dedent(
     """
     import hashlib, sys, time
     from types import SimpleNamespace
-    from sandgate.store import open_store, repository as repo
+    from sandgate.store import open_store, audit, pointers, versions
 
     url, mode, count, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     files = {f"pkg/f{i:05d}.py": (b"# %d\\n" % i) + b"x" * size for i in range(count)}
@@ -211,9 +211,9 @@ _SUBMITTER = textwrap.dedent(
         def stall(session):
             print("INSIDE", flush=True)
             time.sleep(120)
-        repo._hooks["create_version.files_inserted"] = stall
+        store.hooks["create_version.files_inserted"] = stall
     print("READY", flush=True)
-    repo.create_version(store, submission=sub, actor="doomed")
+    versions.create_version(store, submission=sub, actor="doomed")
     print("DONE", flush=True)
     """
 )
@@ -246,13 +246,13 @@ def _spawn_submitter(url: str, mode: str, count: int, size: int) -> subprocess.P
 
 def _check_after_kill(store) -> None:
     assert _half_versions(store) == []
-    numbers = [v.number for v in repo.list_versions(store, name="greet")]
+    numbers = [v.number for v in versions.list_versions(store, name="greet")]
     assert numbers == list(range(1, len(numbers) + 1))  # contiguous
     # the store is usable and the next version takes the next number, complete
-    v, created = repo.create_version(store, submission=variant("greet", 99), actor="t")
+    v, created = versions.create_version(store, submission=variant("greet", 99), actor="t")
     assert created and v.number == len(numbers) + 1
     assert _half_versions(store) == []
-    events = repo.history(store, name="greet")
+    events = audit.history(store, name="greet")
     assert all(e.actor != "doomed" or e.version in numbers for e in events)
 
 
@@ -263,8 +263,8 @@ def test_killed_inside_the_transaction_leaves_no_half_version(store, store_url, 
     assert line.strip() == "INSIDE"  # version row and all files written, not committed
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
-    assert [v.number for v in repo.list_versions(store, name="greet")] == [1]
-    assert [e.actor for e in repo.history(store, name="greet")].count("doomed") == 0
+    assert [v.number for v in versions.list_versions(store, name="greet")] == [1]
+    assert [e.actor for e in audit.history(store, name="greet")].count("doomed") == 0
     _check_after_kill(store)
 
 
@@ -276,7 +276,7 @@ def test_killed_during_a_big_insert_leaves_no_half_version(store, store_url, del
     os.kill(p.pid, signal.SIGKILL)
     p.wait(timeout=30)
     # killed before, during, or (rarely) after the commit: never half
-    assert [v.number for v in repo.list_versions(store, name="greet")] in ([1], [1, 2])
+    assert [v.number for v in versions.list_versions(store, name="greet")] in ([1], [1, 2])
     _check_after_kill(store)
 
 
@@ -290,7 +290,7 @@ def test_concurrent_submits_of_new_skill_and_new_versions(store_url):
     def worker(i: int) -> None:
         s = stores[i % len(stores)]
         barrier.wait()
-        v, created = repo.create_version(s, submission=variant("fresh", i % 4), actor=f"t{i}")
+        v, created = versions.create_version(s, submission=variant("fresh", i % 4), actor=f"t{i}")
         with lock:
             results.append((v.number, created))
 
@@ -301,9 +301,9 @@ def test_concurrent_submits_of_new_skill_and_new_versions(store_url):
         t.join(timeout=60)
     try:
         assert sum(created for _, created in results) == 4
-        versions = repo.list_versions(stores[0], name="fresh")
-        assert [v.number for v in versions] == [1, 2, 3, 4]
-        assert len({v.content_hash for v in versions}) == 4
+        stored = versions.list_versions(stores[0], name="fresh")
+        assert [v.number for v in stored] == [1, 2, 3, 4]
+        assert len({v.content_hash for v in stored}) == 4
         assert _half_versions(stores[0]) == []
     finally:
         for s in stores:
@@ -319,29 +319,29 @@ def test_yank_racing_a_move_to_the_same_version_never_leaves_it_active(store, po
 
     def yank_now() -> None:
         try:
-            repo.yank(store, name="greet", number=target, actor="sec", reason="race")
+            pointers.yank(store, name="greet", number=target, actor="sec", reason="race")
             outcome["yank"] = "yanked"
         except InvalidTransition as exc:
             outcome["yank"] = exc.code
 
     def start_yank_inside_the_move(session) -> None:  # type: ignore[no-untyped-def]
-        repo._hooks.clear()
+        store.hooks.clear()
         t = threading.Thread(target=yank_now)
         t.start()
         t.join(timeout=0.5)
         outcome["blocked"] = t.is_alive()  # waiting on our lock, not done
         outcome["thread"] = t
 
-    repo._hooks["move.before_cas"] = start_yank_inside_the_move
+    store.hooks["move.before_cas"] = start_yank_inside_the_move
     try:
         if mover == "promote":
-            repo.promote(store, name="greet", number=target, actor="t", policy=policy)
+            pointers.promote(store, name="greet", number=target, actor="t", policy=policy)
         else:
-            repo.rollback(store, name="greet", actor="t")
+            pointers.rollback(store, name="greet", actor="t")
     finally:
-        repo._hooks.clear()
+        store.hooks.clear()
     outcome["thread"].join(timeout=30)  # type: ignore[attr-defined]
     assert outcome["blocked"] is True
     assert outcome["yank"] == "yank_active"
-    version = repo.get_version(store, name="greet", number=target)
+    version = versions.get_version(store, name="greet", number=target)
     assert version.active and not version.yanked

@@ -19,7 +19,7 @@ from sqlalchemy import inspect, text  # noqa: E402
 
 from sandgate.errors import StoreError  # noqa: E402
 from sandgate.store import open_store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 from sandgate.store.engine import _make_engine  # noqa: E402
 from sandgate.store.migrate import current_revision, head_revision, upgrade  # noqa: E402
 from sandgate.store.models import Base  # noqa: E402
@@ -103,22 +103,22 @@ def test_upgrade_from_0001_keeps_data(empty_url):
             assert current_revision(conn) == head_revision()
             indexes = {i["name"] for i in inspect(conn).get_indexes("evaluations")}
             assert "ix_evaluations_status_created_at" in indexes
-        versions = repo.list_versions(store, name="greet")
-        assert [(v.number, v.status, v.active, v.provenance) for v in versions] == [
+        stored = versions.list_versions(store, name="greet")
+        assert [(v.number, v.status, v.active, v.provenance) for v in stored] == [
             (1, "passed", False, None),
             (2, "passed", True, None),
         ]
-        assert repo.get_version_files(store, name="greet", number=2) == {"skill.py": b"x = 2\n"}
-        assert repo.active_pointer(store, name="greet") == (2, 2)
-        assert [e.action for e in repo.history(store, name="greet")] == ["promoted", "promoted"]
-        assert repo.latest_evaluation(store, name="greet", number=1).id == "ev-1"
+        assert versions.get_version_files(store, name="greet", number=2) == {"skill.py": b"x = 2\n"}
+        assert pointers.active_pointer(store, name="greet") == (2, 2)
+        assert [e.action for e in audit.history(store, name="greet")] == ["promoted", "promoted"]
+        assert evaluations.latest_evaluation(store, name="greet", number=1).id == "ev-1"
         # the old pointer history still drives rollback, and new writes use the new column
-        assert repo.rollback(store, name="greet", actor="t").to_version == 1
-        v3, created = repo.create_version(
+        assert pointers.rollback(store, name="greet", actor="t").to_version == 1
+        v3, created = versions.create_version(
             store, submission=variant("greet", 3), actor="t", provenance={"via": "test"}
         )
         assert created and v3.number == 3 and v3.provenance == {"via": "test"}
-        assert repo.promote(store, name="greet", number=2, actor="t", policy=make_policy()).generation == 4
+        assert pointers.promote(store, name="greet", number=2, actor="t", policy=make_policy()).generation == 4
     finally:
         store.close()
 
@@ -159,7 +159,7 @@ def test_concurrent_first_opens_migrate_once(empty_url):
         with store.engine.connect() as conn:
             assert current_revision(conn) == head_revision()
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
-        assert repo.list_skills(store) == []
+        assert versions.list_skills(store) == []
     finally:
         store.close()
 

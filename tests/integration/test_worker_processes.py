@@ -30,7 +30,7 @@ from sandgate import lifecycle  # noqa: E402
 from sandgate.policy import load_policy  # noqa: E402
 from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, reap  # noqa: E402
 from sandgate.store import Store, open_store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, evaluations, pointers  # noqa: E402
 from sandgate.submission import submission_from_files  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
@@ -146,7 +146,7 @@ def workers(docker_client: Any, sandbox_image: str) -> Iterator[list[WorkerProce
 
 
 def evaluated_ids(store: Store, name: str) -> Counter[str]:
-    return Counter(e.evidence["evaluation_id"] for e in repo.history(store, name=name) if e.action == "evaluated")
+    return Counter(e.evidence["evaluation_id"] for e in audit.history(store, name=name) if e.action == "evaluated")
 
 
 def test_several_workers_complete_each_evaluation_exactly_once(pg_store, workers, docker_client, tmp_path):
@@ -159,17 +159,17 @@ def test_several_workers_complete_each_evaluation_exactly_once(pg_store, workers
         workers.append(WorkerProcess(pg_store.url, tmp_path / f"w{k}.log", "--concurrency", "1"))
 
     def all_done() -> bool:
-        return all(repo.get_evaluation(pg_store, evaluation_id=e).status == "done" for e in ids)
+        return all(evaluations.get_evaluation(pg_store, evaluation_id=e).status == "done" for e in ids)
 
     wait_for(all_done, 90, "all evaluations done", workers)
-    records = [repo.get_evaluation(pg_store, evaluation_id=e) for e in ids]
+    records = [evaluations.get_evaluation(pg_store, evaluation_id=e) for e in ids]
     assert {r.verdict for r in records} == {"passed"}, [r.reasons for r in records]
     assert evaluated_ids(pg_store, "text_stats") == Counter(ids)  # each exactly once, none lost
     assert all(r.attempts == 1 for r in records)
     owners = {r.lease_owner for r in records}
     assert all(any(p.owns(o) for p in workers) for o in owners)
     assert len(owners) >= 2, owners  # they shared the work
-    assert repo.active_pointer(pg_store, name="text_stats") is not None  # auto-promoted
+    assert pointers.active_pointer(pg_store, name="text_stats") is not None  # auto-promoted
     for p in workers:
         assert p.stop() == 0, p.tail()
     assert containers_of(docker_client, workers) == []
@@ -180,10 +180,10 @@ def test_kill_9_mid_evaluation_is_reclaimed_and_completed_once(pg_store, workers
     eid = lifecycle.submit(pg_store, submission=slow_skill(5.0), policy=policy, actor="test", wait=False).evaluation.id
     a = WorkerProcess(pg_store.url, tmp_path / "a.log", "--concurrency", "1", "--lease-seconds", "3")
     workers.append(a)
-    wait_for(lambda: a.owns(repo.get_evaluation(pg_store, evaluation_id=eid).lease_owner), 30,
+    wait_for(lambda: a.owns(evaluations.get_evaluation(pg_store, evaluation_id=eid).lease_owner), 30,
              "worker A to claim the evaluation", workers)
     wait_for(lambda: containers_of(docker_client, [a]), 30, "worker A's sandbox", workers)
-    assert repo.get_evaluation(pg_store, evaluation_id=eid).status == "running"
+    assert evaluations.get_evaluation(pg_store, evaluation_id=eid).status == "running"
     a.kill()  # SIGKILL: no clean-up, the lease is left to lapse, the sandbox is orphaned
     assert containers_of(docker_client, [a])
 
@@ -193,7 +193,7 @@ def test_kill_9_mid_evaluation_is_reclaimed_and_completed_once(pg_store, workers
     wait_for(lambda: not containers_of(docker_client, [a]), 30, "A's orphaned sandbox to be removed", workers)
     # ... and once A's lease lapses, B claims the evaluation again and finishes it
     done = wait_for(
-        lambda: (r := repo.get_evaluation(pg_store, evaluation_id=eid)).status == "done" and r, 60,
+        lambda: (r := evaluations.get_evaluation(pg_store, evaluation_id=eid)).status == "done" and r, 60,
         "the evaluation to be completed by worker B", workers,
     )
     assert done.verdict == "passed", done.reasons
@@ -213,7 +213,7 @@ def test_restart_loses_nothing(pg_store, workers, docker_client, tmp_path):
     workers.append(first)
 
     def statuses() -> Counter[str]:
-        return Counter(repo.get_evaluation(pg_store, evaluation_id=e).status for e in ids)
+        return Counter(evaluations.get_evaluation(pg_store, evaluation_id=e).status for e in ids)
 
     wait_for(lambda: statuses()["done"] >= 1 and statuses()["running"] == 1, 60,
              "one evaluation done and the next one running", workers)
@@ -226,7 +226,7 @@ def test_restart_loses_nothing(pg_store, workers, docker_client, tmp_path):
     workers.append(second)
     wait_for(lambda: statuses()["done"] == len(ids), 90, "every evaluation done after the restart", workers)
     assert evaluated_ids(pg_store, "text_stats") == Counter(ids)
-    records = [repo.get_evaluation(pg_store, evaluation_id=e) for e in ids]
+    records = [evaluations.get_evaluation(pg_store, evaluation_id=e) for e in ids]
     assert {r.verdict for r in records} == {"passed"}
     assert all(r.attempts == 1 for r in records)  # a handed-back job does not use up an attempt
     assert second.stop() == 0, second.tail()

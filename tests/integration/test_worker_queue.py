@@ -22,7 +22,8 @@ from sqlalchemy import inspect, text, update  # noqa: E402
 from sandgate import lifecycle  # noqa: E402
 from sandgate.errors import Conflict  # noqa: E402
 from sandgate.store import open_store  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.report import gave_up  # noqa: E402
+from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 from sandgate.store.engine import _make_engine  # noqa: E402
 from sandgate.store.migrate import current_revision, head_revision, upgrade  # noqa: E402
 from sandgate.store.models import Evaluation  # noqa: E402
@@ -32,8 +33,8 @@ pytest_plugins = ["conftest_store"]
 
 def _queue(store, name="greet", i=1, policy=None):
     policy = policy or make_policy()
-    v, _ = repo.create_version(store, submission=variant(name, i), actor="t")
-    return repo.queue_evaluation(
+    v, _ = versions.create_version(store, submission=variant(name, i), actor="t")
+    return evaluations.queue_evaluation(
         store, name=name, number=v.number, policy_name=policy.name, policy_hash=policy.hash
     )
 
@@ -49,7 +50,7 @@ def _lapse(store, evaluation_id):
 
 
 def _evaluated(store, name="greet"):
-    return [e for e in repo.history(store, name=name) if e.action == "evaluated"]
+    return [e for e in audit.history(store, name=name) if e.action == "evaluated"]
 
 
 # --------------------------------------------------------------------------- leases
@@ -57,76 +58,77 @@ def _evaluated(store, name="greet"):
 
 def test_claim_leases_the_oldest_and_counts_attempts(store):
     first, second = _queue(store, i=1), _queue(store, i=2)
-    a = repo.claim_evaluation(store, owner="host:1:a", lease_seconds=30)
+    a = evaluations.claim_evaluation(store, give_up=gave_up, owner="host:1:a", lease_seconds=30)
     assert a.id == first.id and a.status == "running" and a.attempts == 1
     assert a.lease_owner == "host:1:a" and a.lease_expires_at > datetime.now(UTC) + timedelta(seconds=20)
-    b = repo.claim_evaluation(store, owner="host:2:b", lease_seconds=30)
+    b = evaluations.claim_evaluation(store, give_up=gave_up, owner="host:2:b", lease_seconds=30)
     assert b.id == second.id
-    assert repo.claim_evaluation(store, owner="host:3:c", lease_seconds=30) is None  # live leases
+    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="host:3:c", lease_seconds=30) is None  # live leases
 
 
 def test_a_lapsed_lease_is_claimed_again_before_queued_work(store):
     first = _queue(store, i=1)
-    repo.claim_evaluation(store, owner="w1", lease_seconds=30)
+    evaluations.claim_evaluation(store, give_up=gave_up, owner="w1", lease_seconds=30)
     later = _queue(store, i=2)
     _lapse(store, first.id)
-    again = repo.claim_evaluation(store, owner="w2", lease_seconds=30)
+    again = evaluations.claim_evaluation(store, give_up=gave_up, owner="w2", lease_seconds=30)
     assert again.id == first.id and again.attempts == 2 and again.lease_owner == "w2"
-    assert repo.claim_evaluation(store, owner="w3", lease_seconds=30).id == later.id
+    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="w3", lease_seconds=30).id == later.id
 
 
 def test_lease_cas_a_taken_over_worker_cannot_finish(store):
     """Worker A stalls, B takes over: A's heartbeat and finish fail; only B's result counts."""
     ev = _queue(store)
-    a = repo.claim_evaluation(store, owner="A", lease_seconds=30)
-    expires = repo.heartbeat(store, evaluation_id=a.id, owner="A", lease_seconds=60)
+    a = evaluations.claim_evaluation(store, give_up=gave_up, owner="A", lease_seconds=30)
+    expires = evaluations.heartbeat(store, evaluation_id=a.id, owner="A", lease_seconds=60)
     assert expires > datetime.now(UTC) + timedelta(seconds=50)
     _lapse(store, ev.id)
-    b = repo.claim_evaluation(store, owner="B", lease_seconds=30)
+    b = evaluations.claim_evaluation(store, give_up=gave_up, owner="B", lease_seconds=30)
     assert b.id == ev.id
     with pytest.raises(Conflict, match="lease lost") as lost:
-        repo.heartbeat(store, evaluation_id=ev.id, owner="A", lease_seconds=30)
+        evaluations.heartbeat(store, evaluation_id=ev.id, owner="A", lease_seconds=30)
     assert lost.value.code == "lease_lost"
     with pytest.raises(Conflict, match="lease lost.*held by B"):
-        repo.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed"), owner="A")
-    with repo.lease_scope("A"), pytest.raises(Conflict, match="lease lost"):
-        # the worker path: lifecycle.run_evaluation inside the lease scope
+        evaluations.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed"), owner="A")
+    with pytest.raises(Conflict, match="lease lost"):
+        # the worker path: lifecycle.run_evaluation under A's lease
         lifecycle.run_evaluation(
             store, evaluation_id=ev.id, submission=variant("greet", 1), policy=make_policy(),
             evaluate=lambda sub, *, policy, evaluation_id=None: make_report("failed", evaluation_id),
+            owner="A",
         )  # fmt: skip
-    assert _evaluated(store) == [] and repo.get_version(store, name="greet", number=1).status == "pending"
-    done = repo.finish_evaluation(
+    assert _evaluated(store) == [] and versions.get_version(store, name="greet", number=1).status == "pending"
+    done = evaluations.finish_evaluation(
         store, evaluation_id=ev.id, report=make_report("passed", ev.id), owner="B"
     )
     assert done.status == "done" and done.verdict == "passed" and done.lease_expires_at is None
     with pytest.raises(Conflict, match="lease lost"):
-        repo.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed"), owner="B")
+        evaluations.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed"), owner="B")
     [event] = _evaluated(store)
     assert event.evidence["worker"] == "B" and event.evidence["attempt"] == 2
 
 
 def test_heartbeat_extends_a_lapsed_lease_nobody_took(store):
     ev = _queue(store)
-    repo.claim_evaluation(store, owner="A", lease_seconds=30)
+    evaluations.claim_evaluation(store, give_up=gave_up, owner="A", lease_seconds=30)
     _lapse(store, ev.id)
-    repo.heartbeat(store, evaluation_id=ev.id, owner="A", lease_seconds=30)
-    assert repo.claim_evaluation(store, owner="B", lease_seconds=30) is None
+    evaluations.heartbeat(store, evaluation_id=ev.id, owner="A", lease_seconds=30)
+    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="B", lease_seconds=30) is None
 
 
 def test_max_attempts_ends_as_error_never_failed(store):
     ev = _queue(store)
     for attempt in (1, 2, 3):
-        got = repo.claim_evaluation(store, owner=f"w{attempt}", lease_seconds=30, max_attempts=3)
+        got = evaluations.claim_evaluation(store, give_up=gave_up, owner=f"w{attempt}", lease_seconds=30, max_attempts=3)
         assert got.id == ev.id and got.attempts == attempt
         _lapse(store, ev.id)
-    assert repo.claim_evaluation(store, owner="w4", lease_seconds=30, max_attempts=3) is None
-    rec = repo.get_evaluation(store, evaluation_id=ev.id)
+    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="w4", lease_seconds=30, max_attempts=3) is None
+    rec = evaluations.get_evaluation(store, evaluation_id=ev.id)
     assert rec.status == "done" and rec.verdict == "error" and rec.attempts == 3
     assert rec.reasons[0]["code"] == "infrastructure"
     assert rec.reasons[0]["message"].startswith("gave up after 3 attempts")
     assert rec.report_model().verdict.value == "error"
-    assert repo.get_version(store, name="greet", number=1).status == "pending"  # not the skill's fault
+    assert versions.get_version(store, name="greet", number=1).status == "pending"  # not the skill's fault
     [event] = _evaluated(store)
     assert event.evidence["gave_up"] is True and event.after["verdict"] == "error"
 
@@ -134,41 +136,41 @@ def test_max_attempts_ends_as_error_never_failed(store):
 def test_recover_leases(store):
     live, lapsed, exhausted, embedded = (_queue(store, i=i) for i in range(1, 5))
     for ev, owner in ((live, "a"), (lapsed, "b"), (exhausted, "c")):
-        got = repo.claim_evaluation(store, owner=owner, lease_seconds=30)
+        got = evaluations.claim_evaluation(store, give_up=gave_up, owner=owner, lease_seconds=30)
         assert got.id == ev.id
     with store.write() as s:
         s.execute(update(Evaluation).where(Evaluation.id == exhausted.id).values(attempts=3))
     _lapse(store, lapsed.id), _lapse(store, exhausted.id)
     # an embedded submit(wait=True) run: running without a lease, started long ago
-    repo.start_evaluation(store, evaluation_id=embedded.id)
+    evaluations.start_evaluation(store, evaluation_id=embedded.id)
     with store.write() as s:
         s.execute(
             update(Evaluation)
             .where(Evaluation.id == embedded.id)
             .values(started_at=datetime.now(UTC) - timedelta(hours=2))
         )
-    out = repo.recover_leases(store, max_attempts=3, stale_seconds=3600)
+    out = evaluations.recover_leases(store, give_up=gave_up, max_attempts=3, stale_seconds=3600)
     assert sorted(out["requeued"]) == sorted([lapsed.id, embedded.id])
     assert out["gave_up"] == [exhausted.id]
-    assert repo.get_evaluation(store, evaluation_id=live.id).status == "running"
-    requeued = repo.get_evaluation(store, evaluation_id=lapsed.id)
+    assert evaluations.get_evaluation(store, evaluation_id=live.id).status == "running"
+    requeued = evaluations.get_evaluation(store, evaluation_id=lapsed.id)
     assert requeued.status == "queued" and requeued.lease_owner is None and requeued.attempts == 1
-    assert repo.get_evaluation(store, evaluation_id=exhausted.id).verdict == "error"
-    assert repo.recover_leases(store, max_attempts=3) == {"requeued": [], "gave_up": []}
+    assert evaluations.get_evaluation(store, evaluation_id=exhausted.id).verdict == "error"
+    assert evaluations.recover_leases(store, give_up=gave_up, max_attempts=3) == {"requeued": [], "gave_up": []}
     # the lapsed worker's late result is refused
     with pytest.raises(Conflict, match="lease lost"):
-        repo.finish_evaluation(store, evaluation_id=lapsed.id, report=make_report("passed"), owner="b")
+        evaluations.finish_evaluation(store, evaluation_id=lapsed.id, report=make_report("passed"), owner="b")
 
 
 def test_release_hands_back_without_counting_the_attempt(store):
     ev = _queue(store)
-    repo.claim_evaluation(store, owner="A", lease_seconds=30)
-    assert not repo.release_evaluation(store, evaluation_id=ev.id, owner="B")  # not B's
-    assert repo.release_evaluation(store, evaluation_id=ev.id, owner="A")
-    rec = repo.get_evaluation(store, evaluation_id=ev.id)
+    evaluations.claim_evaluation(store, give_up=gave_up, owner="A", lease_seconds=30)
+    assert not evaluations.release_evaluation(store, evaluation_id=ev.id, owner="B")  # not B's
+    assert evaluations.release_evaluation(store, evaluation_id=ev.id, owner="A")
+    rec = evaluations.get_evaluation(store, evaluation_id=ev.id)
     assert rec.status == "queued" and rec.attempts == 0 and rec.lease_owner is None
-    assert not repo.release_evaluation(store, evaluation_id=ev.id, owner="A")
-    assert repo.claim_evaluation(store, owner="C", lease_seconds=30).attempts == 1
+    assert not evaluations.release_evaluation(store, evaluation_id=ev.id, owner="A")
+    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="C", lease_seconds=30).attempts == 1
 
 
 def test_concurrent_claims_each_row_has_one_winner(store):
@@ -180,7 +182,7 @@ def test_concurrent_claims_each_row_has_one_winner(store):
     def claimer(k: int) -> None:
         barrier.wait()
         while True:
-            rec = repo.claim_evaluation(store, owner=f"w{k}", lease_seconds=30)
+            rec = evaluations.claim_evaluation(store, give_up=gave_up, owner=f"w{k}", lease_seconds=30)
             if rec is None:
                 return
             with lock:
@@ -196,9 +198,9 @@ def test_concurrent_claims_each_row_has_one_winner(store):
 
 def test_finish_records_the_policy_hash_actually_used(store):
     ev = _queue(store, policy=make_policy(hash="sha256:queued"))
-    repo.claim_evaluation(store, owner="A", lease_seconds=30)
+    evaluations.claim_evaluation(store, give_up=gave_up, owner="A", lease_seconds=30)
     report = make_report("passed", ev.id, policy="default", policy_hash="sha256:current")
-    done = repo.finish_evaluation(store, evaluation_id=ev.id, report=report, owner="A")
+    done = evaluations.finish_evaluation(store, evaluation_id=ev.id, report=report, owner="A")
     assert done.policy_hash == "sha256:current"
     [event] = _evaluated(store)
     assert event.evidence["policy_hash"] == "sha256:current"
@@ -213,7 +215,7 @@ def test_retention_never_touches_active_or_ever_active_versions(store):
     old = datetime.now(UTC) - timedelta(days=90)
 
     def evaluation(number, verdict, age_days, output="captured output", name="greet"):
-        ev = repo.record_evaluation(
+        ev = evaluations.record_evaluation(
             store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash,
             report=make_report(verdict, f"{name}-{number}-{verdict}-{age_days}", output=output),
         )  # fmt: skip
@@ -225,20 +227,20 @@ def test_retention_never_touches_active_or_ever_active_versions(store):
     # v1: promoted then rolled back from v2 → ever active; v2: rolled back → ever active
     passed_version(store, "greet", 1, policy)
     passed_version(store, "greet", 2, policy)
-    repo.promote(store, name="greet", number=1, actor="t", policy=policy)
-    repo.promote(store, name="greet", number=2, actor="t", policy=policy)
-    repo.rollback(store, name="greet", actor="t", reason="bad")
+    pointers.promote(store, name="greet", number=1, actor="t", policy=policy)
+    pointers.promote(store, name="greet", number=2, actor="t", policy=policy)
+    pointers.rollback(store, name="greet", actor="t", reason="bad")
     v1_old = evaluation(1, "failed", 100)
     v2_old = evaluation(2, "error", 100)
     # v3: never active, several old evaluations and one recent
-    v3, _ = repo.create_version(store, submission=variant("greet", 3), actor="t")
+    v3, _ = versions.create_version(store, submission=variant("greet", 3), actor="t")
     v3_old_passed = evaluation(3, "passed", 120)  # latest conclusive: kept (output dropped)
     v3_old_failed = evaluation(3, "failed", 130)  # superseded: deleted
     v3_older_error = evaluation(3, "error", 125)  # superseded: deleted
     v3_error = evaluation(3, "error", 100)  # latest: kept (output dropped)
     v3_recent = _queue(store, i=99)  # another version, queued: untouched
     other = make_policy(hash="sha256:other")
-    other_ev = repo.record_evaluation(
+    other_ev = evaluations.record_evaluation(
         store, name="greet", number=3, policy_name=other.name, policy_hash=other.hash,
         report=make_report("failed", "other-hash", output="o"),
     )  # fmt: skip
@@ -247,13 +249,13 @@ def test_retention_never_touches_active_or_ever_active_versions(store):
         before_events = s.scalar(text("SELECT count(*) FROM events"))
         before_files = s.scalar(text("SELECT count(*) FROM version_files"))
 
-    out = repo.prune_evaluations(store, before=old)
+    out = evaluations.prune_evaluations(store, before=old)
     assert out == {"deleted": 2, "outputs_dropped": 2}
     ids = {eid for eid in (v1_old, v2_old, v3_old_passed, v3_old_failed, v3_older_error, v3_error)}
 
     def exists(eid):
         try:
-            return repo.get_evaluation(store, evaluation_id=eid)
+            return evaluations.get_evaluation(store, evaluation_id=eid)
         except Exception:
             return None
 
@@ -265,13 +267,13 @@ def test_retention_never_touches_active_or_ever_active_versions(store):
     assert exists(other_ev.id).report["output"] == "o"  # recent
     assert exists(v3_recent.id).status == "queued"
     # decisions unchanged: v3 is still promotable on its latest conclusive evaluation
-    assert repo.latest_evaluation(store, name="greet", number=3, conclusive=True, policy_hash=policy.hash).id == v3_old_passed
+    assert evaluations.latest_evaluation(store, name="greet", number=3, conclusive=True, policy_hash=policy.hash).id == v3_old_passed
     with store.read() as s:
         assert s.scalar(text("SELECT count(*) FROM versions")) == before_versions
         assert s.scalar(text("SELECT count(*) FROM events")) == before_events
         assert s.scalar(text("SELECT count(*) FROM version_files")) == before_files
     assert v3.number == 3
-    assert repo.prune_evaluations(store, before=old) == {"deleted": 0, "outputs_dropped": 0}
+    assert evaluations.prune_evaluations(store, before=old) == {"deleted": 0, "outputs_dropped": 0}
 
 
 # --------------------------------------------------------------------------- flags
@@ -281,34 +283,34 @@ def test_flag_dedupes_and_quarantine_rolls_back(store):
     policy = make_policy()
     for i in (1, 2):
         passed_version(store, "greet", i, policy)
-        repo.promote(store, name="greet", number=i, actor="t", policy=policy)
+        pointers.promote(store, name="greet", number=i, actor="t", policy=policy)
     evidence = {"fingerprint": "sha256:f1", "findings": [{"rule_id": "r"}]}
-    flag = repo.flag_version(
+    flag = pointers.flag_version(
         store, name="greet", number=2, actor="scheduler:rescan", reason="new rule", evidence=evidence
     )
     assert flag.rollback is None and flag.note is None
-    assert repo.flag_version(
+    assert pointers.flag_version(
         store, name="greet", number=2, actor="scheduler:rescan", reason="new rule", evidence=evidence
     ) is None  # same findings: not again
-    q = repo.flag_version(
+    q = pointers.flag_version(
         store, name="greet", number=2, actor="scheduler:rescan", reason="new rule",
         evidence={**evidence, "fingerprint": "sha256:f2"}, quarantine=True,
     )  # fmt: skip
     assert q.rollback is not None and q.rollback.to_version == 1
-    assert repo.active_pointer(store, name="greet")[0] == 1
-    events = repo.history(store, name="greet")
+    assert pointers.active_pointer(store, name="greet")[0] == 1
+    events = audit.history(store, name="greet")
     flagged = [e for e in events if e.action == "flagged"]
     assert len(flagged) == 2 and flagged[-1].evidence["rolled_back"] == q.rollback.event_id
     assert events[-1].action == "rolled_back" and events[-1].evidence["flagged_event"] == q.event_id
     # the only version: flagged, but the pointer never goes empty
     passed_version(store, "solo", 1, policy)
-    repo.promote(store, name="solo", number=1, actor="t", policy=policy)
-    only = repo.flag_version(
+    pointers.promote(store, name="solo", number=1, actor="t", policy=policy)
+    only = pointers.flag_version(
         store, name="solo", number=1, actor="scheduler:rescan", reason="x",
         evidence={"fingerprint": "sha256:s"}, quarantine=True,
     )  # fmt: skip
     assert only.rollback is None and "nothing to roll back" in only.note
-    assert repo.active_pointer(store, name="solo")[0] == 1
+    assert pointers.active_pointer(store, name="solo")[0] == 1
 
 
 # --------------------------------------------------------------------------- migration
@@ -349,10 +351,10 @@ def test_migration_0004_on_existing_queue(empty_url):
             assert {"lease_owner", "lease_expires_at", "attempts"} <= columns
             indexes = {i["name"] for i in inspect(conn).get_indexes("evaluations")}
             assert "ix_evaluations_status_lease_expires_at" in indexes
-        old_running = repo.get_evaluation(store, evaluation_id="r")
+        old_running = evaluations.get_evaluation(store, evaluation_id="r")
         assert old_running.attempts == 0 and old_running.lease_owner is None
-        got = repo.claim_evaluation(store, owner="w", lease_seconds=30)
+        got = evaluations.claim_evaluation(store, give_up=gave_up, owner="w", lease_seconds=30)
         assert got.id == "q" and got.attempts == 1  # an unleased running row is not claimed
-        assert repo.recover_leases(store, stale_seconds=60)["requeued"] == ["r"]
+        assert evaluations.recover_leases(store, give_up=gave_up, stale_seconds=60)["requeued"] == ["r"]
     finally:
         store.close()

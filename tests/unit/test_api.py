@@ -20,7 +20,8 @@ import pytest
 
 from sandgate.api.errors import ApiError, status_for
 from sandgate.api.limits import RateLimiter
-from sandgate.api.observability import JsonFormatter, Metrics
+from sandgate.api.observability import Metrics
+from sandgate.logs import JsonFormatter
 from sandgate.api.settings import ApiSettings
 from sandgate.errors import (
     ConfigError,
@@ -298,14 +299,15 @@ def test_submit_queue_and_read_back(app_env):
 
 def test_reused_evaluation_is_200_and_yanked_is_409(app_env):
     from sandgate import lifecycle
-    from sandgate.store import repository as repo
+    from sandgate.report import gave_up
+    from sandgate.store import evaluations
 
     c, h = app_env.client, app_env.h
     r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
-    ev = repo.claim_evaluation(app_env.store)
+    ev = evaluations.claim_evaluation(app_env.store, give_up=gave_up)
     from sandgate.report import EvaluationReport, Verdict
 
-    repo.finish_evaluation(app_env.store, evaluation_id=ev.id,
+    evaluations.finish_evaluation(app_env.store, evaluation_id=ev.id,
                            report=EvaluationReport(evaluation_id=ev.id, verdict=Verdict.passed))
     r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
     assert r.status_code == 200 and r.json()["reused_evaluation"] and r.json()["verdict"] == "passed"
@@ -326,12 +328,12 @@ def test_body_limit_in_process(app_env):
 
 
 def test_unhandled_errors_are_json_500_without_details(app_env, monkeypatch):
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     def boom(*a, **k):
         raise RuntimeError("secret internals /etc/shadow")
 
-    monkeypatch.setattr(repo, "list_skills", boom)
+    monkeypatch.setattr(versions, "list_skills", boom)
     r = app_env.client.get("/v1/skills", headers=app_env.h("reader"))
     assert r.status_code == 500
     err = r.json()["error"]
@@ -342,12 +344,12 @@ def test_unhandled_errors_are_json_500_without_details(app_env, monkeypatch):
 def test_database_errors_are_503(app_env, monkeypatch):
     from sqlalchemy.exc import OperationalError
 
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     def gone(*a, **k):
         raise OperationalError("SELECT", {}, Exception("server closed the connection"))
 
-    monkeypatch.setattr(repo, "list_skills", gone)
+    monkeypatch.setattr(versions, "list_skills", gone)
     r = app_env.client.get("/v1/skills", headers=app_env.h("reader"))
     assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
     assert r.headers["retry-after"]

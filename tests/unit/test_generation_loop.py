@@ -260,7 +260,7 @@ def test_provider_failure_stops_with_an_error(fake_llm: FakeOpenAIServer,
 def test_passing_version_is_submitted_with_provenance(fake_llm: FakeOpenAIServer,
                                                       client: ChatClient, tmp_path: Path) -> None:
     from sandgate.store import open_store
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     try:
@@ -272,7 +272,7 @@ def test_passing_version_is_submitted_with_provenance(fake_llm: FakeOpenAIServer
         submitted = result.submitted
         assert submitted.verdict == "passed" and submitted.created
         assert submitted.promoted is not None  # default policy: auto-promotion
-        version = repo.get_version(store, name="clamp", number=1)
+        version = versions.get_version(store, name="clamp", number=1)
         assert version.active and version.created_by == "generator:fake-model"
         prov = version.provenance
         assert prov["source"] == "sandgate.generation" and prov["model"] == "fake-model"

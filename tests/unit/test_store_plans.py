@@ -14,7 +14,8 @@ import pytest
 
 from sandgate.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
-from sandgate.store import repository as repo
+from sandgate.report import gave_up
+from sandgate.store import audit, evaluations, pointers, versions
 from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
 
 
@@ -26,14 +27,14 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
-            v, _ = repo.create_version(s, submission=submission(name, i), actor="t")
-            repo.record_evaluation(
+            v, _ = versions.create_version(s, submission=submission(name, i), actor="t")
+            evaluations.record_evaluation(
                 s, name=name, number=v.number,
                 report=EvaluationReport(evaluation_id=f"{name}-{i}", verdict=Verdict.passed),
                 policy_name=POLICY.name, policy_hash=POLICY.hash,
             )  # fmt: skip
-        repo.promote(s, name=name, number=1, actor="t", policy=POLICY)
-        repo.promote(s, name=name, number=2, actor="t", policy=POLICY)
+        pointers.promote(s, name=name, number=1, actor="t", policy=POLICY)
+        pointers.promote(s, name=name, number=2, actor="t", policy=POLICY)
     with s.engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
     yield s
@@ -42,22 +43,22 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
 
 
 CALLS = {
-    "get_skill": lambda s: repo.get_skill(s, name="skill_7"),
-    "get_version": lambda s: repo.get_version(s, name="skill_7", number=2),
-    "get_active_version": lambda s: repo.get_active_version(s, name="skill_7"),
-    "list_versions": lambda s: repo.list_versions(s, name="skill_7"),
-    "get_version_files": lambda s: repo.get_version_files(s, name="skill_7", number=2),
-    "latest_evaluation": lambda s: repo.latest_evaluation(s, name="skill_7", number=2, policy_hash="sha256:p"),
-    "active_pointer": lambda s: repo.active_pointer(s, name="skill_7"),
-    "active_pointers(names)": lambda s: repo.active_pointers(s, names=["skill_7", "skill_8"]),
-    "history": lambda s: repo.history(s, name="skill_7", limit=10),
-    "diff": lambda s: repo.diff(s, name="skill_7", a=1, b=2),
-    "create_version": lambda s: repo.create_version(s, submission=submission("skill_7", 9), actor="t"),
-    "promote": lambda s: repo.promote(s, name="skill_7", number=3, actor="t", policy=POLICY),
-    "rollback": lambda s: repo.rollback(s, name="skill_7", actor="t"),
-    "rollback(to)": lambda s: repo.rollback(s, name="skill_7", to=1, actor="t"),
-    "yank": lambda s: repo.yank(s, name="skill_7", number=3, actor="t", reason="x"),
-    "claim_evaluation": lambda s: repo.claim_evaluation(s),
+    "get_skill": lambda s: versions.get_skill(s, name="skill_7"),
+    "get_version": lambda s: versions.get_version(s, name="skill_7", number=2),
+    "get_active_version": lambda s: versions.get_active_version(s, name="skill_7"),
+    "list_versions": lambda s: versions.list_versions(s, name="skill_7"),
+    "get_version_files": lambda s: versions.get_version_files(s, name="skill_7", number=2),
+    "latest_evaluation": lambda s: evaluations.latest_evaluation(s, name="skill_7", number=2, policy_hash="sha256:p"),
+    "active_pointer": lambda s: pointers.active_pointer(s, name="skill_7"),
+    "active_pointers(names)": lambda s: pointers.active_pointers(s, names=["skill_7", "skill_8"]),
+    "history": lambda s: audit.history(s, name="skill_7", limit=10),
+    "diff": lambda s: versions.diff(s, name="skill_7", a=1, b=2),
+    "create_version": lambda s: versions.create_version(s, submission=submission("skill_7", 9), actor="t"),
+    "promote": lambda s: pointers.promote(s, name="skill_7", number=3, actor="t", policy=POLICY),
+    "rollback": lambda s: pointers.rollback(s, name="skill_7", actor="t"),
+    "rollback(to)": lambda s: pointers.rollback(s, name="skill_7", to=1, actor="t"),
+    "yank": lambda s: pointers.yank(s, name="skill_7", number=3, actor="t", reason="x"),
+    "claim_evaluation": lambda s: evaluations.claim_evaluation(s, give_up=gave_up),
 }
 
 
@@ -71,5 +72,5 @@ def test_no_full_scans(store: Store, op: str) -> None:
 
 def test_the_check_sees_a_full_scan(store: Store) -> None:
     """list_skills reads every skill by design: the detector must flag it (it is not vacuous)."""
-    plans = capture_plans(store, lambda: repo.list_skills(store))
+    plans = capture_plans(store, lambda: versions.list_skills(store))
     assert any(SCAN.search(plan) for _, plan in plans)

@@ -28,15 +28,15 @@ from sandgate.errors import PolicyError
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.policy import Policy, parse_policy
 from sandgate.store import Store, open_store
-from sandgate.store import repository as repo
+from sandgate.report import gave_up
+from sandgate.store import audit, evaluations, pointers, versions
 from sandgate.store.models import Evaluation
+from sandgate.names import controller_alive
 from sandgate.names import owner_id as make_owner_id
 from sandgate.submission import submission_from_files
+from sandgate.logs import JsonFormatter, configure_logging
 from sandgate.worker import (
-    JsonFormatter,
     Worker,
-    configure_logging,
-    controller_alive,
     default_concurrency,
 )
 
@@ -128,10 +128,10 @@ def test_run_once_evaluates_stores_and_auto_promotes(store):
     assert all(o.status == "done" and o.verdict == "passed" and o.promoted == 1 for o in outcomes)
     assert sorted(ev.calls) == sorted(ids)
     for eid in ids:
-        rec = repo.get_evaluation(store, evaluation_id=eid)
+        rec = evaluations.get_evaluation(store, evaluation_id=eid)
         assert rec.status == "done" and rec.attempts == 1 and rec.lease_owner == w.owner
         assert rec.lease_expires_at is None
-    events = repo.history(store, name="text_stats")
+    events = audit.history(store, name="text_stats")
     assert [e.action for e in events] == ["submitted", "evaluated", "promoted"]
     assert events[1].evidence["worker"] == w.owner and events[1].evidence["attempt"] == 1
     assert events[2].actor == "policy:unit" and events[2].reason == "auto-promotion: passed unit"
@@ -147,7 +147,7 @@ def test_manual_mode_and_failed_verdicts_do_not_promote(store):
     w2 = make_worker(store, policy("auto"), evaluate=FakeEvaluate("failed"))
     [o2] = w2.run_once()
     assert o2.verdict == "failed" and o2.promoted is None
-    assert repo.active_pointer(store, name="text_stats") is None
+    assert pointers.active_pointer(store, name="text_stats") is None
     w.close(), w2.close()
 
 
@@ -157,16 +157,16 @@ def test_no_auto_promotion_over_a_newer_active_version(store):
     queue(store, 2, pol)
     w = make_worker(store, pol, concurrency=1)
     # v2 finishes first: claim v1, hand it back, so v2 runs before it
-    claimed = repo.claim_evaluation(store, owner="someone", lease_seconds=30)
+    claimed = evaluations.claim_evaluation(store, give_up=gave_up, owner="someone", lease_seconds=30)
     assert claimed.id == first
     [o2] = w.run_once()
     assert o2.version == 2 and o2.promoted == 2
-    assert repo.release_evaluation(store, evaluation_id=first, owner="someone")
+    assert evaluations.release_evaluation(store, evaluation_id=first, owner="someone")
     [o1] = w.run_once()
     w.close()
     assert o1.version == 1 and o1.verdict == "passed" and o1.promoted is None
     assert "text_stats@2 is active and newer" in o1.note
-    assert repo.active_pointer(store, name="text_stats")[0] == 2
+    assert pointers.active_pointer(store, name="text_stats")[0] == 2
 
 
 def test_policy_drift_records_the_hash_actually_used(store):
@@ -177,9 +177,9 @@ def test_policy_drift_records_the_hash_actually_used(store):
     w = make_worker(store, current)
     [o] = w.run_once()
     w.close()
-    rec = repo.get_evaluation(store, evaluation_id=eid)
+    rec = evaluations.get_evaluation(store, evaluation_id=eid)
     assert o.verdict == "passed" and rec.policy_hash == current.hash
-    evaluated = [e for e in repo.history(store, name="text_stats") if e.action == "evaluated"][0]
+    evaluated = [e for e in audit.history(store, name="text_stats") if e.action == "evaluated"][0]
     assert evaluated.evidence["policy_hash"] == current.hash
     assert evaluated.evidence["queued_policy_hash"] == queued_under.hash
     assert o.promoted == 1  # promote under the current policy finds the evaluation
@@ -194,10 +194,10 @@ def test_unloadable_policy_is_an_error_verdict_never_failed(store):
     w = Worker(store, evaluate=FakeEvaluate(), load_policy=broken, concurrency=1, docker_client=FakeDocker())
     [o] = w.run_once()
     w.close()
-    rec = repo.get_evaluation(store, evaluation_id=eid)
+    rec = evaluations.get_evaluation(store, evaluation_id=eid)
     assert o.status == "done" and rec.verdict == "error"
     assert rec.reasons[0]["code"] == "infrastructure" and "cannot be loaded" in rec.reasons[0]["message"]
-    assert repo.get_version(store, name="text_stats", number=1).status == "pending"
+    assert versions.get_version(store, name="text_stats", number=1).status == "pending"
 
 
 def test_corrupted_stored_bytes_are_an_error(store):
@@ -210,7 +210,7 @@ def test_corrupted_stored_bytes_are_an_error(store):
     w = make_worker(store, policy())
     [o] = w.run_once()
     w.close()
-    rec = repo.get_evaluation(store, evaluation_id=eid)
+    rec = evaluations.get_evaluation(store, evaluation_id=eid)
     assert rec.verdict == "error" and "stored bytes hash to" in rec.reasons[0]["message"]
 
 
@@ -224,7 +224,7 @@ def test_lost_lease_discards_the_result(store):
     w = Worker(store, evaluate=slow, load_policy=lambda n: pol, concurrency=1, lease_seconds=0.3,
                docker_client=docker)
     # stall the heartbeat so the lease lapses while the evaluation runs
-    real_heartbeat = repo.heartbeat
+    real_heartbeat = evaluations.heartbeat
 
     def stalled(*a: Any, **kw: Any) -> Any:
         time.sleep(1.0)
@@ -235,14 +235,14 @@ def test_lost_lease_discards_the_result(store):
     def heard() -> bool:
         return any(f and f"sandgate.evaluation={eid}" in f["label"] for f in docker.api.listed)
 
-    worker_module.repo.heartbeat = stalled  # type: ignore[attr-defined]
+    worker_module.evaluations.heartbeat = stalled  # type: ignore[attr-defined]
     try:
         result: list[Any] = []
         t = threading.Thread(target=lambda: result.extend(w.run_once()))
         t.start()
         assert slow.started.wait(5)
         time.sleep(0.4)  # the lease (0.3 s) lapses while the heartbeat is stalled
-        other = repo.claim_evaluation(store, owner="worker-b", lease_seconds=30)
+        other = evaluations.claim_evaluation(store, give_up=gave_up, owner="worker-b", lease_seconds=30)
         assert other is not None and other.id == eid and other.attempts == 2
         # the heartbeat notices and asks Docker for this controller's sandbox of it
         deadline = time.monotonic() + 5
@@ -252,17 +252,16 @@ def test_lost_lease_discards_the_result(store):
         gate.set()
         t.join(10)
     finally:
-        worker_module.repo.heartbeat = real_heartbeat  # type: ignore[attr-defined]
+        worker_module.evaluations.heartbeat = real_heartbeat  # type: ignore[attr-defined]
     w.close()
     [o] = result
     assert o.status == "lost" and "lease lost" in o.note
-    assert repo.get_evaluation(store, evaluation_id=eid).status == "running"  # still worker-b's
-    assert [e.action for e in repo.history(store, name="text_stats")] == ["submitted"]
+    assert evaluations.get_evaluation(store, evaluation_id=eid).status == "running"  # still worker-b's
+    assert [e.action for e in audit.history(store, name="text_stats")] == ["submitted"]
     # worker-b finishes it: exactly one evaluated event
-    with repo.lease_scope("worker-b"):
-        lifecycle.run_evaluation(store, evaluation_id=eid, submission=submission_from_files(skill_files(1)),
-                                 policy=pol, evaluate=FakeEvaluate())
-    assert [e.action for e in repo.history(store, name="text_stats")] == ["submitted", "evaluated"]
+    lifecycle.run_evaluation(store, evaluation_id=eid, submission=submission_from_files(skill_files(1)),
+                             policy=pol, evaluate=FakeEvaluate(), owner="worker-b")
+    assert [e.action for e in audit.history(store, name="text_stats")] == ["submitted", "evaluated"]
 
 
 def test_a_stalled_worker_reclaiming_its_own_job_does_not_run_it_twice(store):
@@ -286,7 +285,7 @@ def test_a_stalled_worker_reclaiming_its_own_job_does_not_run_it_twice(store):
     t.join(10)
     w.close()
     assert slow.calls == [eid] and [o.status for o in result] == ["done"]
-    assert [e.action for e in repo.history(store, name="text_stats")].count("evaluated") == 1
+    assert [e.action for e in audit.history(store, name="text_stats")].count("evaluated") == 1
 
 
 def test_graceful_stop_releases_running_jobs(store):
@@ -301,13 +300,13 @@ def test_graceful_stop_releases_running_jobs(store):
     assert slow.started.wait(5)
     w.stop()
     time.sleep(0.5)
-    rec = repo.get_evaluation(store, evaluation_id=eid)
+    rec = evaluations.get_evaluation(store, evaluation_id=eid)
     assert rec.status == "queued" and rec.attempts == 0 and rec.lease_owner is None
     gate.set()
     t.join(10)
     assert not t.is_alive()
     # its late result was discarded; the next worker runs it from scratch
-    assert [e.action for e in repo.history(store, name="text_stats")] == ["submitted"]
+    assert [e.action for e in audit.history(store, name="text_stats")] == ["submitted"]
     w2 = make_worker(store, pol)
     [o] = w2.run_once()
     w2.close()
@@ -322,13 +321,13 @@ def test_run_forever_drains_finished_work_and_stops(store):
     t.start()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        if all(repo.get_evaluation(store, evaluation_id=e).status == "done" for e in ids):
+        if all(evaluations.get_evaluation(store, evaluation_id=e).status == "done" for e in ids):
             break
         time.sleep(0.05)
     w.stop()
     t.join(10)
     assert not t.is_alive()
-    assert all(repo.get_evaluation(store, evaluation_id=e).status == "done" for e in ids)
+    assert all(evaluations.get_evaluation(store, evaluation_id=e).status == "done" for e in ids)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -15,7 +15,8 @@ from sqlalchemy import select, update
 
 from sandgate.report import EvaluationReport, Verdict
 from sandgate.store import Store, open_store
-from sandgate.store import repository as repo
+from sandgate.report import gave_up
+from sandgate.store import evaluations, pointers, versions
 from sandgate.store.models import Evaluation
 from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
 
@@ -28,21 +29,21 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
-            v, _ = repo.create_version(s, submission=submission(name, i), actor="t")
-            repo.record_evaluation(
+            v, _ = versions.create_version(s, submission=submission(name, i), actor="t")
+            evaluations.record_evaluation(
                 s, name=name, number=v.number,
                 report=EvaluationReport(evaluation_id=f"{name}-{i}", verdict=Verdict.passed),
                 policy_name=POLICY.name, policy_hash=POLICY.hash,
             )  # fmt: skip
-            repo.queue_evaluation(s, name=name, number=v.number, policy_name="p", policy_hash="h",
+            evaluations.queue_evaluation(s, name=name, number=v.number, policy_name="p", policy_hash="h",
                                   evaluation_id=f"q-{name}-{i}")
-        repo.promote(s, name=name, number=1, actor="t", policy=POLICY)
-    repo.record_evaluation(
+        pointers.promote(s, name=name, number=1, actor="t", policy=POLICY)
+    evaluations.record_evaluation(
         s, name="skill_5", number=2, report=EvaluationReport(evaluation_id="skill_5-2b", verdict=Verdict.failed),
         policy_name=POLICY.name, policy_hash=POLICY.hash,
     )  # fmt: skip
     for k in range(5):
-        repo.claim_evaluation(s, owner=f"w{k}", lease_seconds=30)
+        evaluations.claim_evaluation(s, give_up=gave_up, owner=f"w{k}", lease_seconds=30)
     old = datetime.now(UTC) - timedelta(days=40)
     with s.write() as session:
         session.execute(update(Evaluation).where(Evaluation.lease_owner == "w0")
@@ -65,20 +66,20 @@ def _running_id(store: Store) -> str:
 
 
 CALLS = {
-    "claim_evaluation(lapsed first)": lambda s, rid: repo.claim_evaluation(s, owner="x", lease_seconds=30),
-    "heartbeat": lambda s, rid: repo.heartbeat(s, evaluation_id=rid, owner="w1", lease_seconds=30),
-    "release_evaluation": lambda s, rid: repo.release_evaluation(s, evaluation_id=rid, owner="w1"),
-    "finish_evaluation(owner)": lambda s, rid: repo.finish_evaluation(
+    "claim_evaluation(lapsed first)": lambda s, rid: evaluations.claim_evaluation(s, give_up=gave_up, owner="x", lease_seconds=30),
+    "heartbeat": lambda s, rid: evaluations.heartbeat(s, evaluation_id=rid, owner="w1", lease_seconds=30),
+    "release_evaluation": lambda s, rid: evaluations.release_evaluation(s, evaluation_id=rid, owner="w1"),
+    "finish_evaluation(owner)": lambda s, rid: evaluations.finish_evaluation(
         s, evaluation_id=rid, owner="w1", report=EvaluationReport(evaluation_id="x", verdict=Verdict.passed)),
-    "recover_leases": lambda s, rid: repo.recover_leases(s, stale_seconds=60),
-    "prune_evaluations": lambda s, rid: repo.prune_evaluations(s, before=datetime.now(UTC) - timedelta(days=30)),
-    "flag_version": lambda s, rid: repo.flag_version(
+    "recover_leases": lambda s, rid: evaluations.recover_leases(s, give_up=gave_up, stale_seconds=60),
+    "prune_evaluations": lambda s, rid: evaluations.prune_evaluations(s, before=datetime.now(UTC) - timedelta(days=30)),
+    "flag_version": lambda s, rid: pointers.flag_version(
         s, name="skill_3", number=1, actor="t", reason="r", evidence={"fingerprint": "f"}, quarantine=True),
 }
 
 
 def test_prune_fixture_has_work(store: Store) -> None:
-    assert repo.prune_evaluations(store, before=datetime.now(UTC) - timedelta(days=30)) == {
+    assert evaluations.prune_evaluations(store, before=datetime.now(UTC) - timedelta(days=30)) == {
         "deleted": 1, "outputs_dropped": 0}
 
 

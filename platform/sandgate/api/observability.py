@@ -1,6 +1,6 @@
 """Structured JSON logs and Prometheus metrics (the text format, hand-rolled: no dependency).
 
-Logs: one JSON object per line on stderr. Every request is logged once when
+Logs: one JSON object per line on stderr (the one schema of :mod:`sandgate.logs`). Every request is logged once when
 it ends (``"message": "request"``) with its ``request_id``, method, route,
 status, duration, the API key's name, and what the route added (the
 ``evaluation_id`` of a submit or an evaluation lookup, the skill). Other log
@@ -28,49 +28,22 @@ couple of seconds); route labels are templates, so cardinality stays bounded.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import sys
 import threading
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging", "Metrics", "DURATION_BUCKETS"]
+from sandgate import logs
+
+__all__ = ["configure_logging", "Metrics", "DURATION_BUCKETS"]
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
-class JsonFormatter(logging.Formatter):
-    """``{"ts", "level", "logger", "message", ...fields}`` on one line."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        fields = getattr(record, "fields", None)
-        if isinstance(fields, Mapping):
-            data.update({k: v for k, v in fields.items() if v is not None})
-        if record.exc_info:
-            data["exception"] = self.formatException(record.exc_info)
-        return json.dumps(data, default=str, ensure_ascii=False)
-
-
 def configure_logging(level: str = "info", stream: Any = None) -> None:
-    """JSON lines for sandgate's and uvicorn's loggers (idempotent)."""
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    handler.set_name("sandgate-json")
-    for name in ("sandgate", "uvicorn", "uvicorn.error"):
-        logger = logging.getLogger(name)
-        logger.handlers = [h for h in logger.handlers if h.get_name() != "sandgate-json"]
-        logger.addHandler(handler)
-        logger.setLevel(level.upper())
-        logger.propagate = False
+    """JSON lines (:mod:`sandgate.logs`) for sandgate's and uvicorn's loggers (idempotent)."""
+    logs.configure_logging(level, stream, loggers=("sandgate", "uvicorn", "uvicorn.error"))
     # the API logs each request itself, with more fields
     logging.getLogger("uvicorn.access").disabled = True
 

@@ -49,7 +49,7 @@ from sandgate.api.schemas import (
     YankRequest,
 )
 from sandgate.errors import ConfigError
-from sandgate.store import repository as repo
+from sandgate.store import audit, evaluations, pointers, versions
 from sandgate.store.keys import role_allows
 
 __all__ = ["router"]
@@ -90,18 +90,18 @@ def list_skills(
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> list[dict[str, Any]]:
     """All skills with their active version and generation, by name."""
-    return [r.to_dict() for r in repo.list_skills(store, prefix=prefix, limit=limit)]
+    return [r.to_dict() for r in versions.list_skills(store, prefix=prefix, limit=limit)]
 
 
 @router.get("/skills/{name}", response_model=SkillOut, tags=["skills"], **_role("reader"))
 def get_skill(name: SkillName, key: Reader, store: StoreDep) -> dict[str, Any]:
-    return repo.get_skill(store, name=name).to_dict()
+    return versions.get_skill(store, name=name).to_dict()
 
 
 @router.get("/skills/{name}/versions", response_model=list[VersionOut], tags=["versions"],
             **_role("reader"))
 def list_versions(name: SkillName, key: Reader, store: StoreDep) -> list[dict[str, Any]]:
-    return [v.to_dict() for v in repo.list_versions(store, name=name)]
+    return [v.to_dict() for v in versions.list_versions(store, name=name)]
 
 
 _SUBMIT_BODY = {
@@ -177,9 +177,9 @@ async def submit_version(
             **_role("reader"))
 def get_version(name: SkillName, number: VersionNumber, key: Reader, store: StoreDep) -> dict[str, Any]:
     """A version: its record, manifest, latest finished evaluation and file list."""
-    version = repo.get_version(store, name=name, number=number)
-    evaluation = repo.latest_evaluation(store, name=name, number=number)
-    files = repo.get_version_files(store, name=name, number=number)
+    version = versions.get_version(store, name=name, number=number)
+    evaluation = evaluations.latest_evaluation(store, name=name, number=number)
+    files = versions.get_version_files(store, name=name, number=number)
     return {
         "version": version.to_dict(),
         "evaluation": evaluation.to_dict() if evaluation else None,
@@ -193,8 +193,8 @@ def get_version(name: SkillName, number: VersionNumber, key: Reader, store: Stor
 def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
                       store: StoreDep) -> dict[str, Any]:
     """The exact stored bytes (base64), for registries: verify them against ``content_hash``."""
-    version = repo.get_version(store, name=name, number=number)
-    files = repo.get_version_files(store, name=name, number=number)
+    version = versions.get_version(store, name=name, number=number)
+    files = versions.get_version_files(store, name=name, number=number)
     return {
         "skill": name,
         "version": number,
@@ -255,7 +255,7 @@ def rollback(name: SkillName, body: RollbackRequest, key: Promoter, store: Store
 def history(name: SkillName, key: Reader, store: StoreDep,
             limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> list[dict[str, Any]]:
     """The skill's audit events, oldest first (``limit``: only the newest N)."""
-    return [e.to_dict() for e in repo.history(store, name=name, limit=limit)]
+    return [e.to_dict() for e in audit.history(store, name=name, limit=limit)]
 
 
 @router.get("/skills/{name}/diff", response_model=list[FileDiffOut], tags=["audit"],
@@ -264,7 +264,7 @@ def diff(name: SkillName, key: Reader, store: StoreDep,
          a: Annotated[int, Query(ge=1, le=INT32)], b: Annotated[int, Query(ge=1, le=INT32)],
          ) -> list[dict[str, Any]]:
     """Per changed file, a unified diff from version ``a`` to version ``b``."""
-    return [d.to_dict() for d in repo.diff(store, name=name, a=a, b=b)]
+    return [d.to_dict() for d in versions.diff(store, name=name, a=a, b=b)]
 
 
 # --------------------------------------------------------------------------- generation
@@ -318,7 +318,7 @@ def get_generation(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], key:
 def get_evaluation(evaluation_id: Annotated[str, Path(pattern=EVALUATION_ID_PATTERN)],
                    key: Reader, store: StoreDep, request: Request) -> dict[str, Any]:
     """Status (``queued`` → ``running`` → ``done``), verdict, reasons and the full report."""
-    ev = repo.get_evaluation(store, evaluation_id=evaluation_id)
+    ev = evaluations.get_evaluation(store, evaluation_id=evaluation_id)
     data = ev.to_dict()
     move = None
     if ev.status == "done" and ev.verdict == "passed":
@@ -336,7 +336,7 @@ def pointers(key: Reader, store: StoreDep,
     """Active version and generation of every skill (or of ``names``): cheap, for registries."""
     wanted = _names(names) if names is not None else None
     last = queries.latest_event_id(store)  # read first: a move after it is seen by /v1/watch
-    rows = repo.active_pointers(store, names=wanted)
+    rows = pointers.active_pointers(store, names=wanted)
     return {"pointers": {n: {"version": v, "generation": g} for n, (v, g) in sorted(rows.items())},
             "last_event_id": last}
 

@@ -234,7 +234,7 @@ def submit(
 
 def skills(as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     with errors():
         api = _remote()
@@ -243,7 +243,7 @@ def skills(as_json: JsonOpt = False) -> None:
                 rows = api.list_skills()
         else:
             with _store() as store:
-                rows = repo.list_skills(store)
+                rows = versions.list_skills(store)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -261,7 +261,7 @@ def skills(as_json: JsonOpt = False) -> None:
 
 def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False) -> None:
     """List the versions of a skill."""
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     with errors():
         api = _remote()
@@ -270,7 +270,7 @@ def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: 
                 rows = api.list_versions(name)
         else:
             with _store() as store:
-                rows = repo.list_versions(store, name=name)
+                rows = versions.list_versions(store, name=name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -294,7 +294,7 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
-    from sandgate.store import repository as repo
+    from sandgate.store import evaluations, versions
 
     name, number = _parse_ref(ref)
     with errors():
@@ -313,13 +313,13 @@ def show(
         else:
             with _store() as store:
                 if number is None:
-                    active = repo.get_active_version(store, name=name)
-                    number = active.number if active else repo.get_skill(store, name=name).latest_version
+                    active = versions.get_active_version(store, name=name)
+                    number = active.number if active else versions.get_skill(store, name=name).latest_version
                     if number is None:
                         raise NotFound(f"{name} has no versions")
-                version = repo.get_version(store, name=name, number=number)
-                evaluation = repo.latest_evaluation(store, name=name, number=number)
-                files = repo.get_version_files(store, name=name, number=number)
+                version = versions.get_version(store, name=name, number=number)
+                evaluation = evaluations.latest_evaluation(store, name=name, number=number)
+                files = versions.get_version_files(store, name=name, number=number)
             file_rows = [
                 {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
                 for p, b in files.items()
@@ -491,7 +491,7 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log of a skill: who did what, when, why."""
-    from sandgate.store import repository as repo
+    from sandgate.store import audit
 
     with errors():
         api = _remote()
@@ -500,7 +500,7 @@ def history(
                 events = api.history(name, limit=limit)
         else:
             with _store() as store:
-                events = repo.history(store, name=name, limit=limit)
+                events = audit.history(store, name=name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])
         return
@@ -533,7 +533,7 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Unified diff of the files of two versions."""
-    from sandgate.store import repository as repo
+    from sandgate.store import versions
 
     with errors():
         api = _remote()
@@ -542,7 +542,7 @@ def diff(
                 diffs = api.diff(name, a, b)
         else:
             with _store() as store:
-                diffs = repo.diff(store, name=name, a=a, b=b)
+                diffs = versions.diff(store, name=name, a=a, b=b)
     if as_json:
         _echo_json([d.to_dict() for d in diffs])
         return

@@ -56,8 +56,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run queued evaluations (until SIGTERM/SIGINT, or once with --once)."""
         from sandgate.cli.common import fail
+        from sandgate.logs import configure_logging
         from sandgate.store import open_store
-        from sandgate.worker import Worker, configure_logging
+        from sandgate.worker import Worker
 
         configure_logging(log_level)
         try:
@@ -110,9 +111,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Periodic jobs: lease recovery, orphan sandboxes, retention, re-scan of active versions."""
         from sandgate.cli.common import fail
+        from sandgate.logs import configure_logging
         from sandgate.scheduler import JOBS, run_jobs_once, run_scheduler
         from sandgate.store import open_store
-        from sandgate.worker import configure_logging
 
         configure_logging(log_level)
         unknown = [j for j in job or [] if j not in JOBS]

@@ -14,7 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sandgate.errors import InfrastructureError
+from sandgate import report as reports
+from sandgate.config import get_settings
+from sandgate.errors import InfrastructureError, SubmissionError
+from sandgate.policy import decide, effective_limits
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,9 +66,8 @@ def evaluate(
     unknown = set(phases) - {"static", "dynamic"}
     if unknown or not phases:
         raise ValueError(f"phases must be a non-empty subset of ('static', 'dynamic'), got {phases!r}")
-    from sandgate.config import get_settings
+    # the sandbox (and the report parser over its runs) import docker: loaded on first use
     from sandgate.evaluation.parse import build_report
-    from sandgate.policy import decide, effective_limits
     from sandgate.sandbox import make_payload, require_image, run_sandbox
     from sandgate.sandbox.engine import shared_client
 
@@ -123,13 +125,9 @@ def evaluate(
 def rejected_report(exc: Exception, *, policy: Policy | None = None, skill: str | None = None,
                     evaluation_id: str | None = None) -> EvaluationReport:
     """The report of a submission that intake refused: verdict ``rejected``, nothing ran."""
-    code = getattr(exc, "code", ReasonCode.invalid_submission.value)
-    if code not in ReasonCode.__members__:
-        code = ReasonCode.invalid_submission.value
-    return EvaluationReport(
+    return reports.rejected(
+        exc,
         evaluation_id=evaluation_id or uuid.uuid4().hex,
-        verdict=Verdict.rejected,
-        reasons=[Reason(code=ReasonCode(code), message=str(exc))],
         skill=skill,
         policy=policy.name if policy else None,
         policy_hash=policy.hash if policy else None,
@@ -144,7 +142,6 @@ def evaluate_path(
     progress: Callable[[str], None] = lambda _phase: None,
 ) -> EvaluationReport:
     """Intake + evaluation of a skill directory or archive; intake refusals become ``rejected``."""
-    from sandgate.errors import SubmissionError
     from sandgate.submission import load_submission
 
     started = time.monotonic()

@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sandgate import report as reports
 from sandgate.errors import InfrastructureError, SandgateError, SubmissionError
 from sandgate.names import SKILL_NAME_PATTERN, is_skill_name
 from sandgate.generation.client import Budget, Completion
@@ -512,10 +513,7 @@ def _intake_and_evaluate(attempt: Attempt, parsed: ParsedOutput, *, name: str, p
     try:
         report = evaluate(submission, policy=policy)
     except InfrastructureError as exc:
-        from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
-
-        report = EvaluationReport(
-            evaluation_id=uuid.uuid4().hex, verdict=Verdict.error,
-            reasons=[Reason(code=ReasonCode.infrastructure, message=str(exc))], skill=name,
+        report = reports.infrastructure_error(
+            str(exc), evaluation_id=uuid.uuid4().hex, skill=name,
             content_hash=submission.content_hash, policy=policy.name, policy_hash=policy.hash)
     return report, submission

@@ -553,24 +553,24 @@ class StoreBackend:
             self._owned = True
 
     def pointers(self, names: Iterable[str]) -> dict[str, tuple[int, int]]:
-        from sandgate.store import repository as repo
+        from sandgate.store import pointers
 
         with _store_errors(self.store):
-            return repo.active_pointers(self.store, names=list(names))
+            return pointers.active_pointers(self.store, names=list(names))
 
     def describe(self, name: str, number: int) -> VersionInfo:
-        from sandgate.store import repository as repo
+        from sandgate.store import versions
 
         with _store_errors(self.store):
-            v = repo.get_version(self.store, name=name, number=number)
+            v = versions.get_version(self.store, name=name, number=number)
         return VersionInfo(v.content_hash, _entrypoint(v.manifest, f"{name}@{number}"))
 
     def fetch(self, name: str, number: int) -> FetchedVersion:
-        from sandgate.store import repository as repo
+        from sandgate.store import versions
 
         with _store_errors(self.store):
-            v = repo.get_version(self.store, name=name, number=number)
-            files = repo.get_version_files(self.store, name=name, number=number)
+            v = versions.get_version(self.store, name=name, number=number)
+            files = versions.get_version_files(self.store, name=name, number=number)
         return FetchedVersion(v.content_hash, _entrypoint(v.manifest, f"{name}@{number}"), files)
 
     def close(self) -> None:

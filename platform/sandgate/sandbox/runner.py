@@ -37,6 +37,7 @@ __all__ = [
     "hardened_host_config",
     "make_payload",
     "reap",
+    "remove_container",
     "run_sandbox",
 ]
 
@@ -220,7 +221,7 @@ def run_sandbox(
     finally:
         if container_id is not None:
             t = time.monotonic()
-            _remove(api, container_id)
+            remove_container(api, container_id)
             timings["remove"] = time.monotonic() - t
 
     static, tampered = None, False
@@ -283,7 +284,8 @@ def read_signed_lines(logs: bytes, key: bytes) -> dict[str, Any]:
     return found
 
 
-def _remove(api: docker.APIClient, container_id: str) -> None:
+def remove_container(api: docker.APIClient, container_id: str) -> None:
+    """Force-remove one container (and its volumes), retrying the engine briefly; gone is fine."""
     for attempt in range(3):
         try:
             api.remove_container(container_id, force=True, v=True)
@@ -309,6 +311,6 @@ def reap(client: docker.DockerClient, *, evaluation_id: str | None = None,
         filters["label"].append(f"{CONTROLLER_LABEL}={controller}")
     removed = []
     for container in client.api.containers(all=True, filters=filters):
-        _remove(client.api, container["Id"])
+        remove_container(client.api, container["Id"])
         removed.append(container["Id"])
     return removed

@@ -16,7 +16,7 @@ skill row (``SELECT ... FOR UPDATE``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,12 +46,16 @@ def default_url() -> str:
 
 @dataclass(eq=False)
 class Store:
-    """The skill store: pass it explicitly to every repository function."""
+    """The skill store: pass it explicitly to every store function."""
 
     url: str
     engine: Engine
     _read: sessionmaker[Session] = field(repr=False)
     _write: sessionmaker[Session] = field(repr=False)
+    #: callables run at named points inside write transactions, given the session
+    #: ("create_version.files_inserted", "move.before_cas"): how tests stall or race a
+    #: transaction at an exact point. Empty in production.
+    hooks: dict[str, Callable[[Session], None]] = field(default_factory=dict, repr=False)
 
     @property
     def dialect(self) -> str:
@@ -70,6 +74,7 @@ class Store:
     def write(self) -> Iterator[Session]:
         """One write transaction: committed if the block succeeds, else rolled back."""
         with self._write() as session, session.begin():
+            session.info["sandgate.hooks"] = self.hooks
             yield session
 
     def close(self) -> None:
@@ -131,7 +136,12 @@ def _make_engine(url: str) -> Engine:
     raise StoreError(f"unsupported database {backend!r}: use sqlite:/// or postgresql+psycopg://")
 
 
-def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
+def open_store(
+    url: str | None = None,
+    *,
+    migrate: bool = True,
+    hooks: dict[str, Callable[[Session], None]] | None = None,
+) -> Store:
     """Open (and by default migrate to head) the store at ``url``.
 
     ``url`` defaults to ``Settings.effective_database_url`` (SQLite under
@@ -154,7 +164,7 @@ def open_store(url: str | None = None, *, migrate: bool = True) -> Store:
     write = sessionmaker(
         engine.execution_options(sqlite_immediate=True), expire_on_commit=False, autoflush=True
     )
-    return Store(url=url, engine=engine, _read=read, _write=write)
+    return Store(url=url, engine=engine, _read=read, _write=write, hooks=dict(hooks or {}))
 
 
 def _safe(url: str) -> str:

@@ -14,12 +14,12 @@ there; ``tests/integration/test_store_migrations.py`` checks that the two agree.
       └── pointer_event_id  ─► events.id     (the move that set the pointer)
 
 The pointer moves only by compare-and-set on ``skills.generation`` (see
-``repository.promote``/``rollback``). ``events.back_event_id`` links a move to
+``pointers.promote``/``rollback``). ``events.back_event_id`` links a move to
 the move whose state a rollback from it returns to (the pointer's history
 stack), so a rollback is a couple of primary-key lookups, never a log scan.
 
 Nothing is ever deleted: versions are yanked, events are only appended. The one
-exception is retention (``repository.prune_evaluations``, run by the scheduler):
+exception is retention (``evaluations.prune_evaluations``, run by the scheduler):
 old, superseded evaluations of versions that were never active.
 """
 
@@ -70,7 +70,7 @@ JSONType = JSON().with_variant(postgresql.JSONB(), "postgresql")
 #: 64-bit ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY (the rowid) there
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 
-#: length limits (checked by the repository before the database sees them)
+#: length limits (checked by the store functions before the database sees them)
 NAME_LENGTH = 63
 ACTOR_LENGTH = 200
 HASH_LENGTH = 100

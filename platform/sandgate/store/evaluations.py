@@ -1,0 +1,616 @@
+"""Evaluations: the work queue, finishing an evaluation, and reading results.
+
+Keyword-only functions, one transaction each, plain records out. The store
+records the reports it is given: it never builds one, nor decides a verdict
+(a report for an evaluation the workers gave up on comes from the caller's
+``give_up`` constructor, e.g. :func:`sandgate.report.gave_up`).
+
+The work queue
+==============
+
+``queue_evaluation`` writes a ``queued`` row; workers take rows with leases::
+
+    queued ──claim──► running (lease_owner, lease_expires_at, attempts += 1) ──finish──► done
+       ▲                 │  heartbeat: extend, only while still the owner
+       │                 ├─ lease lapses ─► claimed again by another worker (or requeued
+       └── release ──────┘                 by recover_leases); at max attempts → verdict error
+
+* ``claim_evaluation`` takes a running row whose lease lapsed first, else the
+  oldest queued row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN
+  IMMEDIATE`` on SQLite): exactly one claimer wins a row.
+* ``finish_evaluation`` with a lease owner is a compare-and-set on
+  ``(status = running, lease_owner = owner)``: a worker whose lease was taken
+  over gets ``Conflict`` (code ``lease_lost``) and discards its result, so an
+  evaluation is completed — one ``evaluated`` event — exactly once.
+* A job that exhausts ``max_attempts`` (default 3) ends as verdict ``error``
+  with reason ``infrastructure`` ("gave up after 3 attempts"), never
+  ``failed``: a dying worker is the infrastructure's fault.
+* Lease times come from the database server's clock on PostgreSQL, so workers
+  on several hosts agree on expiry whatever their own clocks say.
+
+Retention (``prune_evaluations``) and re-scan flags (``flag_version``) are the
+scheduler's; neither ever touches versions, nor any evaluation of a version
+that is or ever was active.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from sandgate.errors import Conflict, NotFound, StoreError
+from sandgate.names import owner_id
+from sandgate.records import EvaluationRecord
+from sandgate.store._rows import (
+    _MAX_WALK,
+    CONCLUSIVE,
+    MOVES,
+    _db_now,
+    _evaluation_record,
+    _evaluation_with_owner,
+    _now,
+    _skill,
+    _utc,
+    _version,
+)
+from sandgate.store.engine import Store
+from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version
+
+__all__ = [
+    "GiveUp",
+    "DEFAULT_LEASE_SECONDS",
+    "DEFAULT_MAX_ATTEMPTS",
+    "queue_evaluation",
+    "start_evaluation",
+    "finish_evaluation",
+    "record_evaluation",
+    "claim_evaluation",
+    "heartbeat",
+    "release_evaluation",
+    "recover_leases",
+    "prune_evaluations",
+    "get_evaluation",
+    "latest_evaluation",
+    "pending_evaluation",
+]
+
+#: a worker's lease on a running evaluation, unless it heartbeats
+DEFAULT_LEASE_SECONDS = 30.0
+#: claims of one evaluation before it ends as verdict ``error``
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class GiveUp(Protocol):
+    """Builds the report of an evaluation the workers could not finish (the caller's verdict)."""
+
+    def __call__(
+        self,
+        *,
+        evaluation_id: str,
+        skill: str,
+        content_hash: str,
+        policy: str,
+        policy_hash: str,
+        attempts: int,
+        why: str,
+    ) -> Any: ...
+
+
+def _report_fields(report: Any) -> tuple[str, list[dict[str, Any]], dict[str, Any]]:
+    data = report.model_dump(mode="json") if hasattr(report, "model_dump") else dict(report)
+    verdict = data["verdict"]
+    if verdict not in (*CONCLUSIVE, "error"):
+        raise StoreError(f"unknown verdict {verdict!r}")
+    return verdict, list(data.get("reasons") or []), data
+
+def _apply_verdict(
+    s: Session,
+    version: Version,
+    skill: Skill,
+    ev: Evaluation,
+    now: datetime,
+    extra_evidence: Mapping[str, Any] | None = None,
+) -> None:
+    """Version status follows conclusive verdicts; every finished evaluation is an event."""
+    if ev.verdict in CONCLUSIVE:
+        version.status = ev.verdict
+    s.add(
+        Event(
+            skill_id=skill.id,
+            version_id=version.id,
+            actor=f"policy:{ev.policy_name}",
+            action="evaluated",
+            reason=", ".join(r.get("code", "?") for r in (ev.reasons or [])) or None,
+            before=None,
+            after={"version": version.number, "verdict": ev.verdict},
+            evidence={
+                "evaluation_id": ev.id,
+                "policy": ev.policy_name,
+                "policy_hash": ev.policy_hash,
+                "verdict": ev.verdict,
+                **(extra_evidence or {}),
+            },
+            created_at=now,
+        )
+    )
+
+def queue_evaluation(
+    store: Store,
+    *,
+    name: str,
+    number: int,
+    policy_name: str,
+    policy_hash: str,
+    evaluation_id: str | None = None,
+) -> EvaluationRecord:
+    """Create an evaluation of ``name@number`` under a policy, status ``queued``."""
+    now = _now()
+    with store.write() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        ev = Evaluation(
+            id=evaluation_id or str(uuid.uuid4()),
+            version_id=version.id,
+            policy_name=policy_name,
+            policy_hash=policy_hash,
+            status="queued",
+            created_at=now,
+        )
+        s.add(ev)
+        s.flush()
+        return _evaluation_record(ev, skill.name, version.number)
+
+def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
+    """``queued`` → ``running`` (compare-and-set: only one runner wins)."""
+    now = _now()
+    with store.write() as s:
+        ev, version, skill = _evaluation_with_owner(s, evaluation_id)
+        rc = s.execute(
+            update(Evaluation)
+            .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
+            .values(status="running", started_at=now)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        s.refresh(ev)
+        if rc != 1:
+            raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
+        return _evaluation_record(ev, skill.name, version.number)
+
+def finish_evaluation(
+    store: Store, *, evaluation_id: str, report: Any, owner: str | None = None
+) -> EvaluationRecord:
+    """Store the report of a queued or running evaluation: → ``done``, one ``evaluated`` event.
+
+    With a lease ``owner`` (a worker's) it is a compare-and-set on the lease: only a ``running`` evaluation still held by
+    that owner is finished. A worker whose lease lapsed and was taken over gets
+    :class:`Conflict` (code ``lease_lost``) and its result is discarded, so a job
+    is never completed twice. Without an owner (the embedded path) any queued or
+    running evaluation is finished.
+
+    The report's ``policy_hash`` (the policy content actually used) replaces the
+    queued one when they differ; the event's evidence keeps the queued hash.
+    """
+    verdict, reasons, data = _report_fields(report)
+    now = _now()
+    with store.write() as s:
+        ev, version, skill = _evaluation_with_owner(s, evaluation_id)
+        queued_hash = ev.policy_hash
+        used_hash = data.get("policy_hash") or queued_hash
+        if len(used_hash) > HASH_LENGTH:
+            raise StoreError(f"invalid policy hash {used_hash[:40]!r}...")
+        q = update(Evaluation).where(Evaluation.id == evaluation_id)
+        if owner is None:
+            q = q.where(Evaluation.status.in_(("queued", "running")))
+        else:
+            q = q.where(Evaluation.status == "running", Evaluation.lease_owner == owner)
+        rc = s.execute(
+            q.values(
+                status="done",
+                verdict=verdict,
+                reasons=reasons,
+                report=data,
+                policy_hash=used_hash,
+                started_at=func.coalesce(Evaluation.started_at, now),
+                finished_at=now,
+                lease_expires_at=None,
+            ).execution_options(synchronize_session=False)
+        ).rowcount
+        s.refresh(ev)
+        if rc != 1:
+            if owner is not None:
+                holder = f", held by {ev.lease_owner}" if ev.status == "running" else ""
+                raise Conflict(
+                    f"evaluation {evaluation_id}: lease lost (it is {ev.status}{holder}); "
+                    "result discarded",
+                    code="lease_lost",
+                )
+            raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
+        extra = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
+        if owner is not None:
+            extra = {**(extra or {}), "worker": owner, "attempt": ev.attempts}
+        _apply_verdict(s, version, skill, ev, now, extra)
+        return _evaluation_record(ev, skill.name, version.number)
+
+def record_evaluation(
+    store: Store,
+    *,
+    name: str,
+    number: int,
+    report: Any,
+    policy_name: str,
+    policy_hash: str,
+) -> EvaluationRecord:
+    """Store a finished report produced elsewhere, in one step (id: ``report.evaluation_id``)."""
+    verdict, reasons, data = _report_fields(report)
+    now = _now()
+    with store.write() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        ev = Evaluation(
+            id=data.get("evaluation_id") or str(uuid.uuid4()),
+            version_id=version.id,
+            policy_name=policy_name,
+            policy_hash=policy_hash,
+            status="done",
+            verdict=verdict,
+            reasons=reasons,
+            report=data,
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+        )
+        s.add(ev)
+        s.flush()
+        _apply_verdict(s, version, skill, ev, now)
+        return _evaluation_record(ev, skill.name, version.number)
+
+def _give_up(
+    s: Session,
+    ev: Evaluation,
+    version: Version,
+    skill: Skill,
+    now: datetime,
+    why: str,
+    give_up: GiveUp,
+) -> None:
+    """Store the caller's report for an evaluation the workers could not finish."""
+    verdict, reasons, report = _report_fields(
+        give_up(
+            evaluation_id=ev.id,
+            skill=skill.name,
+            content_hash=version.content_hash,
+            policy=ev.policy_name,
+            policy_hash=ev.policy_hash,
+            attempts=ev.attempts,
+            why=why,
+        )
+    )
+    ev.status = "done"
+    ev.verdict = verdict
+    ev.reasons = reasons
+    ev.report = report
+    ev.started_at = ev.started_at or now
+    ev.finished_at = now
+    ev.lease_expires_at = None
+    s.flush()
+    _apply_verdict(s, version, skill, ev, now, {"gave_up": True, "attempts": ev.attempts})
+
+
+def claim_evaluation(
+    store: Store,
+    *,
+    give_up: GiveUp,
+    owner: str | None = None,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+) -> EvaluationRecord | None:
+    """Lease the next evaluation to ``owner`` for ``lease_seconds`` and mark it running.
+
+    The next one is a ``running`` evaluation whose lease lapsed (its worker died
+    or hung; oldest lapse first), else the oldest ``queued`` one. Each claim
+    counts an attempt; a lapsed evaluation that already had ``max_attempts``
+    is finished with the report ``give_up(...)`` builds (the workers' choice:
+    :func:`sandgate.report.gave_up`, verdict ``error``) and the next is tried.
+
+    PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other
+    and never get the same row. SQLite: the write transaction is ``BEGIN
+    IMMEDIATE``, so claims are serialised and each row has one winner.
+    ``owner`` defaults to ``host:pid:random``.
+    """
+    owner = owner or owner_id()
+    if len(owner) > ACTOR_LENGTH:
+        raise StoreError(f"lease owner longer than {ACTOR_LENGTH} characters")
+    with store.write() as s:
+        now = _db_now(s)
+        for _ in range(_MAX_WALK):
+            ev = s.scalars(
+                select(Evaluation)
+                .where(Evaluation.status == "running", Evaluation.lease_expires_at < now)
+                .order_by(Evaluation.lease_expires_at)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            ).first()
+            if ev is None:
+                ev = s.scalars(
+                    select(Evaluation)
+                    .where(Evaluation.status == "queued")
+                    # created_at alone: the (status, created_at) index serves it, no sort
+                    .order_by(Evaluation.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
+            if ev is None:
+                return None
+            version = s.get_one(Version, ev.version_id)
+            skill = s.get_one(Skill, version.skill_id)
+            if ev.attempts >= max_attempts:
+                _give_up(s, ev, version, skill, now, f"the lease of {ev.lease_owner} lapsed", give_up)
+                continue
+            ev.status = "running"
+            ev.started_at = now
+            ev.lease_owner = owner
+            ev.lease_expires_at = now + timedelta(seconds=lease_seconds)
+            ev.attempts = (ev.attempts or 0) + 1
+            s.flush()
+            return _evaluation_record(ev, skill.name, version.number)
+    return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
+
+def get_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
+    with store.read() as s:
+        ev, version, skill = _evaluation_with_owner(s, evaluation_id)
+        return _evaluation_record(ev, skill.name, version.number)
+
+def latest_evaluation(
+    store: Store,
+    *,
+    name: str,
+    number: int,
+    policy_hash: str | None = None,
+    conclusive: bool = False,
+) -> EvaluationRecord | None:
+    """The latest finished evaluation of ``name@number``.
+
+    ``policy_hash`` limits it to one policy; ``conclusive=True`` ignores
+    ``error`` verdicts (the infrastructure's, which say nothing about the skill).
+    """
+    with store.read() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        q = select(Evaluation).where(
+            Evaluation.version_id == version.id, Evaluation.status == "done"
+        )
+        if policy_hash is not None:
+            q = q.where(Evaluation.policy_hash == policy_hash)
+        if conclusive:
+            q = q.where(Evaluation.verdict.in_(CONCLUSIVE))
+        ev = s.scalars(
+            q.order_by(Evaluation.finished_at.desc(), Evaluation.created_at.desc()).limit(1)
+        ).first()
+        return None if ev is None else _evaluation_record(ev, skill.name, version.number)
+
+def pending_evaluation(
+    store: Store, *, name: str, number: int, policy_hash: str
+) -> EvaluationRecord | None:
+    """The newest queued or running evaluation of ``name@number`` under a policy."""
+    with store.read() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        ev = s.scalars(
+            select(Evaluation)
+            .where(
+                Evaluation.version_id == version.id,
+                Evaluation.policy_hash == policy_hash,
+                Evaluation.status.in_(("queued", "running")),
+            )
+            .order_by(Evaluation.created_at.desc())
+            .limit(1)
+        ).first()
+        return None if ev is None else _evaluation_record(ev, skill.name, version.number)
+
+def heartbeat(
+    store: Store, *, evaluation_id: str, owner: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
+) -> datetime:
+    """Extend ``owner``'s lease to now + ``lease_seconds``; return the new expiry.
+
+    Only while the evaluation is ``running`` and still leased to ``owner``
+    (even if the lease already lapsed, as long as nobody took it over).
+    Otherwise :class:`Conflict` (code ``lease_lost``): the caller must stop and
+    discard its result.
+    """
+    with store.write() as s:
+        now = _db_now(s)
+        expires = now + timedelta(seconds=lease_seconds)
+        rc = s.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.id == evaluation_id,
+                Evaluation.status == "running",
+                Evaluation.lease_owner == owner,
+            )
+            .values(lease_expires_at=expires)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        if rc != 1:
+            row = s.execute(
+                select(Evaluation.status, Evaluation.lease_owner).where(Evaluation.id == evaluation_id)
+            ).first()
+            state = "gone" if row is None else f"{row[0]}, lease {row[1]}"
+            raise Conflict(f"evaluation {evaluation_id}: lease lost ({state})", code="lease_lost")
+        return expires
+
+def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
+    """Hand a running evaluation back to the queue (a worker shutting down).
+
+    Only ``owner``'s own lease is released; the attempt it used is not counted
+    (stopping a worker is not the job's fault). False: it was not ``owner``'s.
+    """
+    with store.write() as s:
+        rc = s.execute(
+            update(Evaluation)
+            .where(
+                Evaluation.id == evaluation_id,
+                Evaluation.status == "running",
+                Evaluation.lease_owner == owner,
+            )
+            .values(
+                status="queued",
+                started_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=func.max(Evaluation.attempts - 1, 0)
+                if s.get_bind().dialect.name == "sqlite"
+                else func.greatest(Evaluation.attempts - 1, 0),
+            )
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        return rc == 1
+
+def recover_leases(
+    store: Store,
+    *,
+    give_up: GiveUp,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    stale_seconds: float | None = 3600.0,
+) -> dict[str, list[str]]:
+    """Requeue running evaluations whose lease lapsed, or give them up (the scheduler's job).
+
+    A lapsed lease with fewer than ``max_attempts`` claims goes back to
+    ``queued``; one at the maximum is finished with the report ``give_up(...)``
+    builds (:func:`sandgate.report.gave_up`: verdict ``error``, "gave up after N
+    attempts"). A ``running`` evaluation with no lease at all (an embedded run,
+    or one from before leases existed) that started more than ``stale_seconds``
+    ago is requeued too (``None``: leave those alone).
+
+    Returns ``{"requeued": [ids], "gave_up": [ids]}``.
+    """
+    out: dict[str, list[str]] = {"requeued": [], "gave_up": []}
+    with store.write() as s:
+        now = _db_now(s)
+        lapsed = list(
+            s.scalars(
+                select(Evaluation)
+                .where(Evaluation.status == "running", Evaluation.lease_expires_at < now)
+                .order_by(Evaluation.lease_expires_at)
+                .with_for_update(skip_locked=True)
+            )
+        )
+        if stale_seconds is not None:
+            lapsed += list(
+                s.scalars(
+                    select(Evaluation)
+                    .where(
+                        Evaluation.status == "running",
+                        Evaluation.lease_expires_at.is_(None),
+                        Evaluation.started_at < now - timedelta(seconds=stale_seconds),
+                    )
+                    .with_for_update(skip_locked=True)
+                )
+            )
+        for ev in lapsed:
+            version = s.get_one(Version, ev.version_id)
+            skill = s.get_one(Skill, version.skill_id)
+            if ev.attempts >= max_attempts:
+                _give_up(s, ev, version, skill, now, f"the lease of {ev.lease_owner} lapsed", give_up)
+                out["gave_up"].append(ev.id)
+            else:
+                ev.status = "queued"
+                ev.started_at = None
+                ev.lease_owner = None
+                ev.lease_expires_at = None
+                out["requeued"].append(ev.id)
+        s.flush()
+    return out
+
+def _protected(s: Session, version_ids: set[int]) -> set[int]:
+    """Those of ``version_ids`` that are active now or ever were (a move event names them)."""
+    if not version_ids:
+        return set()
+    skill_ids = set(s.scalars(select(Version.skill_id).where(Version.id.in_(version_ids))))
+    active = set(s.scalars(select(Skill.active_version_id).where(Skill.id.in_(skill_ids)))) & version_ids
+    moved = set(
+        s.scalars(
+            select(Event.version_id)
+            .where(Event.version_id.in_(version_ids), Event.action.in_(MOVES))
+            .distinct()
+        )
+    )
+    return {int(v) for v in active | moved if v is not None}
+
+def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
+    """Retention: shrink old evaluations of versions that were never active.
+
+    For every version that is not active and never was (no ``promoted`` /
+    ``rolled_back`` event names it), evaluations finished before ``before``:
+
+    * are deleted unless they are, per policy hash, the version's latest
+      evaluation or its latest conclusive one (what ``promote`` and ``submit``
+      look at) — so pruning never changes a decision;
+    * the ones kept lose their captured ``output`` text (the report stays valid).
+
+    Versions, their files and events are never touched, nor anything of a
+    version that is or was active, nor queued/running evaluations.
+    Returns ``{"deleted": n, "outputs_dropped": n}``.
+    """
+    with store.write() as s:
+        # created_at <= finished_at: the (status, created_at) index bounds the scan to old rows
+        candidates = {
+            int(v)
+            for v in s.scalars(
+                select(Evaluation.version_id)
+                .where(
+                    Evaluation.status == "done",
+                    Evaluation.created_at < before,
+                    Evaluation.finished_at < before,
+                )
+                .distinct()
+            )
+        }
+        old_versions: set[int] = set()
+        chunk = sorted(candidates)
+        for start in range(0, len(chunk), 500):
+            batch = set(chunk[start : start + 500])
+            old_versions |= batch - _protected(s, batch)
+        if not old_versions:
+            return {"deleted": 0, "outputs_dropped": 0}
+        rows = s.execute(
+            select(
+                Evaluation.id,
+                Evaluation.version_id,
+                Evaluation.policy_hash,
+                Evaluation.verdict,
+                Evaluation.finished_at,
+                Evaluation.created_at,
+            ).where(Evaluation.version_id.in_(old_versions), Evaluation.status == "done")
+        ).all()
+        newest: dict[tuple[int, str], tuple[Any, str]] = {}
+        newest_conclusive: dict[tuple[int, str], tuple[Any, str]] = {}
+        for eid, vid, phash, verdict, finished, created in rows:
+            key, rank = (vid, phash), (_utc(finished), _utc(created), eid)
+            if key not in newest or rank > newest[key][0]:
+                newest[key] = (rank, eid)
+            if verdict in CONCLUSIVE and (
+                key not in newest_conclusive or rank > newest_conclusive[key][0]
+            ):
+                newest_conclusive[key] = (rank, eid)
+        keep = {eid for _, eid in newest.values()} | {eid for _, eid in newest_conclusive.values()}
+        cutoff = _utc(before)
+        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(finished) < cutoff]  # type: ignore[operator]
+        drop = [eid for eid in old if eid not in keep]
+        for start in range(0, len(drop), 500):
+            s.execute(
+                Evaluation.__table__.delete().where(Evaluation.id.in_(drop[start : start + 500]))
+            )
+        dropped = 0
+        kept_old = [eid for eid in old if eid in keep]
+        for start in range(0, len(kept_old), 500):
+            for ev in s.scalars(select(Evaluation).where(Evaluation.id.in_(kept_old[start : start + 500]))):
+                if isinstance(ev.report, dict) and ev.report.get("output"):
+                    ev.report = {**ev.report, "output": ""}
+                    dropped += 1
+        s.flush()
+        return {"deleted": len(drop), "outputs_dropped": dropped}
