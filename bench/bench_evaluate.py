@@ -64,7 +64,7 @@ def main() -> int:
     from sandgate.config import get_settings
     from sandgate.evaluation import evaluate, rules_files
     from sandgate.policy import load_policy, parse_policy
-    from sandgate.sandbox import SandboxLimits, connect, make_payload, run_sandbox
+    from sandgate.sandbox import connect, make_payload, run_sandbox
     from sandgate.submission import load_submission
 
     settings = get_settings()
@@ -79,9 +79,7 @@ def main() -> int:
     files.update({f"rules/{n}": b for n, b in rules_files(settings.policies_dir / "semgrep").items()})
     files["config.json"] = json.dumps({"tests": submission.test_files()}).encode()
     payload = make_payload(files)
-    limits = SandboxLimits(**{k: getattr(policy.limits, k) for k in
-                              ("runtime", "timeout_seconds", "memory_mb", "pids", "cpus", "output_kb",
-                               "work_disk_mb")})
+    limits = policy.limits
 
     def floor_once() -> float:
         t = time.perf_counter()

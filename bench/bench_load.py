@@ -107,7 +107,7 @@ def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[
     from sandgate.config import get_settings
     from sandgate.evaluation import rules_files
     from sandgate.policy import load_policy
-    from sandgate.sandbox import SandboxLimits, connect, make_payload, run_sandbox
+    from sandgate.sandbox import connect, make_payload, run_sandbox
     from sandgate.submission import load_submission
 
     floor_script = _load(ROOT / "bench" / "bench_evaluate.py", "bench_evaluate").FLOOR_SCRIPT + CPU_PROBE
@@ -119,9 +119,7 @@ def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[
     files.update({f"rules/{n}": b for n, b in rules_files(settings.policies_dir / "semgrep").items()})
     files["config.json"] = json.dumps({"tests": submission.test_files()}).encode()
     payload = make_payload(files)
-    limits = SandboxLimits(**{k: getattr(policy.limits, k) for k in
-                              ("runtime", "timeout_seconds", "memory_mb", "pids", "cpus", "output_kb",
-                               "work_disk_mb")})
+    limits = policy.limits
     def once() -> dict[str, Any]:
         run = run_sandbox(client, image=settings.image, payload=payload, limits=limits,
                           entrypoint=["python3", "-I", "-c", floor_script])

@@ -300,46 +300,26 @@ def submit(
         )
 
     name, number = version.skill, version.number
-    done = evaluations.latest_evaluation(
-        store, name=name, number=number, policy_hash=policy.hash, conclusive=True
+    # reuse a conclusive evaluation, take over a queued one, or open one: one transaction
+    evaluation, reused = evaluations.begin_evaluation(
+        store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait
     )
-    if done is not None:
+    if reused:
         note = None
-        if done.verdict == "passed" and mode == "auto" and not version.active:
+        if evaluation.verdict == "passed" and mode == "auto" and not version.active:
             note = (
                 f"{version.ref} already passed under {policy.name}; not promoted again "
                 "automatically (it may have been rolled back on purpose): promote it by hand"
             )
-        return SubmitResult(**base, evaluation=done, reused_evaluation=True, promotion_note=note)
-
-    evaluation = evaluations.pending_evaluation(store, name=name, number=number, policy_hash=policy.hash)
+        return SubmitResult(**base, evaluation=evaluation, reused_evaluation=True, promotion_note=note)
     if not wait:
-        if evaluation is None:
-            evaluation = evaluations.queue_evaluation(
-                store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash
-            )
         return SubmitResult(**base, evaluation=evaluation, reused_evaluation=False)
 
-    started = None
-    if evaluation is not None and evaluation.status == "queued":
-        try:
-            started = evaluations.start_evaluation(store, evaluation_id=evaluation.id)
-        except Conflict:
-            started = None  # a worker took it; run our own
-    if started is None:
-        queued = evaluations.queue_evaluation(
-            store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash
-        )
-        started = evaluations.start_evaluation(store, evaluation_id=queued.id)
     finished = run_evaluation(
-        store, evaluation_id=started.id, submission=submission, policy=policy, evaluate=evaluate
+        store, evaluation_id=evaluation.id, submission=submission, policy=policy, evaluate=evaluate
     )
-    version = versions.get_version(store, name=name, number=number)
-    base["version"] = version
-
     promoted, note = auto_promote(store, evaluation=finished, policy=policy)
-    if promoted is not None:
-        base["version"] = versions.get_version(store, name=name, number=number)
+    base["version"] = versions.get_version(store, name=name, number=number)
     return SubmitResult(
         **base,
         evaluation=finished,
@@ -359,15 +339,8 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     """
     if evaluation.verdict != "passed" or policy.promotion.mode_for(evaluation.skill) != "auto":
         return None, None
-    skill = versions.get_skill(store, name=evaluation.skill)
-    if skill.active_version == evaluation.version:
-        return None, None
-    if skill.active_version is not None and skill.active_version > evaluation.version:
-        return None, (
-            f"{evaluation.skill}@{skill.active_version} is active and newer: "
-            f"{evaluation.skill}@{evaluation.version} not promoted over it"
-        )
     try:
+        # one transaction: the newer-active check and the compare-and-set see the same pointer
         move = pointers.promote(
             store,
             name=evaluation.skill,
@@ -375,9 +348,15 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
             actor=policy_actor(policy),
             reason=f"auto-promotion: passed {policy.name}",
             policy=policy,
-            expected_generation=skill.generation,
+            over_newer=False,
         )
-    except (Conflict, InvalidTransition) as exc:
+    except InvalidTransition as exc:
+        if exc.code == "already_active":
+            return None, None
+        if exc.code == "newer_active":
+            return None, str(exc)
+        return None, f"auto-promotion did not happen: {exc}"
+    except Conflict as exc:
         return None, f"auto-promotion did not happen: {exc}"
     return move, None
 

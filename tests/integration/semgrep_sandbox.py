@@ -53,7 +53,8 @@ def scan_files_in_sandbox(files: dict[str, bytes], rules_dir: Path) -> dict:
     from sandgate.config import Settings
     from sandgate.errors import InfrastructureError
     from sandgate.evaluation import rules_files
-    from sandgate.sandbox import SandboxLimits, connect, make_payload, require_image, run_sandbox
+    from sandgate.limits import Limits
+    from sandgate.sandbox import connect, make_payload, require_image, run_sandbox
 
     if not files:
         raise ValueError("nothing to scan: files is empty")
@@ -66,7 +67,7 @@ def scan_files_in_sandbox(files: dict[str, bytes], rules_dir: Path) -> dict:
     payload = {f"skill/{_safe_relative(n)}": data for n, data in files.items()}
     payload.update({f"rules/{n}": data for n, data in rules_files(Path(rules_dir)).items()})
     run = run_sandbox(client, image=settings.image, payload=make_payload(payload),
-                      limits=SandboxLimits(timeout_seconds=120, memory_mb=1024),
+                      limits=Limits(timeout_seconds=120, memory_mb=1024),
                       entrypoint=["python3", "-I", "-c", SCAN_SCRIPT])
     stdout = (run.harness or {}).get("stdout", "")
     try:

@@ -175,3 +175,56 @@ def test_open_store_errors(tmp_path):
     store = open_store(f"sqlite:///{tmp_path / 'new' / 'home' / 'sandgate.db'}")
     store.close()
     assert (tmp_path / "new" / "home" / "sandgate.db").exists()
+
+
+def test_migration_0005_backfills_event_evaluation_ids(empty_url):
+    """Existing evaluated/promoted events get their evidence's evaluation id as a column."""
+    engine = _make_engine(empty_url)
+    upgrade(engine, "0004")
+    j = json.dumps
+    with engine.begin() as conn:
+        _seed_at_0001(conn)
+        conn.execute(
+            text(
+                "INSERT INTO events (id, skill_id, version_id, actor, action, reason, before, after,"
+                " evidence, created_at) VALUES (3, 1, 2, 'policy:default', 'evaluated', NULL, NULL,"
+                " :a, :e, :t)"
+            ),
+            {"a": j({"version": 2, "verdict": "passed"}), "e": j({"evaluation_id": "ev-2"}), "t": T0},
+        )
+        conn.execute(
+            text("UPDATE events SET evidence = :e WHERE id = 2"),
+            {"e": j({"forced": False, "evaluation_id": "ev-2"})},
+        )
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = dict(conn.execute(text("SELECT id, evaluation_id FROM events ORDER BY id")).all())
+        indexes = {i["name"] for i in inspect(conn).get_indexes("events")}
+    engine.dispose()
+    assert rows == {1: None, 2: "ev-2", 3: "ev-2"}
+    assert "ix_events_evaluation_id" in indexes
+    store = open_store(empty_url)
+    try:
+        move = audit.promotion_of(store, skill="greet", evaluation_id="ev-2")
+        assert move is not None and (move.event_id, move.from_version, move.to_version) == (2, 1, 2)
+        assert audit.promotion_of(store, skill="greet", evaluation_id="ev-1") is None
+    finally:
+        store.close()
+
+
+def test_new_events_carry_their_evaluation_id(store):
+    """evaluated events and the auto-promotion that cites the evaluation are found by the column."""
+    from conftest_store import FakeEvaluate
+
+    from sandgate import lifecycle
+
+    r = lifecycle.submit(store, submission=variant("greet", 1), policy=make_policy(mode="auto"), actor="a",
+                         evaluate=FakeEvaluate())
+    assert r.promoted is not None
+    move = audit.promotion_of(store, skill="greet", evaluation_id=r.evaluation.id)
+    assert move == r.promoted
+    with store.read() as s:
+        cited = s.execute(
+            text("SELECT action FROM events WHERE evaluation_id = :e ORDER BY id"), {"e": r.evaluation.id}
+        ).scalars().all()
+    assert cited == ["evaluated", "promoted"]

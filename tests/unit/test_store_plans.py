@@ -59,6 +59,12 @@ CALLS = {
     "rollback(to)": lambda s: pointers.rollback(s, name="skill_7", to=1, actor="t"),
     "yank": lambda s: pointers.yank(s, name="skill_7", number=3, actor="t", reason="x"),
     "claim_evaluation": lambda s: evaluations.claim_evaluation(s, give_up=gave_up),
+    "begin_evaluation": lambda s: evaluations.begin_evaluation(
+        s, name="skill_7", number=3, policy_name="default", policy_hash="sha256:other"
+    ),
+    "promote(over_newer=False)": lambda s: pointers.promote(
+        s, name="skill_7", number=3, actor="t", policy=POLICY, over_newer=False
+    ),
 }
 
 

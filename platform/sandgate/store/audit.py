@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from sandgate.records import EventRecord
+from sandgate.records import EventRecord, PointerMove
 from sandgate.store._rows import _event_record, _skill
 from sandgate.store.engine import Store
-from sandgate.store.models import Event, Version
+from sandgate.store.models import Event, Skill, Version
 
-__all__ = ["history"]
+__all__ = ["history", "promotion_of"]
 
 
 def history(store: Store, *, name: str, limit: int | None = None) -> list[EventRecord]:
@@ -30,3 +30,33 @@ def history(store: Store, *, name: str, limit: int | None = None) -> list[EventR
             q = q.limit(limit)
         rows = list(s.execute(q))
         return [_event_record(ev, skill.name, number) for ev, number in reversed(rows)]
+
+
+def promotion_of(store: Store, *, skill: str, evaluation_id: str) -> PointerMove | None:
+    """The newest ``promoted`` move of ``skill`` that cites ``evaluation_id`` (None: none did).
+
+    One indexed lookup on ``events.evaluation_id`` (how a client learns that
+    its submission was auto-promoted).
+    """
+    q = (
+        select(Event, Version.number)
+        .join(Skill, Skill.id == Event.skill_id)
+        .join(Version, Version.id == Event.version_id)
+        .where(Event.evaluation_id == evaluation_id, Skill.name == skill, Event.action == "promoted")
+        .order_by(Event.id.desc())
+        .limit(1)
+    )
+    with store.read() as s:
+        row = s.execute(q).first()
+        if row is None:
+            return None
+        e, number = row
+        return PointerMove(
+            skill=skill,
+            action="promoted",
+            from_version=(e.before or {}).get("version"),
+            to_version=number,
+            generation=int((e.after or {}).get("generation") or 0),
+            event_id=e.id,
+            forced=bool((e.evidence or {}).get("forced")),
+        )

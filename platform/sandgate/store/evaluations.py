@@ -43,7 +43,7 @@ from typing import Any, Protocol
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from sandgate.errors import Conflict, NotFound, StoreError
+from sandgate.errors import Conflict, StoreError
 from sandgate.names import owner_id
 from sandgate.records import EvaluationRecord
 from sandgate.store._rows import (
@@ -53,6 +53,7 @@ from sandgate.store._rows import (
     _db_now,
     _evaluation_record,
     _evaluation_with_owner,
+    _latest_conclusive,
     _now,
     _skill,
     _utc,
@@ -67,6 +68,7 @@ __all__ = [
     "DEFAULT_MAX_ATTEMPTS",
     "queue_evaluation",
     "start_evaluation",
+    "begin_evaluation",
     "finish_evaluation",
     "record_evaluation",
     "claim_evaluation",
@@ -128,6 +130,7 @@ def _apply_verdict(
             reason=", ".join(r.get("code", "?") for r in (ev.reasons or [])) or None,
             before=None,
             after={"version": version.number, "verdict": ev.verdict},
+            evaluation_id=ev.id,
             evidence={
                 "evaluation_id": ev.id,
                 "policy": ev.policy_name,
@@ -180,6 +183,69 @@ def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
         if rc != 1:
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
         return _evaluation_record(ev, skill.name, version.number)
+
+def begin_evaluation(
+    store: Store,
+    *,
+    name: str,
+    number: int,
+    policy_name: str,
+    policy_hash: str,
+    start: bool = True,
+) -> tuple[EvaluationRecord, bool]:
+    """The evaluation a submit of ``name@number`` under a policy uses, in one transaction.
+
+    Returns ``(evaluation, reused)``:
+
+    * the latest *conclusive* finished evaluation under ``policy_hash``, if
+      any: ``reused=True`` (``error`` verdicts are never reused);
+    * else, with ``start=True``, a ``running`` one for the caller to run: the
+      newest ``queued`` one, taken over by compare-and-set (queued → running),
+      or — when there is none, or a worker is already running it — a new one;
+    * else (``start=False``) the newest queued or running one, or a new ``queued`` one.
+    """
+    now = _now()
+    with store.write() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        done = _latest_conclusive(s, version.id, policy_hash)
+        if done is not None:
+            return _evaluation_record(done, skill.name, version.number), True
+        pending = s.scalars(
+            select(Evaluation)
+            .where(
+                Evaluation.version_id == version.id,
+                Evaluation.policy_hash == policy_hash,
+                Evaluation.status.in_(("queued", "running")),
+            )
+            .order_by(Evaluation.created_at.desc())
+            .limit(1)
+        ).first()
+        if not start and pending is not None:
+            return _evaluation_record(pending, skill.name, version.number), False
+        if pending is not None and pending.status == "queued":
+            rc = s.execute(
+                update(Evaluation)
+                .where(Evaluation.id == pending.id, Evaluation.status == "queued")
+                .values(status="running", started_at=now)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+            s.refresh(pending)
+            if rc == 1:
+                return _evaluation_record(pending, skill.name, version.number), False
+        ev = Evaluation(
+            id=str(uuid.uuid4()),
+            version_id=version.id,
+            policy_name=policy_name,
+            policy_hash=policy_hash,
+            status="running" if start else "queued",
+            created_at=now,
+            started_at=now if start else None,
+        )
+        s.add(ev)
+        s.flush()
+        return _evaluation_record(ev, skill.name, version.number), False
+
 
 def finish_evaluation(
     store: Store, *, evaluation_id: str, report: Any, owner: str | None = None

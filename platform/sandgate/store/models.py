@@ -183,6 +183,7 @@ class Event(Base):
     __table_args__ = (
         Index(None, "skill_id", "id"),
         Index(None, "version_id"),
+        Index(None, "evaluation_id"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
@@ -198,4 +199,8 @@ class Event(Base):
     evidence: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     #: for moves: the move whose state a plain rollback from this state returns to
     back_event_id: Mapped[int | None] = mapped_column(BigIntPK, ForeignKey("events.id"))
+    #: the evaluation it is about (``evaluated``; a ``promoted`` that cites one), as in
+    #: ``evidence["evaluation_id"]`` — a column so "the promotion of evaluation E" is a lookup.
+    #: No foreign key: retention deletes old evaluations, never events.
+    evaluation_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime]

@@ -144,6 +144,7 @@ def _move(
         after={"version": target.number, "generation": generation + 1},
         evidence=evidence,
         back_event_id=back_event_id,
+        evaluation_id=evidence.get("evaluation_id"),
         created_at=_now(),
     )
     s.add(event)
@@ -186,12 +187,16 @@ def promote(
     policy: PolicyRef | None = None,
     expected_generation: int | None = None,
     force: bool = False,
+    over_newer: bool = True,
 ) -> PointerMove:
     """Make ``name@number`` the active version.
 
     ``policy`` is the *current* policy: the version's latest conclusive
     evaluation under ``policy.hash`` must be ``passed``. It is required unless
     ``force=True`` (then a reason is required too, and the event says forced).
+    ``over_newer=False`` (auto-promotion) refuses to replace a newer active
+    version (:class:`InvalidTransition`, code ``newer_active``), checked in the
+    same transaction as the move.
     """
     actor = _require_actor(actor)
     if force:
@@ -203,6 +208,13 @@ def promote(
         _check_expected(skill, expected_generation)
         target = _version(s, skill, number, lock="share")
         ref = f"{name}@{number}"
+        if not over_newer and skill.active_version_id not in (None, target.id):
+            active = s.get_one(Version, skill.active_version_id)
+            if active.number > target.number:
+                raise InvalidTransition(
+                    f"{name}@{active.number} is active and newer: {ref} not promoted over it",
+                    code="newer_active",
+                )
         if target.yanked_at is not None:
             raise InvalidTransition(
                 f"{ref} is yanked ({target.yank_reason}); yanked versions cannot be promoted",
