@@ -19,6 +19,7 @@ from sandgate.config import get_settings
 from sandgate.errors import InfrastructureError, SubmissionError
 from sandgate.policy import decide, effective_limits
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.submission import load_submission
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.config import Settings
@@ -142,8 +143,6 @@ def evaluate_path(
     progress: Callable[[str], None] = lambda _phase: None,
 ) -> EvaluationReport:
     """Intake + evaluation of a skill directory or archive; intake refusals become ``rejected``."""
-    from sandgate.submission import load_submission
-
     started = time.monotonic()
     progress("intake")
     try:

@@ -28,7 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError as _SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
+from sandgate.config import get_settings
 from sandgate.errors import StoreError
+from sandgate.store.migrate import upgrade
 
 __all__ = ["Store", "open_store", "default_url", "SQLITE_BUSY_TIMEOUT_MS"]
 
@@ -39,8 +41,6 @@ PG_CONNECT_TIMEOUT_S = 10
 
 
 def default_url() -> str:
-    from sandgate.config import get_settings
-
     return get_settings().effective_database_url
 
 
@@ -147,8 +147,6 @@ def open_store(
     ``url`` defaults to ``Settings.effective_database_url`` (SQLite under
     ``Settings.home``). Safe to call from several processes at once.
     """
-    from sandgate.store.migrate import upgrade
-
     url = url or default_url()
     engine = _make_engine(url)
     try:
