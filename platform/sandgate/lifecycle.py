@@ -187,21 +187,19 @@ def run_evaluation(
     lease must still hold when the report is stored (``Conflict`` otherwise).
     """
     run = evaluate if evaluate is not None else default_evaluate
+    bug: BaseException | None = None
     try:
         report = run(submission, policy=policy, evaluation_id=evaluation_id)
-    except (InfrastructureError, SubmissionError) as exc:
-        report = reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy))
+        if report.evaluation_id != evaluation_id:
+            report = report.model_copy(update={"evaluation_id": evaluation_id})
     except BaseException as exc:
-        evaluations.finish_evaluation(
-            store,
-            evaluation_id=evaluation_id,
-            report=reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy)),
-            owner=owner,
-        )
-        raise
-    if report.evaluation_id != evaluation_id:
-        report = report.model_copy(update={"evaluation_id": evaluation_id})
-    return evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
+        if not isinstance(exc, InfrastructureError | SubmissionError):
+            bug = exc
+        report = reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy))
+    record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
+    if bug is not None:
+        raise bug
+    return record
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,29 +245,31 @@ def run_claimed(
     lease raises :class:`Conflict` (code ``lease_lost``) and nothing is stored.
     """
     c = claimed
+    policy, nothing_ran = None, None
     try:
         policy = policy_loader(c.policy_name)
-    except SandgateError as exc:
-        report = reports.infrastructure_error(
-            f"policy {c.policy_name!r} cannot be loaded: {exc}",
-            evaluation_id=c.id, skill=c.skill, policy=c.policy_name, policy_hash=c.policy_hash,
-        )  # fmt: skip
-        return ClaimedRun(evaluations.finish_evaluation(store, evaluation_id=c.id, report=report, owner=owner))
-    ids = {"skill": c.skill, "policy": c.policy_name, "policy_hash": policy.hash}
-    try:
         submission = stored_submission(store, name=c.skill, number=c.version)
-    except SubmissionError as exc:
-        report = reports.rejected(exc, evaluation_id=c.id, **ids)
-    except StoreError as exc:
-        report = reports.infrastructure_error(str(exc), evaluation_id=c.id, **ids)
-    else:
-        record = run_evaluation(
-            store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
-        )
-        move, note = auto_promote(store, evaluation=record, policy=policy)
-        return ClaimedRun(record, promoted=move, note=note, policy_hash=policy.hash)
-    finished = evaluations.finish_evaluation(store, evaluation_id=c.id, report=report, owner=owner)
-    return ClaimedRun(finished, policy_hash=policy.hash)
+    except SandgateError as exc:
+        ids = {"skill": c.skill, "policy": c.policy_name,
+               "policy_hash": policy.hash if policy is not None else c.policy_hash}
+        if policy is None:
+            nothing_ran = reports.infrastructure_error(
+                f"policy {c.policy_name!r} cannot be loaded: {exc}", evaluation_id=c.id, **ids
+            )
+        elif isinstance(exc, SubmissionError):
+            nothing_ran = reports.rejected(exc, evaluation_id=c.id, **ids)
+        elif isinstance(exc, StoreError):
+            nothing_ran = reports.infrastructure_error(str(exc), evaluation_id=c.id, **ids)
+        else:
+            raise
+    if nothing_ran is not None:
+        finished = evaluations.finish_evaluation(store, evaluation_id=c.id, report=nothing_ran, owner=owner)
+        return ClaimedRun(finished, policy_hash=policy.hash if policy is not None else None)
+    record = run_evaluation(
+        store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
+    )
+    move, note = auto_promote(store, evaluation=record, policy=policy)
+    return ClaimedRun(record, promoted=move, note=note, policy_hash=policy.hash)
 
 
 def submit(
