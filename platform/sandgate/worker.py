@@ -81,11 +81,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from sandgate import lifecycle
 from sandgate.errors import Conflict, SandgateError
-from sandgate.report import gave_up
 from sandgate.names import controller_alive, controller_id, owner_id
+from sandgate.records import EvaluationRecord
+from sandgate.report import gave_up
 from sandgate.store import evaluations
 from sandgate.store.engine import Store
-from sandgate.records import EvaluationRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.policy import Policy

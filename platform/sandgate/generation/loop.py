@@ -50,11 +50,11 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from sandgate import report as reports
 from sandgate.errors import InfrastructureError, SandgateError, SubmissionError
-from sandgate.names import SKILL_NAME_PATTERN, is_skill_name
 from sandgate.generation.client import Budget, Completion
 from sandgate.generation.errors import BudgetExceeded, GenerationError, LLMError, MalformedOutput
 from sandgate.generation.parse import ParsedOutput, parse_output
 from sandgate.generation.prompt import first_messages, reask_prompt, repair_messages, repair_prompt
+from sandgate.names import SKILL_NAME_PATTERN, is_skill_name
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.report import EvaluationReport

@@ -26,8 +26,6 @@ objects. Refusals are :class:`~sandgate.errors.NotFound`,
 
 from __future__ import annotations
 
-from sandgate.store import keys as _keys  # noqa: F401 - registers api_keys on the metadata
-from sandgate.store.engine import Store, open_store
 from sandgate.records import (
     EvaluationRecord,
     EventRecord,
@@ -38,6 +36,8 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.store import keys as _keys  # noqa: F401 - registers api_keys on the metadata
+from sandgate.store.engine import Store, open_store
 
 __all__ = [
     "Store",

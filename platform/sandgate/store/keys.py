@@ -43,9 +43,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Mapped, mapped_column
 
 from sandgate.errors import Conflict, InvalidTransition, NotFound
+from sandgate.records import _Record
 from sandgate.store.engine import Store
 from sandgate.store.models import ACTOR_LENGTH, Base, BigIntPK
-from sandgate.records import _Record
 
 __all__ = [
     "ROLES",
