@@ -63,7 +63,7 @@ import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
-from sandgate.errors import ConfigError, NotFound, SandgateError, StoreError
+from sandgate.errors import ApiError, ConfigError, Conflict, InvalidTransition, NotFound, SandgateError, StoreError
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.store import Store
@@ -302,9 +302,7 @@ class HttpBackend:
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One client call, its failure in the registry's terms (see the class docstring)."""
-        import httpx
-
-        from sandgate.client import ApiError
+        import httpx  # only an HTTP backend needs it (a store consumer never imports it)
 
         if self._closed.is_set():
             raise StoreError(f"the HTTP backend for {self.url} is closed", code="closed")
@@ -312,7 +310,7 @@ class HttpBackend:
             return fn(*args)
         except ApiError as exc:
             raise _api_error(exc, what=what, url=self.url) from exc
-        except (ConfigError, StoreError):
+        except (ConfigError, StoreError, NotFound, Conflict, InvalidTransition):
             raise  # NotFound, 503 store errors: already in the registry's terms
         except SandgateError as exc:  # InfrastructureError: unreachable, timeout, 503
             raise StoreError(f"cannot {what}: {exc}", code=exc.code) from exc
@@ -340,8 +338,8 @@ def _redact(url: str) -> str:
         return "<invalid url>"
 
 
-def _api_error(exc: Any, *, what: str, url: str) -> SandgateError:
-    """An :class:`~sandgate.client.ApiError` (a status the library has no class for) for a registry."""
+def _api_error(exc: ApiError, *, what: str, url: str) -> SandgateError:
+    """An :class:`~sandgate.errors.ApiError` (a status the library has no class for) for a registry."""
     if exc.status == 401:
         return ConfigError(
             f"the sandgate server at {url} refused the API key ({exc.message}): check api_key= or "
