@@ -28,7 +28,8 @@ Timeouts are named: ``connect_timeout`` (TCP/TLS), ``timeout`` (read/write
 of one response); the watch stream reads without a timeout but the server
 sends a keepalive comment every ``watch_keepalive_seconds``.
 
-Registries (``HttpBackend``) use :meth:`pointers`, :meth:`get_version`,
+Registries (``HttpBackend``) use :meth:`pointers_raw` (with ``content``),
+:meth:`get_version` (only against a server whose pointers lack the content),
 :meth:`get_version_files` and :meth:`watch`.
 """
 
@@ -57,6 +58,7 @@ from sandgate.errors import (
     SubmissionError,
     error_from_status,
 )
+from sandgate.service import FileEntry, VersionDetail
 from sandgate.store.records import (
     EvaluationRecord,
     EventRecord,
@@ -86,16 +88,30 @@ def _parse_time(value: Any) -> Any:
     return value
 
 
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    """The types a field annotation names: ``X | None`` → (X, None), ``list[X]`` → (X,)."""
+    args = typing.get_args(hint)
+    return tuple(k for a in args for k in _kinds(a)) if args else (hint,)
+
+
 @functools.cache
 def _fields_of(cls: type) -> tuple[tuple[str, type | None, bool], ...]:
     """``(name, nested record class or None, is a datetime)`` per field of a record class."""
     hints = typing.get_type_hints(cls)
     out = []
     for f in dataclasses.fields(cls):
-        kinds = typing.get_args(hints[f.name]) or (hints[f.name],)
+        kinds = _kinds(hints[f.name])
         nested = next((k for k in kinds if isinstance(k, type) and dataclasses.is_dataclass(k)), None)
         out.append((f.name, nested, datetime in kinds))
     return tuple(out)
+
+
+def _rebuild(nested: type, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return record_from_dict(nested, value)
+    if isinstance(value, list):
+        return [_rebuild(nested, v) for v in value]
+    return value
 
 
 def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
@@ -110,8 +126,8 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
         if name not in data:
             continue
         value = data[name]
-        if nested is not None and isinstance(value, Mapping):
-            value = record_from_dict(nested, value)
+        if nested is not None:
+            value = _rebuild(nested, value)
         elif is_time:
             value = _parse_time(value)
         kwargs[name] = value
@@ -205,15 +221,9 @@ class SandgateClient:
         return [record_from_dict(VersionRecord, v)
                 for v in self._json("GET", f"/v1/skills/{name}/versions")]
 
-    def get_version(self, name: str, number: int) -> dict[str, Any]:
-        """``{"version": VersionRecord, "evaluation": EvaluationRecord | None, "files": [...]}``."""
-        data = self._json("GET", f"/v1/skills/{name}/versions/{int(number)}")
-        ev = data.get("evaluation")
-        return {
-            "version": record_from_dict(VersionRecord, data["version"]),
-            "evaluation": record_from_dict(EvaluationRecord, ev) if ev else None,
-            "files": list(data.get("files") or []),
-        }
+    def get_version(self, name: str, number: int) -> VersionDetail:
+        """The version's record, latest finished evaluation and file list."""
+        return record_from_dict(VersionDetail, self._json("GET", f"/v1/skills/{name}/versions/{int(number)}"))
 
     def get_version_files(self, name: str, number: int) -> dict[str, Any]:
         """``{"content_hash", "entrypoint", "files": {path: bytes}}`` — the exact stored bytes."""
@@ -260,8 +270,11 @@ class SandgateClient:
         data = self.pointers_raw(names)
         return {n: (p["version"], p["generation"]) for n, p in data["pointers"].items()}
 
-    def pointers_raw(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        params = {}
+    def pointers_raw(self, names: Iterable[str] | None = None, *,
+                     content: bool = False) -> dict[str, Any]:
+        """The raw ``/v1/pointers`` answer; ``content``: each pointer also carries the active
+        version's ``content_hash`` and ``entrypoint``."""
+        params: dict[str, Any] = {"content": "true"} if content else {}
         if names is not None:
             wanted = list(names)
             if not wanted:

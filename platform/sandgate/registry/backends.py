@@ -32,8 +32,11 @@ Implementations:
     A consumer of the sandgate API server (``sandgate serve``) through
     ``sandgate.client.SandgateClient``, authenticated with an API key (any
     role: reading needs ``reader``). ``pointers`` is one
-    ``GET /v1/pointers?names=…``; ``describe`` is
-    ``GET /v1/skills/{name}/versions/{n}``; ``fetch`` is
+    ``GET /v1/pointers?names=…&content=true``, whose answer also names each
+    active version's content hash and entrypoint, so ``describe`` costs no
+    request for a version a ``pointers`` answer named (otherwise, e.g. against
+    an older server, it is ``GET /v1/skills/{name}/versions/{n}``): a pointer
+    move costs the poll and, on a cache miss, one ``fetch``; ``fetch`` is
     ``GET /v1/skills/{name}/versions/{n}/files`` (base64; the registry verifies
     the bytes against the content hash like any backend's, so a server can
     refuse to serve but cannot make a consumer run other bytes than the ones
@@ -203,6 +206,8 @@ class HttpBackend:
             transport=transport, user_agent="sandgate-registry",
         )
         self._closed = threading.Event()
+        #: per skill, the active version the last pointers answer named, and its content
+        self._described: dict[str, tuple[int, VersionInfo]] = {}
         self._stop_event: threading.Event | None = None
         self._push: _PushStream | None = None
         if push:
@@ -221,10 +226,13 @@ class HttpBackend:
         wanted = set(names)
         if not wanted:
             return {}
-        data = self._call("read the pointers", self._client.pointers_raw, sorted(wanted))
+        data = self._call("read the pointers", lambda: self._client.pointers_raw(sorted(wanted), content=True))
         try:
             rows = data["pointers"]
             out = {n: (int(p["version"]), int(p["generation"])) for n, p in rows.items() if n in wanted}
+            for n, p in rows.items():
+                if n in wanted and isinstance(p.get("content_hash"), str) and isinstance(p.get("entrypoint"), str):
+                    self._described[n] = (out[n][0], VersionInfo(p["content_hash"], p["entrypoint"]))
             last = data.get("last_event_id")
             last = int(last) if last is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -234,9 +242,13 @@ class HttpBackend:
         return out
 
     def describe(self, name: str, number: int) -> VersionInfo:
+        known = self._described.get(name)
+        if known is not None and known[0] == number:  # named by the last pointers answer
+            return VersionInfo(known[1].content_hash, _entrypoint({"entrypoint": known[1].entrypoint},
+                                                                 f"{name}@{number}"))
         data = self._call(f"describe {name}@{number}", self._client.get_version, name, number)
         try:
-            version = data["version"]
+            version = data.version
             return VersionInfo(str(version.content_hash), _entrypoint(version.manifest, f"{name}@{number}"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"unexpected answer describing {name}@{number}: {exc!r}", code="bad_answer") from exc
