@@ -482,3 +482,20 @@ def test_client_from_env(monkeypatch):
     client = from_env()
     assert client is not None and client.base_url == "http://127.0.0.1:9"
     client.close()
+
+
+def test_every_record_field_is_declared_by_its_response_schema():
+    """Responses are records: a field a record gains must be declared (no extra="allow" pass-through)."""
+    import dataclasses
+
+    from sandgate.api import schemas
+    from sandgate.service import FileEntry
+    from sandgate.store import records
+
+    pairs = [(records.SkillRecord, schemas.SkillOut), (records.VersionRecord, schemas.VersionOut),
+             (records.EvaluationRecord, schemas.EvaluationOut), (records.EventRecord, schemas.EventOut),
+             (records.PointerMove, schemas.MoveOut), (records.YankResult, schemas.YankOut),
+             (records.FileDiff, schemas.FileDiffOut), (FileEntry, schemas.FileOut)]
+    for record, schema in pairs:
+        assert {f.name for f in dataclasses.fields(record)} == set(schema.model_fields), record
+        assert schema.model_config.get("extra") != "allow", schema

@@ -320,7 +320,8 @@ def get_evaluation(evaluation_id: Annotated[str, Path(pattern=EVALUATION_ID_PATT
     return data
 
 
-@router.get("/pointers", response_model=PointersOut, tags=["pointer"], **_role("reader"))
+@router.get("/pointers", response_model=PointersOut, response_model_exclude_unset=True,
+            tags=["pointer"], **_role("reader"))
 def pointers(key: Reader, store: StoreDep,
              names: Annotated[str | None, Query(max_length=64_000,
                                                 description="comma-separated skill names")] = None,
