@@ -317,7 +317,7 @@ class SandgateClient:
     def submit_path(self, path: str | os.PathLike[str], *, policy: str | None = None,
                     provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A skill directory (read with the same intake as embedded mode) or an archive file."""
-        from sandgate.submission import load_submission
+        from sandgate.submission import load_submission  # lazy: ~2 s of import, for uploads only
 
         p = Path(path)
         # read with the same intake as embedded mode: a clear error before any upload

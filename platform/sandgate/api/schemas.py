@@ -8,6 +8,7 @@ malformed value is a 422 here, never a database error later.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -85,8 +86,6 @@ def _bounded_json(value: Any, depth: int = 0) -> Any:
 def _provenance(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    import json
-
     _bounded_json(value)
     try:
         size = len(json.dumps(value, allow_nan=False).encode("utf-8"))

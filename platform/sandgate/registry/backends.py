@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import threading
@@ -65,8 +66,17 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
-from sandgate.errors import ApiError, ConfigError, Conflict, InvalidTransition, NotFound, SandgateError, StoreError
+from sandgate.errors import (
+    ApiError,
+    ConfigError,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    SandgateError,
+    StoreError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.store import Store
@@ -180,10 +190,7 @@ class HttpBackend:
         transport: Any = None,
         stream_transport: Any = None,
     ) -> None:
-        import os
-        from urllib.parse import urlsplit
-
-        from sandgate.client import KEY_ENV, SandgateClient
+        from sandgate.client import KEY_ENV, SandgateClient  # lazy: httpx, for HTTP consumers only
 
         parts = urlsplit(base_url or "")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -337,8 +344,6 @@ class HttpBackend:
 
 def _redact(url: str) -> str:
     """``url`` without credentials, query or fragment (safe for logs and messages)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""

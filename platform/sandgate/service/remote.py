@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sandgate.client import SandgateClient, from_env, record_from_dict
 from sandgate.errors import ConfigError, NotFound
-from sandgate.lifecycle import SubmitResult
 from sandgate.service import VersionDetail
 from sandgate.store.records import (
     EvaluationRecord,
@@ -24,6 +23,9 @@ from sandgate.store.records import (
     VersionRecord,
     YankResult,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from sandgate.lifecycle import SubmitResult
 
 __all__ = ["RemoteService"]
 
@@ -82,6 +84,9 @@ class RemoteService:
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
                wait_timeout: float, provenance: Mapping[str, Any]) -> tuple[SubmitResult, str]:
+        # lazy: the lifecycle (and with it the store) is imported only to build the result type
+        from sandgate.lifecycle import SubmitResult
+
         _no_actor(actor)
         api = self.client
         data = api.submit_path(path, policy=policy, provenance=provenance)
