@@ -13,18 +13,23 @@
             ...
 
 Errors come back as the library's own exceptions, rebuilt from the API's
-error body (``{"error": {"code", "message"}}``), so a caller — the remote CLI
-— handles them exactly like embedded ones: 404 → :class:`NotFound`, 409 →
+error body (``{"error": {"code", "message"}}``) by reading the one table
+backwards (:func:`sandgate.errors.error_from_status`), so a caller — the remote
+CLI — handles them exactly like embedded ones: 404 → :class:`NotFound`, 409 →
 :class:`Conflict` (code ``conflict``) or :class:`InvalidTransition`, 422 with a
-submission reason code → :class:`SubmissionError`, 503 and connection
-failures → :class:`InfrastructureError`; anything else (401, 403, 413, 429, ...)
-→ :class:`ApiError` with ``status`` and ``code``. Messages are the server's.
+submission reason code → :class:`SubmissionError`, with an incomplete-request
+code → :class:`~sandgate.errors.IncompleteRequest`, 503 → :class:`StoreError`
+(codes ``store``, ``database_unavailable``) or :class:`InfrastructureError`,
+connection failures → :class:`InfrastructureError`; anything else (401, 403,
+413, 429, ...) → :class:`~sandgate.errors.ApiError` with ``status`` and
+``code``. Messages are the server's.
 
 Timeouts are named: ``connect_timeout`` (TCP/TLS), ``timeout`` (read/write
 of one response); the watch stream reads without a timeout but the server
 sends a keepalive comment every ``watch_keepalive_seconds``.
 
-Registries (``HttpBackend``) use :meth:`pointers`, :meth:`get_version`,
+Registries (``HttpBackend``) use :meth:`pointers_raw` (with ``content``),
+:meth:`get_version` (only against a server whose pointers lack the content),
 :meth:`get_version_files` and :meth:`watch`.
 """
 
@@ -32,10 +37,13 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
 import json
 import os
 import time
+import tomllib
+import typing
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -44,14 +52,13 @@ from typing import Any, TypeVar
 import httpx
 
 from sandgate.errors import (
-    Conflict,
+    ApiError,
     InfrastructureError,
-    InvalidTransition,
-    NotFound,
     SandgateError,
-    StoreError,
     SubmissionError,
+    error_from_status,
 )
+from sandgate.service import FileEntry, VersionDetail
 from sandgate.records import (
     EvaluationRecord,
     EventRecord,
@@ -68,22 +75,8 @@ URL_ENV = "SANDGATE_URL"
 KEY_ENV = "SANDGATE_API_KEY"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
-_SUBMISSION_CODES = frozenset({
-    "invalid_submission", "syntax_error", "name_mismatch",
-})
 
 R = TypeVar("R")
-
-
-class ApiError(SandgateError):
-    """The API refused a request for a reason the library's tree has no class for."""
-
-    def __init__(self, message: str, *, status: int, code: str | None = None,
-                 request_id: str | None = None, retry_after: float | None = None) -> None:
-        super().__init__(message, code=code)
-        self.status = status
-        self.request_id = request_id
-        self.retry_after = retry_after
 
 
 def _parse_time(value: Any) -> Any:
@@ -95,20 +88,49 @@ def _parse_time(value: Any) -> Any:
     return value
 
 
+def _kinds(hint: Any) -> tuple[Any, ...]:
+    """The types a field annotation names: ``X | None`` → (X, None), ``list[X]`` → (X,)."""
+    args = typing.get_args(hint)
+    return tuple(k for a in args for k in _kinds(a)) if args else (hint,)
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[tuple[str, type | None, bool], ...]:
+    """``(name, nested record class or None, is a datetime)`` per field of a record class."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        kinds = _kinds(hints[f.name])
+        nested = next((k for k in kinds if isinstance(k, type) and dataclasses.is_dataclass(k)), None)
+        out.append((f.name, nested, datetime in kinds))
+    return tuple(out)
+
+
+def _rebuild(nested: type, value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return record_from_dict(nested, value)
+    if isinstance(value, list):
+        return [_rebuild(nested, v) for v in value]
+    return value
+
+
 def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
-    """Rebuild a store record from its ``to_dict()`` (unknown keys ignored, ``*_at`` parsed)."""
+    """Rebuild a record from its ``to_dict()`` — the one rebuild for every record type.
+
+    Unknown keys are ignored (a newer server may send more); datetimes and
+    nested records (a yank's ``version`` and ``rollback``) are rebuilt from
+    the record class's field types.
+    """
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if f.name not in data:
+    for name, nested, is_time in _fields_of(cls):
+        if name not in data:
             continue
-        value = data[f.name]
-        if f.name.endswith("_at"):
+        value = data[name]
+        if nested is not None:
+            value = _rebuild(nested, value)
+        elif is_time:
             value = _parse_time(value)
-        elif f.name in ("rollback",) and isinstance(value, Mapping):
-            value = record_from_dict(PointerMove, value)
-        elif f.name == "version" and cls is YankResult and isinstance(value, Mapping):
-            value = record_from_dict(VersionRecord, value)
-        kwargs[f.name] = value
+        kwargs[name] = value
     return cls(**kwargs)
 
 
@@ -118,32 +140,16 @@ def _error_from_response(response: httpx.Response) -> SandgateError:
         err = body.get("error") if isinstance(body, dict) else None
     except ValueError:
         err = None
+    err = err if isinstance(err, dict) else {}
     status = response.status_code
-    code = (err or {}).get("code") if isinstance(err, dict) else None
-    message = (err or {}).get("message") if isinstance(err, dict) else None
-    message = message or f"HTTP {status} from {response.request.url}"
-    request_id = (err or {}).get("request_id") if isinstance(err, dict) else None
-    if status == 404 and code == "not_found":
-        return NotFound(message)
-    if status == 409 and code == "conflict":
-        return Conflict(message)
-    if status == 409:
-        return InvalidTransition(message, code=code)
-    if status == 422 and code in _SUBMISSION_CODES:
-        return SubmissionError(message, code=code, path=(err or {}).get("path"))
-    if status == 422 and code in ("reason_required", "actor_required", "invalid_key"):
-        return InvalidTransition(message, code=code)
-    if status == 503:
-        if code in ("store", "database_unavailable"):
-            return StoreError(message, code=code)
-        return InfrastructureError(message, code=code)
+    message = err.get("message") or f"HTTP {status} from {response.request.url}"
     retry = response.headers.get("retry-after")
     try:
         retry_after = float(retry) if retry is not None else None
     except ValueError:
         retry_after = None
-    return ApiError(message, status=status, code=code, request_id=request_id,
-                    retry_after=retry_after)
+    return error_from_status(status, err.get("code"), message, path=err.get("path"),
+                             request_id=err.get("request_id"), retry_after=retry_after)
 
 
 class SandgateClient:
@@ -215,15 +221,9 @@ class SandgateClient:
         return [record_from_dict(VersionRecord, v)
                 for v in self._json("GET", f"/v1/skills/{name}/versions")]
 
-    def get_version(self, name: str, number: int) -> dict[str, Any]:
-        """``{"version": VersionRecord, "evaluation": EvaluationRecord | None, "files": [...]}``."""
-        data = self._json("GET", f"/v1/skills/{name}/versions/{int(number)}")
-        ev = data.get("evaluation")
-        return {
-            "version": record_from_dict(VersionRecord, data["version"]),
-            "evaluation": record_from_dict(EvaluationRecord, ev) if ev else None,
-            "files": list(data.get("files") or []),
-        }
+    def get_version(self, name: str, number: int) -> VersionDetail:
+        """The version's record, latest finished evaluation and file list."""
+        return record_from_dict(VersionDetail, self._json("GET", f"/v1/skills/{name}/versions/{int(number)}"))
 
     def get_version_files(self, name: str, number: int) -> dict[str, Any]:
         """``{"content_hash", "entrypoint", "files": {path: bytes}}`` — the exact stored bytes."""
@@ -270,8 +270,11 @@ class SandgateClient:
         data = self.pointers_raw(names)
         return {n: (p["version"], p["generation"]) for n, p in data["pointers"].items()}
 
-    def pointers_raw(self, names: Iterable[str] | None = None) -> dict[str, Any]:
-        params = {}
+    def pointers_raw(self, names: Iterable[str] | None = None, *,
+                     content: bool = False) -> dict[str, Any]:
+        """The raw ``/v1/pointers`` answer; ``content``: each pointer also carries the active
+        version's ``content_hash`` and ``entrypoint``."""
+        params: dict[str, Any] = {"content": "true"} if content else {}
         if names is not None:
             wanted = list(names)
             if not wanted:
@@ -314,7 +317,7 @@ class SandgateClient:
     def submit_path(self, path: str | os.PathLike[str], *, policy: str | None = None,
                     provenance: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """A skill directory (read with the same intake as embedded mode) or an archive file."""
-        from sandgate.submission import load_submission
+        from sandgate.submission import load_submission  # lazy: ~2 s of import, for uploads only
 
         p = Path(path)
         # read with the same intake as embedded mode: a clear error before any upload
@@ -417,8 +420,6 @@ def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, int | None, Any]]:
 
 
 def _manifest_name(files: Mapping[str, bytes]) -> str:
-    import tomllib
-
     raw = files.get("skill.toml")
     try:
         name = tomllib.loads(bytes(raw).decode("utf-8")).get("name") if raw is not None else None

@@ -226,7 +226,7 @@ def run_worker(db_url: str, home: Path, *, rounds: int = 20, timeout: float = 30
 
 
 def _queued(db_url: str) -> int:
-    from sandgate.api.queries import evaluation_counts
+    from sandgate.service.embedded import evaluation_counts
     from sandgate.store import open_store
 
     store = open_store(db_url)

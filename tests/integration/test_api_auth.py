@@ -170,7 +170,7 @@ def test_request_ids_logs_and_metrics(main):
         for i in range(2):
             assert c.post("/v1/skills/queued/versions",
                           json={"files": skill_files("queued", f"q{i}")}).status_code == 202
-    from sandgate.api.queries import evaluation_counts
+    from sandgate.service.embedded import evaluation_counts
     from sandgate.store import open_store
 
     store = open_store(main.url)

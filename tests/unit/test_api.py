@@ -484,3 +484,101 @@ def test_client_from_env(monkeypatch):
     client = from_env()
     assert client is not None and client.base_url == "http://127.0.0.1:9"
     client.close()
+
+
+def test_every_record_field_is_declared_by_its_response_schema():
+    """Responses are records: a field a record gains must be declared (no extra="allow" pass-through)."""
+    import dataclasses
+
+    from sandgate.api import schemas
+    from sandgate.service import FileEntry
+    from sandgate import records
+
+    pairs = [(records.SkillRecord, schemas.SkillOut), (records.VersionRecord, schemas.VersionOut),
+             (records.EvaluationRecord, schemas.EvaluationOut), (records.EventRecord, schemas.EventOut),
+             (records.PointerMove, schemas.MoveOut), (records.YankResult, schemas.YankOut),
+             (records.FileDiff, schemas.FileDiffOut), (FileEntry, schemas.FileOut)]
+    for record, schema in pairs:
+        assert {f.name for f in dataclasses.fields(record)} == set(schema.model_fields), record
+        assert schema.model_config.get("extra") != "allow", schema
+
+
+def test_policies_are_read_once_until_their_file_changes(tmp_path, monkeypatch):
+    import os
+
+    from sandgate.api.deps import PolicyCache
+    from sandgate.config import get_settings
+    from sandgate.policy import load_policy
+
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    path = policies / "p.toml"
+    path.write_text('description = "one"\n')
+    monkeypatch.setenv("SANDGATE_POLICIES_DIR", str(policies))
+    get_settings.cache_clear()
+    loaded: list[str] = []
+
+    def load(name):
+        loaded.append(name)
+        return load_policy(name)
+
+    cache = PolicyCache(load)
+    first = cache.get("p")
+    assert cache.get("p") is first and cache.get("p") is first and loaded == ["p"]
+    path.write_text('description = "two, longer"\n')
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    second = cache.get("p")
+    assert second.description == "two, longer" and second.hash != first.hash and cache.loads == 2
+    path.unlink()
+    with pytest.raises(PolicyError, match="not found"):
+        cache.get("p")  # a file that went away is never served from the cache
+    get_settings.cache_clear()
+
+
+def test_one_policy_load_for_many_requests(app_env):
+    c, h = app_env.client, app_env.h
+    for i in range(3):
+        r = c.post("/v1/skills/greet/versions", json={"files": files(body=f"v{i}")}, headers=h("submitter"))
+        assert r.status_code == 202, r.text
+        r = c.post("/v1/skills/greet/promote", json={"version": i + 1, "force": True, "reason": "t"},
+                   headers=h("admin"))
+        assert r.status_code == 200, r.text
+    assert c.app.state.policies.loads == 1
+
+
+def test_pointers_carry_content_only_when_asked(app_env):
+    c, h = app_env.client, app_env.h
+    r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
+    r = c.post("/v1/skills/greet/promote", json={"version": 1, "force": True, "reason": "t"},
+               headers=h("admin"))
+    assert r.status_code == 200, r.text
+    plain = c.get("/v1/pointers", headers=h("reader")).json()
+    assert plain["pointers"] == {"greet": {"version": 1, "generation": 1}}
+    full = c.get("/v1/pointers?content=true&names=greet", headers=h("reader")).json()
+    version = c.get("/v1/skills/greet/versions/1", headers=h("reader")).json()["version"]
+    assert full["pointers"] == {"greet": {"version": 1, "generation": 1,
+                                          "content_hash": version["content_hash"],
+                                          "entrypoint": "greet:run"}}
+    assert full["last_event_id"] == plain["last_event_id"] > 0
+
+
+def test_error_table_branches_and_the_client_inverse():
+    from sandgate import errors as e
+
+    for cls, meaning in e.MEANINGS.items():
+        if issubclass(cls, e.Refused):
+            assert meaning.exit_code == e.EXIT_REFUSED and 400 <= (meaning.status or 0) < 500, cls
+        if issubclass(cls, e.Unavailable) and cls.__module__ == "sandgate.errors":
+            assert meaning.exit_code == e.EXIT_ERROR and meaning.status == 503, cls
+        assert cls.code == meaning.code or cls is e.ApiError, cls
+    # what the server answers for each class, the client turns back into that class
+    for exc in (e.NotFound("x"), e.Conflict("x"), e.InvalidTransition("x", code="yanked"),
+                e.InvalidTransition("x", code="reason_required"), e.SubmissionError("x", code="syntax_error"),
+                e.StoreError("x"), e.InfrastructureError("x")):
+        back = e.error_from_status(e.status_of(exc), exc.code, "x")
+        assert type(back) is type(exc) and back.code == exc.code, exc
+    assert isinstance(e.InvalidTransition("x", code="actor_required"), e.InvalidRequest)
+    assert not isinstance(e.InvalidTransition("x", code="yanked"), e.InvalidRequest)
+    assert not isinstance(e.NotFound("x"), e.Unavailable) and not isinstance(e.StoreError("x"), e.Refused)
+    assert isinstance(e.error_from_status(401, "unauthorized", "x"), e.ApiError)

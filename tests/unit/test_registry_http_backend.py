@@ -597,3 +597,26 @@ def test_socket_helper_is_really_idle() -> None:
     f.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
         pass
+
+
+def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Path) -> None:
+    seen: list[str] = []
+    files = skill("v1")
+    h = content_hash(files)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/v1/pointers":
+            assert request.url.params["content"] == "true"
+            return httpx.Response(200, json={"pointers": {"greet": {
+                "version": 1, "generation": 1, "content_hash": h, "entrypoint": "skill:run"}},
+                "last_event_id": 1})
+        if request.url.path == "/v1/skills/greet/versions/1/files":
+            return httpx.Response(200, json=files_json("greet", 1, files, claimed_hash=h))
+        return error(404, "not_found", "no route")
+
+    b = mock_backend(handler)
+    r = Registry(b, cache_dir=tmp_path, watch=False)
+    assert r.call("greet") == "v1"
+    assert seen == ["/v1/pointers", "/v1/skills/greet/versions/1/files"]
+    r.close()

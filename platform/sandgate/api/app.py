@@ -25,17 +25,22 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import sandgate
 from sandgate.api.auth import Authenticator
-from sandgate.api.deps import StoreHolder
+from sandgate.api.deps import PolicyCache, StoreHolder
 from sandgate.api.errors import install_handlers
 from sandgate.api.limits import RateLimiter
 from sandgate.api.middleware import EdgeMiddleware
 from sandgate.api.observability import Metrics
+from sandgate.api.routes import router
+from sandgate.api.schemas import FilesSubmission
 from sandgate.api.settings import ApiSettings
 from sandgate.api.watch import EventHub
+from sandgate.config import get_settings
+from sandgate.service import embedded as queries
 
 __all__ = ["create_app"]
 
@@ -52,8 +57,6 @@ role in `x-required-role`. Errors are `{"error": {"code", "message", "request_id
 def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: Any = None) -> FastAPI:
     """The application. ``settings``: :class:`~sandgate.config.Settings` (database, policy);
     ``api``: :class:`ApiSettings`; ``store``: an open store to use instead of opening one."""
-    from sandgate.config import get_settings
-
     settings = settings if settings is not None else get_settings()
     api = api if api is not None else ApiSettings.load()
     metrics = Metrics()
@@ -82,13 +85,12 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     app.state.api = api
     app.state.metrics = metrics
     app.state.stores = stores
+    app.state.policies = PolicyCache()
     app.state.hub = hub
     app.state.auth = Authenticator(store=stores.get, settings=api, metrics=metrics,
                                    limiter=RateLimiter())
     app.state.ready_cache = {}
     install_handlers(app)
-
-    from sandgate.api.routes import router
 
     app.include_router(router)
     _ops_routes(app)
@@ -100,8 +102,6 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
 def _openapi(app: FastAPI) -> dict[str, Any]:
     if app.openapi_schema:
         return app.openapi_schema
-    from sandgate.api.schemas import FilesSubmission
-
     schema = get_openapi(title=app.title, version=app.version, description=app.description,
                          routes=app.routes)
     components = schema.setdefault("components", {})
@@ -183,8 +183,6 @@ async def _checks(app: FastAPI) -> dict[str, dict[str, Any]]:
     settings = app.state.settings
 
     def database() -> dict[str, Any]:
-        from sqlalchemy import text
-
         try:
             store = app.state.stores.get()
             with store.read() as s:
@@ -194,7 +192,7 @@ async def _checks(app: FastAPI) -> dict[str, dict[str, Any]]:
         return {"ok": True, "required": True}
 
     def engine() -> dict[str, Any]:
-        from sandgate.sandbox import connect
+        from sandgate.sandbox import connect  # lazy: the Docker adapter
 
         try:
             client = connect(settings.model_copy(
@@ -221,8 +219,6 @@ async def _checks(app: FastAPI) -> dict[str, dict[str, Any]]:
 
 
 async def _store_samples(app: FastAPI) -> list[tuple[str, str, str, dict[str, str], float]]:
-    from sandgate.api import queries
-
     def compute() -> list[tuple[str, str, str, dict[str, str], float]]:
         try:
             counts = queries.evaluation_counts(app.state.stores.get())

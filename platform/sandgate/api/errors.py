@@ -7,28 +7,16 @@ Every error response is::
 plus ``details`` (a list of ``{loc, message}``) for request validation errors
 and ``path`` for a submission error that names a file.
 
-==========================================  ======  ============================================
-error                                       status  note
-==========================================  ======  ============================================
-``SubmissionError``                         422     ``code`` is the reason code (``invalid_submission``,
-                                                    ``syntax_error``, ...)
-``NotFound``                                404
-``Conflict``                                409     a concurrent move won (``expected_generation``)
-``InvalidTransition``                       409     the move conflicts with the skill's state
-                                                    (``already_active``, ``yanked``, ``not_passed``, ...)
-``InvalidTransition`` with ``reason_required``,
-``actor_required``, ``invalid_key``             422     the request itself is incomplete
-other ``StoreError``                        503     the store could not do it now (retry)
-``InfrastructureError`` (incl. LLM errors)  503
-``GenerationError`` (``invalid_request``)   400
-``PolicyError``/``ConfigError``             500     the operator's configuration is broken; a
-                                                    policy the *client* named is a 400 (``ApiError``)
-``ApiError`` (this module)                  its own status (401/403/413/415/429/...)
-request validation (path, query, body)      422     code ``invalid_request``
-unknown route / method                      404/405
-anything else                               500     code ``internal``; logged with the traceback,
-                                                    the message never leaves the server
-==========================================  ======  ============================================
+The status of a library error is its row of the one table,
+:data:`sandgate.errors.MEANINGS` (the CLI's exit codes and the client's
+rebuild read the same rows): ``Refused`` is 4xx (``SubmissionError`` and
+``InvalidRequest`` 422, ``NotFound`` 404, ``Conflict`` and
+``InvalidTransition`` 409), ``Unavailable`` 503 (with ``Retry-After``),
+``ConfigError`` 500 (the operator's configuration is broken: the message says
+so), ``GenerationError`` 400, an ``ApiError`` its own status. Request
+validation (path, query, body) is 422 ``invalid_request``; an unknown route or
+method 404/405; anything else a 500 ``internal``, logged with the traceback,
+its message never leaving the server.
 
 Database failures that escape the library as SQLAlchemy ``OperationalError``
 (the server went away mid-request) are 503 ``database_unavailable``.
@@ -42,84 +30,20 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sandgate.errors import (
-    ConfigError,
-    Conflict,
-    InfrastructureError,
-    InvalidTransition,
-    NotFound,
-    SandgateError,
-    StoreError,
-    SubmissionError,
-)
+from sandgate.errors import HTTP_CODES, ApiError, ConfigError, SandgateError, status_of
 
 __all__ = ["ApiError", "error_body", "status_for", "install_handlers", "json_error"]
 
 log = logging.getLogger("sandgate.api")
 
-#: InvalidTransition codes that mean "the request is incomplete", not "the state forbids it"
-_UNPROCESSABLE_TRANSITIONS = frozenset({"reason_required", "actor_required", "invalid_key"})
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthorized",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    406: "not_acceptable",
-    413: "too_large",
-    415: "unsupported_media_type",
-    422: "invalid_request",
-    429: "rate_limited",
-    500: "internal",
-    501: "not_implemented",
-    503: "unavailable",
-}
-
-
-class ApiError(SandgateError):
-    """A refusal decided by the API layer itself, with an explicit HTTP status.
-
-    Mostly the client's fault (401, 403, 413, 415, 422, 429, a policy it may not
-    name); also 503 for a feature this server is not configured for.
-    ``headers`` are added to the response (``Retry-After``, ``WWW-Authenticate``).
-    """
-
-    def __init__(self, status: int, message: str, *, code: str | None = None,
-                 headers: dict[str, str] | None = None, details: list[dict[str, Any]] | None = None) -> None:
-        super().__init__(message, code=code or _HTTP_CODES.get(status, "error"))
-        self.status = status
-        self.headers = headers or {}
-        self.details = details
 
 
 def status_for(exc: BaseException) -> int:
-    if isinstance(exc, ApiError):
-        return exc.status
-    if isinstance(exc, SubmissionError):
-        return 422
-    if isinstance(exc, NotFound):
-        return 404
-    if isinstance(exc, Conflict):
-        return 409
-    if isinstance(exc, InvalidTransition):
-        return 422 if exc.code in _UNPROCESSABLE_TRANSITIONS else 409
-    if isinstance(exc, StoreError):
-        return 503
-    if isinstance(exc, InfrastructureError):
-        return 503
-    if isinstance(exc, ConfigError):
-        return 500
-    try:
-        from sandgate.generation.errors import GenerationError
-
-        if isinstance(exc, GenerationError):
-            return 400
-    except ImportError:  # pragma: no cover
-        pass
-    return 500
+    """The HTTP status of a library error (its row of :data:`sandgate.errors.MEANINGS`)."""
+    return status_of(exc)
 
 
 def request_id_of(request: Request) -> str | None:
@@ -193,7 +117,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         detail = f"method {request.method} is not allowed on {request.url.path}"
     elif status == 400 and "parsing the body" in detail:
         detail = "the request body could not be parsed"
-    return json_error(status, _HTTP_CODES.get(status, "error"), _one_line(detail),
+    return json_error(status, HTTP_CODES.get(status, "error"), _one_line(detail),
                       request_id=request_id_of(request), headers=getattr(exc, "headers", None))
 
 
@@ -205,8 +129,6 @@ async def _operational_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install_handlers(app: FastAPI) -> None:
-    from sqlalchemy.exc import OperationalError
-
     app.add_exception_handler(SandgateError, _sandgate_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -60,6 +60,7 @@ class ParsedBody:
 
     def submission(self) -> Any:
         """Run intake (blocking: call it from a worker thread)."""
+        # lazy: the intake module costs ~2 s of import, paid by the first submission, not start-up
         from sandgate import lifecycle
         from sandgate.submission import submission_from_files
 

@@ -22,6 +22,7 @@ streaming responses). In order:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -192,8 +193,6 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 async def _send_json(send: Send, status: int, data: dict[str, Any],
                      extra_headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    import json
-
     payload = json.dumps(data).encode("utf-8")
     headers = [(b"content-type", b"application/json"),
                (b"content-length", str(len(payload)).encode()), *(extra_headers or [])]

@@ -1,7 +1,8 @@
-"""The ``/v1`` routes: thin over :mod:`sandgate.lifecycle` and :mod:`sandgate.store.repository`.
+"""The ``/v1`` routes: thin over :class:`sandgate.service.embedded.EmbeddedService`.
 
-Each route authenticates (``require(role)``), validates, calls the same
-library function the CLI calls, and returns the record's ``to_dict()``. No
+Each route authenticates (``require(role)``), validates, makes the same
+service call the embedded CLI makes, and returns the record's ``to_dict()``
+(the record is the response shape; ``response_model`` only documents it). No
 route catches a library error: :mod:`sandgate.api.errors` maps them.
 
 Sync routes run in the server's thread pool (the library is blocking); the
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from sandgate.api import queries
 from sandgate.api.auth import REQUIRED_ROLE, Promoter, Reader, Submitter
 from sandgate.api.deps import StoreDep, resolve_policy
 from sandgate.api.errors import ApiError
@@ -48,8 +49,10 @@ from sandgate.api.schemas import (
     YankOut,
     YankRequest,
 )
-from sandgate.errors import ConfigError
-from sandgate.store import audit, evaluations, pointers, versions
+from sandgate.api.watch import ALL_ACTIONS, DEFAULT_ACTIONS, event_stream
+from sandgate.errors import ConfigError, NotFound
+from sandgate.service import embedded
+from sandgate.service.embedded import EmbeddedService
 from sandgate.store.keys import role_allows
 
 __all__ = ["router"]
@@ -62,6 +65,13 @@ VersionNumber = Annotated[int, Path(ge=1, le=INT32, description="version number"
 
 def _role(role: str) -> dict[str, Any]:
     return {"openapi_extra": {REQUIRED_ROLE: role, "security": [{"bearerAuth": []}]}}
+
+
+def _service(store: Any, request: Request | None = None) -> EmbeddedService:
+    """The service over this process's store; policies are the ones this server offers."""
+    if request is None:
+        return EmbeddedService(store)
+    return EmbeddedService(store, load_policy=lambda name: resolve_policy(request, name))
 
 
 def _log(request: Request, **fields: Any) -> None:
@@ -90,18 +100,18 @@ def list_skills(
     limit: Annotated[int | None, Query(ge=1, le=10_000)] = None,
 ) -> list[dict[str, Any]]:
     """All skills with their active version and generation, by name."""
-    return [r.to_dict() for r in versions.list_skills(store, prefix=prefix, limit=limit)]
+    return [r.to_dict() for r in _service(store).list_skills(prefix=prefix, limit=limit)]
 
 
 @router.get("/skills/{name}", response_model=SkillOut, tags=["skills"], **_role("reader"))
 def get_skill(name: SkillName, key: Reader, store: StoreDep) -> dict[str, Any]:
-    return versions.get_skill(store, name=name).to_dict()
+    return _service(store).get_skill(name).to_dict()
 
 
 @router.get("/skills/{name}/versions", response_model=list[VersionOut], tags=["versions"],
             **_role("reader"))
 def list_versions(name: SkillName, key: Reader, store: StoreDep) -> list[dict[str, Any]]:
-    return [v.to_dict() for v in versions.list_versions(store, name=name)]
+    return [v.to_dict() for v in _service(store).list_versions(name)]
 
 
 _SUBMIT_BODY = {
@@ -146,8 +156,6 @@ async def submit_version(
     database (202): a worker runs it; poll ``GET /v1/evaluations/{id}`` or
     watch ``/v1/watch``. The manifest's name must be ``{name}``.
     """
-    from sandgate import lifecycle
-
     body = await request.body()
     parsed = parse_submission_body(request.headers.get("content-type"), body, policy=policy)
     submission = await run_in_threadpool(parsed.submission)
@@ -158,8 +166,8 @@ async def submit_version(
     provenance = {**(parsed.provenance or {}), "client": "api", "key": key.name,
                   "format": parsed.source}
     result = await run_in_threadpool(
-        lambda: lifecycle.submit(store, submission=submission, policy=pol, actor=key.actor,
-                                 wait=False, provenance=provenance))
+        lambda: _service(store).submit_submission(submission, policy=pol, actor=key.actor,
+                                                  wait=False, provenance=provenance))
     data = result.to_dict()
     _log(request, skill=name, version=result.version.number, evaluation_id=data["evaluation_id"])
     if result.evaluation is None:
@@ -177,15 +185,7 @@ async def submit_version(
             **_role("reader"))
 def get_version(name: SkillName, number: VersionNumber, key: Reader, store: StoreDep) -> dict[str, Any]:
     """A version: its record, manifest, latest finished evaluation and file list."""
-    version = versions.get_version(store, name=name, number=number)
-    evaluation = evaluations.latest_evaluation(store, name=name, number=number)
-    files = versions.get_version_files(store, name=name, number=number)
-    return {
-        "version": version.to_dict(),
-        "evaluation": evaluation.to_dict() if evaluation else None,
-        "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                  for p, b in files.items()],
-    }
+    return _service(store).show(name, number).to_dict()
 
 
 @router.get("/skills/{name}/versions/{number}/files", response_model=VersionFilesOut,
@@ -193,8 +193,7 @@ def get_version(name: SkillName, number: VersionNumber, key: Reader, store: Stor
 def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
                       store: StoreDep) -> dict[str, Any]:
     """The exact stored bytes (base64), for registries: verify them against ``content_hash``."""
-    version = versions.get_version(store, name=name, number=number)
-    files = versions.get_version_files(store, name=name, number=number)
+    version, files = _service(store).version_files(name, number)
     return {
         "skill": name,
         "version": number,
@@ -210,10 +209,8 @@ def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
 def yank_version(name: SkillName, number: VersionNumber, body: YankRequest, key: Promoter,
                  store: StoreDep, request: Request) -> dict[str, Any]:
     """Never promote this version again (``rollback: true`` first moves the pointer off it)."""
-    from sandgate import lifecycle
-
-    result = lifecycle.yank(store, name=name, number=number, actor=key.actor, reason=body.reason,
-                            rollback=body.rollback)
+    result = _service(store).yank(name, number, actor=key.actor, reason=body.reason,
+                                  rollback=body.rollback)
     _log(request, skill=name, version=number)
     return result.to_dict()
 
@@ -224,15 +221,13 @@ def yank_version(name: SkillName, number: VersionNumber, body: YankRequest, key:
 def promote(name: SkillName, body: PromoteRequest, key: Promoter, store: StoreDep,
             request: Request) -> dict[str, Any]:
     """Make a version active (it must have passed under the current policy; ``force`` needs admin)."""
-    from sandgate import lifecycle
-
     if body.force and not role_allows(key.role, "admin"):
         raise ApiError(403, f"forcing a promotion needs the admin role; key {key.name!r} has "
                             f"role {key.role}", code="forbidden")
-    pol = resolve_policy(request, body.policy)
-    move = lifecycle.promote(store, name=name, number=body.version, actor=key.actor,
-                             reason=body.reason, policy=pol,
-                             expected_generation=body.expected_generation, force=body.force)
+    move = _service(store, request).promote(name, body.version, actor=key.actor, reason=body.reason,
+                                            policy=body.policy,
+                                            expected_generation=body.expected_generation,
+                                            force=body.force)
     _log(request, skill=name, version=body.version)
     return move.to_dict()
 
@@ -242,10 +237,8 @@ def promote(name: SkillName, body: PromoteRequest, key: Promoter, store: StoreDe
 def rollback(name: SkillName, body: RollbackRequest, key: Promoter, store: StoreDep,
              request: Request) -> dict[str, Any]:
     """Go back to what was active before the last move (or to ``to``). Never re-evaluates."""
-    from sandgate import lifecycle
-
-    move = lifecycle.rollback(store, name=name, to=body.to, actor=key.actor, reason=body.reason,
-                              expected_generation=body.expected_generation)
+    move = _service(store).rollback(name, to=body.to, actor=key.actor, reason=body.reason,
+                                    expected_generation=body.expected_generation)
     _log(request, skill=name, version=move.to_version)
     return move.to_dict()
 
@@ -255,7 +248,7 @@ def rollback(name: SkillName, body: RollbackRequest, key: Promoter, store: Store
 def history(name: SkillName, key: Reader, store: StoreDep,
             limit: Annotated[int | None, Query(ge=1, le=100_000)] = None) -> list[dict[str, Any]]:
     """The skill's audit events, oldest first (``limit``: only the newest N)."""
-    return [e.to_dict() for e in audit.history(store, name=name, limit=limit)]
+    return [e.to_dict() for e in _service(store).history(name, limit=limit)]
 
 
 @router.get("/skills/{name}/diff", response_model=list[FileDiffOut], tags=["audit"],
@@ -264,7 +257,7 @@ def diff(name: SkillName, key: Reader, store: StoreDep,
          a: Annotated[int, Query(ge=1, le=INT32)], b: Annotated[int, Query(ge=1, le=INT32)],
          ) -> list[dict[str, Any]]:
     """Per changed file, a unified diff from version ``a`` to version ``b``."""
-    return [d.to_dict() for d in versions.diff(store, name=name, a=a, b=b)]
+    return [d.to_dict() for d in _service(store).diff(name, a, b)]
 
 
 # --------------------------------------------------------------------------- generation
@@ -301,8 +294,7 @@ def generate(name: SkillName, body: GenerateRequest, key: Submitter, store: Stor
             **_role("reader"))
 def get_generation(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], key: Reader) -> dict[str, Any]:
     """A generation job of this server process: status, progress events, result."""
-    from sandgate.errors import NotFound
-    from sandgate.generation import get_job
+    from sandgate.generation import get_job  # lazy: the LLM client is not loaded until used
 
     job = get_job(job_id)
     if job is None:
@@ -318,32 +310,43 @@ def get_generation(job_id: Annotated[str, Path(pattern=r"^[0-9a-f]{32}$")], key:
 def get_evaluation(evaluation_id: Annotated[str, Path(pattern=EVALUATION_ID_PATTERN)],
                    key: Reader, store: StoreDep, request: Request) -> dict[str, Any]:
     """Status (``queued`` → ``running`` → ``done``), verdict, reasons and the full report."""
-    ev = evaluations.get_evaluation(store, evaluation_id=evaluation_id)
+    ev = _service(store).get_evaluation(evaluation_id)
     data = ev.to_dict()
     move = None
     if ev.status == "done" and ev.verdict == "passed":
-        move = queries.auto_promotion_of(store, skill=ev.skill, evaluation_id=ev.id)
+        move = embedded.auto_promotion_of(store, skill=ev.skill, evaluation_id=ev.id)
     data["promoted"] = move.to_dict() if move else None
     _log(request, evaluation_id=ev.id, skill=ev.skill)
     return data
 
 
-@router.get("/pointers", response_model=PointersOut, tags=["pointer"], **_role("reader"))
+@router.get("/pointers", response_model=PointersOut, response_model_exclude_unset=True,
+            tags=["pointer"], **_role("reader"))
 def pointers(key: Reader, store: StoreDep,
              names: Annotated[str | None, Query(max_length=64_000,
                                                 description="comma-separated skill names")] = None,
+             content: Annotated[bool, Query(description="also each active version's content_hash "
+                                            "and entrypoint (what a registry loads)")] = False,
              ) -> dict[str, Any]:
-    """Active version and generation of every skill (or of ``names``): cheap, for registries."""
+    """Active version and generation of every skill (or of ``names``): cheap, for registries.
+
+    With ``content=true`` each pointer also carries the active version's
+    ``content_hash`` and ``entrypoint`` (same query), so a registry that sees a
+    move fetches the files at once (or nothing, on a cache hit) instead of
+    first describing the version.
+    """
     wanted = _names(names) if names is not None else None
-    last = queries.latest_event_id(store)  # read first: a move after it is seen by /v1/watch
-    rows = pointers.active_pointers(store, names=wanted)
+    last = embedded.latest_event_id(store)  # read first: a move after it is seen by /v1/watch
+    if content:
+        details = embedded.active_pointer_details(store, names=wanted)
+        return {"pointers": {n: p._asdict() for n, p in sorted(details.items())},
+                "last_event_id": last}
+    rows = _service(store).pointers(wanted)
     return {"pointers": {n: {"version": v, "generation": g} for n, (v, g) in sorted(rows.items())},
             "last_event_id": last}
 
 
 def _names(raw: str) -> list[str]:
-    import re
-
     out = [n.strip() for n in raw.split(",") if n.strip()]
     bad = [n for n in out if not re.match(SKILL_NAME_PATTERN, n)]
     if bad:
@@ -366,7 +369,6 @@ async def watch(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=40)] = None,
 ) -> StreamingResponse:
     """Server-sent events of pointer moves and evaluation results, resumable by event id."""
-    from sandgate.api.watch import ALL_ACTIONS, DEFAULT_ACTIONS, event_stream
 
     if after is None and last_event_id is not None and last_event_id.strip():
         if not last_event_id.strip().isdigit() or int(last_event_id) > INT64:

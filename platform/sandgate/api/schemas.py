@@ -8,6 +8,7 @@ malformed value is a 422 here, never a database error later.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -86,8 +87,6 @@ def _bounded_json(value: Any, depth: int = 0) -> Any:
 def _provenance(value: dict[str, Any] | None) -> dict[str, Any] | None:
     if value is None:
         return None
-    import json
-
     _bounded_json(value)
     try:
         size = len(json.dumps(value, allow_nan=False).encode("utf-8"))
@@ -168,7 +167,13 @@ class GenerateRequest(_In):
 
 
 class _Out(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    """A response: the shape of one record (``to_dict()``), field for field.
+
+    Unknown keys are not passed through: a field a record gains must be
+    declared here (``tests/unit/test_api.py`` checks each record against its schema).
+    """
+
+    model_config = ConfigDict(extra="ignore")
 
 
 class SkillOut(_Out):
@@ -209,6 +214,12 @@ class EvaluationOut(_Out):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    attempts: int = Field(default=0, description="how many times a worker claimed it")
+    lease_owner: str | None = Field(default=None, description="the worker holding it while "
+                                    "running; after that, the last one")
+    # passed through as the record's ISO 8601 text (as it always was)
+    lease_expires_at: str | None = Field(default=None, description="while running: when the "
+                                         "lease lapses unless heartbeated (ISO 8601)")
 
 
 class EventOut(_Out):
@@ -296,6 +307,10 @@ class SubmitOut(_Out):
 class PointerOut(_Out):
     version: int
     generation: int
+    content_hash: str | None = Field(default=None, description="with content=true: the active "
+                                     "version's content hash")
+    entrypoint: str | None = Field(default=None, description="with content=true: the active "
+                                   "version's entrypoint")
 
 
 class PointersOut(_Out):

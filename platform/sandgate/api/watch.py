@@ -50,7 +50,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from sandgate.api import queries
+from sandgate.service import embedded as queries
 
 __all__ = ["EventHub", "DEFAULT_ACTIONS", "ALL_ACTIONS", "event_stream", "format_sse"]
 

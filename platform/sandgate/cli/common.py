@@ -2,7 +2,8 @@
 
 Exit codes: 0 success, 1 refused (the request or the skill: not found, a lost
 race, a move that is not allowed, an invalid submission), 2 error (the
-infrastructure, the configuration, anything else).
+infrastructure, the configuration, anything else) — each error class's row of
+the one table, :data:`sandgate.errors.MEANINGS`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,14 @@ from typing import NoReturn
 
 import typer
 
-from sandgate.errors import Conflict, InvalidTransition, NotFound, SandgateError, SubmissionError
+from sandgate.errors import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, SandgateError, exit_code_of
 
 __all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED", "errors", "exit_code_for", "fail", "fail_with"]
 
-EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
-
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, (NotFound, Conflict, InvalidTransition, SubmissionError)):
-        return EXIT_REFUSED
-    return EXIT_ERROR
+    """The exit code of an error (its row of :data:`sandgate.errors.MEANINGS`; anything else: 2)."""
+    return exit_code_of(exc)
 
 
 def fail_with(message: str, code: int) -> NoReturn:
@@ -49,7 +47,7 @@ def errors() -> Iterator[None]:
     except ImportError as exc:  # a part of sandgate this command needs is missing
         fail_with(f"sandgate is incompletely installed: {exc}", EXIT_ERROR)
     except Exception as exc:
-        from pydantic import ValidationError
+        from pydantic import ValidationError  # lazy: ~0.1 s of start-up for every command
 
         if isinstance(exc, ValidationError):
             fail_with(f"invalid configuration: {exc}", EXIT_ERROR)

@@ -21,14 +21,16 @@ Exit codes: 0 ok; 1 refused (no such key, name taken, already revoked);
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from sandgate.cli.common import EXIT_ERROR, errors
-from sandgate.cli.store import _store, _when, default_actor
+from sandgate.cli.store import _when, default_actor
 
 __all__ = ["register", "keys_app"]
 
@@ -42,6 +44,15 @@ RoleOpt = Annotated[
     str,
     typer.Option("--role", help="reader < submitter < promoter < admin.", case_sensitive=False),
 ]
+
+
+@contextmanager
+def _store() -> Iterator[Any]:
+    """The embedded store (keys live in the controller's database; there is no remote mode)."""
+    from sandgate.service.embedded import EmbeddedService  # lazy: SQLAlchemy, for key commands only
+
+    with EmbeddedService.open() as service:
+        yield service.store
 
 
 def _roles() -> tuple[str, ...]:

@@ -1,7 +1,8 @@
 """Store commands: submit, skills, versions, show, promote, rollback, yank, history, diff.
 
-Thin: every command calls :mod:`sandgate.lifecycle` or
-:mod:`sandgate.store.repository` and only formats the result. Readable tables
+Thin: every command makes one call of a :class:`~sandgate.service.SkillService`
+(picked once by :func:`~sandgate.service.open_service`) and only formats the
+result. Readable tables
 by default, ``--json`` for scripts.
 
 Exit codes: 0 ok (a submit whose verdict is passed, or that was queued);
@@ -11,7 +12,8 @@ whose verdict is error). Errors are one line on stderr.
 
 Remote mode: with ``SANDGATE_URL`` (and ``SANDGATE_API_KEY``) set, the same
 commands, with the same output and exit codes, talk to a ``sandgate serve``
-through :mod:`sandgate.client` instead of opening the store. The server records
+through :mod:`sandgate.service.remote` instead of opening the store (which
+is then never imported). The server records
 the API key as the actor, so ``--actor`` is refused there; ``submit`` uploads,
 and with ``--wait`` (the default) polls until a worker has evaluated it.
 """
@@ -19,7 +21,6 @@ and with ``--wait`` (the default) polls until a worker has evaluated it.
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -31,8 +32,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, errors, fail_with
-from sandgate.errors import NotFound
+from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, errors
+from sandgate.service import SkillService, open_service
 
 __all__ = ["register", "default_actor"]
 
@@ -64,33 +65,11 @@ def _console() -> Console:
     return Console(highlight=False, soft_wrap=True)
 
 
-def _remote():  # type: ignore[no-untyped-def]
-    """A :class:`~sandgate.client.SandgateClient` when ``SANDGATE_URL`` is set, else None."""
-    from sandgate.client import from_env
-
-    return from_env()
-
-
-def _no_remote_actor(actor: str | None) -> None:
-    if actor:
-        fail_with("--actor is for embedded mode: the server records the API key as the actor "
-              "(unset SANDGATE_URL to use the store directly)", EXIT_ERROR)
-
-
-def _open_store():  # type: ignore[no-untyped-def]
-    from sandgate.config import get_settings
-    from sandgate.store import open_store
-
-    return open_store(get_settings().effective_database_url)
-
-
 @contextmanager
-def _store() -> Iterator[Any]:
-    store = _open_store()
-    try:
-        yield store
-    finally:
-        store.close()
+def _service() -> Iterator[SkillService]:
+    """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store."""
+    with open_service(default_actor=default_actor) as service:
+        yield service
 
 
 def _echo_json(data: Any) -> None:
@@ -129,37 +108,6 @@ def _reasons_text(reasons: list[dict[str, Any]]) -> str:
     return "; ".join(f"{r.get('code')}: {r.get('message')}" for r in reasons)
 
 
-def _remote_submit(api: Any, path: Path, *, policy: str | None, wait: bool,
-                   timeout: float) -> tuple[Any, str]:
-    """Upload, then (``wait``) poll the evaluation; a ``SubmitResult`` like the embedded one."""
-    from sandgate.client import record_from_dict
-    from sandgate.lifecycle import SubmitResult
-    from sandgate.records import EvaluationRecord, PointerMove
-
-    data = api.submit_path(path, policy=policy, provenance={"client": "cli", "path": str(path)})
-    name, number = data["skill"], data["version"]
-    status = api.get_evaluation_status(data["evaluation_id"]) if data.get("evaluation_id") else None
-    if status is not None and wait and status.get("status") != "done":
-        status = api.wait_evaluation(data["evaluation_id"], timeout=timeout)
-    evaluation = record_from_dict(EvaluationRecord, status) if status is not None else None
-    moved = (status or {}).get("promoted")
-    promoted = None
-    if moved and evaluation is not None and not data["reused_evaluation"]:
-        promoted = record_from_dict(PointerMove, moved)
-    version = api.get_version(name, number)["version"]
-    result = SubmitResult(
-        version=version,
-        created=data["created"],
-        evaluation=evaluation,
-        reused_evaluation=data["reused_evaluation"],
-        promotion_mode=data["promotion_mode"],
-        promoted=promoted,
-        promotion_note=data.get("promotion_note"),
-    )
-    policy_name = evaluation.policy_name if evaluation is not None else (policy or "default")
-    return result, policy_name
-
-
 # --------------------------------------------------------------------------- commands
 
 
@@ -179,28 +127,10 @@ def submit(
     ] = 600.0,
 ) -> None:
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
-    from sandgate import lifecycle
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            with api:
-                result, policy_name = _remote_submit(api, path, policy=policy, wait=wait,
-                                                     timeout=wait_timeout)
-        else:
-            submission = lifecycle.load_submission(path)
-            pol = lifecycle.load_policy(policy)
-            policy_name = pol.name
-            with _store() as store:
-                result = lifecycle.submit(
-                    store,
-                    submission=submission,
-                    policy=pol,
-                    actor=actor or default_actor(),
-                    wait=wait,
-                    provenance={"client": "cli", "path": str(path)},
-                )
+    with errors(), _service() as service:
+        result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
+                                             wait_timeout=wait_timeout,
+                                             provenance={"client": "cli", "path": str(path)})
     verdict = result.verdict
     if as_json:
         _echo_json(result.to_dict())
@@ -234,16 +164,8 @@ def submit(
 
 def skills(as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
-    from sandgate.store import versions
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                rows = api.list_skills()
-        else:
-            with _store() as store:
-                rows = versions.list_skills(store)
+    with errors(), _service() as service:
+        rows = service.list_skills()
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -261,16 +183,8 @@ def skills(as_json: JsonOpt = False) -> None:
 
 def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False) -> None:
     """List the versions of a skill."""
-    from sandgate.store import versions
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                rows = api.list_versions(name)
-        else:
-            with _store() as store:
-                rows = versions.list_versions(store, name=name)
+    with errors(), _service() as service:
+        rows = service.list_versions(name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
@@ -294,44 +208,12 @@ def show(
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
-    from sandgate.store import evaluations, versions
-
     name, number = _parse_ref(ref)
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                if number is None:
-                    skill = api.get_skill(name)
-                    number = skill.active_version or skill.latest_version
-                    if number is None:
-                        raise NotFound(f"{name} has no versions")
-                detail = api.get_version(name, number)
-            version, evaluation = detail["version"], detail["evaluation"]
-            file_rows = [{"path": f["path"], "size": f["size"], "sha256": f["sha256"]}
-                         for f in detail["files"]]
-        else:
-            with _store() as store:
-                if number is None:
-                    active = versions.get_active_version(store, name=name)
-                    number = active.number if active else versions.get_skill(store, name=name).latest_version
-                    if number is None:
-                        raise NotFound(f"{name} has no versions")
-                version = versions.get_version(store, name=name, number=number)
-                evaluation = evaluations.latest_evaluation(store, name=name, number=number)
-                files = versions.get_version_files(store, name=name, number=number)
-            file_rows = [
-                {"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest()}
-                for p, b in files.items()
-            ]
+    with errors(), _service() as service:
+        detail = service.show(name, number)
+    version, evaluation = detail.version, detail.evaluation
     if as_json:
-        _echo_json(
-            {
-                "version": version.to_dict(),
-                "evaluation": evaluation.to_dict() if evaluation else None,
-                "files": file_rows,
-            }
-        )
+        _echo_json(detail.to_dict())
         return
     out = _console()
     flags = [f for f, on in (("active", version.active), ("yanked", version.yanked)) if on]
@@ -370,8 +252,8 @@ def show(
         for r in evaluation.reasons:
             out.print(f"  reason: {r.get('code')}: {r.get('message')}")
     table = Table("file", "size", "sha256")
-    for f in file_rows:
-        table.add_row(f["path"], str(f["size"]), f["sha256"][:12])
+    for f in detail.files:
+        table.add_row(f.path, str(f.size), f.sha256[:12])
     out.print(table)
 
 
@@ -390,28 +272,9 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a version active (it must have passed under the current policy)."""
-    from sandgate import lifecycle
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            with api:
-                move = api.promote(name, number, reason=reason, force=force,
-                                   expected_generation=expected_generation, policy=policy)
-        else:
-            pol = lifecycle.load_policy(policy)
-            with _store() as store:
-                move = lifecycle.promote(
-                    store,
-                    name=name,
-                    number=number,
-                    actor=actor or default_actor(),
-                    reason=reason,
-                    policy=pol,
-                    expected_generation=expected_generation,
-                    force=force,
-                )
+    with errors(), _service() as service:
+        move = service.promote(name, number, actor=actor, reason=reason, policy=policy,
+                               expected_generation=expected_generation, force=force)
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -424,25 +287,9 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Go back to what was active before the last move (again: further back). No re-evaluation."""
-    from sandgate import lifecycle
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            with api:
-                move = api.rollback(name, to=to, reason=reason,
-                                    expected_generation=expected_generation)
-        else:
-            with _store() as store:
-                move = lifecycle.rollback(
-                    store,
-                    name=name,
-                    to=to,
-                    actor=actor or default_actor(),
-                    reason=reason,
-                    expected_generation=expected_generation,
-                )
+    with errors(), _service() as service:
+        move = service.rollback(name, to=to, actor=actor, reason=reason,
+                                expected_generation=expected_generation)
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -458,24 +305,8 @@ def yank(
     as_json: JsonOpt = False,
 ) -> None:
     """Mark a version as never to be promoted again."""
-    from sandgate import lifecycle
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            with api:
-                result = api.yank(name, number, reason=reason, rollback=do_rollback)
-        else:
-            with _store() as store:
-                result = lifecycle.yank(
-                    store,
-                    name=name,
-                    number=number,
-                    actor=actor or default_actor(),
-                    reason=reason,
-                    rollback=do_rollback,
-                )
+    with errors(), _service() as service:
+        result = service.yank(name, number, actor=actor, reason=reason, rollback=do_rollback)
     if as_json:
         _echo_json(result.to_dict())
         return
@@ -491,16 +322,8 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log of a skill: who did what, when, why."""
-    from sandgate.store import audit
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                events = api.history(name, limit=limit)
-        else:
-            with _store() as store:
-                events = audit.history(store, name=name, limit=limit)
+    with errors(), _service() as service:
+        events = service.history(name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])
         return
@@ -533,16 +356,8 @@ def diff(
     as_json: JsonOpt = False,
 ) -> None:
     """Unified diff of the files of two versions."""
-    from sandgate.store import versions
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                diffs = api.diff(name, a, b)
-        else:
-            with _store() as store:
-                diffs = versions.diff(store, name=name, a=a, b=b)
+    with errors(), _service() as service:
+        diffs = service.diff(name, a, b)
     if as_json:
         _echo_json([d.to_dict() for d in diffs])
         return

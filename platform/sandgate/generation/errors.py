@@ -20,7 +20,7 @@ from the status, a trimmed and redacted body, and the base URL *host*.
 
 from __future__ import annotations
 
-from sandgate.errors import InfrastructureError, SandgateError
+from sandgate.errors import EXIT_ERROR, InfrastructureError, Meaning, SandgateError, register_meaning
 
 __all__ = [
     "GenerationError",
@@ -78,3 +78,9 @@ class LLMRequestRejected(LLMError):
 
 class LLMResponseInvalid(LLMError):
     code = "llm_invalid_response"
+
+
+# the generation loop's rows of the one table (sandgate.errors.MEANINGS): a generation
+# that cannot go on is the request's (400); a provider failure is unavailable (503); both exit 2
+register_meaning(GenerationError, Meaning(400, EXIT_ERROR, "generation"))
+register_meaning(LLMError, Meaning(503, EXIT_ERROR, "llm_error"))

@@ -32,8 +32,11 @@ Implementations:
     A consumer of the sandgate API server (``sandgate serve``) through
     ``sandgate.client.SandgateClient``, authenticated with an API key (any
     role: reading needs ``reader``). ``pointers`` is one
-    ``GET /v1/pointers?names=…``; ``describe`` is
-    ``GET /v1/skills/{name}/versions/{n}``; ``fetch`` is
+    ``GET /v1/pointers?names=…&content=true``, whose answer also names each
+    active version's content hash and entrypoint, so ``describe`` costs no
+    request for a version a ``pointers`` answer named (otherwise, e.g. against
+    an older server, it is ``GET /v1/skills/{name}/versions/{n}``): a pointer
+    move costs the poll and, on a cache miss, one ``fetch``; ``fetch`` is
     ``GET /v1/skills/{name}/versions/{n}/files`` (base64; the registry verifies
     the bytes against the content hash like any backend's, so a server can
     refuse to serve but cannot make a consumer run other bytes than the ones
@@ -55,6 +58,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import socket
 import threading
@@ -62,8 +66,17 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
-from sandgate.errors import ConfigError, NotFound, SandgateError, StoreError
+from sandgate.errors import (
+    ApiError,
+    ConfigError,
+    Conflict,
+    InvalidTransition,
+    NotFound,
+    SandgateError,
+    StoreError,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.store import Store
@@ -177,10 +190,7 @@ class HttpBackend:
         transport: Any = None,
         stream_transport: Any = None,
     ) -> None:
-        import os
-        from urllib.parse import urlsplit
-
-        from sandgate.client import KEY_ENV, SandgateClient
+        from sandgate.client import KEY_ENV, SandgateClient  # lazy: httpx, for HTTP consumers only
 
         parts = urlsplit(base_url or "")
         if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
@@ -203,6 +213,8 @@ class HttpBackend:
             transport=transport, user_agent="sandgate-registry",
         )
         self._closed = threading.Event()
+        #: per skill, the active version the last pointers answer named, and its content
+        self._described: dict[str, tuple[int, VersionInfo]] = {}
         self._stop_event: threading.Event | None = None
         self._push: _PushStream | None = None
         if push:
@@ -221,10 +233,13 @@ class HttpBackend:
         wanted = set(names)
         if not wanted:
             return {}
-        data = self._call("read the pointers", self._client.pointers_raw, sorted(wanted))
+        data = self._call("read the pointers", lambda: self._client.pointers_raw(sorted(wanted), content=True))
         try:
             rows = data["pointers"]
             out = {n: (int(p["version"]), int(p["generation"])) for n, p in rows.items() if n in wanted}
+            for n, p in rows.items():
+                if n in wanted and isinstance(p.get("content_hash"), str) and isinstance(p.get("entrypoint"), str):
+                    self._described[n] = (out[n][0], VersionInfo(p["content_hash"], p["entrypoint"]))
             last = data.get("last_event_id")
             last = int(last) if last is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -234,9 +249,13 @@ class HttpBackend:
         return out
 
     def describe(self, name: str, number: int) -> VersionInfo:
+        known = self._described.get(name)
+        if known is not None and known[0] == number:  # named by the last pointers answer
+            return VersionInfo(known[1].content_hash, _entrypoint({"entrypoint": known[1].entrypoint},
+                                                                 f"{name}@{number}"))
         data = self._call(f"describe {name}@{number}", self._client.get_version, name, number)
         try:
-            version = data["version"]
+            version = data.version
             return VersionInfo(str(version.content_hash), _entrypoint(version.manifest, f"{name}@{number}"))
         except (KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"unexpected answer describing {name}@{number}: {exc!r}", code="bad_answer") from exc
@@ -302,9 +321,7 @@ class HttpBackend:
 
     def _call(self, what: str, fn: Callable[..., Any], *args: Any) -> Any:
         """One client call, its failure in the registry's terms (see the class docstring)."""
-        import httpx
-
-        from sandgate.client import ApiError
+        import httpx  # only an HTTP backend needs it (a store consumer never imports it)
 
         if self._closed.is_set():
             raise StoreError(f"the HTTP backend for {self.url} is closed", code="closed")
@@ -312,7 +329,7 @@ class HttpBackend:
             return fn(*args)
         except ApiError as exc:
             raise _api_error(exc, what=what, url=self.url) from exc
-        except (ConfigError, StoreError):
+        except (ConfigError, StoreError, NotFound, Conflict, InvalidTransition):
             raise  # NotFound, 503 store errors: already in the registry's terms
         except SandgateError as exc:  # InfrastructureError: unreachable, timeout, 503
             raise StoreError(f"cannot {what}: {exc}", code=exc.code) from exc
@@ -327,8 +344,6 @@ class HttpBackend:
 
 def _redact(url: str) -> str:
     """``url`` without credentials, query or fragment (safe for logs and messages)."""
-    from urllib.parse import urlsplit, urlunsplit
-
     try:
         parts = urlsplit(url)
         host = parts.hostname or ""
@@ -340,8 +355,8 @@ def _redact(url: str) -> str:
         return "<invalid url>"
 
 
-def _api_error(exc: Any, *, what: str, url: str) -> SandgateError:
-    """An :class:`~sandgate.client.ApiError` (a status the library has no class for) for a registry."""
+def _api_error(exc: ApiError, *, what: str, url: str) -> SandgateError:
+    """An :class:`~sandgate.errors.ApiError` (a status the library has no class for) for a registry."""
     if exc.status == 401:
         return ConfigError(
             f"the sandgate server at {url} refused the API key ({exc.message}): check api_key= or "

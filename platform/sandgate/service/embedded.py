@@ -1,0 +1,246 @@
+"""The embedded skill service: the store and the lifecycle in this process.
+
+Every call sandgate's edges (the CLI without ``SANDGATE_URL``, the API's
+routes) make into the store goes through this module: the
+:class:`EmbeddedService` methods, and the read queries below that the store's
+modules do not offer yet (the event feed, the queue gauges, the pointers with
+their content hash and entrypoint, the auto-promotion of an evaluation).
+
+Policies are named; ``load_policy`` (a collaborator passed in) turns a name
+into a :class:`~sandgate.policy.Policy` — the CLI loads the file, the API
+resolves it against the policies it offers (cached).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from sqlalchemy import func, select
+
+from sandgate import lifecycle
+from sandgate.config import get_settings
+from sandgate.errors import NotFound
+from sandgate.service import VersionDetail, version_detail
+from sandgate.store import open_store
+from sandgate.store import audit, evaluations, pointers, versions
+from sandgate.store.engine import Store
+from sandgate.store.models import Evaluation, Event, Skill, Version
+from sandgate.records import (
+    EventRecord,
+    FileDiff,
+    PointerMove,
+    SkillRecord,
+    VersionRecord,
+    YankResult,
+)
+
+__all__ = [
+    "EmbeddedService",
+    "ActivePointer",
+    "active_pointer_details",
+    "latest_event_id",
+    "events_after",
+    "evaluation_counts",
+    "auto_promotion_of",
+]
+
+
+def _load_policy(name: str | None) -> Any:
+    return lifecycle.load_policy(name)  # looked up per call: tests replace it
+
+
+class EmbeddedService:
+    """:class:`~sandgate.service.SkillService` over a :class:`~sandgate.store.Store`."""
+
+    def __init__(self, store: Store | Callable[[], Store], *,
+                 load_policy: Callable[[str | None], Any] = _load_policy,
+                 default_actor: Callable[[], str] | None = None, owns_store: bool = False) -> None:
+        """``store``: a store, or a function opening it on first use (:meth:`open`)."""
+        self._store = store if isinstance(store, Store) else None
+        self._opener = None if isinstance(store, Store) else store
+        self._load_policy = load_policy
+        self._default_actor = default_actor
+        self._owns_store = owns_store
+
+    @classmethod
+    def open(cls, *, default_actor: Callable[[], str] | None = None) -> EmbeddedService:
+        """Over the configured store (``Settings.effective_database_url``), opened on first use
+        (a command checks its input first) and closed by :meth:`close`."""
+        return cls(lambda: open_store(get_settings().effective_database_url),
+                   default_actor=default_actor, owns_store=True)
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            assert self._opener is not None
+            self._store = self._opener()
+        return self._store
+
+    def close(self) -> None:
+        if self._owns_store and self._store is not None:
+            self._store.close()
+            self._store = None
+
+    def __enter__(self) -> EmbeddedService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _actor(self, actor: str | None) -> str:
+        if actor:
+            return actor
+        if self._default_actor is None:
+            raise TypeError("an actor is needed")
+        return self._default_actor()
+
+    # -- reads -----------------------------------------------------------------------
+
+    def list_skills(self, *, prefix: str | None = None, limit: int | None = None) -> list[SkillRecord]:
+        return versions.list_skills(self.store, prefix=prefix, limit=limit)
+
+    def get_skill(self, name: str) -> SkillRecord:
+        return versions.get_skill(self.store, name=name)
+
+    def list_versions(self, name: str) -> list[VersionRecord]:
+        return versions.list_versions(self.store, name=name)
+
+    def show(self, name: str, number: int | None = None) -> VersionDetail:
+        if number is None:
+            active = versions.get_active_version(self.store, name=name)
+            number = active.number if active else versions.get_skill(self.store, name=name).latest_version
+            if number is None:
+                raise NotFound(f"{name} has no versions")
+        version = versions.get_version(self.store, name=name, number=number)
+        evaluation = evaluations.latest_evaluation(self.store, name=name, number=number)
+        files = versions.get_version_files(self.store, name=name, number=number)
+        return version_detail(version, evaluation, files)
+
+    def version_files(self, name: str, number: int) -> tuple[VersionRecord, dict[str, bytes]]:
+        """The version's record and its exact bytes."""
+        return (versions.get_version(self.store, name=name, number=number),
+                versions.get_version_files(self.store, name=name, number=number))
+
+    def get_evaluation(self, evaluation_id: str) -> Any:
+        return evaluations.get_evaluation(self.store, evaluation_id=evaluation_id)
+
+    def history(self, name: str, *, limit: int | None = None) -> list[EventRecord]:
+        return audit.history(self.store, name=name, limit=limit)
+
+    def diff(self, name: str, a: int, b: int) -> list[FileDiff]:
+        return versions.diff(self.store, name=name, a=a, b=b)
+
+    def pointers(self, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
+        return pointers.active_pointers(self.store, names=names)
+
+    # -- writes ----------------------------------------------------------------------
+
+    def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
+               wait_timeout: float = 0.0, provenance: Mapping[str, Any]) -> tuple[Any, str]:
+        submission = lifecycle.load_submission(path)
+        pol = self._load_policy(policy)
+        return self.submit_submission(submission, policy=pol, actor=actor, wait=wait,
+                                      provenance=provenance), pol.name
+
+    def submit_submission(self, submission: Any, *, policy: Any, actor: str | None, wait: bool,
+                          provenance: Mapping[str, Any]) -> Any:
+        """Submit an already-read submission under an already-loaded policy."""
+        return lifecycle.submit(self.store, submission=submission, policy=policy,
+                                actor=self._actor(actor), wait=wait, provenance=dict(provenance))
+
+    def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,
+                policy: str | None, expected_generation: int | None, force: bool) -> PointerMove:
+        pol = self._load_policy(policy)
+        return lifecycle.promote(self.store, name=name, number=number, actor=self._actor(actor),
+                                 reason=reason, policy=pol, expected_generation=expected_generation,
+                                 force=force)
+
+    def rollback(self, name: str, *, to: int | None, actor: str | None, reason: str | None,
+                 expected_generation: int | None) -> PointerMove:
+        return lifecycle.rollback(self.store, name=name, to=to, actor=self._actor(actor),
+                                  reason=reason, expected_generation=expected_generation)
+
+    def yank(self, name: str, number: int, *, actor: str | None, reason: str,
+             rollback: bool) -> YankResult:
+        return lifecycle.yank(self.store, name=name, number=number, actor=self._actor(actor),
+                              reason=reason, rollback=rollback)
+
+
+# --------------------------------------------------------------------------- read queries
+# (one read transaction each, records out: candidates for the store's own modules)
+
+
+class ActivePointer(NamedTuple):
+    version: int
+    generation: int
+    content_hash: str
+    #: ``module:function`` from the version's manifest (None: the manifest has none)
+    entrypoint: str | None
+
+
+def active_pointer_details(store: Store, *, names: Iterable[str] | None = None) -> dict[str, ActivePointer]:
+    """Like ``active_pointers``, with each active version's content hash and entrypoint (same join)."""
+    q = select(Skill.name, Version.number, Skill.generation, Version.content_hash,
+               Version.manifest).join(Version, Version.id == Skill.active_version_id)
+    if names is not None:
+        wanted = list(names)
+        if not wanted:
+            return {}
+        q = q.where(Skill.name.in_(wanted))
+    with store.read() as s:
+        out = {}
+        for name, number, generation, content_hash, manifest in s.execute(q):
+            entrypoint = (manifest or {}).get("entrypoint")
+            out[name] = ActivePointer(number, generation, content_hash,
+                                      entrypoint if isinstance(entrypoint, str) else None)
+        return out
+
+
+def latest_event_id(store: Store) -> int:
+    """The highest event id (0: no events). One index lookup."""
+    with store.read() as s:
+        return int(s.scalar(select(func.max(Event.id))) or 0)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def events_after(store: Store, *, after: int, limit: int = 500) -> list[EventRecord]:
+    """Every event with ``id > after``, oldest first, at most ``limit`` (a primary-key range scan)."""
+    q = (
+        select(Event, Skill.name, Version.number)
+        .join(Skill, Skill.id == Event.skill_id)
+        .outerjoin(Version, Version.id == Event.version_id)
+        .where(Event.id > after)
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    with store.read() as s:
+        return [
+            EventRecord(
+                id=e.id, skill=name, version=number, actor=e.actor, action=e.action,
+                reason=e.reason, before=e.before, after=e.after, evidence=e.evidence,
+                created_at=_utc(e.created_at),  # type: ignore[arg-type]
+            )
+            for e, name, number in s.execute(q)
+        ]
+
+
+def evaluation_counts(store: Store) -> dict[tuple[str, str | None], int]:
+    """``{(status, verdict): count}`` over all evaluations (one grouped count)."""
+    q = select(Evaluation.status, Evaluation.verdict, func.count()).group_by(
+        Evaluation.status, Evaluation.verdict
+    )
+    with store.read() as s:
+        return {(status, verdict): int(n) for status, verdict, n in s.execute(q)}
+
+
+def auto_promotion_of(store: Store, *, skill: str, evaluation_id: str) -> PointerMove | None:
+    """The promotion whose evidence names ``evaluation_id`` (an indexed column, no event scan)."""
+    return audit.promotion_of(store, skill=skill, evaluation_id=evaluation_id)
