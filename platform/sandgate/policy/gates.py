@@ -287,13 +287,14 @@ def _test_reasons(tests: TestSummary, gates: Gates) -> list[Reason]:
 
 def _evidence_reasons(tests: TestSummary, gates: Gates) -> list[Reason]:
     reasons = []
-    if not gates.allow_skips:
+    count = tests.skipped + tests.xfailed + tests.xpassed
+    if not gates.allow_skips and count > 0:
         skipped = [c.nodeid for c in tests.cases if c.outcome in ("skipped", "xfailed", "xpassed")]
-        if skipped:
-            listed = skipped[:_MAX_LISTED_TESTS]
-            reasons.append(Reason(code=RC.skipped_tests, message=(
-                f"{_plural(len(skipped), 'test')} skipped, xfailed or xpassed (the policy does not "
-                f"allow skips): {', '.join(listed)}{_more(len(listed), len(skipped))}")))
+        listed = skipped[:_MAX_LISTED_TESTS]
+        detail = f": {', '.join(listed)}{_more(len(listed), count)}" if listed else ""
+        reasons.append(Reason(code=RC.skipped_tests, message=(
+            f"{_plural(count, 'test')} skipped, xfailed or xpassed (the policy does not "
+            f"allow skips){detail}")))
     empty = [c.nodeid for c in tests.cases if c.outcome == "passed" and c.assertions == 0]
     swallowed = [c.nodeid for c in tests.cases
                  if c.outcome == "passed" and (c.failed_assertions or 0) > 0]
