@@ -80,8 +80,7 @@ def _open_channel(key_fd: int, result_fd: int) -> Any:
 class _Collector:
     """A pytest plugin object: per-test outcomes straight from pytest's hooks, streamed."""
 
-    def __init__(self, send: Any, cov: Any) -> None:
-        self._send = send
+    def __init__(self, cov: Any) -> None:
         self._cov = cov
         self.collected: list[str] = []
         self.collect_errors: list[dict[str, Any]] = []
@@ -102,9 +101,9 @@ class _Collector:
             self.collect_skipped.append({"nodeid": report.nodeid or "<collection>",
                                          "message": _longrepr(report)})
 
-    def pytest_collection_finish(self, session: Any) -> None:
+    def pytest_collection_finish(self, session: Any) -> dict[str, Any]:
         self.collected = [str(item.nodeid) for item in session.items]
-        self._send("collected", {"nodeids": self.collected})
+        return {"nodeids": self.collected}
 
     # -- each test ------------------------------------------------------------
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
@@ -144,7 +143,7 @@ class _Collector:
         elif report.skipped and case["outcome"] is None:
             case["outcome"] = "xfailed" if wasxfail else "skipped"
 
-    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> dict[str, Any]:
         self._cov.switch_context(OUTSIDE_CONTEXT)
         self.current = None
         case = self.cases.setdefault(nodeid, {"nodeid": nodeid, "outcome": None,
@@ -153,7 +152,7 @@ class _Collector:
         case["assertions"] = passes + self.checks.get(nodeid, 0)
         case["failed_assertions"] = max(0, self.explained.get(nodeid, 0) - passes)
         case["duration_seconds"] = round(case["duration_seconds"], 6)
-        self._send("case", {"case": case})
+        return {"case": case}
 
     def pytest_sessionfinish(self, session: Any, exitstatus: Any) -> None:
         self.exit_status = int(exitstatus)
@@ -353,14 +352,47 @@ def check_entrypoint(entrypoint: str, skill_dir: str, sources: list[str], data: 
     return result
 
 
+def _plugin(collector: _Collector, send: Any) -> Any:
+    """The object pytest sees: hook functions only. The signer lives in their closures,
+    so no attribute of any object reachable through pytest's public API holds it."""
+    def pytest_collection_finish(session: Any) -> None:
+        send("collected", collector.pytest_collection_finish(session))
+
+    def pytest_runtest_logfinish(nodeid: str, location: Any) -> None:
+        send("case", collector.pytest_runtest_logfinish(nodeid, location))
+
+    def pytest_assertion_pass(item: Any, lineno: int, orig: str, expl: str) -> None:
+        collector.pytest_assertion_pass(item, lineno, orig, expl)
+
+    hooks = _Hooks()
+    hooks.__dict__.update(
+        pytest_collection_finish=pytest_collection_finish,
+        pytest_runtest_logfinish=pytest_runtest_logfinish,
+        pytest_assertion_pass=pytest_assertion_pass,
+        # bound methods of the collector, which holds outcomes, never the signer
+        pytest_collectreport=collector.pytest_collectreport,
+        pytest_runtest_logstart=collector.pytest_runtest_logstart,
+        pytest_runtest_logreport=collector.pytest_runtest_logreport,
+        pytest_sessionfinish=collector.pytest_sessionfinish,
+    )
+    return hooks
+
+
+class _Hooks:
+    """A plain, hashable holder of hook functions (pytest registers it as the plugin)."""
+
+
 def main() -> None:
     config = json.loads(sys.argv[3])
-    collector = _start(int(sys.argv[1]), int(sys.argv[2]), config)
-    _finish(collector, config)
+    finish = _start(int(sys.argv[1]), int(sys.argv[2]), config)
+    finish(config)
 
 
-def _start(key_fd: int, result_fd: int, config: dict[str, Any]) -> _Collector:
-    """Everything before submitted code runs, then pytest. Returns the collector only."""
+def _start(key_fd: int, result_fd: int, config: dict[str, Any]) -> Any:
+    """Everything before submitted code runs, then pytest; returns ``finish(config)``.
+
+    While tests run, this frame holds no key, no signer and no fd (``del`` below).
+    """
     send = _open_channel(key_fd, result_fd)
 
     import coverage
@@ -381,8 +413,9 @@ def _start(key_fd: int, result_fd: int, config: dict[str, Any]) -> _Collector:
                    "report:partial_also"):
         cov.set_option(option, [])
     cov.config.partial_always_list = []
-    collector = _Collector(send, cov)
-    collector.cov = cov  # type: ignore[attr-defined]
+    collector = _Collector(cov)
+    plugin = _plugin(collector, send)
+    finish = _finisher(collector, cov, send)
     del send, key_fd, result_fd  # this frame is on the stack while tests run
     _instrument(pytest, collector)
     args = [
@@ -399,18 +432,24 @@ def _start(key_fd: int, result_fd: int, config: dict[str, Any]) -> _Collector:
         "--capture=tee-sys",
         *config["tests"],
     ]
-    collector.started = time.monotonic()  # type: ignore[attr-defined]
+    started = time.monotonic()
     cov.start()
     cov.switch_context(OUTSIDE_CONTEXT)
     try:
-        collector.pytest_exit = int(pytest.main(args, plugins=[collector]))  # type: ignore[attr-defined]
+        pytest_exit = int(pytest.main(args, plugins=[plugin]))
     finally:
         cov.stop()
-    return collector
+    return finish(time.monotonic() - started, pytest_exit)
 
 
-def _finish(collector: _Collector, config: dict[str, Any]) -> None:
-    seconds = time.monotonic() - collector.started  # type: ignore[attr-defined]
+def _finisher(collector: _Collector, cov: Any, send: Any) -> Any:
+    def finish(seconds: float, pytest_exit: int) -> Any:
+        return lambda config: _finish_with(collector, cov, send, config, seconds, pytest_exit)
+    return finish
+
+
+def _finish_with(collector: _Collector, cov: Any, send: Any, config: dict[str, Any],
+                 seconds: float, pytest_exit: int) -> None:
     # Whatever submitted code left running dies now, before results are built.
     try:
         os.kill(-1, signal.SIGKILL)
@@ -425,7 +464,7 @@ def _finish(collector: _Collector, config: dict[str, Any]) -> None:
             for root, _, names in os.walk(skill_dir) for name in names if name.endswith(".py"))
         sources = [s for s in sources if s not in tests]
     passed = {nodeid for nodeid, case in collector.cases.items() if case.get("outcome") == "passed"}
-    data = collector.cov.get_data()  # type: ignore[attr-defined]
+    data = cov.get_data()
     try:
         coverage_json, line_tests = measure(data, skill_dir, sources, passed)
     except Exception as exc:  # noqa: BLE001 - reported, fails the coverage gate closed
@@ -446,10 +485,10 @@ def _finish(collector: _Collector, config: dict[str, Any]) -> None:
         "collect_errors": collector.collect_errors,
         "collect_skipped": collector.collect_skipped,
         "cases": [collector.cases[n] for n in collector.cases],
-        "exit_status": exit_status if exit_status is not None else collector.pytest_exit,  # type: ignore[attr-defined]
+        "exit_status": exit_status if exit_status is not None else pytest_exit,
         "seconds": seconds,
     }
-    collector._send("final", result)
+    send("final", result)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # no atexit hook or finaliser of submitted code runs after the final frame
