@@ -28,6 +28,7 @@ __all__ = [
     "CoverageSummary",
     "Finding",
     "SandboxInfo",
+    "EntrypointCheck",
     "EvaluationReport",
     "reason_code",
     "nothing_ran",
@@ -60,6 +61,14 @@ class ReasonCode(str, Enum):
     output_limit = "output_limit"
     crashed = "crashed"
     infrastructure = "infrastructure"
+    #: a passed test executed no assertion, or swallowed a failed one
+    vacuous_tests = "vacuous_tests"
+    #: tests were skipped / xfailed / xpassed and the policy does not allow it
+    skipped_tests = "skipped_tests"
+    #: the manifest's entrypoint does not resolve to a callable in the sandbox
+    entrypoint_missing = "entrypoint_missing"
+    #: no passing test executed the entrypoint's body
+    entrypoint_not_tested = "entrypoint_not_tested"
 
 
 class _Model(BaseModel):
@@ -81,6 +90,11 @@ class TestCase(_Model):
     outcome: TestOutcome
     duration_seconds: float = 0.0
     message: str | None = None
+    #: assertions that held while the test ran (rewritten asserts, pytest.raises/warns,
+    #: unittest assert methods); None: not measured (reports from before the count)
+    assertions: int | None = None
+    #: rewritten asserts that failed while the test ran (caught inside the test if it passed)
+    failed_assertions: int | None = None
 
 
 class TestSummary(_Model):
@@ -143,6 +157,19 @@ class SandboxInfo(_Model):
     container_id: str | None = None
 
 
+class EntrypointCheck(_Model):
+    """The manifest's entrypoint, checked in the sandbox after the tests ran."""
+
+    #: ``module:attribute`` as in the manifest
+    name: str = ""
+    #: it imported and resolved to a callable
+    resolved: bool = False
+    #: why it did not resolve, or why the harness cannot tell whether it ran
+    problem: str | None = None
+    #: node ids of the passing tests that executed its body
+    tested_by: list[str] = Field(default_factory=list)
+
+
 class EvaluationReport(_Model):
     schema_version: Literal[1] = 1
     evaluation_id: str
@@ -155,6 +182,8 @@ class EvaluationReport(_Model):
     tests: TestSummary = Field(default_factory=TestSummary)
     coverage: CoverageSummary | None = None
     findings: list[Finding] = Field(default_factory=list)
+    #: the entrypoint check (None: the dynamic phase did not run, or an older report)
+    entrypoint: EntrypointCheck | None = None
     sandbox: SandboxInfo | None = None
     #: seconds per phase: intake, static, dynamic, total (and container start/stop)
     timings: dict[str, float] = Field(default_factory=dict)

@@ -984,6 +984,58 @@ def _check_entrypoint(manifest: Manifest, files: Mapping[str, bytes], tests: lis
         )
 
 
+def _imported_names(tree: ast.AST, package: list[str]) -> list[tuple[str, int]]:
+    """Dotted names a module imports (``from a import b`` gives ``a`` and ``a.b``),
+    relative imports resolved against ``package``; constant importlib/__import__ calls too."""
+    names: list[tuple[str, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            if node.level and node.level - 1 > len(package):
+                continue
+            mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            if mod:
+                names.append((mod, node.lineno))
+            names.extend((f"{mod}.{a.name}" if mod else a.name, node.lineno) for a in node.names)
+        elif isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant) \
+                and isinstance(node.args[0].value, str):
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            if called in ("import_module", "__import__"):
+                names.append((node.args[0].value, node.lineno))
+    return names
+
+
+def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
+    """Test files hold tests only: a module of the skill that imports one is refused.
+
+    Test files are not measured by coverage, so an implementation placed in a
+    ``test_*.py`` file and imported by the module would escape measurement.
+    """
+    test_names = {}
+    for path in tests:
+        dotted = path[: -len(".py")].replace("/", ".")
+        test_names[dotted] = path
+    for path in sorted(files):
+        if not path.endswith(".py") or path in tests:
+            continue
+        try:
+            tree = ast.parse(files[path])
+        except (SyntaxError, ValueError):
+            continue  # _check_source reported it
+        package = path[: -len(".py")].split("/")[:-1]
+        for name, line in _imported_names(tree, package):
+            for dotted, test_path in test_names.items():
+                if name == dotted or dotted.endswith("." + name) or name.startswith(dotted + "."):
+                    raise SubmissionError(
+                        f"{path}:{line} imports the test file {test_path}: test files may only "
+                        f"hold tests (they are not measured); put the implementation in a module",
+                        path=path,
+                    )
+
+
 def _check_requirements(manifest: Manifest, available: Mapping[str, str] | None) -> None:
     if not manifest.requirements:
         return
@@ -1099,6 +1151,7 @@ def _build(
     for path in sorted(files):
         if path.endswith(".py"):
             _check_source(path, files[path])
+    _check_test_imports(files, tests)
     canonical = dict(sorted(files.items()))
     return Submission(
         manifest=manifest,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import tarfile
@@ -12,29 +13,99 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
 
-from sandgate_harness.__main__ import parse_frames  # noqa: E402
+from sandgate_harness.__main__ import defined_tests, parse_frames, unreported_tests  # noqa: E402
 from sandgate_harness.payload import PayloadError, read_payload, write_tree  # noqa: E402
-from sandgate_harness.runner import frame  # noqa: E402
+from sandgate_harness.runner import frame, function_body_lines  # noqa: E402
 from sandgate_harness.static import _finding, semgrep_command  # noqa: E402
 
 KEY = b"k" * 32
 
 
-def test_authentic_frame_is_accepted() -> None:
-    result, problem = parse_frames(KEY, frame(KEY, b'{"collected": 3}'))
-    assert result == {"collected": 3} and problem is None
+def _stream(*bodies: dict, key: bytes = KEY, start: int = 0) -> bytes:
+    return b"".join(frame(key, start + i, json.dumps(b).encode()) for i, b in enumerate(bodies))
+
+
+CASE = {"nodeid": "tests/test_m.py::test_a", "outcome": "passed", "duration_seconds": 0.0,
+        "message": None, "assertions": 1, "failed_assertions": 0}
+COLLECTED = {"kind": "collected", "nodeids": [CASE["nodeid"]]}
+FINAL = {"kind": "final", "collected": 1, "cases": [CASE], "exit_status": 0}
+
+
+def test_an_authentic_consistent_stream_is_accepted() -> None:
+    result, problem = parse_frames(KEY, _stream(COLLECTED, {"kind": "case", "case": CASE}, FINAL))
+    assert problem is None and result["cases"] == [CASE] and "kind" not in result
 
 
 def test_forged_frame_is_refused_even_after_an_authentic_one() -> None:
-    data = frame(KEY, b'{"collected": 1}') + frame(b"x" * 32, b'{"collected": 99}')
+    data = _stream(COLLECTED) + frame(b"x" * 32, 1, b'{"kind": "final"}')
     result, problem = parse_frames(KEY, data)
-    assert "forged" in problem
+    assert result is None and "forged" in problem
 
 
 def test_junk_and_cut_frames_are_problems() -> None:
     assert "not a result frame" in parse_frames(KEY, b"hello world" * 10)[1]
-    assert "cut short" in parse_frames(KEY, frame(KEY, b'{"a": 1}')[:-2])[1]
+    assert "cut short" in parse_frames(KEY, _stream(FINAL)[:-2])[1]
     assert parse_frames(KEY, b"") == (None, "the test process exited without reporting results")
+
+
+def test_a_second_final_frame_is_tampering() -> None:
+    forged = {**FINAL, "cases": [{**CASE, "outcome": "passed"}]}
+    data = _stream(COLLECTED, {"kind": "case", "case": CASE}, FINAL, forged)
+    result, problem = parse_frames(KEY, data)
+    assert result is None and "after the final" in problem
+
+
+def test_frames_out_of_order_or_replayed_are_tampering() -> None:
+    data = _stream(COLLECTED) + _stream(COLLECTED)  # frame 0 twice
+    result, problem = parse_frames(KEY, data)
+    assert result is None and "out of order" in problem
+
+
+@pytest.mark.parametrize("streamed,final,needle", [
+    # the final summary hides a failure that was streamed while the test ran
+    ([{**CASE, "outcome": "failed"}], FINAL, "disagrees"),
+    # an outcome for a test that was never collected
+    ([{**CASE, "nodeid": "tests/test_m.py::test_other"}], FINAL, "never collected"),
+    # the collected count does not match the collected ids
+    ([CASE], {**FINAL, "collected": 5}, "number of collected"),
+    # two outcomes for one test
+    ([CASE, CASE], FINAL, "two outcomes"),
+])
+def test_a_final_summary_that_disagrees_with_the_stream_is_tampering(streamed, final, needle) -> None:
+    data = _stream(COLLECTED, *({"kind": "case", "case": c} for c in streamed), final)
+    result, problem = parse_frames(KEY, data)
+    assert result is None and needle in problem, problem
+
+
+def test_no_final_frame_is_a_problem() -> None:
+    result, problem = parse_frames(KEY, _stream(COLLECTED, {"kind": "case", "case": CASE}))
+    assert result is None and "without a final result" in problem
+
+
+def test_defined_tests_come_from_the_ast_and_must_all_be_reported(tmp_path: Path) -> None:
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_m.py").write_text(
+        "def test_a():\n    assert 1\n"
+        "def test_b():\n    assert 0\n"
+        "test_b.__test__ = False\n"
+        "def helper():\n    pass\n"
+        "class TestK:\n    def test_c(self):\n        assert 1\n"
+        "class TestInit:\n    def __init__(self):\n        pass\n    def test_d(self):\n        pass\n")
+    required = defined_tests(str(tmp_path), ["tests/test_m.py"])
+    assert required == [("tests/test_m.py", "TestK::test_c"), ("tests/test_m.py", "test_a"),
+                        ("tests/test_m.py", "test_b")]
+    result = {"cases": [{"nodeid": "tests/test_m.py::test_a[x-1]"},
+                        {"nodeid": "tests/test_m.py::TestK::test_c"}]}
+    assert unreported_tests(result, required) == ["tests/test_m.py::test_b"]
+    # a module skipped (or broken) at collection excuses its file
+    excused = {**result, "collect_skipped": [{"nodeid": "tests/test_m.py"}]}
+    assert unreported_tests(excused, required) == []
+
+
+def test_function_body_lines_exclude_module_and_class_bodies() -> None:
+    source = ("import os\nX = 1\n\n@staticmethod\ndef f(a=2):\n    y = a\n    return y\n"
+              "class C:\n    Z = 3\n    def m(self): return 4\nL = lambda q: q\n")
+    assert function_body_lines(source) == {6, 7, 10, 11}
 
 
 def _tar(members: list[tarfile.TarInfo], data: dict[str, bytes] | None = None) -> io.BytesIO:

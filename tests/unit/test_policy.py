@@ -12,6 +12,7 @@ from sandgate.errors import PolicyError, SubmissionError
 from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
+    EntrypointCheck,
     Finding,
     Reason,
     ReasonCode,
@@ -261,14 +262,14 @@ def test_tests_must_pass_false_still_needs_one_pass() -> None:
 
 def test_skipped_only_never_passes() -> None:
     t = TestSummary(collected=3, skipped=3)
-    verdict, reasons = decide(report(tests=t), policy())
+    verdict, reasons = decide(report(tests=t), policy(allow_skips=True))
     assert verdict is Verdict.failed
     assert reasons == [Reason(code=RC.no_tests, message="no test passed: 3 skipped")]
 
 
 def test_xfailed_and_xpassed_never_pass() -> None:
     t = TestSummary(collected=3, skipped=1, xfailed=1, xpassed=1)
-    _, reasons = decide(report(tests=t), policy())
+    _, reasons = decide(report(tests=t), policy(allow_skips=True))
     assert reasons == [
         Reason(code=RC.no_tests, message="no test passed: 1 skipped, 1 xfailed, 1 xpassed")
     ]
@@ -276,7 +277,7 @@ def test_xfailed_and_xpassed_never_pass() -> None:
 
 def test_skipped_only_fails_even_when_min_tests_is_zero() -> None:
     t = TestSummary(collected=2, skipped=2)
-    assert codes(decide(report(tests=t), policy(min_tests=0))[1]) == [RC.no_tests]
+    assert codes(decide(report(tests=t), policy(min_tests=0, allow_skips=True))[1]) == [RC.no_tests]
 
 
 def test_zero_tests_allowed_when_min_tests_zero() -> None:
@@ -287,20 +288,100 @@ def test_zero_tests_allowed_when_min_tests_zero() -> None:
 
 def test_skips_cannot_pad_min_tests() -> None:
     t = TestSummary(collected=10, passed=1, skipped=9)
-    verdict, reasons = decide(report(tests=t), policy(min_tests=3))
+    verdict, reasons = decide(report(tests=t), policy(min_tests=3, allow_skips=True))
     assert verdict is Verdict.failed
     assert codes(reasons) == [RC.no_tests]
     assert "only 1 test passed" in reasons[0].message and "9 skipped" in reasons[0].message
 
 
-def test_some_skipped_with_passes_is_fine() -> None:
+def test_some_skipped_with_passes_is_fine_when_the_policy_allows_skips() -> None:
     t = TestSummary(collected=4, passed=3, skipped=1)
+    assert decide(report(tests=t), policy(allow_skips=True)) == (Verdict.passed, [])
+
+
+@pytest.mark.parametrize("outcome", ["skipped", "xfailed", "xpassed"])
+def test_a_skip_fails_the_default_policy(outcome: str) -> None:
+    field = {"skipped": "skipped", "xfailed": "xfailed", "xpassed": "xpassed"}[outcome]
+    cases = [TestCase(nodeid="t.py::test_a", outcome="passed", assertions=1, failed_assertions=0),
+             TestCase(nodeid="t.py::test_hidden[x]", outcome=outcome)]
+    t = TestSummary(collected=2, passed=1, cases=cases, **{field: 1})
+    verdict, reasons = decide(report(tests=t), policy())
+    assert verdict is Verdict.failed and codes(reasons) == [RC.skipped_tests]
+    assert "t.py::test_hidden[x]" in reasons[0].message and "allow skips" in reasons[0].message
+    assert load_policy("default", policies_dir=POLICIES_DIR).gates.allow_skips is False
+    assert load_policy("strict", policies_dir=POLICIES_DIR).gates.allow_skips is False
+
+
+def test_allow_skips_is_validated_strictly() -> None:
+    with pytest.raises(PolicyError, match="allow_skips"):
+        parse_policy({"gates": {"allow_skips": "no"}}, name="t")
+
+
+def _case(name: str, assertions: int | None, failed: int | None = 0, outcome: str = "passed") -> TestCase:
+    return TestCase(nodeid=f"t.py::{name}", outcome=outcome, assertions=assertions,
+                    failed_assertions=failed)
+
+
+def test_a_passed_test_without_an_assertion_is_vacuous() -> None:
+    t = TestSummary(collected=2, passed=2, cases=[_case("test_real", 3), _case("test_empty", 0)])
+    verdict, reasons = decide(report(tests=t), policy())
+    assert verdict is Verdict.failed and codes(reasons) == [RC.vacuous_tests]
+    assert "executed no assertion: t.py::test_empty" in reasons[0].message
+
+
+def test_a_passed_test_that_caught_a_failed_assertion_is_vacuous() -> None:
+    t = TestSummary(collected=1, passed=1, cases=[_case("test_swallow", 2, failed=1)])
+    verdict, reasons = decide(report(tests=t), policy())
+    assert verdict is Verdict.failed and codes(reasons) == [RC.vacuous_tests]
+    assert "caught a failed assertion: t.py::test_swallow" in reasons[0].message
+
+
+def test_unmeasured_assertion_counts_are_not_judged() -> None:
+    # reports from before the counts existed decide as they did
+    t = TestSummary(collected=1, passed=1, cases=[_case("test_old", None, None)])
     assert decide(report(tests=t), policy()) == (Verdict.passed, [])
+
+
+def test_a_failed_test_with_no_assertion_is_only_a_failure() -> None:
+    t = TestSummary(collected=2, passed=1, failed=1,
+                    cases=[_case("test_ok", 1), _case("test_bad", 0, outcome="failed")])
+    assert codes(decide(report(tests=t), policy())[1]) == [RC.tests_failed]
+
+
+def test_missing_entrypoint_fails_whatever_the_tests_did() -> None:
+    e = EntrypointCheck(name="unit_convert:nope", resolved=False,
+                        problem="'unit_convert' has no attribute 'nope'")
+    verdict, reasons = decide(report(entrypoint=e), policy())
+    assert verdict is Verdict.failed and codes(reasons) == [RC.entrypoint_missing]
+    assert "unit_convert:nope" in reasons[0].message and "no attribute" in reasons[0].message
+    verdict, reasons = decide(report(entrypoint=e, tests=TestSummary()), policy(min_tests=0))
+    assert RC.entrypoint_missing in codes(reasons)
+
+
+def test_an_entrypoint_no_passing_test_executed_fails() -> None:
+    e = EntrypointCheck(name="m:f", resolved=True, tested_by=[])
+    verdict, reasons = decide(report(entrypoint=e), policy())
+    assert verdict is Verdict.failed and codes(reasons) == [RC.entrypoint_not_tested]
+    tested = e.model_copy(update={"tested_by": ["t.py::test_f"]})
+    assert decide(report(entrypoint=tested), policy()) == (Verdict.passed, [])
+    # no passing test at all: the test reasons explain it, no extra entrypoint reason
+    t = TestSummary(collected=1, failed=1)
+    assert codes(decide(report(entrypoint=e, tests=t), policy())[1]) == [RC.tests_failed]
+
+
+def test_no_entrypoint_check_is_not_judged() -> None:
+    assert decide(report(entrypoint=None), policy()) == (Verdict.passed, [])
+
+
+def test_new_reasons_are_recomputed_not_carried() -> None:
+    stale = [Reason(code=code, message="stale") for code in
+             (RC.vacuous_tests, RC.skipped_tests, RC.entrypoint_missing, RC.entrypoint_not_tested)]
+    assert decide(report(reasons=stale), policy()) == (Verdict.passed, [])
 
 
 def test_tests_not_run() -> None:
     t = TestSummary(collected=5, passed=2, skipped=1, exit_status=None)
-    verdict, reasons = decide(report(tests=t), policy())
+    verdict, reasons = decide(report(tests=t), policy(allow_skips=True))
     assert verdict is Verdict.failed
     assert codes(reasons) == [RC.tests_not_run]
     assert reasons[0].message.startswith("2 of 5 collected tests never ran")
@@ -313,7 +394,7 @@ def test_all_tests_accounted_for_is_not_tests_not_run() -> None:
 
 def test_no_pass_not_repeated_when_failures_explain_it() -> None:
     t = TestSummary(collected=2, failed=1, skipped=1)
-    assert codes(decide(report(tests=t), policy())[1]) == [RC.tests_failed]
+    assert codes(decide(report(tests=t), policy(allow_skips=True))[1]) == [RC.tests_failed]
 
 
 # -- sandbox ------------------------------------------------------------------

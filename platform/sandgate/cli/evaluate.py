@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sandgate.cli.common import fail
 from sandgate.report import EvaluationReport, Verdict
@@ -47,44 +48,78 @@ def evaluate(
     raise typer.Exit(EXIT[report.verdict])
 
 
+def literal(value: object) -> str:
+    """Submitted text as printable characters: control and format characters escaped
+    (``\\n``, ``\\x1b``, ``\\u202e``). Use it inside :class:`rich.text.Text`, never as markup."""
+    text = str(value)
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
+
+
+def _line(*parts: str | tuple[str, str]) -> Text:
+    """A line of literal text; ``(text, style)`` parts are styled, nothing is parsed as markup."""
+    line = Text()
+    for part in parts:
+        if isinstance(part, tuple):
+            line.append(literal(part[0]), style=part[1])
+        else:
+            line.append(literal(part))
+    return line
+
+
 def render_report(report: EvaluationReport, out: Console | None = None) -> None:
+    """The human report. Everything that came from the submission is printed literally."""
     out = out or console
     verdict = report.verdict.value
-    out.print(f"[{VERDICT_STYLE[verdict]}]{verdict.upper()}[/]  {report.skill or '?'}  "
-              f"[dim]{report.content_hash or ''}  policy {report.policy}[/]")
+    out.print(_line((verdict.upper(), VERDICT_STYLE[verdict]), f"  {report.skill or '?'}  ",
+                    (f"{report.content_hash or ''}  policy {report.policy}", "dim")))
     for reason in report.reasons:
-        out.print(f"  [bold]{reason.code.value}[/]: {reason.message}")
+        out.print(_line("  ", (reason.code.value, "bold"), f": {reason.message}"))
     t = report.tests
     if t.collected or t.cases:
-        out.print(f"tests: {t.collected} collected, {t.passed} passed, {t.failed} failed, "
-                  f"{t.errors} errors, {t.skipped} skipped, {t.xfailed} xfailed")
+        out.print(_line(f"tests: {t.collected} collected, {t.passed} passed, {t.failed} failed, "
+                        f"{t.errors} errors, {t.skipped} skipped, {t.xfailed} xfailed"))
         failing = [c for c in t.cases if c.outcome in ("failed", "error")]
         if failing:
             table = Table("test", "outcome", "message", show_header=True)
             for case in failing[:10]:
-                table.add_row(case.nodeid, case.outcome, (case.message or "").strip().splitlines()[-1:][0]
-                              if case.message else "")
+                last = (case.message or "").strip().splitlines()[-1:]
+                table.add_row(_line(case.nodeid), _line(case.outcome), _line(last[0] if last else ""))
             out.print(table)
+    if report.entrypoint and (not report.entrypoint.resolved or not report.entrypoint.tested_by):
+        e = report.entrypoint
+        out.print(_line(f"entrypoint {e.name}: ", ("resolved" if e.resolved else "missing", "bold"),
+                        f", tested by {len(e.tested_by)} passing tests",
+                        f" ({e.problem})" if e.problem else ""))
     if report.coverage:
         c = report.coverage
-        out.print(f"coverage: lines {c.line_percent:.1f}% ({c.covered_lines}/{c.statements}), "
-                  f"branches {c.branch_percent:.1f}% ({c.covered_branches}/{c.branches})")
+        out.print(_line(f"coverage: lines {c.line_percent:.1f}% ({c.covered_lines}/{c.statements}), "
+                        f"branches {c.branch_percent:.1f}% ({c.covered_branches}/{c.branches})"))
         for f in c.files:
             if f.missed_lines:
-                out.print(f"  [dim]{f.path}: missed lines {', '.join(map(str, f.missed_lines[:20]))}[/]")
+                out.print(_line((f"  {f.path}: missed lines {', '.join(map(str, f.missed_lines[:20]))}",
+                                 "dim")))
     if report.findings:
         table = Table("severity", "rule", "where", "message", title="findings")
         for f in report.findings:
-            table.add_row(f.severity, f.rule_id, f"{f.path}:{f.line}", f.message)
+            table.add_row(_line(f.severity), _line(f.rule_id), _line(f"{f.path}:{f.line}"), _line(f.message))
         out.print(table)
     if report.sandbox:
         s = report.sandbox
         peak = f"{s.peak_memory_bytes / 1e6:.0f} MB" if s.peak_memory_bytes else "?"
-        out.print(f"[dim]sandbox: {s.runtime}, exit {s.exit_code}, {s.wall_seconds:.2f}s, peak {peak}"
-                  f"{', timed out' if s.timed_out else ''}{', OOM' if s.oom_killed else ''}"
-                  f"{', output truncated' if s.output_truncated else ''}[/]")
+        out.print(_line((f"sandbox: {s.runtime}, exit {s.exit_code}, {s.wall_seconds:.2f}s, peak {peak}"
+                         f"{', timed out' if s.timed_out else ''}{', OOM' if s.oom_killed else ''}"
+                         f"{', output truncated' if s.output_truncated else ''}", "dim")))
     if report.timings:
-        out.print("[dim]timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()) + "[/]")
+        out.print(_line(("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()),
+                         "dim")))
 
 
 def register(app: typer.Typer) -> None:

@@ -104,8 +104,17 @@ def _move_line(move: Any) -> str:
     )
 
 
+def _lit(value: Any) -> str:
+    """Submitted (or user-typed) text for Rich: printed literally, control characters escaped."""
+    from rich.markup import escape
+
+    from sandgate.cli.evaluate import literal
+
+    return escape(literal(value))
+
+
 def _reasons_text(reasons: list[dict[str, Any]]) -> str:
-    return "; ".join(f"{r.get('code')}: {r.get('message')}" for r in reasons)
+    return "; ".join(f"{_lit(r.get('code'))}: {_lit(r.get('message'))}" for r in reasons)
 
 
 # --------------------------------------------------------------------------- commands
@@ -197,8 +206,8 @@ def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: 
             v.status,
             str(v.file_count),
             _when(v.created_at),
-            v.created_by,
-            f"{_when(v.yanked_at)}: {v.yank_reason}" if v.yanked else "",
+            _lit(v.created_by),
+            f"{_when(v.yanked_at)}: {_lit(v.yank_reason)}" if v.yanked else "",
         )
     _console().print(table)
 
@@ -217,17 +226,17 @@ def show(
         return
     out = _console()
     flags = [f for f, on in (("active", version.active), ("yanked", version.yanked)) if on]
-    out.print(f"[bold]{version.ref}[/bold] {' '.join(f'[{f}]' for f in flags)}")
+    out.print(f"[bold]{version.ref}[/bold] {' '.join(_lit(f'[{f}]') for f in flags)}")
     out.print(f"  hash:         {version.content_hash}")
     out.print(f"  status:       {version.status}")
-    out.print(f"  created:      {_when(version.created_at)} by {version.created_by}")
+    out.print(f"  created:      {_when(version.created_at)} by {_lit(version.created_by)}")
     if version.yanked:
-        out.print(f"  yanked:       {_when(version.yanked_at)}: {version.yank_reason}")
+        out.print(f"  yanked:       {_when(version.yanked_at)}: {_lit(version.yank_reason)}")
     m = version.manifest
     for key in ("description", "entrypoint", "requirements", "tests"):
         if m.get(key) is not None:
             value = ", ".join(map(str, m[key])) or "-" if isinstance(m[key], list) else m[key]
-            out.print(f"  {key + ':':<14}{value}")
+            out.print(f"  {key + ':':<14}{_lit(value)}")
     if evaluation is None:
         out.print("evaluation: none finished yet")
     else:
@@ -250,10 +259,10 @@ def show(
                 f"{coverage.get('branch_percent', 0):.1f}% branches"
             )
         for r in evaluation.reasons:
-            out.print(f"  reason: {r.get('code')}: {r.get('message')}")
+            out.print(f"  reason: {_lit(r.get('code'))}: {_lit(r.get('message'))}")
     table = Table("file", "size", "sha256")
     for f in detail.files:
-        table.add_row(f.path, str(f.size), f.sha256[:12])
+        table.add_row(_lit(f.path), str(f.size), f.sha256[:12])
     out.print(table)
 
 
@@ -340,11 +349,11 @@ def history(
         table.add_row(
             str(e.id),
             _when(e.created_at),
-            e.actor,
+            _lit(e.actor),
             e.action,
             str(e.version) if e.version is not None else "-",
-            change,
-            e.reason or "",
+            _lit(change),
+            _lit(e.reason or ""),
         )
     _console().print(table)
 

@@ -98,6 +98,8 @@ def evaluate(
             "timeout_seconds": limits.timeout_seconds,
             "output_bytes": limits.output_kb * 1024,
             "tests": submission.test_files(),
+            "sources": submission.module_files(),
+            "entrypoint": submission.manifest.entrypoint,
             "blocked_severities": list(policy.gates.blocked_severities),
             "fail_fast": False,
             "static": "static" in phases,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from sandgate.report import (
     CoverageSummary,
+    EntrypointCheck,
     EvaluationReport,
     FileCoverage,
     Finding,
@@ -74,14 +75,32 @@ def _tests(result: dict[str, Any]) -> TestSummary:
             outcome=outcome if outcome in _OUTCOME_FIELD else "error",
             duration_seconds=round(float(raw.get("duration_seconds", 0.0)), 6),
             message=(str(raw["message"])[:4000] if raw.get("message") else None),
+            # a result without the counts claims no assertion ran (fail closed)
+            assertions=max(0, int(raw.get("assertions") or 0)),
+            failed_assertions=max(0, int(raw.get("failed_assertions") or 0)),
         )
         counts[_OUTCOME_FIELD[case.outcome]] += 1
         cases.append(case)
+    for skip in result.get("collect_skipped", [])[:100]:
+        counts["skipped"] += 1
+        cases.append(TestCase(nodeid=str(skip.get("nodeid", "<collection>"))[:500], outcome="skipped",
+                              message="skipped at collection: " + str(skip.get("message", ""))[:4000]))
     for err in result.get("collect_errors", [])[:100]:
         counts["errors"] += 1
         cases.append(TestCase(nodeid=str(err.get("nodeid", "<collection>"))[:500], outcome="error",
                               message="collection error: " + str(err.get("message", ""))[:4000]))
     return summary.model_copy(update={**counts, "cases": cases})
+
+
+def _entrypoint(data: Any) -> EntrypointCheck:
+    if not isinstance(data, dict):
+        return EntrypointCheck(problem="the test process did not report the entrypoint check")
+    return EntrypointCheck(
+        name=str(data.get("name", ""))[:300],
+        resolved=bool(data.get("resolved")),
+        problem=str(data["problem"])[:1000] if data.get("problem") else None,
+        tested_by=[str(n)[:500] for n in (data.get("tested_by") or [])[:1000]],
+    )
 
 
 def _findings(static: dict[str, Any], reasons: list[Reason]) -> list[Finding]:
@@ -156,6 +175,7 @@ def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | Non
         try:
             update["tests"] = _tests(result)
             update["coverage"] = _coverage(result.get("coverage"))
+            update["entrypoint"] = _entrypoint(result.get("entrypoint"))
         except (ValidationError, TypeError, ValueError, AttributeError) as exc:
             reasons.append(Reason(code=ReasonCode.crashed, message=f"the test results were malformed: {exc}"))
     elif dynamic.get("ran"):
@@ -169,4 +189,11 @@ def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | Non
         update["tests"] = TestSummary()
     if dynamic.get("problem") and isinstance(result, dict):
         reasons.append(Reason(code=ReasonCode.crashed, message=str(dynamic["problem"])))
+    if isinstance(result, dict) and (dynamic.get("signal") or dynamic.get("returncode") not in (0, None)):
+        # The runner exits 0 right after its final frame; a result followed by another
+        # ending (a forger's os._exit, a kill) is not trusted, whatever the harness said.
+        how = (f"was killed by {dynamic['signal']}" if dynamic.get("signal")
+               else f"exited with status {dynamic.get('returncode')}")
+        reasons.append(Reason(code=ReasonCode.crashed,
+                              message=f"the test process {how} after reporting results"))
     return base.model_copy(update={**update, "reasons": reasons})

@@ -12,8 +12,10 @@ Which reasons come from where
     ``output_limit``) are kept, de-duplicated by code (the first message wins).
     *Policy-dependent* reasons (``policy_violation``, ``no_tests``,
     ``tests_failed``, ``tests_not_run``, ``coverage_below_threshold``,
-    ``branch_coverage_below_threshold``) found in the report are dropped and
-    recomputed, so deciding a stored report again under another policy is
+    ``branch_coverage_below_threshold``) and the reasons computed from the
+    report's test and entrypoint data (``vacuous_tests``, ``skipped_tests``,
+    ``entrypoint_missing``, ``entrypoint_not_tested``) found in the report are
+    dropped and recomputed, so deciding a stored report again under another policy is
     correct, and deciding twice gives the same answer. The report's incoming
     ``verdict`` is ignored.
 
@@ -26,6 +28,19 @@ Tests that count
     evidence. It is not added on top of ``tests_failed`` / ``tests_not_run``,
     which already explain the shortfall.
 
+Evidence that is not evidence
+    ``vacuous_tests``: a passed test that executed no assertion (``assertions == 0``)
+    or in which an assertion failed (``failed_assertions > 0``: it was caught).
+    Cases whose counts are ``None`` (reports from before the count) are not judged.
+    ``skipped_tests``: any skipped, xfailed or xpassed test (including a module
+    skipped at collection) unless the policy has ``allow_skips = true``.
+
+Entrypoint
+    When the report carries an entrypoint check (``report.entrypoint``; None when
+    the dynamic phase did not run): not resolved → ``entrypoint_missing``, whatever
+    the tests did; resolved but executed by no passing test → ``entrypoint_not_tested``,
+    added only when some test passed (otherwise the test reasons explain it).
+
 Coverage
     No coverage data fails the coverage gate ("no coverage data") when a
     coverage gate is enabled and a test ran; when no test ran the test reason
@@ -37,13 +52,16 @@ Coverage
 
 Order of reasons
     Root causes first: sandbox limits, ``crashed``, ``policy_violation``,
-    ``no_tests``, ``tests_failed``, ``tests_not_run``, coverage, branch coverage.
+    ``entrypoint_missing``, ``no_tests``, ``tests_failed``, ``tests_not_run``,
+    ``skipped_tests``, ``vacuous_tests``, ``entrypoint_not_tested``, coverage,
+    branch coverage.
 """
 
 from __future__ import annotations
 
 from sandgate.report import (
     CoverageSummary,
+    EntrypointCheck,
     EvaluationReport,
     Finding,
     Reason,
@@ -67,6 +85,10 @@ POLICY_DEPENDENT_CODES: frozenset[ReasonCode] = frozenset(
         RC.tests_not_run,
         RC.coverage_below_threshold,
         RC.branch_coverage_below_threshold,
+        RC.vacuous_tests,
+        RC.skipped_tests,
+        RC.entrypoint_missing,
+        RC.entrypoint_not_tested,
     }
 )
 
@@ -81,9 +103,13 @@ REASON_ORDER: tuple[ReasonCode, ...] = (
     RC.output_limit,
     RC.crashed,
     RC.policy_violation,
+    RC.entrypoint_missing,
     RC.no_tests,
     RC.tests_failed,
     RC.tests_not_run,
+    RC.skipped_tests,
+    RC.vacuous_tests,
+    RC.entrypoint_not_tested,
     RC.coverage_below_threshold,
     RC.branch_coverage_below_threshold,
 )
@@ -259,6 +285,48 @@ def _test_reasons(tests: TestSummary, gates: Gates) -> list[Reason]:
     return reasons
 
 
+def _evidence_reasons(tests: TestSummary, gates: Gates) -> list[Reason]:
+    reasons = []
+    count = tests.skipped + tests.xfailed + tests.xpassed
+    if not gates.allow_skips and count > 0:
+        skipped = [c.nodeid for c in tests.cases if c.outcome in ("skipped", "xfailed", "xpassed")]
+        listed = skipped[:_MAX_LISTED_TESTS]
+        detail = f": {', '.join(listed)}{_more(len(listed), count)}" if listed else ""
+        reasons.append(Reason(code=RC.skipped_tests, message=(
+            f"{_plural(count, 'test')} skipped, xfailed or xpassed (the policy does not "
+            f"allow skips){detail}")))
+    empty = [c.nodeid for c in tests.cases if c.outcome == "passed" and c.assertions == 0]
+    swallowed = [c.nodeid for c in tests.cases
+                 if c.outcome == "passed" and (c.failed_assertions or 0) > 0]
+    parts = []
+    if empty:
+        listed = empty[:_MAX_LISTED_TESTS]
+        parts.append(f"{_plural(len(empty), 'passed test')} executed no assertion: "
+                     f"{', '.join(listed)}{_more(len(listed), len(empty))}")
+    if swallowed:
+        listed = swallowed[:_MAX_LISTED_TESTS]
+        parts.append(f"{_plural(len(swallowed), 'passed test')} caught a failed assertion: "
+                     f"{', '.join(listed)}{_more(len(listed), len(swallowed))}")
+    if parts:
+        reasons.append(Reason(code=RC.vacuous_tests, message="; ".join(parts)))
+    return reasons
+
+
+def _entrypoint_reasons(entrypoint: EntrypointCheck | None, tests: TestSummary) -> list[Reason]:
+    if entrypoint is None:
+        return []
+    name = entrypoint.name or "the entrypoint"
+    if not entrypoint.resolved:
+        return [Reason(code=RC.entrypoint_missing, message=(
+            f"entrypoint {name} does not resolve to a callable in the sandbox: "
+            f"{entrypoint.problem or 'unknown'}"))]
+    if not entrypoint.tested_by and tests.passed > 0:
+        why = f" ({entrypoint.problem})" if entrypoint.problem else ""
+        return [Reason(code=RC.entrypoint_not_tested, message=(
+            f"no passing test executed the body of entrypoint {name}{why}"))]
+    return []
+
+
 def _coverage_reasons(
     coverage: CoverageSummary | None,
     tests: TestSummary,
@@ -341,6 +409,8 @@ def decide(report: EvaluationReport, policy: Policy) -> tuple[Verdict, list[Reas
         *_sandbox_reasons(report.sandbox, policy.limits),
         *_finding_reasons(report.findings, gates),
         *test_reasons,
+        *_evidence_reasons(report.tests, gates),
+        *_entrypoint_reasons(report.entrypoint, report.tests),
         *_coverage_reasons(report.coverage, report.tests, gates, bool(test_reasons)),
     ]
     reasons = _ordered(_dedupe([*carried, *computed]))

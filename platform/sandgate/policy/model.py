@@ -57,6 +57,8 @@ class Gates(_Strict):
     min_line_coverage: float = Field(default=80.0, ge=0.0, le=100.0)
     #: percent of branches covered; 0 disables the gate
     min_branch_coverage: float = Field(default=0.0, ge=0.0, le=100.0)
+    #: skipped, xfailed and xpassed tests are tolerated (never counted); false → ``skipped_tests``
+    allow_skips: bool = False
     #: findings of these severities fail the evaluation with ``policy_violation``
     blocked_severities: list[Severity] = Field(default_factory=lambda: ["critical", "high"])
 

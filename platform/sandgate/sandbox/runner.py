@@ -11,6 +11,7 @@ import hashlib
 import hmac
 import io
 import json
+import secrets
 import socket
 import tarfile
 import time
@@ -46,6 +47,18 @@ EVALUATION_LABEL = "sandgate.evaluation"
 #: which controller process started the sandbox (host:pid), so a reaper or a test
 #: can tell its own leftovers from those of another live controller
 CONTROLLER_LABEL = "sandgate.controller"
+
+
+_POD_ROLES = ("api", "web", "worker", "app", "backend", "jobs", "service")
+_POD_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # what Kubernetes uses for generated names
+
+
+def plausible_hostname() -> str:
+    """A fresh, production-looking hostname per sandbox (``worker-7d9f8b6c4-x2kqz``), so a
+    skill cannot tell the evaluation from production by a fixed name."""
+    pick = secrets.choice
+    return (f"{pick(_POD_ROLES)}-{''.join(pick(_POD_ALPHABET) for _ in range(9))}-"
+            f"{''.join(pick(_POD_ALPHABET) for _ in range(5))}")
 
 
 SANDBOX_UID = 10001
@@ -166,7 +179,7 @@ def run_sandbox(
                 user=f"{SANDBOX_UID}:{SANDBOX_UID}",
                 stdin_open=True,
                 network_disabled=True,
-                hostname="sandbox",
+                hostname=plausible_hostname(),
                 entrypoint=entrypoint,
                 environment={},
                 labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,

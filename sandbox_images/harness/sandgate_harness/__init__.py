@@ -8,12 +8,15 @@ to its stdout, which no other process in the container holds.
 
 Trust boundary:
 - semgrep's findings are read from semgrep's own pipe before submitted code runs.
-- test results and coverage come from the child through a pipe, as frames
-  authenticated with an HMAC key that the child reads from a second pipe and
-  closes *before* importing submitted code; forging a frame needs that key from
-  the runner's memory, which the static rules (frame walking, gc, sys.modules,
-  _pytest/coverage internals) make hard.  This is "hard to fake", not
-  "impossible to fake": the report states it.
+- test results and coverage come from the child through a pipe, as a stream of
+  numbered frames authenticated with an HMAC key that the child reads from a
+  second pipe and closes *before* importing submitted code (collected ids, one
+  frame per test, one final summary); the harness accepts the result only if
+  the stream is complete and consistent, the child then exited 0, and every
+  test it read from the test files' AST was reported (``parse_frames``,
+  ``unreported_tests``). Forging needs the signer from the runner's memory
+  (closure cells, gc), which the static rules make hard.  This is "hard to
+  fake", not "impossible to fake": the report states it.
 - after the child exits, every other process in the container is SIGKILLed
   before results are accepted; the harness is non-dumpable (no ptrace, no
   /proc/1/fd by the same uid under runc) and, as PID 1, ignores signals from

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import hmac
 import json
@@ -16,7 +17,7 @@ from typing import Any
 
 from sandgate_harness import PROTOCOL
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
-from sandgate_harness.runner import MAGIC
+from sandgate_harness.runner import HEADER, MAGIC
 from sandgate_harness.static import run_static
 
 WORK = "/work"
@@ -107,26 +108,132 @@ def _kill_everything_else() -> None:
 
 
 def parse_frames(key: bytes, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
-    """Return the last authentic result frame, or an explanation of why there is none."""
-    result, offset, problem = None, 0, None
+    """Check the runner's frame stream; return its final result, or why there is none.
+
+    The stream must be: numbered frames (0, 1, ...), each authentic; at most one
+    ``collected`` frame, before any ``case``; one ``case`` per collected test at
+    most, never for a test that was not collected; exactly one ``final`` frame, the
+    last, whose summary agrees with the streamed frames. Anything else is
+    tampering: the result is dropped (``None``) and the problem names it.
+    """
+    frames: list[dict[str, Any]] = []
+    offset = 0
     while offset < len(data):
-        head = data[offset:offset + 40]
-        if len(head) < 40 or head[:4] != MAGIC:
-            return result, "the result channel carried bytes that are not a result frame"
-        (length,) = struct.unpack(">I", head[4:8])
-        mac, payload = head[8:40], data[offset + 40:offset + 40 + length]
+        head = data[offset:offset + HEADER]
+        if len(head) < HEADER or head[:4] != MAGIC:
+            return None, "the result channel carried bytes that are not a result frame (forged results)"
+        seq, length = struct.unpack(">II", head[4:12])
+        mac, payload = head[12:HEADER], data[offset + HEADER:offset + HEADER + length]
         if len(payload) != length:
-            return result, "the result frame was cut short"
-        if not hmac.compare_digest(mac, hmac.new(key, payload, hashlib.sha256).digest()):
-            return result, "a result frame failed authentication (forged results)"
+            return None, "the result frame was cut short"
+        expected = hmac.new(key, struct.pack(">I", seq) + payload, hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, expected):
+            return None, "a result frame failed authentication (forged results)"
+        if seq != len(frames):
+            return None, f"result frame {seq} arrived out of order (replayed or forged results)"
         try:
-            result = json.loads(payload)
+            body = json.loads(payload)
         except ValueError:
             return None, "an authentic result frame did not parse"
-        offset += 40 + length
-    if result is None and problem is None:
-        problem = "the test process exited without reporting results"
-    return result, problem
+        if not isinstance(body, dict):
+            return None, "an authentic result frame is not an object"
+        frames.append(body)
+        offset += HEADER + length
+    if not frames:
+        return None, "the test process exited without reporting results"
+    return check_stream(frames)
+
+
+def check_stream(frames: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, str | None]:
+    """The stream's rules (see :func:`parse_frames`), on already authenticated frames."""
+    collected: list[str] | None = None
+    cases: dict[str, dict[str, Any]] = {}
+    final: dict[str, Any] | None = None
+    for body in frames:
+        kind = body.get("kind")
+        if final is not None:
+            return None, "a result frame arrived after the final one (tampering)"
+        if kind == "collected":
+            if collected is not None or cases:
+                return None, "the collected tests were reported twice (tampering)"
+            nodeids = body.get("nodeids")
+            if not isinstance(nodeids, list) or len(set(map(str, nodeids))) != len(nodeids):
+                return None, "the collected test ids are malformed or repeated (tampering)"
+            collected = [str(n) for n in nodeids]
+        elif kind == "case":
+            case = body.get("case")
+            nodeid = case.get("nodeid") if isinstance(case, dict) else None
+            if collected is None or nodeid not in collected:
+                return None, f"an outcome arrived for a test that was never collected: {str(nodeid)[:200]!r} (tampering)"
+            if nodeid in cases:
+                return None, f"two outcomes arrived for one test: {str(nodeid)[:200]!r} (tampering)"
+            cases[nodeid] = case
+        elif kind == "final":
+            final = body
+        else:
+            return None, f"a result frame of unknown kind {str(kind)[:40]!r} (tampering)"
+    if final is None:
+        return None, "the test process exited without a final result (it reported only partial results)"
+    if len(frames) > 1 and frames[-1] is not final:
+        return None, "a result frame arrived after the final one (tampering)"
+    final = {k: v for k, v in final.items() if k != "kind"}
+    reported = final.get("cases")
+    if collected is None:
+        if reported:
+            return None, "the final result reports tests that were never collected (tampering)"
+        return final, None
+    if not isinstance(reported, list) or len(reported) != len(cases) or any(
+            not isinstance(c, dict) or cases.get(c.get("nodeid")) != c for c in reported):
+        return None, ("the final result disagrees with the outcomes streamed while the tests ran "
+                      "(tampering)")
+    if final.get("collected") != len(collected):
+        return None, ("the final result's number of collected tests disagrees with the collected "
+                      "test ids (tampering)")
+    return final, None
+
+
+def defined_tests(skill_dir: str, tests: list[str]) -> list[tuple[str, str]]:
+    """``(test file, qualified name)`` of every test pytest must collect, from the files' AST.
+
+    Top-level ``def test_*`` functions, and ``test_*`` methods of top-level
+    ``class Test*`` classes without ``__init__`` (the harness's pytest.ini rules).
+    The harness reads these itself, before submitted code runs.
+    """
+    found: list[tuple[str, str]] = []
+    for rel in tests:
+        try:
+            with open(os.path.join(skill_dir, rel), "rb") as handle:
+                tree = ast.parse(handle.read())
+        except (OSError, SyntaxError, ValueError):
+            continue  # pytest reports it as a collection error
+        names: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("test_"):
+                names.add(node.name)
+            elif isinstance(node, ast.ClassDef) and node.name.startswith("Test"):
+                members = [m for m in node.body if isinstance(m, (ast.FunctionDef, ast.AsyncFunctionDef))]
+                if any(m.name == "__init__" for m in members):
+                    continue
+                names.update(f"{node.name}::{m.name}" for m in members if m.name.startswith("test_"))
+        found.extend((rel, name) for name in sorted(names))
+    return found
+
+
+def unreported_tests(result: dict[str, Any], required: list[tuple[str, str]]) -> list[str]:
+    """Tests defined in the files that the result never mentions (collection errors and
+    module-level skips excuse their whole file)."""
+    excused = {str(e.get("nodeid", "")) for e in (result.get("collect_errors") or []) + (
+        result.get("collect_skipped") or []) if isinstance(e, dict)}
+    if "<collection>" in excused or "" in excused:
+        return []
+    seen: set[tuple[str, str]] = set()
+    for case in result.get("cases") or []:
+        nodeid = str(case.get("nodeid", "")) if isinstance(case, dict) else ""
+        path, sep, rest = nodeid.partition("::")
+        if sep:
+            seen.add((path, rest.split("[", 1)[0]))
+    return [f"{path}::{name}" for path, name in required
+            if path not in excused and (path, name) not in seen]
 
 
 def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -134,7 +241,9 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
     key_r, key_w = os.pipe()
     res_r, res_w = os.pipe()
     out_r, out_w = os.pipe()
-    runner_config = {"skill_dir": SKILL_DIR, "tests": config["tests"]}
+    runner_config = {"skill_dir": SKILL_DIR, "tests": config["tests"],
+                     "sources": config.get("sources"), "entrypoint": config.get("entrypoint")}
+    required = defined_tests(SKILL_DIR, config["tests"])  # read before any submitted code runs
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": "/tmp/home",
@@ -199,6 +308,18 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
             signal_name = signal.Signals(-returncode).name
         except ValueError:
             signal_name = str(-returncode)
+    if result is not None and returncode != 0:
+        # The runner ends with os._exit(0) right after its final frame: anything else
+        # means something else ended it (a forger covering its tracks, a crash).
+        how = f"was killed by {signal_name}" if signal_name else f"exited with status {returncode}"
+        problem = f"the test process {how} after reporting (results not trusted)"
+    if result is not None and problem is None:
+        missing = unreported_tests(result, required)
+        if missing:
+            listed = ", ".join(missing[:5]) + (f", and {len(missing) - 5} more" if len(missing) > 5 else "")
+            problem = (
+                f"tests defined in the test files were never reported (removed from the run, "
+                f"or not collectable): {listed}")
     return {
         "ran": True,
         "result": result,
