@@ -157,8 +157,7 @@ CODE_LOADING_MODULES = frozenset({"runpy", "code", "codeop", "zipimport", "pkgut
                                   "imp", "importlib.util", "importlib.machinery", "importlib.abc",
                                   "importlib._bootstrap", "importlib._bootstrap_external",
                                   "logging.config"})
-CODE_LOADING_NAMES = frozenset({"importlib.reload", "types.CodeType", "typing.get_type_hints",
-                                "builtins.breakpoint"})
+CODE_LOADING_NAMES = frozenset({"importlib.reload", "types.CodeType", "typing.get_type_hints"})
 PROBE_NAMES = frozenset({
     "sys.flags", "socket.gethostname", "socket.getfqdn", "platform.node", "platform.uname",
     "os.uname", "os.getuid", "os.geteuid", "os.getgid", "os.getegid", "os.getresuid",
@@ -173,7 +172,8 @@ QUERY_NAMES = frozenset({
     "shutil.get_terminal_size", "multiprocessing.cpu_count", "sys.executable", "sys.prefix",
     "sys.base_prefix", "sys.exec_prefix", "sys.base_exec_prefix",
 })
-QUERY_MODULES = frozenset({"resource", "platform", "psutil"})
+#: modules whose every use is a query; of ``platform`` every attribute (``import platform`` alone is fine)
+QUERY_MODULES = frozenset({"resource", "psutil"})
 
 #: dunder attributes of the data model: defined by classes and called on them
 DATA_MODEL = frozenset("""
@@ -356,7 +356,7 @@ class _Checker(ast.NodeVisitor):
         if ".".join(parts[:2]) in PROBE_NAMES or top in PROBE_MODULES:
             self.report("environment-probe", node, f"`{q}`")
             return
-        if ".".join(parts[:2]) in QUERY_NAMES or top in QUERY_MODULES:
+        if ".".join(parts[:2]) in QUERY_NAMES or top in QUERY_MODULES or (top == "platform" and len(parts) > 1):
             self.report("environment-query", node, f"`{q}`")
             return
         if top != "builtins" and top != "__future__":
@@ -461,7 +461,9 @@ class _Checker(ast.NodeVisitor):
         if q and q.startswith("builtins.") and q[9:] in REFLECTIVE and not as_callee:
             self.report("computed-name-reflection", node, f"`{node.id}` is used as a value")
             return
-        if as_base or as_callee:
+        if as_base:
+            return  # judged with the attribute, on its full name
+        if as_callee:
             if q:
                 self.check_qualified(q, node)
             return
