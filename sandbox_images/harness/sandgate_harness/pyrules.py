@@ -156,7 +156,9 @@ TRACEBACK_ALLOWED = frozenset({"format_exc", "format_exception", "format_excepti
 CODE_LOADING_MODULES = frozenset({"runpy", "code", "codeop", "zipimport", "pkgutil", "pydoc",
                                   "imp", "importlib.util", "importlib.machinery", "importlib.abc",
                                   "importlib._bootstrap", "importlib._bootstrap_external",
-                                  "logging.config"})
+                                  "logging.config", "importlib.metadata", "doctest", "pdb", "bdb",
+                                  "trace", "profile", "cProfile", "rlcompleter", "compileall",
+                                  "py_compile"})
 CODE_LOADING_NAMES = frozenset({"importlib.reload", "types.CodeType", "typing.get_type_hints"})
 PROBE_NAMES = frozenset({
     "sys.flags", "socket.gethostname", "socket.getfqdn", "platform.node", "platform.uname",
@@ -217,6 +219,17 @@ TESTCASE_OVERRIDES = frozenset({"run", "debug", "__call__", "doCleanups", "defau
                                 "_addSkip", "_feedErrorsToResult"})
 UNITTEST_PRIVATE = frozenset({"_outcome", "_feedErrorsToResult", "_addSkip", "_callTestMethod"})
 TEST_FILE = re.compile(r"^(test_.*|.*_test)\.py$")
+#: pytest's private holders of its items, config and session (``caplog._item.config``)
+PYTEST_PRIVATE = frozenset({"_item", "_pyfuncitem", "_config", "_session", "_node", "_request",
+                            "_fixturemanager", "_fixturedef", "_arg2fixturedefs", "_excinfo",
+                            "_store", "_hookexec", "_inner_hookexec", "_hookimpls", "_plugins",
+                            "_name2plugin", "_trace", "_capture", "_global_capturing"})
+#: callables the semgrep rules judge at their call site: passing them around hides the call
+DANGEROUS_VALUE = re.compile(
+    r"^(os\.(system|popen|exec\w*|spawn\w*|posix_spawnp?|fork|forkpty|kill|killpg|abort|_exit|"
+    r"dup2|closerange|write|fdopen|close)|posix\.\w+|subprocess\.\w+|pty\.\w+|"
+    r"signal\.(signal|alarm|setitimer|pthread_kill|raise_signal)|shutil\.rmtree|sys\.exit|"
+    r"builtins\.(exit|quit)|atexit\.register)$")
 _BUILTIN_NAMES = frozenset(dir(_builtins))
 
 
@@ -238,9 +251,14 @@ class _Checker(ast.NodeVisitor):
         self.str_names: dict[str, bool] = {}  # name -> only ever bound to str literals
         self.excinfo: set[str] = set()
         self.parents: dict[int, ast.AST] = {}
+        self.param_names: set[str] = set()
         self.docstrings: set[int] = set()
         self.exempt_values: set[int] = set()  # nodes passed as the object of a literal setattr
         self._prepare(tree)
+        #: where pytest hands objects to the code: test files, and any file importing pytest
+        self.pytest_context = self.test_file or any(
+            q == "pytest" or q.startswith("pytest.") for q in self.aliases.values())
+        self.params: set[str] = set()
 
     # -- preparation -------------------------------------------------------------------
 
@@ -271,6 +289,8 @@ class _Checker(ast.NodeVisitor):
                 self.bound.add(node.name)
             elif isinstance(node, ast.arg):
                 self.bound.add(node.arg)
+                if node.arg not in ("self", "cls"):
+                    self.param_names.add(node.arg)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
                 self.bound.add(node.id)
             if isinstance(node, ast.Assign):
@@ -393,12 +413,19 @@ class _Checker(ast.NodeVisitor):
             self.report("frame-introspection", node, f"`.{name}` is a frame/code/traceback attribute")
         if name in UNITTEST_PRIVATE:
             self.report("pytest-api-allowlist", node, f"`.{name}` is unittest's result machinery")
+        if self.pytest_context and name in PYTEST_PRIVATE:
+            self.report("pytest-api-allowlist", node, f"`.{name}` holds pytest's items, config or session")
         if isinstance(base, ast.Name):
             if base.id in self.excinfo and name not in EXCINFO_ALLOWED:
                 self.report("pytest-api-allowlist", node,
                             f"`{base.id}.{name}`: of a pytest.raises result only "
                             f"{', '.join(sorted(EXCINFO_ALLOWED))} are allowed")
-            if self.test_file and base.id == "request" and name not in REQUEST_ALLOWED:
+            if self.pytest_context and name.startswith("_") and not DUNDER.match(name) \
+                    and base.id in self.param_names:
+                self.report("pytest-api-allowlist", node,
+                            f"`{base.id}.{name}`: private attributes of an argument (pytest hands "
+                            "its objects to tests as arguments) are not allowed here")
+            if self.pytest_context and base.id == "request" and name not in REQUEST_ALLOWED:
                 self.report("pytest-api-allowlist", node,
                             f"`request.{name}`: of the request fixture only "
                             f"{', '.join(sorted(REQUEST_ALLOWED))} are allowed")
@@ -430,6 +457,12 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self.check_attr_name(node.attr, node, node.value)
+        parent = self.parent(node)
+        if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Call) and parent.func is node) \
+                and not (isinstance(parent, ast.Attribute) and parent.value is node):
+            q = self.qualify(node)
+            if q and DANGEROUS_VALUE.match(q):
+                self.report("computed-name-reflection", node, f"`{q}` is passed around as a value")
         if self.qualify(node) == "sys.modules":
             parent = self.parent(node)
             if not (isinstance(parent, ast.Subscript) and parent.value is node):
@@ -467,13 +500,15 @@ class _Checker(ast.NodeVisitor):
             if q:
                 self.check_qualified(q, node)
             return
+        if q and DANGEROUS_VALUE.match(q):
+            self.report("computed-name-reflection", node, f"`{q}` is passed around as a value")
         if q in VALUE_RESTRICTED:
             rule = "pytest-api-allowlist" if q == "pytest" else "computed-name-reflection"
             self.report(rule, node, f"the module `{q}` is used as a value")
             return
         if q:
             self.check_qualified(q, node)
-        if self.test_file and node.id == "request" and q is None:
+        if self.pytest_context and node.id == "request" and q is None:
             self.report("pytest-api-allowlist", node, "the request fixture is passed around as a value")
         if node.id in self.excinfo:
             call = parent if isinstance(parent, ast.Call) else None
@@ -482,7 +517,7 @@ class _Checker(ast.NodeVisitor):
                             f"`{node.id}` (a pytest.raises result) is passed around as a value")
 
     def visit_arg(self, node: ast.arg) -> None:
-        if self.test_file and node.arg in BLOCKED_FIXTURES:
+        if self.pytest_context and node.arg in BLOCKED_FIXTURES:
             self.report("pytest-api-allowlist", node, f"the `{node.arg}` fixture is not allowed")
         self.generic_visit(node)
 
@@ -520,7 +555,7 @@ class _Checker(ast.NodeVisitor):
             self.report(rule, node, f"the format field {walk.group(0)!r} walks attributes")
         if PROBE_PATHS.match(text):
             self.report("environment-probe", node, f"the path {text!r}")
-        if self.test_file and text in BLOCKED_FIXTURES:
+        if self.pytest_context and text in BLOCKED_FIXTURES:
             self.report("pytest-api-allowlist", node, f"the `{text}` fixture is not allowed")
 
     def visit_JoinedStr(self, node: ast.JoinedStr) -> None:
@@ -547,7 +582,7 @@ class _Checker(ast.NodeVisitor):
             self._check_named(node, 0, 1, fq[9:], computed_ok=fq == "builtins.hasattr")
         elif fq in ("builtins.vars", "builtins.globals", "builtins.locals"):
             self.report("computed-name-reflection", node, f"`{fq[9:]}()` exposes a namespace by name")
-        elif fq in ("builtins.__import__", "importlib.__import__", "builtins.breakpoint"):
+        elif fq in ("builtins.__import__", "importlib.__import__", "builtins.breakpoint", "builtins.help"):
             self.report("computed-name-reflection", node, f"`{fq[9:] if fq.startswith('builtins.') else fq}()`")
         elif fq == "importlib.import_module":
             name = _literal_str(node.args[0]) if node.args else None
