@@ -194,7 +194,7 @@ __slots__ __annotations__ __members__ __version__ __all__ __file__ __cause__ __c
 __suppress_context__ __notes__ __await__ __aiter__ __anext__ __fspath__ __class_getitem__
 """.split())
 #: dunder NAMES (not attributes) code may use
-DUNDER_NAMES = frozenset({"__name__", "__file__", "__doc__", "__debug__", "__all__", "__version__",
+DUNDER_NAMES = frozenset({"__name__", "__main__", "__file__", "__doc__", "__debug__", "__all__", "__version__",
                           "__author__", "__slots__", "__qualname__", "__module__", "__class__",
                           "__annotations__", "__package__", "__path__"})
 FRAME_ATTR = re.compile(
