@@ -151,10 +151,12 @@ def test_a_target_above_semgreps_default_cap_is_scanned_to_its_end(sandbox_image
 
 
 def test_a_rule_timeout_fails_closed(sandbox_image) -> None:
-    """52,000 statements make semgrep's per-rule timeout fire: the file is reported as not
-    completely scanned (critical), never silently trusted."""
+    """52,000 statements make semgrep's per-rule timeout fire (or, on a loaded machine, the
+    static phase's own): the file is reported as not completely scanned (critical), never
+    silently trusted."""
     source = b"".join(b"PAD_%07d = %d\n" % (i, i) for i in range(52_000)) + b"import os\n"
     result = static_phase({"big.py": source})
-    assert any(e.startswith("big.py: Timeout") for e in result["errors"]), result["errors"][:3]
+    assert any(e.startswith("big.py: Timeout") or "timed out" in e for e in result["errors"]), \
+        result["errors"][:3]
     incomplete = [f for f in result["findings"] if f["rule_id"] == "static-scan-incomplete"]
     assert incomplete and incomplete[0]["severity"] == "critical" and incomplete[0]["path"] == "big.py"
