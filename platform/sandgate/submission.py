@@ -53,7 +53,13 @@ Sources
     Every ``.py`` file is UTF-8 (an encoding declaration other than UTF-8 is
     refused), contains no bidirectional control character ("Trojan Source"),
     and parses with :func:`ast.parse`; a parse failure has code
-    ``syntax_error`` and names the file and line.
+    ``syntax_error`` and names the file and line. Nothing CPython reads
+    differently from the text the static scan matches is accepted: line
+    endings are LF or CRLF throughout (no lone CR, no mix), no control
+    character other than TAB/LF/CR (no form feed, vertical tab, NUL, DEL, C1
+    controls, U+2028/U+2029, no BOM except at the very start), and no
+    identifier whose NFKC normalisation (what the parser uses) differs from
+    its text (``import ｓubprocess``).
 Manifest
     ``skill.toml`` at the top level, valid TOML, validated by :class:`Manifest`
     (unknown keys and wrong types refused, one line per problem). The
@@ -166,6 +172,14 @@ _BIDI_CONTROLS = frozenset(
     chr(c) for c in (*range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x200E, 0x200F, 0x061C)
 )
 _UTF8_ENCODINGS = frozenset({"utf-8", "utf-8-sig", "ascii"})
+#: characters CPython and a scanner may read differently: C0 controls other than TAB/LF/CR
+#: (form feed and vertical tab included: CPython resets indentation at a form feed; NUL is
+#: left to ast.parse, which refuses it as a syntax error), DEL, C1 controls (NEL U+0085
+#: among them), the Unicode line/paragraph separators, and a BOM anywhere but at the start
+_ODD_CHARACTERS = frozenset(
+    chr(c) for c in (*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
+                     0x2028, 0x2029)
+)
 _MAX_COMPONENT_BYTES = 255
 _CHUNK = 64 * KiB
 #: per tar member: header, a possible pax/long-name header, and block padding
@@ -1084,7 +1098,18 @@ def _check_source(path: str, data: bytes) -> None:
         raise SubmissionError(
             f"{path}, line {line}: not valid UTF-8", code="syntax_error", path=path
         ) from exc
+    _check_line_endings(path, text)
     for lineno, line_text in enumerate(text.split("\n"), start=1):
+        odd = next((ch for ch in line_text if ch in _ODD_CHARACTERS or
+                    (ch == "\ufeff" and (lineno, line_text.index(ch)) != (1, 0))), None)
+        if odd is not None:
+            raise SubmissionError(
+                f"{path}, line {lineno}: contains the character U+{ord(odd):04X} "
+                f"({unicodedata.name(odd, 'a control character')}); the interpreter and the "
+                "static scanner could read the source differently. Write it as an escape "
+                "sequence inside a string literal instead",
+                path=path,
+            )
         bidi = next((ch for ch in line_text if ch in _BIDI_CONTROLS), None)
         if bidi is not None:
             raise SubmissionError(
@@ -1094,6 +1119,7 @@ def _check_source(path: str, data: bytes) -> None:
             )
     try:
         ast.parse(data, filename=path)
+        _check_identifiers(path, text)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" if exc.lineno else "line ?"
         raise SubmissionError(
@@ -1105,6 +1131,42 @@ def _check_source(path: str, data: bytes) -> None:
         ) from exc
     except ValueError as exc:  # pragma: no cover - older Pythons: NUL bytes
         raise SubmissionError(f"{path}: {exc}", code="syntax_error", path=path) from exc
+
+
+def _check_line_endings(path: str, text: str) -> None:
+    """LF or CRLF throughout: a lone CR ends a line for CPython but not for every scanner."""
+    lone_cr = re.search(r"\r(?!\n)", text)
+    if lone_cr:
+        line = text.count("\n", 0, lone_cr.start()) + 1
+        raise SubmissionError(
+            f"{path}, line {line}: a carriage return (CR) that is not part of a CRLF line "
+            "ending; use LF (or CRLF) line endings only", path=path,
+        )
+    crlf = text.count("\r\n")
+    if crlf and crlf != text.count("\n"):
+        first_lf = re.search(r"(?<!\r)\n", text)
+        line = text.count("\n", 0, first_lf.start()) + 1 if first_lf else 1
+        raise SubmissionError(
+            f"{path}, line {line}: mixes LF and CRLF line endings; use one kind throughout",
+            path=path,
+        )
+
+
+def _check_identifiers(path: str, text: str) -> None:
+    """No identifier that CPython reads as another name (it NFKC-normalises identifiers:
+    ``ｓubprocess`` *is* ``subprocess`` to the interpreter, not to a pattern)."""
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(text.removeprefix("\ufeff")).readline):
+            if tok.type == tokenize.NAME and not tok.string.isascii():
+                normal = unicodedata.normalize("NFKC", tok.string)
+                if normal != tok.string:
+                    raise SubmissionError(
+                        f"{path}, line {tok.start[0]}: the identifier {tok.string!r} is read by "
+                        f"Python as {normal!r} (NFKC normalisation); write {normal!r}",
+                        path=path,
+                    )
+    except (tokenize.TokenError, IndentationError):  # pragma: no cover - ast.parse accepted it
+        return
 
 
 def _test_patterns(tests: str | None) -> tuple[str, ...]:

@@ -162,3 +162,25 @@ def test_finding_takes_our_severity_and_strips_the_rule_path() -> None:
                        "message": "m"}
     fallback = _finding({"check_id": "x", "extra": {"severity": "WARNING"}})
     assert fallback["severity"] == "medium"
+
+
+def test_a_target_semgrep_did_not_scan_or_failed_on_is_a_critical_finding() -> None:
+    from sandgate_harness.static import _unscanned
+
+    findings = _unscanned(["a.py", "b.py", "tests/test_a.py"], ["a.py", "./tests/test_a.py"],
+                          [{"path": "tests/test_a.py", "type": ["Timeout", "x"], "message": "t"}])
+    assert [(f["rule_id"], f["severity"], f["path"]) for f in findings] == [
+        ("static-scan-incomplete", "critical", "b.py"),
+        ("static-scan-incomplete", "critical", "tests/test_a.py"),
+    ]
+    assert "did not scan" in findings[0]["message"] and "Timeout" in findings[1]["message"]
+    assert _unscanned(["a.py"], ["a.py"], [{"message": "a rule file warning"}]) == []
+
+
+def test_semgrep_gets_an_explicit_target_size_above_intakes_cap() -> None:
+    from sandgate_harness.static import MAX_TARGET_BYTES
+
+    from sandgate.submission import IntakeLimits
+
+    assert f"--max-target-bytes={MAX_TARGET_BYTES}" in semgrep_command("/r", ["a.py"])
+    assert MAX_TARGET_BYTES > IntakeLimits().max_py_bytes

@@ -898,3 +898,41 @@ def test_available_packages_reach_load_submission(tmp_path: Path) -> None:
 def test_limits_reach_load_submission(tmp_path: Path) -> None:
     root = write_dir(tmp_path / "s", skill())
     assert "more than 2 files" in str(_load_error(root, limits=IntakeLimits(max_files=2)))
+
+
+# --------------------------------------------------------------------------- what CPython reads
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        (b"import os\rx = 1\n", "greet.py, line 1: a carriage return (CR) that is not part of a CRLF"),
+        (b"x = 1\n# hidden\ros.system('id')\n", "greet.py, line 2: a carriage return (CR)"),
+        (b"x = 1\r\ny = 2\n", "greet.py, line 2: mixes LF and CRLF line endings"),
+        (b"x = 1\n\x0cimport os\n", "greet.py, line 2: contains the character U+000C"),
+        (b"x = 1\x0b\n", "greet.py, line 1: contains the character U+000B"),
+        (b"x = '\x1b[0m'\n", "greet.py, line 1: contains the character U+001B"),
+        ("x = 1\u2028y = 2\n".encode(), "greet.py, line 1: contains the character U+2028 (LINE SEPARATOR)"),
+        ("x = 1\u0085\n".encode(), "greet.py, line 1: contains the character U+0085"),
+        ("x = 1\n\ufeffy = 2\n".encode(), "greet.py, line 2: contains the character U+FEFF"),
+        ("import \uff53ubprocess\n".encode(),
+         "greet.py, line 1: the identifier 'ｓubprocess' is read by Python as 'subprocess'"),
+        ("\ufb01le = 1\n".encode(), "the identifier 'ﬁle' is read by Python as 'file'"),
+    ],
+    ids=["cr-only", "cr-hides-a-line", "mixed", "form-feed", "vertical-tab", "escape", "u2028",
+         "nel", "inner-bom", "nfkc-import", "nfkc-ligature"],
+)
+def test_text_cpython_reads_differently_is_rejected(source: bytes, message: str) -> None:
+    err = rejected(skill(**{"greet.py": source}))
+    assert err.code == "invalid_submission", err
+    assert message in str(err)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [MODULE.replace(b"\n", b"\r\n"), MODULE + "caf\u00e9 = 'd\u00e9j\u00e0 \u00fc'\n".encode(),
+     MODULE + b"x = '\\x0c\\r'  # escapes are fine\n", b"\xef\xbb\xbf" + MODULE],
+    ids=["crlf", "nfc-identifier", "escapes", "leading-bom"],
+)
+def test_sources_cpython_reads_as_written_are_accepted(source: bytes) -> None:
+    assert submission_from_files(skill(**{"greet.py": source})).files["greet.py"] == source

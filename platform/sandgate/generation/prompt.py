@@ -106,16 +106,36 @@ Keys: `name` (exactly the skill name given), `description` (one line), `entrypoi
 - No network of any kind (socket, urllib, http, asyncio connections).
 - No subprocess, os.system, os.popen, os.fork, multiprocessing, signals, os.kill, \
 os._exit; no sys.exit at import time or in tests.
-- No eval, exec, compile, __import__, importlib, runpy, ctypes, pickle, marshal.
+- No eval, exec, compile, __import__, importlib, runpy, ctypes, pickle, marshal, \
+timeit with strings, typing.get_type_hints, logging.config; never execute or import a data \
+file.
 - Files: no absolute paths, no `..`, nothing outside the working directory; tests that \
 need files use pytest's `tmp_path` fixture; the module takes paths as arguments. Do not \
 use system paths (/etc, /proc, /sys, /usr, ...) even as sample data, never write raw \
 file descriptors (os.write/os.fdopen on numbers), and never name test-result files \
 (.coverage, junit*.xml, coverage.json).
 - Behave the same under test as in production: do not read os.environ to detect the test \
-run, do not look at sys.argv, sys.modules, sys.path, builtins, frames (inspect, \
-sys._getframe), gc, atexit, sys.settrace, coverage, or pytest internals; no pytest \
-hooks, no `pytest_plugins`, no conftest.py.
+run, do not look at sys.argv, sys.modules, sys.path, builtins, atexit, coverage; no pytest \
+hooks, no `pytest_plugins`, no conftest.py. Do not ask where the code runs: no sys.flags, \
+hostname (socket.gethostname, platform.node, os.uname), os.getuid and friends, \
+/.dockerenv, HOSTNAME/container variables; avoid os.cpu_count, resource, platform.*, \
+isatty (take such values as parameters).
+- pytest: use ONLY plain `assert`, `pytest.raises` (read only `.value`, `.type`, \
+`.match()` of its result), `pytest.approx`, `pytest.warns`, `pytest.fail`/`skip`/`xfail`, \
+`pytest.param`, `@pytest.fixture`, `@pytest.mark.parametrize` and other \
+`pytest.mark.<marker>` (a skipif/xfail condition is a boolean expression, never a string), \
+and the fixtures `tmp_path`, `monkeypatch`, `capsys`, `capfd`, `caplog`, `recwarn` and \
+`request.param`. Nothing else of pytest: no pytest classes (Item, Function, Config...), \
+no `request.config`/`request.node`/`request.session`, no `pytestconfig`, never _pytest, \
+pluggy or coverage; do not override `run` in a unittest.TestCase.
+- No reflection: no frames or code objects (inspect, gc, dis, traceback stack functions \
+- traceback.format_exc() is fine -, sys._getframe or any sys._*, f_locals/f_back/tb_frame), \
+no dunder attributes other than the data model (__dict__, __globals__, __code__, \
+__subclasses__, __mro__, __bases__, __builtins__ are blocked; __name__, __class__, \
+__init__ are fine), no private `_names` of other modules, no vars()/globals()/locals()/\
+breakpoint(). getattr/setattr/delattr, monkeypatch.setattr, mock.patch and \
+operator.attrgetter take literal names only; `.format()` only on a literal template (or a \
+constant bound to one) - use f-strings.
 - No sleeping or waiting on real time; tests must be deterministic and fast (the whole \
 run is killed after {lim.timeout_seconds:g} seconds; memory {lim.memory_mb} MB).
 
