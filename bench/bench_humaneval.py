@@ -96,7 +96,7 @@ def main() -> int:
 
     sys.path.insert(0, str(ROOT / "platform"))
     from sandgate.evaluation import evaluate
-    from sandgate.evaluation.report import Verdict
+    from sandgate.report import Verdict
     from sandgate.errors import SubmissionError
     from sandgate.policy import load_policy
     from sandgate.submission import submission_from_files

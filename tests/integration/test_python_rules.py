@@ -82,7 +82,7 @@ def annotations(text: str) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
 
 @pytest.fixture(scope="module")
 def fixture_files() -> dict[str, bytes]:
-    return {str(p.relative_to(FIXTURES)): p.read_bytes() for p in sorted(FIXTURES.rglob("*.py"))}
+    return {str(p.relative_to(FIXTURES)): p.read_bytes() for p in sorted(FIXTURES.rglob("*.py")) if p.name != "conftest.py"}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from collections.abc import Mapping
 import pytest
 
 from sandgate.evaluation import evaluate
-from sandgate.evaluation.report import EvaluationReport, Verdict
+from sandgate.report import EvaluationReport, Verdict
 from sandgate.errors import SubmissionError
 from sandgate.policy import load_policy
 from sandgate.submission import submission_from_files
