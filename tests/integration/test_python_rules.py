@@ -45,7 +45,8 @@ UNTRIGGERABLE = {"static-scan-incomplete"}
 def static_phase(files: dict[str, bytes]) -> dict:
     from sandgate.config import Settings
     from sandgate.evaluation import rules_files
-    from sandgate.sandbox import SandboxLimits, connect, make_payload, require_image, run_sandbox
+    from sandgate.limits import Limits
+    from sandgate.sandbox import connect, make_payload, require_image, run_sandbox
 
     settings = Settings()
     client = connect(settings)
@@ -53,7 +54,7 @@ def static_phase(files: dict[str, bytes]) -> dict:
     payload = {f"skill/{name}": data for name, data in files.items()}
     payload.update({f"rules/{n}": data for n, data in rules_files(RULES_DIR).items()})
     run = run_sandbox(client, image=settings.image, payload=make_payload(payload),
-                      limits=SandboxLimits(timeout_seconds=120, memory_mb=1024),
+                      limits=Limits(timeout_seconds=120, memory_mb=1024),
                       entrypoint=["python3", "-I", "-c", STATIC_SCRIPT])
     stdout = (run.harness or {}).get("stdout", "")
     try:
