@@ -287,3 +287,28 @@ def test_in_process_timeout_exit_yank_and_description_digest(tmp_path: Path) -> 
         anyio.run(main)
     finally:
         server.close()
+
+
+def test_http_handshake_client_gets_list_changed(tmp_path: Path) -> None:
+    store, url = new_store(tmp_path)
+    add(store, "greet", GREET_V1)
+    proc, endpoint = _start_http(url, tmp_path)
+    try:
+        async def main() -> None:
+            changed = anyio.Event()
+
+            async def on_message(message: object) -> None:
+                if isinstance(getattr(message, "root", message), types.ToolListChangedNotification):
+                    changed.set()
+
+            async with Client(endpoint, mode="legacy", message_handler=on_message) as client:
+                assert _text(await client.call_tool("greet", {"name": "h"})) == "v1 hello h"
+                await anyio.sleep(0.5)  # the client opens its standalone GET stream after initializing
+                add(store, "greet", GREET_V2)
+                with anyio.fail_after(10):
+                    await changed.wait()
+                assert _text(await client.call_tool("greet", {"name": "h"})) == "v2 hello h"
+
+        anyio.run(main)
+    finally:
+        _stop(proc)
