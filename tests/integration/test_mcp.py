@@ -312,3 +312,29 @@ def test_http_handshake_client_gets_list_changed(tmp_path: Path) -> None:
         anyio.run(main)
     finally:
         _stop(proc)
+
+
+def test_remote_mode_through_the_http_registry(tmp_path: Path) -> None:
+    from api_harness import ApiServer, make_key
+
+    store, url = new_store(tmp_path)
+    add(store, "greet", GREET_V1, description="Greets remotely")
+    api = ApiServer(url, home=tmp_path / "api").start()
+    try:
+        token = make_key(url, "mcp-reader", "reader")
+        params = StdioServerParameters(command=SANDGATE, args=["mcp", "--url", api.url, "--api-key", token],
+                                       env=_env(tmp_path / "consumer"))
+
+        async def main() -> None:
+            async with Client(params, read_timeout_seconds=30) as client:
+                tools = (await client.list_tools()).tools
+                assert [t.name for t in tools] == ["greet"] and tools[0].description == "Greets remotely"
+                assert _text(await client.call_tool("greet", {"name": "r"})) == "v1 hello r"
+                async with client.listen(tools_list_changed=True) as sub:
+                    add(store, "greet", GREET_V2)
+                    await _next_change(sub, 20)
+                    assert _text(await client.call_tool("greet", {"name": "r"})) == "v2 hello r"
+
+        anyio.run(main)
+    finally:
+        api.stop()
