@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from types import SimpleNamespace
 
-from sandgate.registry.loader import content_hash
-from sandgate.store import Store, open_store
-
-
-def _room(*names: str):
-    for n in names:
-        try:
-            return importlib.import_module(f"sandgate.store.{n}")
-        except ImportError:
-            continue
-    raise ImportError(names)
-
-
-versions = _room("versions", "repository")
-pointers = _room("pointers", "repository")
+from sandgate.names import content_hash
+from sandgate.store import Store, open_store, pointers, versions
 
 GREET_V1 = '''
 def run(name: str, excited: bool = False) -> str:
