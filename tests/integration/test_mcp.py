@@ -6,6 +6,7 @@ server is the real ``sandgate mcp`` command.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,7 +24,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from mcp_store import GREET_V1, GREET_V2, add, new_store, rollback  # noqa: E402
+from mcp_store import GREET_V1, GREET_V2, add, new_store, rollback, yank  # noqa: E402
 
 SANDGATE = str(Path(sys.executable).with_name("sandgate"))
 RAISES = '''
@@ -236,12 +237,46 @@ def test_http_token_is_required_when_set(tmp_path: Path) -> None:
         _stop(proc)
 
 
+def _mcp_fails(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    out = subprocess.run([SANDGATE, "mcp", *args], env={**_env(tmp_path), **(env or {})},
+                         capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2, out
+    assert out.stdout == ""
+    return out.stderr
+
+
 def test_non_loopback_http_needs_a_token(tmp_path: Path) -> None:
     _, url = new_store(tmp_path)
-    out = subprocess.run([SANDGATE, "mcp", "--url", url, "--transport", "http", "--host", "0.0.0.0"],
-                         env=_env(tmp_path), capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert "--token" in out.stderr
+    err = _mcp_fails(tmp_path, "--url", url, "--transport", "http", "--host", "0.0.0.0")
+    assert "0.0.0.0 is not a loopback address" in err and "--token" in err
+
+
+def test_bad_configuration_is_one_clear_line(tmp_path: Path) -> None:
+    _, url = new_store(tmp_path)
+    err = _mcp_fails(tmp_path, "--url", url, env={"SANDGATE_MCP_SKILL": "greet"})
+    assert err.startswith("error: unknown MCP setting(s) SANDGATE_MCP_SKILL;") and "SANDGATE_MCP_SKILLS" in err
+    err = _mcp_fails(tmp_path, "--url", url, "--skill", "Not-A-Name")
+    assert "not skill names" in err and "'Not-A-Name'" in err
+    err = _mcp_fails(tmp_path, "--url", url, "--api-key", "sg_x")
+    assert "api_key is for http(s):// URLs" in err
+    err = _mcp_fails(tmp_path, "--url", url, "--timeout", "0")
+    assert "SANDGATE_MCP_CALL_TIMEOUT_SECONDS" in err
+
+
+def test_allowlist_from_the_environment(tmp_path: Path) -> None:
+    store, url = new_store(tmp_path)
+    add(store, "greet", GREET_V1)
+    add(store, "double", RAISES)
+    params = StdioServerParameters(command=SANDGATE, args=["mcp", "--url", url],
+                                   env={**_env(tmp_path), "SANDGATE_MCP_SKILLS": "double,absent"})
+
+    async def main() -> None:
+        async with Client(params, read_timeout_seconds=30) as client:
+            assert [t.name for t in (await client.list_tools()).tools] == ["double"]
+            with pytest.raises(Exception, match="unknown tool"):
+                await client.call_tool("greet", {"name": "x"})
+
+    anyio.run(main)
 
 
 SLOW = "import time\n\ndef run(seconds: float) -> str:\n    time.sleep(seconds)\n    return 'done'\n"
@@ -249,8 +284,6 @@ EXITS = "import sys\n\ndef run() -> None:\n    sys.exit(3)\n"
 
 
 def test_in_process_timeout_exit_yank_and_description_digest(tmp_path: Path) -> None:
-    from mcp_store import yank
-
     from sandgate.mcp import open_server
 
     store, url = new_store(tmp_path)
@@ -292,7 +325,7 @@ def test_in_process_timeout_exit_yank_and_description_digest(tmp_path: Path) -> 
 def test_http_handshake_client_gets_list_changed(tmp_path: Path) -> None:
     store, url = new_store(tmp_path)
     add(store, "greet", GREET_V1)
-    proc, endpoint = _start_http(url, tmp_path)
+    proc, endpoint = _start_http(url, tmp_path, "--log-level", "info")
     try:
         async def main() -> None:
             changed = anyio.Event()
@@ -312,6 +345,10 @@ def test_http_handshake_client_gets_list_changed(tmp_path: Path) -> None:
         anyio.run(main)
     finally:
         _stop(proc)
+    # the log: JSON lines on stderr (sandgate.logs), the tool list change among them
+    lines = [json.loads(line) for line in proc.stderr.read().decode().splitlines()]  # type: ignore[union-attr]
+    changes = [r for r in lines if r["logger"] == "sandgate.mcp" and r["message"].startswith("tool list changed")]
+    assert changes and changes[-1]["tools"] == ["greet@2"] and changes[-1]["level"] == "info"
 
 
 def test_remote_mode_through_the_http_registry(tmp_path: Path) -> None:

@@ -24,11 +24,14 @@ this server's process with its privileges.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from sandgate.mcp.catalog import HttpCatalog, StoreCatalog
 from sandgate.mcp.server import DEFAULT_TIMEOUT, SkillServer, SkillTools
+from sandgate.registry import StoreBackend, connect
 
 __all__ = ["open_server", "SkillServer", "SkillTools", "DEFAULT_TIMEOUT"]
 
@@ -48,13 +51,8 @@ def open_server(
 
     The registry and the catalog are closed by ``server.close()``.
     """
-    import os
-
-    import sandgate
-    from sandgate.mcp.catalog import HttpCatalog, StoreCatalog
-
     if url is None:
-        from sandgate.client import URL_ENV
+        from sandgate.client import URL_ENV  # lazy: httpx, for remote mode only
 
         url = os.environ.get(URL_ENV, "").strip() or None
     remote = url is not None and url.split("://", 1)[0].lower() in ("http", "https")
@@ -64,13 +62,20 @@ def open_server(
         if holder:
             holder[0].on_registry_event(event)
 
-    registry = sandgate.connect(
-        url, api_key=api_key if remote else None, poll_interval=poll_interval, cache_dir=cache_dir,
+    registry = connect(  # an api_key with a database URL is refused here (ConfigError)
+        url, api_key=api_key, poll_interval=poll_interval, cache_dir=cache_dir,
         on_event=on_event,
     )
     catalog: Any = None
     try:
-        catalog = HttpCatalog(url, api_key) if remote else StoreCatalog(registry.backend.store)
+        backend = registry.backend
+        if remote:
+            assert url is not None
+            catalog = HttpCatalog(url, api_key)
+        elif isinstance(backend, StoreBackend):
+            catalog = StoreCatalog(backend.store)
+        else:
+            raise TypeError(f"no catalog for a registry backend of type {type(backend).__name__}")
         if discover_interval is None:
             discover_interval = 2.0 if remote else 1.0
         server = SkillServer(

@@ -22,6 +22,8 @@ changed, every connected client is told:
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import logging
 import threading
@@ -34,12 +36,15 @@ import anyio
 import mcp_types as types
 from mcp.server import Server
 from mcp.server.lowlevel.server import NotificationOptions
+from mcp.server.stdio import stdio_server
 from mcp.server.subscriptions import InMemorySubscriptionBus, ListenHandler, ToolsListChanged
 from mcp.shared.exceptions import MCPError
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
+from sandgate import __version__
+from sandgate.errors import NotFound, SandgateError
 from sandgate.mcp.catalog import Catalog
 from sandgate.mcp.schema import ToolDefinition, build_definition, clean_text, error_text, validation_text
 
@@ -74,8 +79,6 @@ class SkillTools:
 
     def refresh(self) -> bool:
         """Re-read the definitions; True if the tool list a client sees changed."""
-        from sandgate.errors import NotFound, SandgateError
-
         with self._lock:
             before = self.view()
             try:
@@ -106,7 +109,7 @@ class SkillTools:
                     handle.release()
             for name, why in skipped.items():
                 if self.skipped.get(name) != why:
-                    log.warning("%s is active but not offered as a tool: %s", name, why)
+                    log.warning("%s is active but not offered as a tool: %s", name, why, extra={"skill": name})
             self.skipped = skipped
             self.tools = tools
             keep = {(d.name, d.version, d.content_hash) for d in tools.values()}
@@ -197,8 +200,6 @@ class SkillServer:
         self._wake = threading.Event()
         #: how many tools/list_changed fan-outs were sent (tests, logs)
         self.changes = 0
-        from sandgate import __version__
-
         self.server = _Server(
             "sandgate",
             version=__version__,
@@ -244,7 +245,8 @@ class SkillServer:
 
     async def _notify(self) -> None:
         self.changes += 1
-        log.info("tool list changed: %s", ", ".join(f"{n}@{v}" for n, v, _, _ in self.tools.view()) or "(none)")
+        tools = [f"{n}@{v}" for n, v, _, _ in self.tools.view()]
+        log.info("tool list changed: %s", ", ".join(tools) or "(none)", extra={"tools": tools})
         try:
             await self.bus.publish(ToolsListChanged())
         except Exception:
@@ -357,8 +359,6 @@ class SkillServer:
 
     async def run_stdio(self) -> None:
         """Serve one client over this process's stdin/stdout (the SDK diverts fds 0/1 meanwhile)."""
-        from mcp.server.stdio import stdio_server
-
         async with stdio_server() as (read, write):
             await self.server.run(read, write, self.server.create_initialization_options())
 
@@ -374,15 +374,10 @@ class _BearerGate:
     """ASGI: every HTTP request needs ``Authorization: Bearer <token>`` (compared in constant time)."""
 
     def __init__(self, app: Any, token: str) -> None:
-        import hashlib
-
         self.app = app
         self._digest = hashlib.sha256(token.encode()).digest()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        import hashlib
-        import hmac
-
         if scope.get("type") == "http":
             header = dict(scope.get("headers") or []).get(b"authorization", b"")
             scheme, _, value = header.decode("latin-1").partition(" ")
