@@ -279,6 +279,8 @@ def test_allowlist_from_the_environment(tmp_path: Path) -> None:
     anyio.run(main)
 
 
+OWN_TIMEOUT = "def run() -> str:\n    raise TimeoutError('the upstream API did not answer')\n"
+INTERRUPTS = "def run() -> str:\n    raise KeyboardInterrupt('from the skill')\n"
 SLOW = "import time\n\ndef run(seconds: float) -> str:\n    time.sleep(seconds)\n    return 'done'\n"
 EXITS = "import sys\n\ndef run() -> None:\n    sys.exit(3)\n"
 
@@ -375,3 +377,40 @@ def test_remote_mode_through_the_http_registry(tmp_path: Path) -> None:
         anyio.run(main)
     finally:
         api.stop()
+
+
+def _ours(result: types.CallToolResult) -> dict[str, object]:
+    return {k: v for k, v in (result.meta or {}).items() if k.startswith("sandgate/")}
+
+
+def test_tool_errors_say_whose_they_are(tmp_path: Path) -> None:
+    """The skill's own TimeoutError is not the server's deadline; a sync skill's KeyboardInterrupt is a
+    tool error (the server keeps serving); the registry's errors carry their code from the error table."""
+    from sandgate.mcp import open_server
+
+    store, url = new_store(tmp_path)
+    add(store, "own_timeout", OWN_TIMEOUT)
+    add(store, "interrupts", INTERRUPTS)
+    add(store, "slow", SLOW)
+    server = open_server(url, cache_dir=tmp_path / "cache", timeout=0.3)
+    try:
+        async def main() -> None:
+            async with Client(server.server) as client:
+                r = await client.call_tool("own_timeout", {})
+                assert r.is_error and _text(r) == "TimeoutError: the upstream API did not answer"
+                assert _ours(r) == {"sandgate/error_type": "TimeoutError"}  # no error code: not ours
+                r = await client.call_tool("slow", {"seconds": 1})
+                assert r.is_error and "did not return within 0.3 s" in _text(r)
+                assert _ours(r) == {"sandgate/error_type": "TimeoutError", "sandgate/error_code": "timeout"}
+                r = await client.call_tool("interrupts", {})
+                assert r.is_error and _text(r) == "KeyboardInterrupt: from the skill"
+                assert _text(await client.call_tool("slow", {"seconds": 0})) == "done"
+                server.registry.close()  # the registry itself refuses: its error, with its code
+                r = await client.call_tool("slow", {"seconds": 0})
+                assert r.is_error and _text(r) == "SandgateError: the registry is closed"
+                assert _ours(r) == {"sandgate/error_type": "SandgateError", "sandgate/error_code": "registry_closed",
+                                    "sandgate/retryable": False}
+
+        anyio.run(main)
+    finally:
+        server.close()

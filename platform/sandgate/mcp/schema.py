@@ -105,6 +105,8 @@ class ToolDefinition:
     wrap_result: bool = False
     #: parameters whose type hint has no JSON schema (accepted as any JSON value)
     untyped: list[str] = field(default_factory=list)
+    #: an ``async def`` entrypoint (awaited on the server's loop; a plain one runs in a worker thread)
+    is_async: bool = False
 
     def arguments(self, raw: Mapping[str, Any] | None) -> tuple[list[Any], dict[str, Any]]:
         """Validated ``(args, kwargs)`` for the entrypoint; raises :class:`pydantic.ValidationError`."""
@@ -275,6 +277,7 @@ def build_definition(
         output=output,
         wrap_result=wrap,
         untyped=untyped,
+        is_async=inspect.iscoroutinefunction(function),
     )
 
 

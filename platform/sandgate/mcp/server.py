@@ -44,7 +44,7 @@ from pydantic import ValidationError
 from pydantic_core import to_jsonable_python
 
 from sandgate import __version__
-from sandgate.errors import NotFound, SandgateError
+from sandgate.errors import NotFound, SandgateError, Unavailable
 from sandgate.mcp.catalog import Catalog
 from sandgate.mcp.schema import ToolDefinition, build_definition, clean_text, error_text, validation_text
 
@@ -138,12 +138,29 @@ class SkillTools:
         )
 
 
-def _error(text: str, kind: str) -> types.CallToolResult:
+def _error(text: str, kind: str, meta: Mapping[str, Any] | None = None) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
         is_error=True,
-        _meta={"sandgate/error_type": kind},
+        _meta={"sandgate/error_type": kind, **(meta or {})},
     )
+
+
+def _raised(name: str, exc: BaseException) -> types.CallToolResult:
+    """The tool error of an exception out of ``registry.acall``: the skill's own, or the registry's.
+
+    A sandgate error (the skill has no loadable active version, its backend is
+    down, ...) also carries its code (its row of :data:`sandgate.errors.MEANINGS`,
+    or the instance's own) and whether asking again may help; anything else is
+    the skill's exception.
+    """
+    meta: dict[str, Any] = {}
+    if isinstance(exc, SandgateError):
+        meta = {"sandgate/error_code": exc.code,
+                "sandgate/retryable": isinstance(exc, Unavailable) or bool(getattr(exc, "retryable", False))}
+    log.info("%s raised %s", name, type(exc).__qualname__, exc_info=log.isEnabledFor(logging.DEBUG),
+             extra={"tool": name, "error_type": type(exc).__qualname__})
+    return _error(error_text(exc), type(exc).__qualname__, meta)
 
 
 def _text_of(value: Any) -> str:
@@ -319,22 +336,25 @@ class SkillServer:
             args, kwargs = d.arguments(arguments)
         except ValidationError as exc:
             return _error(validation_text(exc), "InvalidArguments")
-        try:
-            with anyio.fail_after(self.timeout):
+        with anyio.move_on_after(self.timeout) as deadline:
+            try:
                 value = await self.registry.acall(name, *args, **kwargs)
-        except TimeoutError:
+            except anyio.get_cancelled_exc_class():
+                raise
+            except BaseException as exc:  # the skill's exception, whatever it is, is the caller's answer
+                # out of a worker thread even KeyboardInterrupt is the skill's own raise (a real ^C is
+                # delivered to the main thread); on the loop (an async skill) it may be the operator's
+                if isinstance(exc, GeneratorExit) or isinstance(exc, KeyboardInterrupt) and d.is_async:
+                    raise
+                return _raised(name, exc)
+        if deadline.cancelled_caught:  # our deadline, not a TimeoutError the skill raised itself
+            log.info("%s timed out", name, extra={"tool": name, "timeout_seconds": self.timeout})
             return _error(
                 f"TimeoutError: {name} did not return within {self.timeout:g} s "
                 "(a synchronous skill keeps running in its thread until it returns)",
                 "TimeoutError",
+                {"sandgate/error_code": "timeout"},
             )
-        except anyio.get_cancelled_exc_class():
-            raise
-        except BaseException as exc:  # the skill's exception, whatever it is, is the caller's answer
-            if isinstance(exc, (KeyboardInterrupt, GeneratorExit)):
-                raise
-            log.info("%s raised %s", name, type(exc).__qualname__, exc_info=log.isEnabledFor(logging.DEBUG))
-            return _error(error_text(exc), type(exc).__qualname__)
         try:
             structured = d.structured(value)
             text = _text_of(value)
