@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -62,3 +64,16 @@ def test_exposed_host_with_a_token_is_fine() -> None:
     assert s.token == "t0ken"
     # stdio binds nothing: the host does not matter there
     assert McpSettings.load(host="0.0.0.0").transport == "stdio"
+
+
+def test_the_sdk_loads_only_for_sandgate_mcp() -> None:
+    """`import sandgate`, the client and every other command's start-up do not pay for the MCP SDK."""
+    code = (
+        "import sys, sandgate, sandgate.client; from sandgate.cli import _register; _register(); "
+        "print(sorted(m for m in ('mcp', 'mcp_types', 'sandgate.mcp', 'sandgate.mcp.settings') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    code = "import sys, sandgate.mcp; print('mcp' in sys.modules, 'sqlalchemy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]  # the store loads for a local catalog only
