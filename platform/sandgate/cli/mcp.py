@@ -3,7 +3,7 @@
 Local mode reads the store of ``--url`` (a database URL) or of the settings;
 remote mode (``--url http(s)://… --api-key …``, or ``$SANDGATE_URL`` /
 ``$SANDGATE_API_KEY``) reads a sandgate API server through the HTTP registry.
-Every option has a ``SANDGATE_MCP_*`` variable (:mod:`sandgate.mcp.settings`);
+Every other option has a ``SANDGATE_MCP_*`` variable (:mod:`sandgate.mcp.settings`);
 ``--skill`` (repeatable, or comma-separated) is the allowlist. Over HTTP the
 server binds 127.0.0.1 by default; any other address needs ``--token``, a
 bearer token every request must carry.
@@ -42,7 +42,11 @@ def mcp(
     log_level: Annotated[str | None, typer.Option("--log-level", help="Log level on stderr "
                                                                       "(default warning).")] = None,
 ) -> None:
-    """Serve the active skills as MCP tools (hot-reloaded; clients are told when the list changes)."""
+    """Serve the active skills as MCP tools (hot-reloaded; clients are told when the list changes).
+
+    Each option but --url and --api-key has a SANDGATE_MCP_* variable (SANDGATE_MCP_SKILLS,
+    SANDGATE_MCP_CALL_TIMEOUT_SECONDS, SANDGATE_MCP_TOKEN, ...); the option wins.
+    """
     # lazy: the MCP SDK and the registry load for this command only, not for every `sandgate` start-up
     from sandgate.logs import configure_logging
     from sandgate.mcp.settings import McpSettings
