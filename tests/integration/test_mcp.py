@@ -245,6 +245,26 @@ def _mcp_fails(tmp_path: Path, *args: str, env: dict[str, str] | None = None) ->
     return out.stderr
 
 
+def test_http_refuses_rebound_hosts_and_foreign_origins(tmp_path: Path) -> None:
+    """A web page must not reach the loopback server through DNS rebinding or a cross-site request."""
+    store, url = new_store(tmp_path)
+    add(store, "greet", GREET_V1)
+    proc, endpoint = _start_http(url, tmp_path)
+    port = endpoint.split(":")[2].split("/")[0]
+    hello = {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    call = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": hello}
+    accept = {"accept": "application/json, text/event-stream"}
+    try:
+        assert httpx.post(endpoint, json=call, headers=accept).status_code == 200
+        for headers, status in (({"host": "attacker.example"}, 421), ({"host": f"attacker.example:{port}"}, 421),
+                                ({"origin": "http://attacker.example"}, 403)):
+            r = httpx.post(endpoint, json=call, headers={**accept, **headers})
+            assert r.status_code == status, (headers, r.status_code, r.text)
+            assert "tools" not in r.text
+    finally:
+        _stop(proc)
+
+
 def test_non_loopback_http_needs_a_token(tmp_path: Path) -> None:
     _, url = new_store(tmp_path)
     err = _mcp_fails(tmp_path, "--url", url, "--transport", "http", "--host", "0.0.0.0")
