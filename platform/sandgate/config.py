@@ -30,6 +30,7 @@ __all__ = [
     "Settings",
     "check_environment",
     "describe_store",
+    "field_meanings",
     "mask_url",
     "sqlite_path",
     "get_settings",
@@ -59,7 +60,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(default=None, description=(
         "SQLAlchemy URL of the store (default: SQLite under the home)"))
     policies_dir: Path = Field(default_factory=lambda: project_root() / "policies", description=(
-        "directory of policy files and semgrep rules"))
+        "directory of policy files and semgrep rules (default: policies/ of the checkout)"))
     policy: str = Field(default="default", description="policy file name (without .toml) used when none is named")
     image: str = Field(default="sandgate-python:latest", description="the sandbox image (repository:tag)")
 
@@ -105,7 +106,7 @@ AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SC
 
 def settings_variables() -> dict[str, str]:
     """The ``SANDGATE_*`` variable of every :class:`Settings` field, with its meaning."""
-    return {f"SANDGATE_{name.upper()}": (field.description or "") for name, field in Settings.model_fields.items()}
+    return {f"SANDGATE_{name.upper()}": meaning for name, meaning in field_meanings(Settings).items()}
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:
@@ -134,6 +135,28 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
         f"{', '.join(sorted(known))} and the SANDGATE_API_*, SANDGATE_LLM_*, SANDGATE_SCHEDULER_* "
         f"variables of their areas"
     )
+
+
+def field_meanings(cls: type[BaseSettings]) -> dict[str, str]:
+    """Each field's meaning: its ``description``, else the ``#:`` comment above it in the source."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # pragma: no cover - no source (frozen)
+        lines = []
+    pending: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"([a-z_][a-z0-9_]*)\s*:", stripped)
+        if match and pending:
+            comments[match.group(1)] = " ".join(pending).replace("``", "`")
+        pending = []
+    return {name: field.description or comments.get(name, "") for name, field in cls.model_fields.items()}
 
 
 def _config_file() -> Path:
@@ -235,7 +258,8 @@ class EnvSettings(BaseSettings):
 
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known
+                         and k.upper() not in OTHER_VARIABLES)  # SANDGATE_API_KEY is the client's
         if unknown:
             raise ConfigError(f"unknown {cls.area} setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(known))}")

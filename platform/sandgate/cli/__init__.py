@@ -88,7 +88,7 @@ def _say_where() -> None:
 
 
 def _register() -> None:
-    from sandgate.cli import engine, evaluate, generate, keys, serve, store, worker
+    from sandgate.cli import engine, evaluate, generate, keys, serve, settings, store, worker
 
     engine.register(app)
     evaluate.register(app)
@@ -97,6 +97,7 @@ def _register() -> None:
     serve.register(app)
     keys.register(app)
     worker.register(app)
+    settings.register(app)
 
 
 def main() -> None:
