@@ -68,3 +68,55 @@ def test_the_spec_names_the_codes_the_server_answers(tmp_path: Path) -> None:
             assert documented("/v1/skills/{name}/rollback", "post", 409)
     finally:
         server.stop()
+
+
+def test_the_readme_python_client_example_runs(tmp_path: Path) -> None:
+    import threading
+
+    from api_harness import drain_queue, fake_evaluate, make_key
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    example = readme.split("**The Python client**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    url = f"sqlite:///{tmp_path / 'client.db'}"
+    token = make_key(url, "ci", "submitter")
+    server = ApiServer(url, home=tmp_path).start()
+    done = threading.Event()
+
+    def worker() -> None:  # what `sandgate worker` does, until the example has its verdict
+        while not done.is_set():
+            drain_queue(url, evaluate=fake_evaluate("passed"))
+            done.wait(0.2)
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    printed: list[str] = []
+    try:
+        import os
+
+        cwd = os.getcwd()
+        os.chdir(Path(__file__).resolve().parents[2])
+        try:
+            exec(compile(example.replace("http://127.0.0.1:8080", server.url), "README.md", "exec"),
+                 {"token": token, "print": lambda *a: printed.append(" ".join(map(str, a))),
+                  "__name__": "readme"})
+        finally:
+            os.chdir(cwd)
+    finally:
+        done.set()
+        thread.join(10)
+        server.stop()
+    assert printed[0] == "passed [1]", printed
+    assert "('evaluated', 'policy:default')" in printed[1] and "key:ci" in printed[1], printed
+
+
+def test_the_readme_settings_table_is_the_generated_one() -> None:
+    import subprocess
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("<!-- settings:begin -->\n", 1)[1].split("<!-- settings:end -->", 1)[0]
+    out = subprocess.run([str(Path(sys.executable).with_name("sandgate")), "settings", "--markdown"],
+                         capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
+    assert table == out, "README's settings table is stale: paste `sandgate settings --markdown` into it"
+    for name in ("SANDGATE_DATABASE_URL", "SANDGATE_API_RATE_BURST", "SANDGATE_LLM_MODEL",
+                 "SANDGATE_SCHEDULER_RESCAN_ACTION", "SANDGATE_URL", "SANDGATE_TRACEBACK"):
+        assert f"`{name}`" in table
