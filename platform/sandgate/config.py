@@ -7,9 +7,13 @@ all of them in one place.
 from __future__ import annotations
 
 import os
+import re
+import tomllib
+from collections.abc import Mapping
+from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from pydantic import Field, ValidationError
 from pydantic_settings import (
@@ -19,7 +23,21 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["EnvSettings", "Settings", "get_settings", "project_root"]
+__all__ = [
+    "AREA_PREFIXES",
+    "EnvSettings",
+    "OTHER_VARIABLES",
+    "Settings",
+    "check_environment",
+    "describe_store",
+    "field_meanings",
+    "mask_url",
+    "sqlite_path",
+    "get_settings",
+    "load_settings",
+    "project_root",
+    "settings_variables",
+]
 
 
 def project_root() -> Path:
@@ -32,30 +50,25 @@ def _default_home() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="SANDGATE_",
-        toml_file=os.environ.get("SANDGATE_CONFIG", "sandgate.toml"),
-        extra="forbid",
-    )
+    """The platform's own settings. Each field is a ``SANDGATE_<FIELD>`` variable or a key of
+    ``sandgate.toml`` (``$SANDGATE_CONFIG``); the environment wins."""
 
-    #: where the embedded store, caches, the wheelhouse and the image base live
-    home: Path = Field(default_factory=_default_home)
-    #: SQLAlchemy URL of the store; default: SQLite under ``home``
-    database_url: str | None = None
-    #: directory of policy files and semgrep rules
-    policies_dir: Path = Field(default_factory=lambda: project_root() / "policies")
-    #: policy file name (without .toml) used when none is named
-    policy: str = "default"
+    model_config = SettingsConfigDict(env_prefix="SANDGATE_", extra="forbid")
 
-    #: the sandbox image (repository:tag)
-    image: str = "sandgate-python:latest"
+    home: Path = Field(default_factory=_default_home, description=(
+        "where the embedded store, caches, the wheelhouse and the image base live (default ./.sandgate)"))
+    database_url: str | None = Field(default=None, description=(
+        "SQLAlchemy URL of the store (default: SQLite under the home)"))
+    policies_dir: Path = Field(default_factory=lambda: project_root() / "policies", description=(
+        "directory of policy files and semgrep rules (default: policies/ of the checkout)"))
+    policy: str = Field(default="default", description="policy file name (without .toml) used when none is named")
+    image: str = Field(default="sandgate-python:latest", description="the sandbox image (repository:tag)")
 
     # -- timeouts (seconds) of external calls --------------------------------
-    #: one Docker API call (create, start, inspect, remove, logs)
-    docker_api_timeout: float = 30.0
-    #: extra time the controller grants beyond the policy's wall timeout
-    #: before it kills the sandbox from outside
-    sandbox_kill_grace: float = 5.0
+    docker_api_timeout: float = Field(default=30.0, description=(
+        "seconds one Docker API call (create, start, inspect, remove, logs) may take"))
+    sandbox_kill_grace: float = Field(default=5.0, description=(
+        "seconds beyond the policy's wall timeout before the controller kills a sandbox from outside"))
 
     @property
     def effective_database_url(self) -> str:
@@ -72,12 +85,149 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
+
+
+#: ``SANDGATE_*`` variables read outside :class:`Settings` (name → meaning)
+OTHER_VARIABLES: dict[str, str] = {
+    "SANDGATE_CONFIG": "path of the settings file (default ./sandgate.toml)",
+    "SANDGATE_URL": "a `sandgate serve` to talk to: the CLI's remote mode",
+    "SANDGATE_API_KEY": "the API key sent to SANDGATE_URL",
+    "SANDGATE_ACTOR": "who is acting, recorded in events (default cli:<user>)",
+    "SANDGATE_ENGINE_WAIT_SECONDS": "how long `make engine` waits for a started engine (default 60)",
+    "SANDGATE_ENGINE_LOG": "where `make engine` writes the engine's log",
+    "SANDGATE_DB_PASSWORD": "docker-compose.yml: the PostgreSQL password",
+    "SANDGATE_TRACEBACK": "set: the CLI shows the traceback of an unexpected error",
+}
+#: prefixes of the areas whose settings classes check their own variables
+#: (:class:`EnvSettings` subclasses: the API server, generation, the scheduler)
+AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SCHEDULER_", "SANDGATE_MCP_")
+
+
+def settings_variables() -> dict[str, str]:
+    """The ``SANDGATE_*`` variable of every :class:`Settings` field, with its meaning."""
+    return {f"SANDGATE_{name.upper()}": meaning for name, meaning in field_meanings(Settings).items()}
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``SANDGATE_*`` variable no part of sandgate reads (a misspelling would be ignored).
+
+    Variables of an area (``SANDGATE_API_*``, ``SANDGATE_LLM_*``, ``SANDGATE_SCHEDULER_*``)
+    are checked by that area's settings when it loads them.
+    """
+    from sandgate.errors import ConfigError
+
+    env = os.environ if environ is None else environ
+    known = set(settings_variables()) | set(OTHER_VARIABLES)
+    unknown = sorted(
+        k for k in env
+        if k.upper().startswith("SANDGATE_") and k.upper() not in known
+        and not k.upper().startswith(AREA_PREFIXES)
+    )
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown setting(s) in the environment: {', '.join(hints)}; sandgate reads "
+        f"{', '.join(sorted(known))} and the SANDGATE_API_*, SANDGATE_LLM_*, SANDGATE_SCHEDULER_*, SANDGATE_MCP_* "
+        f"variables of their areas"
+    )
+
+
+def field_meanings(cls: type[BaseSettings]) -> dict[str, str]:
+    """Each field's meaning: its ``description``, else the ``#:`` comment above it in the source."""
+    import inspect
+
+    comments: dict[str, str] = {}
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):  # pragma: no cover - no source (frozen)
+        lines = []
+    pending: list[str] = []
+    for line in lines:
+        stripped = line.strip()
+        if stripped.startswith("#:"):
+            pending.append(stripped[2:].strip())
+            continue
+        match = re.match(r"([a-z_][a-z0-9_]*)\s*:", stripped)
+        if match and pending:
+            comments[match.group(1)] = " ".join(pending).replace("``", "`")
+        pending = []
+    return {name: field.description or comments.get(name, "") for name, field in cls.model_fields.items()}
+
+
+def _config_file() -> Path:
+    return Path(os.environ.get("SANDGATE_CONFIG", "sandgate.toml"))
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """:class:`Settings` from the environment and ``sandgate.toml``, or one :class:`ConfigError`
+    naming the file, key or variable that is wrong (never a parser's traceback)."""
+    from sandgate.errors import ConfigError
+
+    check_environment()
+    path = _config_file()
+    toml_keys: set[str] = set()
+    if path.is_file():
+        try:
+            toml_keys = set(tomllib.loads(path.read_text(encoding="utf-8")))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot be read: {exc}") from None
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            key = ".".join(str(part) for part in err["loc"])
+            where = f"{path} key {key!r}" if key in toml_keys else f"SANDGATE_{key.upper()}"
+            if err["type"] == "extra_forbidden":
+                lines.append(f"{path}: unknown key {key!r} (known: {', '.join(sorted(Settings.model_fields))})")
+            else:
+                lines.append(f"{where}: {err['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("invalid configuration: " + "; ".join(lines)) from None
+    if settings.home.exists() and not settings.home.is_dir():
+        raise ConfigError(f"SANDGATE_HOME={settings.home} exists and is not a directory: point it at a directory "
+                          f"(it holds the default store, caches and the wheelhouse)")
+    return settings
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ``***`` (for messages and ``doctor``)."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a ``sqlite:///`` URL (``None``: not SQLite, or in memory)."""
+    if not url.startswith("sqlite"):
+        return None
+    rest = url.split("://", 1)[-1]
+    database = rest[1:] if rest.startswith("/") else rest
+    database = database.split("?", 1)[0]
+    if database in ("", ":memory:") or "mode=memory" in url:
+        return None
+    return Path(database).expanduser()
+
+
+def describe_store(settings: Settings) -> tuple[str, bool]:
+    """Which store the settings name, in words, and whether it exists yet (never creates it)."""
+    url = settings.effective_database_url
+    source = "SANDGATE_DATABASE_URL" if settings.database_url else f"the default under SANDGATE_HOME={settings.home}"
+    path = sqlite_path(url)
+    if path is None:
+        return f"{mask_url(url)} ({source})", True
+    if path.exists():
+        return f"{path} ({source})", True
+    return f"{path} ({source}) does not exist yet: the first submit creates it", False
 
 
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()
 
 
 class EnvSettings(BaseSettings):
@@ -108,7 +258,8 @@ class EnvSettings(BaseSettings):
 
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)
+        unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known
+                         and k.upper() not in OTHER_VARIABLES)  # SANDGATE_API_KEY is the client's
         if unknown:
             raise ConfigError(f"unknown {cls.area} setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(known))}")

@@ -73,10 +73,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 from sqlalchemy import func, select
 
-from sandgate.config import get_settings
+from sandgate.config import EnvSettings, get_settings
 from sandgate.errors import NotFound, SandgateError
 from sandgate.evaluation import evaluate, rules_files
 from sandgate.names import controller_alive
@@ -111,16 +111,21 @@ log = logging.getLogger("sandgate.scheduler")
 RESCAN_ACTOR = "scheduler:rescan"
 
 
-class SchedulerSettings(BaseSettings):
+class SchedulerSettings(EnvSettings):
     """``SANDGATE_SCHEDULER_*`` environment variables (not ``sandgate.toml``: its
-    :class:`~sandgate.config.Settings` refuses unknown keys)."""
+    :class:`~sandgate.config.Settings` refuses unknown keys). :meth:`load` refuses
+    a misspelt one."""
 
     model_config = SettingsConfigDict(env_prefix="SANDGATE_SCHEDULER_", extra="forbid")
+    area = "scheduler"
 
-    #: seconds between runs of each job
+    #: seconds between runs of lease recovery
     lease_recovery_seconds: float = Field(default=15.0, gt=0)
+    #: seconds between runs of the orphan reaper
     reap_seconds: float = Field(default=60.0, gt=0)
+    #: seconds between runs of retention
     retention_seconds: float = Field(default=3600.0, gt=0)
+    #: seconds between re-scans of active versions with the current rules
     rescan_seconds: float = Field(default=86400.0, gt=0)
     #: claims of one evaluation before it ends as verdict ``error``
     max_attempts: int = Field(default=evaluations.DEFAULT_MAX_ATTEMPTS, ge=1)
@@ -293,7 +298,7 @@ def rescan_active(
     """
     settings = settings or get_settings()
     policy = policy or load_policy(settings.policy, policies_dir=settings.policies_dir)
-    action = action or getattr(policy, "rescan_action", None) or SchedulerSettings().rescan_action
+    action = action or getattr(policy, "rescan_action", None) or SchedulerSettings.load().rescan_action
     run = evaluate or _static_evaluate
     blocked_severities = set(policy.gates.blocked_severities)
     rules_hash = rules_fingerprint(rules_files(Path(settings.policies_dir) / "semgrep"))
@@ -422,7 +427,7 @@ def build_scheduler(
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
 
-    ss = scheduler_settings or SchedulerSettings()
+    ss = scheduler_settings or SchedulerSettings.load()
     s = settings or get_settings()
     scheduler = BackgroundScheduler(timezone=UTC)
     start = datetime.now(UTC) + timedelta(seconds=1)
@@ -449,7 +454,7 @@ def run_jobs_once(
     settings: Settings | None = None,
 ) -> dict[str, Any]:
     """Run each job once now, in order (``sandgate scheduler --once``)."""
-    ss = scheduler_settings or SchedulerSettings()
+    ss = scheduler_settings or SchedulerSettings.load()
     s = settings or get_settings()
     return {name: _guarded(name, lambda n=name: JOBS[n][1](store, ss, s))() for name in jobs or list(JOBS)}
 

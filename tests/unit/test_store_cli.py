@@ -173,6 +173,7 @@ def test_versions_skills_rollback_yank_diff(env):
 
 
 def test_refusals_are_one_line_on_stderr_with_exit_1(env):
+    run("submit", str(env.skill("greet", "v1")))  # a store to ask (read commands never create one)
     for args in (
         ("versions", "nope"),
         ("show", "nope"),
@@ -185,7 +186,6 @@ def test_refusals_are_one_line_on_stderr_with_exit_1(env):
         r = run(*args)
         assert r.exit_code == 1, (args, r.output)
         assert r.stderr == "error: no skill named 'nope'\n"
-    run("submit", str(env.skill("greet", "v1")))
     r = run("promote", "greet", "1", "--expected-generation", "5")
     assert r.exit_code == 1 and "moved concurrently: expected generation 5, now 0" in r.stderr
     r = run("promote", "greet", "1", "--force")

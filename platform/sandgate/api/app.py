@@ -20,6 +20,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -78,9 +79,10 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
         description=DESCRIPTION,
         lifespan=lifespan,
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served below from the package's own copy: no CDN, works offline
         redoc_url=None,
     )
+    _docs_routes(app)
     app.state.settings = settings
     app.state.api = api
     app.state.metrics = metrics
@@ -97,6 +99,27 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
     return app
+
+
+#: Swagger UI shipped inside the package (``static/swagger-ui/VERSION`` says which release)
+SWAGGER_UI = Path(__file__).with_name("static") / "swagger-ui"
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """``/docs``: Swagger UI from the package's own assets, so the page works without internet."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import HTMLResponse
+    from fastapi.staticfiles import StaticFiles
+
+    app.mount("/docs/assets", StaticFiles(directory=SWAGGER_UI), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json", title="sandgate API",
+            swagger_js_url="/docs/assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs/assets/swagger-ui.css",
+            swagger_favicon_url="/docs/assets/favicon-32x32.png")
 
 
 def _openapi(app: FastAPI) -> dict[str, Any]:

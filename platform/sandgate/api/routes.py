@@ -17,7 +17,7 @@ import hashlib
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -65,6 +65,16 @@ VersionNumber = Annotated[int, Path(ge=1, le=INT32, description="version number"
 
 def _role(role: str) -> dict[str, Any]:
     return {"openapi_extra": {REQUIRED_ROLE: role, "security": [{"bearerAuth": []}]}}
+
+
+def _errors(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route answers (``e409="..."``), with the error body."""
+    body = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    return {int(k.removeprefix("e")): {"description": d, "content": body} for k, d in described.items()}
+
+
+_MISSING = "no skill or version by that name or number"
+_INCOMPLETE = "a required field is missing or invalid (reason code in error.code)"
 
 
 def _service(store: Any, request: Request | None = None) -> EmbeddedService:
@@ -136,10 +146,11 @@ _SUBMIT_BODY = {
     tags=["versions"],
     responses={200: {"model": SubmitOut, "description": "same content already evaluated "
                                                         "under this policy (reused)"},
-               409: {"description": "this content is a yanked version"},
-               413: {"description": "the body is larger than the server's limit"},
-               415: {"description": "unsupported content type"},
-               422: {"description": "invalid submission (reason code in error.code)"}},
+               **_errors(e400="a policy this server does not offer",
+                         e409="this content is a yanked version",
+                         e413="the body is larger than the server's limit",
+                         e415="unsupported content type",
+                         e422="invalid submission (reason code in error.code)")},
     openapi_extra={**_role("submitter")["openapi_extra"], "requestBody": _SUBMIT_BODY},
 )
 async def submit_version(
@@ -205,6 +216,8 @@ def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
 
 
 @router.post("/skills/{name}/versions/{number}/yank", response_model=YankOut, tags=["pointer"],
+             responses=_errors(e404=_MISSING, e409="the version is active (roll back first, or rollback: true)",
+                               e422=_INCOMPLETE),
              **_role("promoter"))
 def yank_version(name: SkillName, number: VersionNumber, body: YankRequest, key: Promoter,
                  store: StoreDep, request: Request) -> dict[str, Any]:
@@ -216,7 +229,9 @@ def yank_version(name: SkillName, number: VersionNumber, body: YankRequest, key:
 
 
 @router.post("/skills/{name}/promote", response_model=MoveOut, tags=["pointer"],
-             responses={409: {"description": "a concurrent move won, or the state forbids it"}},
+             responses=_errors(e400="a policy this server does not offer", e404=_MISSING,
+                               e409="a concurrent move won, or the state forbids it (not passed, yanked)",
+                               e422=_INCOMPLETE),
              **_role("promoter"))
 def promote(name: SkillName, body: PromoteRequest, key: Promoter, store: StoreDep,
             request: Request) -> dict[str, Any]:
@@ -233,10 +248,14 @@ def promote(name: SkillName, body: PromoteRequest, key: Promoter, store: StoreDe
 
 
 @router.post("/skills/{name}/rollback", response_model=MoveOut, tags=["pointer"],
+             responses=_errors(e404=_MISSING, e409="nothing to roll back to, or a concurrent move won",
+                               e422=_INCOMPLETE),
              **_role("promoter"))
-def rollback(name: SkillName, body: RollbackRequest, key: Promoter, store: StoreDep,
-             request: Request) -> dict[str, Any]:
-    """Go back to what was active before the last move (or to ``to``). Never re-evaluates."""
+def rollback(name: SkillName, key: Promoter, store: StoreDep, request: Request,
+             body: Annotated[RollbackRequest | None, Body()] = None) -> dict[str, Any]:
+    """Go back to what was active before the last move (or to ``to``). Never re-evaluates.
+    Every field is optional, and so is the body."""
+    body = body or RollbackRequest()
     move = _service(store).rollback(name, to=body.to, actor=key.actor, reason=body.reason,
                                     expected_generation=body.expected_generation)
     _log(request, skill=name, version=move.to_version)

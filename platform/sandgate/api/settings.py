@@ -45,7 +45,9 @@ class ApiSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
     area = "API"
 
+    #: address the server binds (default 127.0.0.1: this machine only)
     host: str = "127.0.0.1"
+    #: port the server listens on
     port: int = Field(default=8080, ge=0, le=65535)
 
     #: request bodies above this are refused with 413 (Content-Length, and while streaming)
@@ -53,6 +55,7 @@ class ApiSettings(EnvSettings):
 
     #: per-key token bucket: refill rate (0 disables rate limiting) and size
     rate_per_second: float = Field(default=20.0, ge=0)
+    #: token-bucket size per key
     rate_burst: int = Field(default=60, ge=1)
     #: failed authentications allowed per client address and minute, then 429
     auth_failures_per_minute: int = Field(default=30, ge=1)
@@ -60,19 +63,27 @@ class ApiSettings(EnvSettings):
     #: policies a client may choose by name; empty: only ``Settings.policy``
     policies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    #: how often the event feed polls the database
     watch_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    #: an SSE comment is sent on a stream idle this long
     watch_keepalive_seconds: float = Field(default=15.0, gt=0, le=600)
+    #: how long a hole in event ids is waited for
     watch_gap_grace_seconds: float = Field(default=2.0, ge=0, le=60)
     #: events read per database query by one stream
     watch_batch: int = Field(default=500, ge=1, le=10_000)
 
+    #: `/readyz` fails without a Docker engine
     ready_requires_engine: bool = True
     #: how long a readiness probe's engine check may take, and how long its answer is reused
     ready_engine_timeout_seconds: float = Field(default=3.0, gt=0)
+    #: how long one readiness answer is reused
     ready_cache_seconds: float = Field(default=2.0, ge=0)
+    #: `/metrics` answers without an API key
     metrics_public: bool = True
 
+    #: debug | info | warning | error
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: how long open requests get on shutdown
     graceful_shutdown_seconds: float = Field(default=5.0, ge=0)
 
     @field_validator("policies", mode="before")

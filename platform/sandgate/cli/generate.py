@@ -16,6 +16,7 @@ Seams for tests: ``sandgate.lifecycle.default_evaluate`` and
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -92,6 +93,10 @@ def generate(
     from sandgate.errors import SandgateError
     from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 
+    remote = os.environ.get("SANDGATE_URL", "").strip()
+    if remote and not no_submit:
+        raise _fail(f"generate stores the passing version in the local store, not at SANDGATE_URL={remote}: "
+                    f"run it with --no-submit --out DIR, then `sandgate submit DIR`")
     try:
         chosen = lifecycle.load_policy(policy)
         client = ChatClient(GenerationSettings.load())

@@ -21,6 +21,7 @@ Exit codes: 0 ok; 1 refused (no such key, name taken, already revoked);
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -29,7 +30,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.cli.common import EXIT_ERROR, errors
+from sandgate.cli.common import EXIT_ERROR, errors, fail_with
 from sandgate.cli.store import _when, default_actor
 
 __all__ = ["register", "keys_app"]
@@ -47,12 +48,22 @@ RoleOpt = Annotated[
 
 
 @contextmanager
-def _store() -> Iterator[Any]:
-    """The embedded store (keys live in the controller's database; there is no remote mode)."""
+def _store(*, create: bool = False) -> Iterator[Any]:
+    """The embedded store: keys live in the controller's database, and are managed where it is.
+
+    With ``SANDGATE_URL`` set the other commands talk to that server; key commands
+    cannot (a key is not made over the API it guards), so they refuse rather than
+    write keys into a local store the server never reads.
+    """
+    url = os.environ.get("SANDGATE_URL", "").strip()
+    if url:
+        fail_with(f"sandgate keys manages the API keys in the store of the server itself, not over "
+                  f"SANDGATE_URL={url}: run it on the server's host with the server's SANDGATE_DATABASE_URL "
+                  f"(and SANDGATE_URL unset)", EXIT_ERROR)
     from sandgate.service.embedded import EmbeddedService  # lazy: SQLAlchemy, for key commands only
 
     with EmbeddedService.open() as service:
-        yield service.store
+        yield service.ensure_store() if create else service.store
 
 
 def _roles() -> tuple[str, ...]:
@@ -77,7 +88,7 @@ def create(
     if role not in _roles():
         typer.echo(f"error: unknown role {role!r}: one of {', '.join(_roles())}", err=True)
         raise typer.Exit(EXIT_ERROR)
-    with errors(), _store() as store:
+    with errors(), _store(create=True) as store:
         record, token = keys.create_key(store, name=name, role=role, actor=default_actor(),
                                         rate_per_second=rate, burst=burst)
     if as_json:

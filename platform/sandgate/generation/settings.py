@@ -61,11 +61,15 @@ class GenerationSettings(EnvSettings):
     #: Azure OpenAI ``api-version``; when set, the key goes in the ``api-key`` header
     azure_api_version: str | None = None
 
+    #: sampling temperature sent with each request (empty: the endpoint's default)
     temperature: float | None = Field(default=0.2, ge=0.0, le=2.0)
+    #: largest reply, in tokens
     max_tokens: int | None = Field(default=8192, gt=0)
+    #: the request field that carries it: max_tokens or max_completion_tokens
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
 
     # -- timeouts (seconds), each named ------------------------------------------
+    #: seconds to open a connection to the endpoint
     connect_timeout_seconds: float = Field(default=10.0, gt=0)
     #: read (longest silence), write and connection-pool timeout
     timeout_seconds: float = Field(default=300.0, gt=0)
@@ -73,14 +77,21 @@ class GenerationSettings(EnvSettings):
     request_deadline_seconds: float = Field(default=900.0, gt=0)
 
     # -- retries -----------------------------------------------------------------
+    #: retries of a failed or rate-limited request
     max_retries: int = Field(default=4, ge=0, le=20)
+    #: first backoff between retries (full jitter, doubling)
     backoff_base_seconds: float = Field(default=1.0, ge=0)
+    #: longest backoff between retries
     backoff_max_seconds: float = Field(default=30.0, ge=0)
+    #: longest Retry-After honoured; longer: give up
     max_retry_after_seconds: float = Field(default=120.0, ge=0)
 
     # -- budgets per generation --------------------------------------------------
+    #: tokens one generation may spend in all its attempts
     token_budget: int | None = Field(default=200_000, gt=0)
+    #: price of 1,000 tokens, to count cost
     price_per_1k_tokens: float | None = Field(default=None, ge=0)
+    #: cost one generation may spend (needs the price)
     cost_budget: float | None = Field(default=None, gt=0)
 
     def __init__(self, **values: Any) -> None:

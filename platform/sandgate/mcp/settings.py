@@ -43,14 +43,21 @@ class McpSettings(EnvSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
     area = "MCP"
 
+    #: `stdio` or `http` (streamable HTTP)
     transport: Literal["stdio", "http"] = "stdio"
-    #: skills offered as tools; empty: every active skill
+    #: skills offered as tools (comma-separated); empty: every active skill
     skills: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    #: how long one tool call may take
     call_timeout_seconds: float = Field(default=30.0, gt=0, le=86_400)
+    #: HTTP bind address
     host: str = "127.0.0.1"
+    #: HTTP port
     port: int = Field(default=8765, ge=0, le=65535)
+    #: HTTP path of the endpoint
     path: str = "/mcp"
+    #: bearer token every HTTP request must carry (required for a non-loopback host)
     token: str | None = None
+    #: debug | info | warning | error (JSON lines on stderr)
     log_level: Literal["debug", "info", "warning", "error"] = "warning"
 
     @field_validator("skills", mode="before")

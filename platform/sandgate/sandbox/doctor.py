@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sandgate.config import Settings, get_settings
+from sandgate.config import Settings, describe_store, get_settings
 from sandgate.errors import EngineUnavailable, InfrastructureError
 
 __all__ = ["Check", "Diagnosis", "diagnose"]
@@ -44,6 +44,8 @@ def diagnose(settings: Settings | None = None, *, connect: Callable[..., Any] | 
     settings = settings or get_settings()
     connect = connect or default_connect
     diagnosis = Diagnosis()
+    store, exists = describe_store(settings)
+    diagnosis.checks.append(Check("store", exists, store, required=False))
     try:
         client = connect(settings)
         info = engine_info(client)

@@ -41,11 +41,37 @@ def connect(settings: Settings | None = None) -> docker.DockerClient:
     try:
         client = docker.from_env(timeout=int(max(1, settings.docker_api_timeout)))
         client.ping()
-    except DockerException as exc:
-        raise EngineUnavailable(f"no Docker engine answers ({exc}); {ENGINE_HINT}") from exc
-    except Exception as exc:  # requests/urllib3 errors that docker-py does not wrap
-        raise EngineUnavailable(f"no Docker engine answers ({exc}); {ENGINE_HINT}") from exc
+    except Exception as exc:  # DockerException, and requests/urllib3 errors that docker-py does not wrap
+        raise EngineUnavailable(engine_unavailable_message(exc)) from exc
     return client
+
+
+def engine_address() -> str:
+    """Where the Docker client looks for the engine, and why (``DOCKER_HOST`` or the default)."""
+    host = os.environ.get("DOCKER_HOST", "").strip()
+    return f"{host} (DOCKER_HOST)" if host else "unix:///var/run/docker.sock (the default; DOCKER_HOST is not set)"
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason of a connection error, in a few words (not a chain of reprs)."""
+    seen: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in seen:
+        seen.append(cur)
+        nxt = cur.__cause__ or cur.__context__
+        if nxt is None and cur.args and isinstance(cur.args[-1], BaseException):
+            nxt = cur.args[-1]
+        if nxt is None and cur.args and isinstance(cur.args[0], tuple):
+            nxt = next((a for a in cur.args[0] if isinstance(a, BaseException)), None)
+        cur = nxt
+    last = seen[-1]
+    if isinstance(last, OSError) and last.strerror:
+        return last.strerror
+    return str(last) or type(last).__name__
+
+
+def engine_unavailable_message(exc: BaseException) -> str:
+    return f"no Docker engine answers at {engine_address()}: {_root_cause(exc)}; {ENGINE_HINT}"
 
 
 _shared: dict[tuple[str, int], docker.DockerClient] = {}

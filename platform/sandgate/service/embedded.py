@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import func, select
 
 from sandgate import lifecycle
-from sandgate.config import get_settings
+from sandgate.config import get_settings, sqlite_path
 from sandgate.errors import NotFound
 from sandgate.service import VersionDetail, version_detail
 from sandgate.store import open_store
@@ -55,10 +55,11 @@ def _load_policy(name: str | None) -> Any:
 class EmbeddedService:
     """:class:`~sandgate.service.SkillService` over a :class:`~sandgate.store.Store`."""
 
-    def __init__(self, store: Store | Callable[[], Store], *,
+    def __init__(self, store: Store | Callable[[bool], Store], *,
                  load_policy: Callable[[str | None], Any] = _load_policy,
                  default_actor: Callable[[], str] | None = None, owns_store: bool = False) -> None:
-        """``store``: a store, or a function opening it on first use (:meth:`open`)."""
+        """``store``: a store, or a function opening it on first use (:meth:`open`), called with
+        ``create``: True only for a submit (nothing else creates a store that does not exist)."""
         self._store = store if isinstance(store, Store) else None
         self._opener = None if isinstance(store, Store) else store
         self._load_policy = load_policy
@@ -68,16 +69,31 @@ class EmbeddedService:
     @classmethod
     def open(cls, *, default_actor: Callable[[], str] | None = None) -> EmbeddedService:
         """Over the configured store (``Settings.effective_database_url``), opened on first use
-        (a command checks its input first) and closed by :meth:`close`."""
-        return cls(lambda: open_store(get_settings().effective_database_url),
-                   default_actor=default_actor, owns_store=True)
+        (a command checks its input first) and closed by :meth:`close`. Only a submit creates
+        the store; only the default home's directory is created for it."""
+        def opener(create: bool) -> Store:
+            settings = get_settings()
+            url = settings.effective_database_url
+            file = sqlite_path(url)
+            own_dir = file is not None and file.parent.resolve() == settings.home.resolve()
+            return open_store(url, create=create, make_dirs=own_dir)
+
+        return cls(opener, default_actor=default_actor, owns_store=True)
+
+    def _open(self, *, create: bool) -> Store:
+        if self._store is None:
+            assert self._opener is not None
+            self._store = self._opener(create)
+        return self._store
 
     @property
     def store(self) -> Store:
-        if self._store is None:
-            assert self._opener is not None
-            self._store = self._opener()
-        return self._store
+        """The store, which must exist (reads and pointer moves)."""
+        return self._open(create=False)
+
+    def ensure_store(self) -> Store:
+        """The store, created if it does not exist yet (a submit, the first API key)."""
+        return self._open(create=True)
 
     def close(self) -> None:
         if self._owns_store and self._store is not None:
@@ -148,7 +164,7 @@ class EmbeddedService:
     def submit_submission(self, submission: Any, *, policy: Any, actor: str | None, wait: bool,
                           provenance: Mapping[str, Any]) -> Any:
         """Submit an already-read submission under an already-loaded policy."""
-        return lifecycle.submit(self.store, submission=submission, policy=policy,
+        return lifecycle.submit(self.ensure_store(), submission=submission, policy=policy,
                                 actor=self._actor(actor), wait=wait, provenance=dict(provenance))
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,

@@ -87,7 +87,7 @@ class Store:
         self.close()
 
 
-def _sqlite_engine(url: str) -> Engine:
+def _sqlite_engine(url: str, *, create: bool = True, make_dirs: bool = True) -> Engine:
     u = make_url(url)
     database = u.database or ""
     memory = database in ("", ":memory:") or "mode=memory" in str(u.query)
@@ -96,7 +96,17 @@ def _sqlite_engine(url: str) -> Engine:
         kwargs["poolclass"] = StaticPool
         kwargs["connect_args"] = {"check_same_thread": False}
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        path = Path(database).expanduser()
+        if not path.exists():
+            if not create:
+                raise StoreError(f"no store at {path}: nothing has been submitted here yet (the default store "
+                                 f"is ./.sandgate/sandgate.db under the current directory; set SANDGATE_HOME or "
+                                 f"SANDGATE_DATABASE_URL to use another)", code="no_store")
+            if not path.parent.is_dir():
+                if not make_dirs:
+                    raise StoreError(f"cannot create the store {path}: the directory {path.parent} does not "
+                                     f"exist (create it, or fix SANDGATE_DATABASE_URL)", code="no_store")
+                path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")
@@ -120,13 +130,13 @@ def _sqlite_engine(url: str) -> Engine:
     return engine
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engine(url: str, *, create: bool = True, make_dirs: bool = True) -> Engine:
     try:
         backend = make_url(url).get_backend_name()
     except ArgumentError as exc:
         raise StoreError(f"invalid database URL {url!r}: {exc}") from exc
     if backend == "sqlite":
-        return _sqlite_engine(url)
+        return _sqlite_engine(url, create=create, make_dirs=make_dirs)
     if backend == "postgresql":
         return create_engine(
             url,
@@ -141,14 +151,19 @@ def open_store(
     *,
     migrate: bool = True,
     hooks: dict[str, Callable[[Session], None]] | None = None,
+    create: bool = True,
+    make_dirs: bool = True,
 ) -> Store:
     """Open (and by default migrate to head) the store at ``url``.
 
     ``url`` defaults to ``Settings.effective_database_url`` (SQLite under
     ``Settings.home``). Safe to call from several processes at once.
+    ``create=False`` (read-only commands): a SQLite file that does not exist is
+    :class:`StoreError` ``no_store``, never created. ``make_dirs=False``: a missing
+    directory of a SQLite file is refused rather than created.
     """
     url = url or default_url()
-    engine = _make_engine(url)
+    engine = _make_engine(url, create=create, make_dirs=make_dirs)
     try:
         if migrate:
             upgrade(engine)
