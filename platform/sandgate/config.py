@@ -36,6 +36,7 @@ __all__ = [
     "get_settings",
     "load_settings",
     "project_root",
+    "remote_url",
     "settings_variables",
 ]
 
@@ -102,6 +103,11 @@ OTHER_VARIABLES: dict[str, str] = {
 #: prefixes of the areas whose settings classes check their own variables
 #: (:class:`EnvSettings` subclasses: the API server, generation, the scheduler)
 AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SCHEDULER_", "SANDGATE_MCP_")
+
+
+def remote_url() -> str | None:
+    """``$SANDGATE_URL`` (the server the CLI talks to instead of a store), or None when unset or blank."""
+    return os.environ.get("SANDGATE_URL", "").strip() or None
 
 
 def settings_variables() -> dict[str, str]:

@@ -117,6 +117,11 @@ def test_the_readme_settings_table_is_the_generated_one() -> None:
     out = subprocess.run([str(Path(sys.executable).with_name("sandgate")), "settings", "--markdown"],
                          capture_output=True, text=True, check=True, env={"PATH": "/usr/bin:/bin"}).stdout
     assert table == out, "README's settings table is stale: paste `sandgate settings --markdown` into it"
+    from sandgate.cli.settings import rows
+    from sandgate.config import AREA_PREFIXES
+
+    # the areas the environment check leaves to their own classes are exactly those classes' prefixes
+    assert {r["prefix"] for r in rows()} - {"", "SANDGATE_"} == set(AREA_PREFIXES)
     for name in ("SANDGATE_DATABASE_URL", "SANDGATE_API_RATE_BURST", "SANDGATE_LLM_MODEL",
                  "SANDGATE_SCHEDULER_RESCAN_ACTION", "SANDGATE_URL", "SANDGATE_TRACEBACK"):
         assert f"`{name}`" in table

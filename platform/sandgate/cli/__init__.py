@@ -77,11 +77,12 @@ def _main(
 
 
 def _say_where() -> None:
-    url = os.environ.get("SANDGATE_URL", "").strip()
+    from sandgate.config import describe_store, get_settings, remote_url
+
+    url = remote_url()
     if url:
         typer.echo(f"server: {url} (SANDGATE_URL)", err=True)
         return
-    from sandgate.config import describe_store, get_settings
 
     store, _exists = describe_store(get_settings())
     typer.echo(f"store: {store}", err=True)

@@ -16,7 +16,6 @@ Seams for tests: ``sandgate.lifecycle.default_evaluate`` and
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,10 +89,11 @@ def generate(
     from pydantic import ValidationError
 
     from sandgate import lifecycle
+    from sandgate.config import remote_url
     from sandgate.errors import SandgateError
     from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 
-    remote = os.environ.get("SANDGATE_URL", "").strip()
+    remote = remote_url()
     if remote and not no_submit:
         raise _fail(f"generate stores the passing version in the local store, not at SANDGATE_URL={remote}: "
                     f"run it with --no-submit --out DIR, then `sandgate submit DIR`")

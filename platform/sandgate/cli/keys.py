@@ -21,7 +21,6 @@ Exit codes: 0 ok; 1 refused (no such key, name taken, already revoked);
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -32,6 +31,7 @@ from rich.table import Table
 
 from sandgate.cli.common import EXIT_ERROR, errors, fail_with
 from sandgate.cli.store import _when, default_actor
+from sandgate.config import remote_url
 
 __all__ = ["register", "keys_app"]
 
@@ -55,7 +55,7 @@ def _store(*, create: bool = False) -> Iterator[Any]:
     cannot (a key is not made over the API it guards), so they refuse rather than
     write keys into a local store the server never reads.
     """
-    url = os.environ.get("SANDGATE_URL", "").strip()
+    url = remote_url()
     if url:
         fail_with(f"sandgate keys manages the API keys in the store of the server itself, not over "
                   f"SANDGATE_URL={url}: run it on the server's host with the server's SANDGATE_DATABASE_URL "

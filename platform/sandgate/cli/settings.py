@@ -32,7 +32,8 @@ def _default(field: Any) -> str:
 
 
 def rows() -> list[dict[str, str]]:
-    """One row per variable: ``variable``, ``area``, ``toml`` (also a sandgate.toml key), ``default``, ``meaning``."""
+    """One row per variable: ``variable``, ``area``, ``prefix`` (its settings class's), ``toml`` (also a
+    sandgate.toml key), ``default``, ``meaning``."""
     from sandgate.api.settings import ApiSettings
     from sandgate.config import OTHER_VARIABLES, Settings, field_meanings
     from sandgate.generation.settings import GenerationSettings
@@ -40,17 +41,19 @@ def rows() -> list[dict[str, str]]:
     from sandgate.scheduler import SchedulerSettings
 
     out: list[dict[str, str]] = []
-    areas: list[tuple[str, Any, str]] = [("platform", Settings, "SANDGATE_"), ("API server", ApiSettings, "SANDGATE_API_"),
-                                         ("generation", GenerationSettings, "SANDGATE_LLM_"),
-                                         ("scheduler", SchedulerSettings, "SANDGATE_SCHEDULER_"),
-                                         ("MCP server", McpSettings, "SANDGATE_MCP_")]
-    for area, cls, prefix in areas:
+    areas: list[tuple[str, Any]] = [("platform", Settings), ("API server", ApiSettings),
+                                    ("generation", GenerationSettings), ("scheduler", SchedulerSettings),
+                                    ("MCP server", McpSettings)]
+    for area, cls in areas:
+        prefix = str(cls.model_config["env_prefix"]).upper()  # the variables are the class's own
         meanings = field_meanings(cls)
         for name, field in cls.model_fields.items():
-            out.append({"variable": f"{prefix}{name.upper()}", "area": area, "toml": "yes" if cls is Settings else "",
-                        "default": _default(field), "meaning": meanings[name]})
+            out.append({"variable": f"{prefix}{name.upper()}", "area": area, "prefix": prefix,
+                        "toml": "yes" if cls is Settings else "", "default": _default(field),
+                        "meaning": meanings[name]})
     for name, meaning in OTHER_VARIABLES.items():
-        out.append({"variable": name, "area": "other", "toml": "", "default": "", "meaning": meaning})
+        out.append({"variable": name, "area": "other", "prefix": "", "toml": "", "default": "",
+                    "meaning": meaning})
     return out
 
 

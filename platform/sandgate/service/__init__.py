@@ -21,7 +21,6 @@ Registries read through their own, smaller protocol
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -117,9 +116,11 @@ class SkillService(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def open_service(*, default_actor: Callable[[], str], url_env: str = "SANDGATE_URL") -> SkillService:
+def open_service(*, default_actor: Callable[[], str]) -> SkillService:
     """The remote service when ``$SANDGATE_URL`` is set, else the embedded one over the configured store."""
-    if os.environ.get(url_env, "").strip():
+    from sandgate.config import remote_url
+
+    if remote_url():
         from sandgate.service.remote import RemoteService  # HTTP only
 
         return RemoteService.from_env()

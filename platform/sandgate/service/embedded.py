@@ -23,11 +23,6 @@ from sqlalchemy import func, select
 from sandgate import lifecycle
 from sandgate.config import get_settings, sqlite_path
 from sandgate.errors import NotFound
-from sandgate.service import VersionDetail, version_detail
-from sandgate.store import open_store
-from sandgate.store import audit, evaluations, pointers, versions
-from sandgate.store.engine import Store
-from sandgate.store.models import Evaluation, Event, Skill, Version
 from sandgate.records import (
     EventRecord,
     FileDiff,
@@ -36,6 +31,10 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.service import VersionDetail, version_detail
+from sandgate.store import audit, evaluations, open_store, pointers, versions
+from sandgate.store.engine import Store
+from sandgate.store.models import Evaluation, Event, Skill, Version
 
 __all__ = [
     "EmbeddedService",
