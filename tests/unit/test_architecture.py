@@ -233,6 +233,7 @@ def _synthetic(module: str, source: str, *, is_package: bool = False) -> list[Im
         "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from sandgate.store.versions import V\n",
         "try:\n    pass\nexcept ImportError:\n    from sandgate import store\n",
     ],
+    ids=["from-submodule", "import-dotted", "relative", "function-body", "method-body", "type-checking", "except"],
 )
 def test_a_forbidden_import_is_reported(source: str) -> None:
     found = _synthetic("sandgate.policy.gates", source)

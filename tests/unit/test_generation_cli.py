@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
+from sandgate import lifecycle
+from sandgate.cli import generate as generate_cli
+from sandgate.config import get_settings
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakes.openai_server import (  # noqa: E402,F401
+from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FakeOpenAIServer,
     Reply,
@@ -22,11 +22,7 @@ from fakes.openai_server import (  # noqa: E402,F401
     fake_llm,
     skill_reply,
 )
-from test_generation_loop import FakeEvaluate  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.cli import generate as generate_cli  # noqa: E402
-from sandgate.config import get_settings  # noqa: E402
+from tests.unit.test_generation_loop import FakeEvaluate
 
 app = typer.Typer(pretty_exceptions_enable=False)
 generate_cli.register(app)
