@@ -19,6 +19,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sandgate.errors import ConfigError
+
 __all__ = ["EnvSettings", "Settings", "get_settings", "project_root"]
 
 
@@ -104,8 +106,6 @@ class EnvSettings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: object) -> Self:
-        from sandgate.errors import ConfigError
-
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known)

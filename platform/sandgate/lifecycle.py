@@ -50,6 +50,7 @@ from sandgate.errors import (
     StoreError,
     SubmissionError,
 )
+from sandgate.evaluation import evaluate as _sandbox_evaluate
 from sandgate.policy import load_policy as _load_policy
 from sandgate.records import EvaluationRecord, PointerMove, VersionRecord, YankResult
 from sandgate.report import EvaluationReport
@@ -94,10 +95,8 @@ PolicyLoader = Callable[[str | None], Any]
 def default_evaluate(
     submission: Submission, *, policy: Policy, evaluation_id: str | None = None
 ) -> EvaluationReport:
-    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker, which start-up avoids)."""
-    from sandgate.evaluation import evaluate
-
-    return evaluate(submission, policy=policy, evaluation_id=evaluation_id)
+    """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs)."""
+    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id)
 
 
 def load_policy(name: str | None = None) -> Policy:

@@ -11,6 +11,7 @@ import pytest
 import typer
 from sandgate import lifecycle
 from sandgate.cli import generate as generate_cli
+from sandgate.cli.common import Collaborators
 from sandgate.config import get_settings
 from typer.testing import CliRunner
 
@@ -33,7 +34,17 @@ def _main() -> None:  # keep `generate` a sub-command, as in the real app
     pass
 
 
-runner = CliRunner()
+class _Runner(CliRunner):
+    """Invokes with the collaborators the ``env`` fixture chose (click's context object)."""
+
+    obj: Collaborators | None = None
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("obj", self.obj)
+        return super().invoke(*args, **kwargs)
+
+
+runner = _Runner()
 GOOD = skill_reply(clamp_files())
 WRONG = skill_reply(clamp_files(tests=CLAMP_TESTS_WRONG))
 SECRET = "sk-cli-SECRET-99"
@@ -53,8 +64,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_llm: FakeOpenAISer
     monkeypatch.setenv("SANDGATE_LLM_BACKOFF_BASE_SECONDS", "0.01")
     get_settings.cache_clear()
     evaluate = FakeEvaluate()
-    monkeypatch.setattr(lifecycle, "default_evaluate", evaluate)
+    runner.obj = Collaborators(evaluate=evaluate)
     yield evaluate
+    runner.obj = None
     get_settings.cache_clear()
 
 

@@ -117,12 +117,16 @@ class SkillService(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def open_service(*, default_actor: Callable[[], str], url_env: str = "SANDGATE_URL") -> SkillService:
-    """The remote service when ``$SANDGATE_URL`` is set, else the embedded one over the configured store."""
+def open_service(*, default_actor: Callable[[], str], url_env: str = "SANDGATE_URL",
+                 embedded: Mapping[str, Any] | None = None) -> SkillService:
+    """The remote service when ``$SANDGATE_URL`` is set, else the embedded one over the configured store.
+
+    ``embedded``: collaborators for :meth:`EmbeddedService.open <sandgate.service.embedded.EmbeddedService.open>`
+    (``load_policy``, ``load_submission``, ``evaluate``); the remote service has none."""
     if os.environ.get(url_env, "").strip():
         from sandgate.service.remote import RemoteService  # HTTP only
 
         return RemoteService.from_env()
     from sandgate.service.embedded import EmbeddedService  # SQLAlchemy, the lifecycle
 
-    return EmbeddedService.open(default_actor=default_actor)
+    return EmbeddedService.open(default_actor=default_actor, **(embedded or {}))

@@ -23,11 +23,6 @@ from sqlalchemy import func, select
 from sandgate import lifecycle
 from sandgate.config import get_settings
 from sandgate.errors import NotFound
-from sandgate.service import VersionDetail, version_detail
-from sandgate.store import open_store
-from sandgate.store import audit, evaluations, pointers, versions
-from sandgate.store.engine import Store
-from sandgate.store.models import Evaluation, Event, Skill, Version
 from sandgate.records import (
     EventRecord,
     FileDiff,
@@ -36,6 +31,10 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.service import VersionDetail, version_detail
+from sandgate.store import audit, evaluations, open_store, pointers, versions
+from sandgate.store.engine import Store
+from sandgate.store.models import Evaluation, Event, Skill, Version
 
 __all__ = [
     "EmbeddedService",
@@ -48,29 +47,37 @@ __all__ = [
 ]
 
 
-def _load_policy(name: str | None) -> Any:
-    return lifecycle.load_policy(name)  # looked up per call: tests replace it
-
-
 class EmbeddedService:
     """:class:`~sandgate.service.SkillService` over a :class:`~sandgate.store.Store`."""
 
     def __init__(self, store: Store | Callable[[], Store], *,
-                 load_policy: Callable[[str | None], Any] = _load_policy,
+                 load_policy: Callable[[str | None], Any] | None = None,
+                 load_submission: Callable[[Path], Any] | None = None,
+                 evaluate: lifecycle.EvaluateFn | None = None,
                  default_actor: Callable[[], str] | None = None, owns_store: bool = False) -> None:
-        """``store``: a store, or a function opening it on first use (:meth:`open`)."""
+        """``store``: a store, or a function opening it on first use (:meth:`open`).
+
+        Collaborators (``None``: the lifecycle's defaults): ``load_policy`` turns a
+        policy name into a policy, ``load_submission`` reads a path, ``evaluate``
+        runs an evaluation (the sandbox)."""
         self._store = store if isinstance(store, Store) else None
         self._opener = None if isinstance(store, Store) else store
-        self._load_policy = load_policy
+        self._load_policy = load_policy or lifecycle.load_policy
+        self._load_submission = load_submission or lifecycle.load_submission
+        self._evaluate = evaluate
         self._default_actor = default_actor
         self._owns_store = owns_store
 
     @classmethod
-    def open(cls, *, default_actor: Callable[[], str] | None = None) -> EmbeddedService:
+    def open(cls, *, default_actor: Callable[[], str] | None = None,
+             load_policy: Callable[[str | None], Any] | None = None,
+             load_submission: Callable[[Path], Any] | None = None,
+             evaluate: lifecycle.EvaluateFn | None = None) -> EmbeddedService:
         """Over the configured store (``Settings.effective_database_url``), opened on first use
         (a command checks its input first) and closed by :meth:`close`."""
-        return cls(lambda: open_store(get_settings().effective_database_url),
-                   default_actor=default_actor, owns_store=True)
+        return cls(lambda: open_store(get_settings().effective_database_url), load_policy=load_policy,
+                   load_submission=load_submission, evaluate=evaluate, default_actor=default_actor,
+                   owns_store=True)
 
     @property
     def store(self) -> Store:
@@ -140,7 +147,7 @@ class EmbeddedService:
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
                wait_timeout: float = 0.0, provenance: Mapping[str, Any]) -> tuple[Any, str]:
-        submission = lifecycle.load_submission(path)
+        submission = self._load_submission(path)
         pol = self._load_policy(policy)
         return self.submit_submission(submission, policy=pol, actor=actor, wait=wait,
                                       provenance=provenance), pol.name
@@ -148,8 +155,8 @@ class EmbeddedService:
     def submit_submission(self, submission: Any, *, policy: Any, actor: str | None, wait: bool,
                           provenance: Mapping[str, Any]) -> Any:
         """Submit an already-read submission under an already-loaded policy."""
-        return lifecycle.submit(self.store, submission=submission, policy=policy,
-                                actor=self._actor(actor), wait=wait, provenance=dict(provenance))
+        return lifecycle.submit(self.store, submission=submission, policy=policy, actor=self._actor(actor),
+                                evaluate=self._evaluate, wait=wait, provenance=dict(provenance))
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,
                 policy: str | None, expected_generation: int | None, force: bool) -> PointerMove:
