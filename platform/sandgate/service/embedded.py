@@ -2,9 +2,11 @@
 
 Every call sandgate's edges (the CLI without ``SANDGATE_URL``, the API's
 routes) make into the store goes through this module: the
-:class:`EmbeddedService` methods, and the read queries below that the store's
-modules do not offer yet (the event feed, the queue gauges, the pointers with
-their content hash and entrypoint, the auto-promotion of an evaluation).
+:class:`EmbeddedService` methods, and the read queries below (the event feed
+and the pointers with their content hash and entrypoint, which are the store's
+:func:`~sandgate.store.audit.events_after` and
+:func:`~sandgate.store.pointers.active_pointer_details`; the queue gauges and
+the auto-promotion of an evaluation).
 
 Policies are named; ``load_policy`` (a collaborator passed in) turns a name
 into a :class:`~sandgate.policy.Policy` — the CLI loads the file, the API
@@ -14,9 +16,8 @@ resolves it against the policies it offers (cached).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -34,7 +35,7 @@ from sandgate.records import (
 from sandgate.service import VersionDetail, version_detail
 from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.engine import Store
-from sandgate.store.models import Evaluation, Event, Skill, Version
+from sandgate.store.models import Evaluation, Event
 
 __all__ = [
     "EmbeddedService",
@@ -180,30 +181,8 @@ class EmbeddedService:
 # (one read transaction each, records out: candidates for the store's own modules)
 
 
-class ActivePointer(NamedTuple):
-    version: int
-    generation: int
-    content_hash: str
-    #: ``module:function`` from the version's manifest (None: the manifest has none)
-    entrypoint: str | None
-
-
-def active_pointer_details(store: Store, *, names: Iterable[str] | None = None) -> dict[str, ActivePointer]:
-    """Like ``active_pointers``, with each active version's content hash and entrypoint (same join)."""
-    q = select(Skill.name, Version.number, Skill.generation, Version.content_hash,
-               Version.manifest).join(Version, Version.id == Skill.active_version_id)
-    if names is not None:
-        wanted = list(names)
-        if not wanted:
-            return {}
-        q = q.where(Skill.name.in_(wanted))
-    with store.read() as s:
-        out = {}
-        for name, number, generation, content_hash, manifest in s.execute(q):
-            entrypoint = (manifest or {}).get("entrypoint")
-            out[name] = ActivePointer(number, generation, content_hash,
-                                      entrypoint if isinstance(entrypoint, str) else None)
-        return out
+ActivePointer = pointers.ActivePointer
+active_pointer_details = pointers.active_pointer_details
 
 
 def latest_event_id(store: Store) -> int:
@@ -212,31 +191,7 @@ def latest_event_id(store: Store) -> int:
         return int(s.scalar(select(func.max(Event.id))) or 0)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def events_after(store: Store, *, after: int, limit: int = 500) -> list[EventRecord]:
-    """Every event with ``id > after``, oldest first, at most ``limit`` (a primary-key range scan)."""
-    q = (
-        select(Event, Skill.name, Version.number)
-        .join(Skill, Skill.id == Event.skill_id)
-        .outerjoin(Version, Version.id == Event.version_id)
-        .where(Event.id > after)
-        .order_by(Event.id)
-        .limit(limit)
-    )
-    with store.read() as s:
-        return [
-            EventRecord(
-                id=e.id, skill=name, version=number, actor=e.actor, action=e.action,
-                reason=e.reason, before=e.before, after=e.after, evidence=e.evidence,
-                created_at=_utc(e.created_at),  # type: ignore[arg-type]
-            )
-            for e, name, number in s.execute(q)
-        ]
+events_after = audit.events_after
 
 
 def evaluation_counts(store: Store) -> dict[tuple[str, str | None], int]:
