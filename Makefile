@@ -29,10 +29,14 @@ image: setup engine
 demo: image
 	$(BIN)/python examples/demo.py
 
-## test: the whole suite against a real Docker engine and a real PostgreSQL
+## test: the whole suite against a real Docker engine and a real PostgreSQL (prints the 15 slowest tests)
 test: image
 	@bash tests/ensure_postgres.sh
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=15
+
+## test-fast: the unit tests, which need neither a Docker engine nor PostgreSQL (the engine is pointed nowhere)
+test-fast: setup
+	DOCKER_HOST=unix:///nonexistent/docker.sock $(BIN)/pytest -q -m "not docker and not postgres" --durations=5 tests/unit
 
 ## bench: the benchmarks (ratios against floors measured in the same run)
 bench: image

@@ -1,10 +1,21 @@
-"""Shared fixtures. Tests that need Docker FAIL (never skip) when no engine answers."""
+"""Shared fixtures. Tests that need Docker FAIL (never skip) when no engine answers.
+
+``tests/`` is a package tree: helpers are imported by their package path
+(``from tests.integration.api_harness import ...``); ``pyproject.toml`` puts the
+repository root and the harness (``sandbox_images/harness``) on ``pythonpath``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
+
+# helper modules whose asserts should explain themselves (before any test module imports them)
+pytest.register_assert_rewrite(
+    "tests.integration.api_harness",
+    "tests.integration.conftest_store",
+)
 
 from sandgate.config import Settings
 
@@ -40,7 +51,12 @@ def no_leftovers(docker_client) -> Iterator[None]:
     Only this test process's containers count (label ``sandgate.controller``), so
     another controller using the same engine is never disturbed.
     """
-    from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, controller_id, reap
+    from sandgate.sandbox.runner import (
+        CONTROLLER_LABEL,
+        MANAGED_LABEL,
+        controller_id,
+        reap,
+    )
 
     yield
     me = controller_id()

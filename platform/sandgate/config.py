@@ -23,6 +23,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sandgate.errors import ConfigError
+
 __all__ = [
     "AREA_PREFIXES",
     "EnvSettings",
@@ -121,8 +123,6 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     Variables of an area (``SANDGATE_API_*``, ``SANDGATE_LLM_*``, ``SANDGATE_SCHEDULER_*``)
     are checked by that area's settings when it loads them.
     """
-    from sandgate.errors import ConfigError
-
     env = os.environ if environ is None else environ
     known = set(settings_variables()) | set(OTHER_VARIABLES)
     unknown = sorted(
@@ -172,8 +172,6 @@ def _config_file() -> Path:
 def load_settings(**overrides: Any) -> Settings:
     """:class:`Settings` from the environment and ``sandgate.toml``, or one :class:`ConfigError`
     naming the file, key or variable that is wrong (never a parser's traceback)."""
-    from sandgate.errors import ConfigError
-
     check_environment()
     path = _config_file()
     toml_keys: set[str] = set()
@@ -260,8 +258,6 @@ class EnvSettings(BaseSettings):
 
     @classmethod
     def load(cls, **overrides: object) -> Self:
-        from sandgate.errors import ConfigError
-
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known

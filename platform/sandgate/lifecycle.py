@@ -50,8 +50,9 @@ from sandgate.errors import (
     StoreError,
     SubmissionError,
 )
+from sandgate.evaluation import evaluate as _sandbox_evaluate
 from sandgate.policy import load_policy as _load_policy
-from sandgate.records import EvaluationRecord, PointerMove, VersionRecord, YankResult
+from sandgate.records import EvaluationRecord, PointerMove, VersionRecord
 from sandgate.report import EvaluationReport
 from sandgate.store import evaluations, pointers, versions
 from sandgate.store.engine import Store
@@ -94,10 +95,8 @@ PolicyLoader = Callable[[str | None], Any]
 def default_evaluate(
     submission: Submission, *, policy: Policy, evaluation_id: str | None = None
 ) -> EvaluationReport:
-    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker, which start-up avoids)."""
-    from sandgate.evaluation import evaluate
-
-    return evaluate(submission, policy=policy, evaluation_id=evaluation_id)
+    """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs)."""
+    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id)
 
 
 def load_policy(name: str | None = None) -> Policy:
@@ -367,46 +366,18 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
 def promote(
     store: Store,
     *,
-    name: str,
-    number: int,
-    actor: str,
-    reason: str | None = None,
     policy: Any | None = None,
-    expected_generation: int | None = None,
-    force: bool = False,
     policy_loader: PolicyLoader | None = None,
+    **move: Any,
 ) -> PointerMove:
-    """``pointers.promote`` under the given policy (default: ``policy_loader(None)``, the configured one)."""
+    """:func:`pointers.promote <sandgate.store.pointers.promote>` (same keywords: ``name``, ``number``,
+    ``actor``, ``reason``, ``expected_generation``, ``force``) under the given policy — by default
+    ``policy_loader(None)``, the configured one."""
     if policy is None:
         policy = (policy_loader or load_policy)(None)
-    return pointers.promote(
-        store,
-        name=name,
-        number=number,
-        actor=actor,
-        reason=reason,
-        policy=policy,
-        expected_generation=expected_generation,
-        force=force,
-    )
+    return pointers.promote(store, policy=policy, **move)
 
 
-def rollback(
-    store: Store,
-    *,
-    name: str,
-    to: int | None = None,
-    actor: str,
-    reason: str | None = None,
-    expected_generation: int | None = None,
-) -> PointerMove:
-    return pointers.rollback(
-        store, name=name, to=to, actor=actor, reason=reason, expected_generation=expected_generation
-    )
-
-
-def yank(
-    store: Store, *, name: str, number: int, actor: str, reason: str, rollback: bool = False
-) -> YankResult:
-    return pointers.yank(store, name=name, number=number, actor=actor, reason=reason, rollback=rollback)
-
+#: pointer moves that need no policy: the store's own
+rollback = pointers.rollback
+yank = pointers.yank

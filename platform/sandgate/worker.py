@@ -218,7 +218,7 @@ class Worker:
         self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
             try:
-                concurrency = default_concurrency(lifecycle.load_policy(None))
+                concurrency = default_concurrency(self._policy_loader(None))
             except SandgateError:
                 concurrency = default_concurrency(None)
         if concurrency < 1:

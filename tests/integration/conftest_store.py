@@ -10,10 +10,8 @@ what to install; they are never skipped.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import itertools
 import shutil
-import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,25 +19,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.store import Store, open_store
 
-
-def _load_pg_helper():  # type: ignore[no-untyped-def]
-    path = Path(__file__).resolve().parents[1] / "pg.py"
-    name = "sandgate_tests_pg"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-pg_helper = _load_pg_helper()
+from tests import pg as pg_helper
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 TEMPLATE_DB = "sandgate_template"

@@ -6,9 +6,7 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from api_harness import ApiServer  # noqa: E402
+from tests.integration.api_harness import ApiServer
 
 
 def test_the_api_docs_page_loads_nothing_from_the_internet(tmp_path: Path) -> None:
@@ -37,7 +35,7 @@ def test_the_api_docs_page_loads_nothing_from_the_internet(tmp_path: Path) -> No
 
 
 def test_the_spec_names_the_codes_the_server_answers(tmp_path: Path) -> None:
-    from api_harness import make_key
+    from tests.integration.api_harness import make_key
 
     url = f"sqlite:///{tmp_path / 'spec.db'}"
     token = make_key(url, "ops", "admin")
@@ -73,7 +71,7 @@ def test_the_spec_names_the_codes_the_server_answers(tmp_path: Path) -> None:
 def test_the_readme_python_client_example_runs(tmp_path: Path) -> None:
     import threading
 
-    from api_harness import drain_queue, fake_evaluate, make_key
+    from tests.integration.api_harness import drain_queue, fake_evaluate, make_key
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     example = readme.split("**The Python client**", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import time
-from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+import httpx
+import pytest
 
-import httpx  # noqa: E402
-import pytest  # noqa: E402
+from tests.integration.api_harness import (
+    ApiServer,
+    drain_queue,
+    fake_evaluate,
+    make_keys,
+    skill_files,
+)
 
-pytest.register_assert_rewrite("conftest_store", "api_harness")
-from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 pytestmark = [pytest.mark.postgres]
 
 ROLES = ("reader", "submitter", "promoter", "admin")
@@ -319,14 +318,14 @@ def test_readyz_ready_with_database_and_engine(main, docker_client):
 def _run(env: dict[str, str], *args: str):
     import subprocess
 
-    from api_harness import REPO, sandgate_argv
+    from tests.integration.api_harness import REPO, sandgate_argv
 
     return subprocess.run(sandgate_argv(*args), env=env, cwd=str(REPO), capture_output=True,
                           text=True, timeout=120, check=False)
 
 
 def test_keys_commands_against_a_running_server(main, tmp_path):
-    from api_harness import base_env
+    from tests.integration.api_harness import base_env
 
     env = base_env(main.url, tmp_path, SANDGATE_ACTOR="cli:ops")
     r = _run(env, "keys", "create", "ops-bot", "--role", "promoter", "--rate", "5", "--burst", "10")
@@ -351,7 +350,7 @@ def test_keys_commands_against_a_running_server(main, tmp_path):
 
 
 def test_serve_refuses_a_taken_port(tmp_path):
-    from api_harness import base_env
+    from tests.integration.api_harness import base_env
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

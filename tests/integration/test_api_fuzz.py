@@ -24,22 +24,21 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+import httpx
+import pytest
 
-import httpx  # noqa: E402
-import pytest  # noqa: E402
+from tests.integration.api_harness import (
+    ApiServer,
+    drain_queue,
+    fake_evaluate,
+    make_keys,
+    skill_files,
+)
 
-pytest.register_assert_rewrite("conftest_store", "api_harness")
-from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 pytestmark = [pytest.mark.postgres]
 
 SEED = 20251124

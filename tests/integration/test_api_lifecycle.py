@@ -13,20 +13,14 @@ import json
 import re
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store and api_harness live beside this file
-    sys.path.insert(0, _HERE)
+import httpx
+import pytest
 
-import httpx  # noqa: E402
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store", "api_harness")
-from api_harness import (  # noqa: E402
+from tests.integration.api_harness import (
     REPO,
     ApiServer,
     base_env,
@@ -35,12 +29,12 @@ from api_harness import (  # noqa: E402
     make_key,
     make_keys,
     run_worker,
-    skill_files,
     sandgate_argv,
+    skill_files,
     sse_events,
 )
 
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 pytestmark = [pytest.mark.postgres]
 
 SKILLS = REPO / "examples" / "skills"
@@ -216,9 +210,8 @@ class _InProcess:
 
     def __init__(self, env: dict[str, str | None]) -> None:
         import typer
-        from typer.testing import CliRunner
-
         from sandgate.cli import store as store_cli
+        from typer.testing import CliRunner
 
         self.app = typer.Typer(pretty_exceptions_enable=False)
         store_cli.register(self.app)

@@ -7,13 +7,13 @@ passing version lands in a real SQLite store with the attempts as provenance.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from sandgate.generation import ChatClient, GenerationSettings, generate_skill
+from sandgate.policy import load_policy
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-from fakes.openai_server import (  # noqa: E402,F401
+from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FAILING_NODEID,
     FakeOpenAIServer,
@@ -23,16 +23,12 @@ from fakes.openai_server import (  # noqa: E402,F401
     skill_reply,
 )
 
-from sandgate.generation import ChatClient, GenerationSettings, generate_skill  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
-
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image", "no_leftovers")]
 
 
 def test_fail_then_repair_passes_on_attempt_2_in_the_real_sandbox(
         fake_llm: FakeOpenAIServer, tmp_path: Path) -> None:
-    from sandgate.store import open_store
-    from sandgate.store import evaluations, versions
+    from sandgate.store import evaluations, open_store, versions
 
     fake_llm.enqueue(Reply.chat(skill_reply(clamp_files(tests=CLAMP_TESTS_WRONG))),
                      Reply.chat(skill_reply(clamp_files())))

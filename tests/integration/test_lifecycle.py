@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pytest
+from sandgate import lifecycle
+from sandgate.errors import EngineUnavailable, SubmissionError
+from sandgate.report import gave_up
+from sandgate.store import audit, evaluations, pointers
+from sqlalchemy import text
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+from tests.integration.conftest_store import FakeEvaluate, make_policy, variant
 
-import pytest  # noqa: E402
-from sqlalchemy import text  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import FakeEvaluate, make_policy, variant  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.errors import EngineUnavailable, SubmissionError  # noqa: E402
-from sandgate.report import gave_up  # noqa: E402
-from sandgate.store import audit, evaluations, pointers  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 AUTO = make_policy(mode="auto")
 MANUAL = make_policy(mode="manual")

@@ -21,11 +21,14 @@ import mcp_types as types
 import pytest
 from mcp import Client, StdioServerParameters
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from mcp_store import GREET_V1, GREET_V2, add, new_store, rollback, yank  # noqa: E402
+from tests.integration.mcp_store import (
+    GREET_V1,
+    GREET_V2,
+    add,
+    new_store,
+    rollback,
+    yank,
+)
 
 SANDGATE = str(Path(sys.executable).with_name("sandgate"))
 RAISES = '''
@@ -380,7 +383,7 @@ def test_http_handshake_client_gets_list_changed(tmp_path: Path) -> None:
 
 
 def test_remote_mode_through_the_http_registry(tmp_path: Path) -> None:
-    from api_harness import ApiServer, make_key
+    from tests.integration.api_harness import ApiServer, make_key
 
     store, url = new_store(tmp_path)
     add(store, "greet", GREET_V1, description="Greets remotely")

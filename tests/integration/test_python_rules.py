@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,8 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "pyrules"
 RULES_DIR = REPO_ROOT / "policies" / "semgrep"
-sys.path.insert(0, str(REPO_ROOT / "sandbox_images" / "harness"))
 
-from sandgate_harness.pyrules import RULES  # noqa: E402
+from sandgate_harness.pyrules import RULES
 
 pytestmark = pytest.mark.docker
 

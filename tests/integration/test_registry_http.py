@@ -13,7 +13,6 @@ stream. The server's event feed polls its database every 0.1 s
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections import Counter
@@ -21,22 +20,22 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store and api_harness live beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+import sandgate
+from sandgate.client import SandgateClient
+from sandgate.errors import ConfigError, StoreError
+from sandgate.registry import HttpBackend, Registry, RegistryEvent
 
-import pytest  # noqa: E402
+from tests.integration import api_harness
+from tests.integration.api_harness import (
+    ApiServer,
+    drain_queue,
+    fake_evaluate,
+    make_keys,
+    skill_files,
+)
 
-pytest.register_assert_rewrite("conftest_store", "api_harness")
-import api_harness  # noqa: E402
-from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files  # noqa: E402
-
-import sandgate  # noqa: E402
-from sandgate.client import SandgateClient  # noqa: E402
-from sandgate.errors import ConfigError, StoreError  # noqa: E402
-from sandgate.registry import HttpBackend, Registry, RegistryEvent  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 SKILL = "greet"
 THREADS = 4

@@ -19,22 +19,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+from sandgate.errors import NotFound
+from sandgate.registry import LoadFailed, Registry, RegistryEvent, connect
+from sandgate.registry.loader import content_hash
+from sandgate.store import Store, evaluations, pointers, versions
 
-import pytest  # noqa: E402
+from tests.integration.conftest_store import make_policy, make_report
 
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_policy, make_report  # noqa: E402
-
-from sandgate.errors import NotFound  # noqa: E402
-from sandgate.registry import LoadFailed, Registry, RegistryEvent, connect  # noqa: E402
-from sandgate.registry.loader import content_hash  # noqa: E402
-from sandgate.store import Store  # noqa: E402
-from sandgate.store import evaluations, pointers, versions  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 ROOT = Path(__file__).resolve().parents[2]
 THREADS = 8

@@ -16,22 +16,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
-
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_policy, make_report, passed_version, variant  # noqa: E402
-from sqlalchemy import func, select, update  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.config import Settings  # noqa: E402
-from sandgate.report import EvaluationReport, Verdict  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
-from sandgate.sandbox.runner import CONTROLLER_LABEL, EVALUATION_LABEL, MANAGED_LABEL, controller_id  # noqa: E402
-from sandgate.scheduler import (  # noqa: E402
+import pytest
+from sandgate import lifecycle
+from sandgate.config import Settings
+from sandgate.policy import load_policy
+from sandgate.report import EvaluationReport, Verdict, gave_up
+from sandgate.sandbox.runner import (
+    CONTROLLER_LABEL,
+    EVALUATION_LABEL,
+    MANAGED_LABEL,
+    controller_id,
+)
+from sandgate.scheduler import (
     JOBS,
     SchedulerSettings,
     apply_retention,
@@ -40,13 +36,19 @@ from sandgate.scheduler import (  # noqa: E402
     recover_leases,
     rescan_active,
 )
-from sandgate.store import open_store  # noqa: E402
-from sandgate.report import gave_up  # noqa: E402
-from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
-from sandgate.store.models import Evaluation  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
+from sandgate.store import audit, evaluations, open_store, pointers, versions
+from sandgate.store.models import Evaluation
+from sandgate.submission import submission_from_files
+from sqlalchemy import func, select, update
 
-pytest_plugins = ["conftest_store"]
+from tests.integration.conftest_store import (
+    make_policy,
+    make_report,
+    passed_version,
+    variant,
+)
+
+pytest_plugins = ["tests.integration.conftest_store"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SKILL = ROOT / "examples" / "skills" / "text_stats"

@@ -34,10 +34,11 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-try:  # tests/integration may or may not become a package
-    from .semgrep_sandbox import ScanFailed, SemgrepUnavailable, scan_files_in_sandbox
-except ImportError:
-    from semgrep_sandbox import ScanFailed, SemgrepUnavailable, scan_files_in_sandbox
+from tests.integration.semgrep_sandbox import (
+    ScanFailed,
+    SemgrepUnavailable,
+    scan_files_in_sandbox,
+)
 
 ScanFn = Callable[[dict[str, bytes], Path], dict]
 

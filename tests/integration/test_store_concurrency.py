@@ -19,23 +19,15 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+from sandgate.errors import Conflict, InvalidTransition
+from sandgate.store import audit, open_store, pointers, versions
+from sandgate.store.models import Version, VersionFile
 
-import pytest  # noqa: E402
+from tests.integration.conftest_store import passed_version, variant
 
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import passed_version, variant  # noqa: E402
-
-from sandgate.errors import Conflict, InvalidTransition  # noqa: E402
-from sandgate.store import open_store  # noqa: E402
-from sandgate.store import audit, pointers, versions  # noqa: E402
-from sandgate.store.models import Version, VersionFile  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 N = 8
 

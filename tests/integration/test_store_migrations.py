@@ -4,27 +4,18 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import sys
-from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+from sandgate.errors import StoreError
+from sandgate.store import audit, evaluations, open_store, pointers, versions
+from sandgate.store.engine import _make_engine
+from sandgate.store.migrate import current_revision, head_revision, upgrade
+from sandgate.store.models import Base
+from sqlalchemy import inspect, text
 
-import pytest  # noqa: E402
+from tests.integration.conftest_store import make_policy, variant
 
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_policy, variant  # noqa: E402
-from sqlalchemy import inspect, text  # noqa: E402
-
-from sandgate.errors import StoreError  # noqa: E402
-from sandgate.store import open_store  # noqa: E402
-from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
-from sandgate.store.engine import _make_engine  # noqa: E402
-from sandgate.store.migrate import current_revision, head_revision, upgrade  # noqa: E402
-from sandgate.store.models import Base  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 T0 = "2025-01-01 10:00:00+00:00"
 
@@ -214,9 +205,9 @@ def test_migration_0005_backfills_event_evaluation_ids(empty_url):
 
 def test_new_events_carry_their_evaluation_id(store):
     """evaluated events and the auto-promotion that cites the evaluation are found by the column."""
-    from conftest_store import FakeEvaluate
-
     from sandgate import lifecycle
+
+    from tests.integration.conftest_store import FakeEvaluate
 
     r = lifecycle.submit(store, submission=variant("greet", 1), policy=make_policy(mode="auto"), actor="a",
                          evaluate=FakeEvaluate())

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import pytest
+from sandgate.errors import Conflict, InvalidTransition, NotFound, StoreError
+from sandgate.report import gave_up
+from sandgate.store import audit, evaluations, pointers, versions
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
-
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import (  # noqa: E402
+from tests.integration.conftest_store import (
     make_policy,
     make_report,
     make_submission,
@@ -20,11 +15,7 @@ from conftest_store import (  # noqa: E402
     variant,
 )
 
-from sandgate.errors import Conflict, InvalidTransition, NotFound, StoreError  # noqa: E402
-from sandgate.report import gave_up  # noqa: E402
-from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 
 def moves(store, name):

@@ -20,20 +20,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+from sandgate import lifecycle
+from sandgate.policy import load_policy
+from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, reap
+from sandgate.store import Store, audit, evaluations, open_store, pointers
+from sandgate.submission import submission_from_files
 
-import pytest  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
-from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, reap  # noqa: E402
-from sandgate.store import Store, open_store  # noqa: E402
-from sandgate.store import audit, evaluations, pointers  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 pytestmark = pytest.mark.postgres
 
 ROOT = Path(__file__).resolve().parents[2]

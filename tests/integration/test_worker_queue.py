@@ -4,31 +4,27 @@ flags, and migration 0003 on existing data."""
 
 from __future__ import annotations
 
-import sys
 import threading
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # conftest_store lives beside this file
-    sys.path.insert(0, _HERE)
+import pytest
+from sandgate import lifecycle
+from sandgate.errors import Conflict
+from sandgate.report import gave_up
+from sandgate.store import audit, evaluations, open_store, pointers, versions
+from sandgate.store.engine import _make_engine
+from sandgate.store.migrate import current_revision, head_revision, upgrade
+from sandgate.store.models import Evaluation
+from sqlalchemy import inspect, text, update
 
-import pytest  # noqa: E402
+from tests.integration.conftest_store import (
+    make_policy,
+    make_report,
+    passed_version,
+    variant,
+)
 
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_policy, make_report, passed_version, variant  # noqa: E402
-from sqlalchemy import inspect, text, update  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.errors import Conflict  # noqa: E402
-from sandgate.store import open_store  # noqa: E402
-from sandgate.report import gave_up  # noqa: E402
-from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
-from sandgate.store.engine import _make_engine  # noqa: E402
-from sandgate.store.migrate import current_revision, head_revision, upgrade  # noqa: E402
-from sandgate.store.models import Evaluation  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 
 def _queue(store, name="greet", i=1, policy=None):
@@ -319,7 +315,6 @@ def test_flag_dedupes_and_quarantine_rolls_back(store):
 def test_migration_0004_on_existing_queue(empty_url):
     """A store with queued/running/done evaluations upgrades in place; the queue keeps working."""
     from alembic.script import ScriptDirectory
-
     from sandgate.store.migrate import alembic_config
 
     before_0004 = ScriptDirectory.from_config(alembic_config()).get_revision("0004").down_revision

@@ -25,23 +25,17 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from sandgate.evaluation import evaluate, evaluate_path
+from sandgate.policy import Policy, load_policy, parse_policy
+from sandgate.report import EvaluationReport, TestCase, Verdict
+from sandgate.submission import submission_from_files
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:  # hostile_skills lives beside this file
-    sys.path.insert(0, _HERE)
-
-import hostile_skills as skills  # noqa: E402
-
-from sandgate.evaluation import evaluate, evaluate_path  # noqa: E402
-from sandgate.report import EvaluationReport, TestCase, Verdict  # noqa: E402
-from sandgate.policy import Policy, load_policy, parse_policy  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
+from tests.security import hostile_skills as skills
 
 pytestmark = pytest.mark.docker
 

@@ -11,22 +11,16 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+from sandgate.evaluation import evaluate, evaluate_path
+from sandgate.policy import Policy, load_policy
+from sandgate.report import EvaluationReport, Verdict
+from sandgate.submission import submission_from_files
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import verdict_skills as skills  # noqa: E402
-
-from sandgate.evaluation import evaluate, evaluate_path  # noqa: E402
-from sandgate.report import EvaluationReport, Verdict  # noqa: E402
-from sandgate.policy import Policy, load_policy  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
+from tests.security import verdict_skills as skills
 
 pytestmark = pytest.mark.docker
 

@@ -355,8 +355,9 @@ def test_database_errors_are_503(app_env, monkeypatch):
     assert r.headers["retry-after"]
 
 
-def test_policy_choices(app_env, monkeypatch):
-    from sandgate import lifecycle
+def test_policy_choices(app_env, tmp_path):
+    from sandgate.api.app import create_app
+    from sandgate.config import Settings
 
     c, h = app_env.client, app_env.h
     r = c.post("/v1/skills/greet/versions", json={"files": files(), "policy": "strict"},
@@ -367,8 +368,11 @@ def test_policy_choices(app_env, monkeypatch):
     def broken(name=None):
         raise PolicyError("policy file not found: /srv/policies/default.toml")
 
-    monkeypatch.setattr(lifecycle, "load_policy", broken)
-    r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
+    api = ApiSettings(ready_requires_engine=False)
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path / 'store.db'}"), api=api, store=app_env.store,
+                     load_policy=broken)
+    with TestClient(app, raise_server_exceptions=False) as c:
+        r = c.post("/v1/skills/greet/versions", json={"files": files()}, headers=h("submitter"))
     assert r.status_code == 500 and r.json()["error"]["code"] == "invalid_policy"
     assert r.json()["error"]["message"].startswith("the server is misconfigured")
 

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import typer
+from sandgate import lifecycle
+from sandgate.cli import generate as generate_cli
+from sandgate.cli.common import Collaborators
+from sandgate.config import get_settings
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fakes.openai_server import (  # noqa: E402,F401
+from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FakeOpenAIServer,
     Reply,
@@ -22,11 +23,7 @@ from fakes.openai_server import (  # noqa: E402,F401
     fake_llm,
     skill_reply,
 )
-from test_generation_loop import FakeEvaluate  # noqa: E402
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.cli import generate as generate_cli  # noqa: E402
-from sandgate.config import get_settings  # noqa: E402
+from tests.unit.test_generation_loop import FakeEvaluate
 
 app = typer.Typer(pretty_exceptions_enable=False)
 generate_cli.register(app)
@@ -37,7 +34,17 @@ def _main() -> None:  # keep `generate` a sub-command, as in the real app
     pass
 
 
-runner = CliRunner()
+class _Runner(CliRunner):
+    """Invokes with the collaborators the ``env`` fixture chose (click's context object)."""
+
+    obj: Collaborators | None = None
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("obj", self.obj)
+        return super().invoke(*args, **kwargs)
+
+
+runner = _Runner()
 GOOD = skill_reply(clamp_files())
 WRONG = skill_reply(clamp_files(tests=CLAMP_TESTS_WRONG))
 SECRET = "sk-cli-SECRET-99"
@@ -57,8 +64,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_llm: FakeOpenAISer
     monkeypatch.setenv("SANDGATE_LLM_BACKOFF_BASE_SECONDS", "0.01")
     get_settings.cache_clear()
     evaluate = FakeEvaluate()
-    monkeypatch.setattr(lifecycle, "default_evaluate", evaluate)
+    runner.obj = Collaborators(evaluate=evaluate)
     yield evaluate
+    runner.obj = None
     get_settings.cache_clear()
 
 

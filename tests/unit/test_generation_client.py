@@ -4,19 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-from fakes.openai_server import FakeOpenAIServer, Reply, closed_port, fake_llm  # noqa: E402,F401
-
-from sandgate.errors import ConfigError, InfrastructureError  # noqa: E402
-from sandgate.generation import (  # noqa: E402
+from sandgate.errors import ConfigError, InfrastructureError
+from sandgate.generation import (
     Budget,
     BudgetExceeded,
     ChatClient,
@@ -26,7 +20,9 @@ from sandgate.generation import (  # noqa: E402
     LLMTimeout,
     LLMUnavailable,
 )
-from sandgate.generation.client import backoff_delay, parse_retry_after  # noqa: E402
+from sandgate.generation.client import backoff_delay, parse_retry_after
+
+from tests.fakes.openai_server import FakeOpenAIServer, Reply, closed_port, fake_llm  # noqa: F401
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}]

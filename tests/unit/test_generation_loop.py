@@ -7,28 +7,24 @@ runs the same loop against the real sandbox.
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-from fakes.openai_server import (  # noqa: E402,F401
-    CLAMP_TESTS_WRONG,
-    FAILING_NODEID,
-    MALFORMED_REPLY,
-    FakeOpenAIServer,
-    Reply,
-    clamp_files,
-    fake_llm,
-    skill_reply,
+from sandgate.errors import EngineUnavailable
+from sandgate.generation import (
+    Budget,
+    ChatClient,
+    GenerationError,
+    GenerationSettings,
+    generate_skill,
+    start_generation,
 )
-
-from sandgate.errors import EngineUnavailable  # noqa: E402
-from sandgate.report import (  # noqa: E402
+from sandgate.generation.loop import prompt_sha256, sha256_text
+from sandgate.policy import load_policy
+from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
     FileCoverage,
@@ -39,16 +35,17 @@ from sandgate.report import (  # noqa: E402
     TestSummary,
     Verdict,
 )
-from sandgate.generation import (  # noqa: E402
-    Budget,
-    ChatClient,
-    GenerationError,
-    GenerationSettings,
-    generate_skill,
-    start_generation,
+
+from tests.fakes.openai_server import (  # noqa: F401
+    CLAMP_TESTS_WRONG,
+    FAILING_NODEID,
+    MALFORMED_REPLY,
+    FakeOpenAIServer,
+    Reply,
+    clamp_files,
+    fake_llm,
+    skill_reply,
 )
-from sandgate.generation.loop import prompt_sha256, sha256_text  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
 
 POLICY = load_policy("default")
 GOOD = skill_reply(clamp_files())
@@ -259,8 +256,7 @@ def test_provider_failure_stops_with_an_error(fake_llm: FakeOpenAIServer,
 
 def test_passing_version_is_submitted_with_provenance(fake_llm: FakeOpenAIServer,
                                                       client: ChatClient, tmp_path: Path) -> None:
-    from sandgate.store import open_store
-    from sandgate.store import versions
+    from sandgate.store import open_store, versions
 
     store = open_store(f"sqlite:///{tmp_path / 'store.db'}")
     try:

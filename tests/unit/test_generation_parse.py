@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
+from sandgate.generation.errors import MalformedOutput
+from sandgate.generation.parse import parse_output, render_files
+from sandgate.generation.prompt import format_lines, suggested_module, system_prompt
+from sandgate.policy import load_policy
+from sandgate.submission import submission_from_files
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ → fakes
-from fakes.openai_server import MALFORMED_REPLY, clamp_files, skill_reply  # noqa: E402
-
-from sandgate.generation.errors import MalformedOutput  # noqa: E402
-from sandgate.generation.parse import parse_output, render_files  # noqa: E402
-from sandgate.generation.prompt import format_lines, suggested_module, system_prompt  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
+from tests.fakes.openai_server import MALFORMED_REPLY, clamp_files, skill_reply
 
 
 def problems(text: str, **kw: object) -> list[str]:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import io
 import json
 import os
-import sys
 import tarfile
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
-
-from sandgate_harness.__main__ import defined_tests, parse_frames, unreported_tests  # noqa: E402
-from sandgate_harness.payload import PayloadError, read_payload, write_tree  # noqa: E402
-from sandgate_harness.runner import frame, function_body_lines  # noqa: E402
-from sandgate_harness.static import _finding, semgrep_command  # noqa: E402
+from sandgate_harness.__main__ import defined_tests, parse_frames, unreported_tests
+from sandgate_harness.payload import PayloadError, read_payload, write_tree
+from sandgate_harness.runner import frame, function_body_lines
+from sandgate_harness.static import _finding, semgrep_command
 
 KEY = b"k" * 32
 
@@ -178,9 +174,8 @@ def test_a_target_semgrep_did_not_scan_or_failed_on_is_a_critical_finding() -> N
 
 
 def test_semgrep_gets_an_explicit_target_size_above_intakes_cap() -> None:
-    from sandgate_harness.static import MAX_TARGET_BYTES
-
     from sandgate.submission import IntakeLimits
+    from sandgate_harness.static import MAX_TARGET_BYTES
 
     assert f"--max-target-bytes={MAX_TARGET_BYTES}" in semgrep_command("/r", ["a.py"])
     assert MAX_TARGET_BYTES > IntakeLimits().max_py_bytes

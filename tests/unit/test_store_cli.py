@@ -1,7 +1,7 @@
 """The store CLI via typer's CliRunner, on a real SQLite store, with a fake evaluator.
 
-Seams (module functions of ``sandgate.lifecycle``, looked up at call time):
-``load_submission``, ``load_policy`` and ``default_evaluate`` are monkeypatched.
+The command's collaborators (``load_submission``, ``load_policy``, ``evaluate``)
+are passed as click's context object (:class:`sandgate.cli.common.Collaborators`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,24 @@ from typer.testing import CliRunner
 
 from sandgate import lifecycle
 from sandgate.cli import store as store_cli
+from sandgate.cli.common import Collaborators
 from sandgate.config import get_settings
 from sandgate.errors import SubmissionError
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 
 app = typer.Typer(pretty_exceptions_enable=False)  # only this module's commands
 store_cli.register(app)
-runner = CliRunner()
+class _Runner(CliRunner):
+    """Invokes with the collaborators the ``env`` fixture chose (click's context object)."""
+
+    obj: Collaborators | None = None
+
+    def invoke(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("obj", self.obj)
+        return super().invoke(*args, **kwargs)
+
+
+runner = _Runner()
 
 
 @dataclass(frozen=True)
@@ -71,9 +82,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     )
     evaluator = _Evaluator()
     _Evaluator.verdict, _Evaluator.calls = "passed", 0
-    monkeypatch.setattr(lifecycle, "load_submission", _load_dir)
-    monkeypatch.setattr(lifecycle, "load_policy", lambda name=None: policy)
-    monkeypatch.setattr(lifecycle, "default_evaluate", evaluator)
+    runner.obj = Collaborators(load_submission=_load_dir, load_policy=lambda name=None: policy, evaluate=evaluator)
 
     def skill(name: str, body: str) -> Path:
         d = tmp_path / "src" / body.replace(" ", "_") / name
@@ -83,6 +92,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
         return d
 
     yield SimpleNamespace(tmp=tmp_path, mode=mode, evaluator=_Evaluator, skill=skill)
+    runner.obj = None
     get_settings.cache_clear()
 
 

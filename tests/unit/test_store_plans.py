@@ -11,14 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sandgate.report import EvaluationReport, Verdict, gave_up
+from sandgate.store import Store, audit, evaluations, open_store, pointers, versions
 
-from sandgate.report import EvaluationReport, Verdict
-from sandgate.store import Store, open_store
-from sandgate.report import gave_up
-from sandgate.store import audit, evaluations, pointers, versions
-from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
-
-
+from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 
 @pytest.fixture

@@ -11,16 +11,12 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sandgate.report import EvaluationReport, Verdict, gave_up
+from sandgate.store import Store, evaluations, open_store, pointers, versions
+from sandgate.store.models import Evaluation
 from sqlalchemy import select, update
 
-from sandgate.report import EvaluationReport, Verdict
-from sandgate.store import Store, open_store
-from sandgate.report import gave_up
-from sandgate.store import evaluations, pointers, versions
-from sandgate.store.models import Evaluation
-from query_plans import POLICY, SCAN, capture_plans, submission  # tests/unit/query_plans.py
-
-
+from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -55,9 +55,11 @@ role in `x-required-role`. Errors are `{"error": {"code", "message", "request_id
 """
 
 
-def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: Any = None) -> FastAPI:
+def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: Any = None,
+               load_policy: Callable[[str], Any] | None = None) -> FastAPI:
     """The application. ``settings``: :class:`~sandgate.config.Settings` (database, policy);
-    ``api``: :class:`ApiSettings`; ``store``: an open store to use instead of opening one."""
+    ``api``: :class:`ApiSettings`; ``store``: an open store to use instead of opening one;
+    ``load_policy``: a policy name -> policy (default :func:`sandgate.lifecycle.load_policy`)."""
     settings = settings if settings is not None else get_settings()
     api = api if api is not None else ApiSettings.load()
     metrics = Metrics()
@@ -87,7 +89,7 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     app.state.api = api
     app.state.metrics = metrics
     app.state.stores = stores
-    app.state.policies = PolicyCache()
+    app.state.policies = PolicyCache(load_policy) if load_policy is not None else PolicyCache()
     app.state.hub = hub
     app.state.auth = Authenticator(store=stores.get, settings=api, metrics=metrics,
                                    limiter=RateLimiter())

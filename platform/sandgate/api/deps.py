@@ -76,10 +76,6 @@ def get_store(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(get_store)]
 
 
-def _load_policy(name: str) -> Any:
-    return lifecycle.load_policy(name)  # looked up per call: tests replace it
-
-
 class PolicyCache:
     """Policies by name, loaded again only when their file changes.
 
@@ -88,7 +84,7 @@ class PolicyCache:
     not kept (every request loads it, and gets its error).
     """
 
-    def __init__(self, load: Callable[[str], Any] = _load_policy) -> None:
+    def __init__(self, load: Callable[[str], Any] = lifecycle.load_policy) -> None:
         self._load = load
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[tuple[int, int, int, int], Any]] = {}

@@ -34,8 +34,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sandgate import lifecycle
 from sandgate.api.errors import ApiError
 from sandgate.api.schemas import FilesSubmission
+from sandgate.submission import submission_from_files
 
 __all__ = ["ARCHIVE_TYPES", "parse_submission_body", "ParsedBody"]
 
@@ -60,10 +62,6 @@ class ParsedBody:
 
     def submission(self) -> Any:
         """Run intake (blocking: call it from a worker thread)."""
-        # lazy: the intake module costs ~2 s of import, paid by the first submission, not start-up
-        from sandgate import lifecycle
-        from sandgate.submission import submission_from_files
-
         if self.files is not None:
             return submission_from_files(self.files)
         assert self.archive is not None

@@ -8,15 +8,47 @@ the one table, :data:`sandgate.errors.MEANINGS`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from dataclasses import dataclass
+from typing import Any, NoReturn
 
 import typer
 
 from sandgate.errors import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, SandgateError, exit_code_of
 
-__all__ = ["EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED", "errors", "exit_code_for", "fail", "fail_with"]
+__all__ = [
+    "EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED", "Collaborators", "collaborators", "errors", "exit_code_for", "fail",
+    "fail_with",
+]
+
+
+@dataclass(frozen=True)
+class Collaborators:
+    """What a command calls that a program embedding the CLI may replace (``None``: the defaults).
+
+    Passed as the context object: ``app(obj=Collaborators(...))`` or, with
+    typer's test runner, ``CliRunner().invoke(app, args, obj=Collaborators(...))``;
+    a command reads them with ``collaborators(ctx)``.
+    """
+
+    #: a policy name (None: the configured one) -> policy
+    load_policy: Callable[[str | None], Any] | None = None
+    #: a path -> submission
+    load_submission: Callable[[Any], Any] | None = None
+    #: (submission, *, policy, evaluation_id=None) -> report: the sandbox
+    evaluate: Callable[..., Any] | None = None
+
+    def embedded(self) -> dict[str, Any]:
+        """The ones given, as keyword arguments for the embedded service."""
+        given = {"load_policy": self.load_policy, "load_submission": self.load_submission, "evaluate": self.evaluate}
+        return {k: v for k, v in given.items() if v is not None}
+
+
+def collaborators(ctx: typer.Context) -> Collaborators:
+    """The collaborators of the running command (the defaults when none were passed)."""
+    obj = ctx.find_root().obj
+    return obj if isinstance(obj, Collaborators) else Collaborators()
 
 
 def exit_code_for(exc: BaseException) -> int:

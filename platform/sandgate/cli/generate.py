@@ -9,8 +9,9 @@ passed (attempts or the token/cost budget ran out, or cancelled); 2 an
 infrastructure or configuration error (no ``SANDGATE_LLM_BASE_URL``, the
 provider failing after its retries, the sandbox broken, the store refusing).
 
-Seams for tests: ``sandgate.lifecycle.default_evaluate`` and
-``sandgate.lifecycle.load_policy`` are looked up at call time.
+The policy loader and the evaluator are the command's collaborators
+(:class:`sandgate.cli.common.Collaborators`, click's context object; default:
+the configured policies and the sandbox).
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
+
+from sandgate.cli.common import collaborators
+from sandgate.cli.store import default_actor
+from sandgate.errors import SandgateError
 
 __all__ = ["register", "generate"]
 
@@ -65,6 +70,7 @@ def _progress(err: Console) -> Any:
 
 
 def generate(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(
         metavar="NAME", help="Skill name: a lowercase letter, then lowercase letters, digits, _.")],
     description: Annotated[str, typer.Option("--description", "-d",
@@ -88,17 +94,19 @@ def generate(
     """Generate a skill with an LLM: evaluate each attempt in the sandbox, repair, submit."""
     from pydantic import ValidationError
 
-    from sandgate import lifecycle
+    from sandgate import lifecycle  # the store, the sandbox, the LLM client: only for this command
     from sandgate.config import remote_url
-    from sandgate.errors import SandgateError
     from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 
     remote = remote_url()
     if remote and not no_submit:
         raise _fail(f"generate stores the passing version in the local store, not at SANDGATE_URL={remote}: "
                     f"run it with --no-submit --out DIR, then `sandgate submit DIR`")
+    given = collaborators(ctx)
+    load_policy = given.load_policy or lifecycle.load_policy
+    sandbox_evaluate = given.evaluate or lifecycle.default_evaluate
     try:
-        chosen = lifecycle.load_policy(policy)
+        chosen = load_policy(policy)
         client = ChatClient(GenerationSettings.load())
     except SandgateError as exc:
         raise _fail(str(exc)) from None
@@ -111,12 +119,11 @@ def generate(
               f"(at most {attempts} attempt(s))")
 
     def evaluate(submission: Any, *, policy: Any) -> Any:
-        return lifecycle.default_evaluate(submission, policy=policy)
+        return sandbox_evaluate(submission, policy=policy)
 
     store = None
     try:
         if not no_submit:
-            from sandgate.cli.store import default_actor
             from sandgate.config import get_settings
             from sandgate.store import open_store
 

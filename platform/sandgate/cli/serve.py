@@ -18,6 +18,8 @@ from typing import Annotated, Any
 
 import typer
 
+from sandgate.errors import SandgateError
+
 __all__ = ["register", "serve"]
 
 
@@ -33,7 +35,6 @@ def serve(
     from sandgate.api.observability import configure_logging
     from sandgate.api.settings import ApiSettings
     from sandgate.config import get_settings
-    from sandgate.errors import SandgateError
 
     try:
         settings = get_settings()

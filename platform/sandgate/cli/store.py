@@ -32,7 +32,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, errors
+from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, collaborators, errors
+from sandgate.cli.evaluate import literal
 from sandgate.service import SkillService, open_service
 
 __all__ = ["register", "default_actor"]
@@ -66,9 +67,10 @@ def _console() -> Console:
 
 
 @contextmanager
-def _service() -> Iterator[SkillService]:
-    """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store."""
-    with open_service(default_actor=default_actor) as service:
+def _service(ctx: typer.Context) -> Iterator[SkillService]:
+    """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store
+    (with the collaborators passed as the context object, if any)."""
+    with open_service(default_actor=default_actor, embedded=collaborators(ctx).embedded()) as service:
         yield service
 
 
@@ -108,8 +110,6 @@ def _lit(value: Any) -> str:
     """Submitted (or user-typed) text for Rich: printed literally, control characters escaped."""
     from rich.markup import escape
 
-    from sandgate.cli.evaluate import literal
-
     return escape(literal(value))
 
 
@@ -121,6 +121,7 @@ def _reasons_text(reasons: list[dict[str, Any]]) -> str:
 
 
 def submit(
+    ctx: typer.Context,
     path: Annotated[Path, typer.Argument(help="Skill directory or archive to submit.")],
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Evaluate now, or only queue for a worker.")
@@ -136,7 +137,7 @@ def submit(
     ] = 600.0,
 ) -> None:
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
                                              wait_timeout=wait_timeout,
                                              provenance={"client": "cli", "path": str(path)})
@@ -171,9 +172,9 @@ def submit(
         raise typer.Exit(EXIT_ERROR)
 
 
-def skills(as_json: JsonOpt = False) -> None:
+def skills(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         rows = service.list_skills()
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -190,9 +191,11 @@ def skills(as_json: JsonOpt = False) -> None:
     _console().print(table if rows else "no skills yet")
 
 
-def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False) -> None:
+def versions(
+    ctx: typer.Context, name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False
+) -> None:
     """List the versions of a skill."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         rows = service.list_versions(name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -213,12 +216,13 @@ def versions(name: Annotated[str, typer.Argument(help="Skill name.")], as_json: 
 
 
 def show(
+    ctx: typer.Context,
     ref: Annotated[str, typer.Argument(metavar="NAME[@N]", help="Skill, optionally @version (default: active, else latest).")],
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
     name, number = _parse_ref(ref)
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         detail = service.show(name, number)
     version, evaluation = detail.version, detail.evaluation
     if as_json:
@@ -267,6 +271,7 @@ def show(
 
 
 def promote(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Skill name.")],
     number: Annotated[int, typer.Argument(help="Version number to make active.")],
     force: Annotated[
@@ -281,13 +286,14 @@ def promote(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a version active (it must have passed under the current policy)."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         move = service.promote(name, number, actor=actor, reason=reason, policy=policy,
                                expected_generation=expected_generation, force=force)
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
 def rollback(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Skill name.")],
     to: Annotated[int | None, typer.Option("--to", help="Go back to this older version.")] = None,
     reason: ReasonOpt = None,
@@ -296,13 +302,14 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Go back to what was active before the last move (again: further back). No re-evaluation."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         move = service.rollback(name, to=to, actor=actor, reason=reason,
                                 expected_generation=expected_generation)
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
 def yank(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Skill name.")],
     number: Annotated[int, typer.Argument(help="Version number to yank.")],
     reason: Annotated[str, typer.Option("--reason", help="Why (required, recorded).")],
@@ -314,7 +321,7 @@ def yank(
     as_json: JsonOpt = False,
 ) -> None:
     """Mark a version as never to be promoted again."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         result = service.yank(name, number, actor=actor, reason=reason, rollback=do_rollback)
     if as_json:
         _echo_json(result.to_dict())
@@ -326,12 +333,13 @@ def yank(
 
 
 def history(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Skill name.")],
     limit: Annotated[int | None, typer.Option("--limit", help="Only the newest N events.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log of a skill: who did what, when, why."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         events = service.history(name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])
@@ -359,13 +367,14 @@ def history(
 
 
 def diff(
+    ctx: typer.Context,
     name: Annotated[str, typer.Argument(help="Skill name.")],
     a: Annotated[int, typer.Argument(help="From version.")],
     b: Annotated[int, typer.Argument(help="To version.")],
     as_json: JsonOpt = False,
 ) -> None:
     """Unified diff of the files of two versions."""
-    with errors(), _service() as service:
+    with errors(), _service(ctx) as service:
         diffs = service.diff(name, a, b)
     if as_json:
         _echo_json([d.to_dict() for d in diffs])

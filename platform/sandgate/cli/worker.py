@@ -16,7 +16,9 @@ from typing import Annotated
 
 import typer
 
+from sandgate.cli.common import fail
 from sandgate.errors import SandgateError
+from sandgate.logs import configure_logging
 
 __all__ = ["register"]
 
@@ -55,8 +57,6 @@ def register(app: typer.Typer) -> None:
         log_level: LogLevelOpt = "info",
     ) -> None:
         """Run queued evaluations (until SIGTERM/SIGINT, or once with --once)."""
-        from sandgate.cli.common import fail
-        from sandgate.logs import configure_logging
         from sandgate.store import open_store
         from sandgate.worker import Worker
 
@@ -110,8 +110,6 @@ def register(app: typer.Typer) -> None:
         log_level: LogLevelOpt = "info",
     ) -> None:
         """Periodic jobs: lease recovery, orphan sandboxes, retention, re-scan of active versions."""
-        from sandgate.cli.common import fail
-        from sandgate.logs import configure_logging
         from sandgate.scheduler import JOBS, run_jobs_once, run_scheduler
         from sandgate.store import open_store
 

@@ -27,7 +27,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from sandgate.generation.client import ChatClient
+from sandgate.generation.errors import GenerationError
 from sandgate.generation.loop import GenerationResult, generate_skill
+from sandgate.generation.settings import GenerationSettings
 from sandgate.names import is_skill_name
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -120,10 +123,6 @@ def start_generation(
     Configuration problems (no endpoint, bad name) are raised here, before the
     job starts, so an API can answer 400/500 instead of a failed job.
     """
-    from sandgate.generation.client import ChatClient
-    from sandgate.generation.errors import GenerationError
-    from sandgate.generation.settings import GenerationSettings
-
     if not is_skill_name(name):
         raise GenerationError(f"{name!r} is not a skill name", code="invalid_request")
     if not description or not description.strip():

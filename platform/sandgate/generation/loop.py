@@ -48,17 +48,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sandgate import lifecycle
 from sandgate import report as reports
 from sandgate.errors import InfrastructureError, SandgateError, SubmissionError
+from sandgate.evaluation import evaluate as sandbox_evaluate
+from sandgate.evaluation import rejected_report
 from sandgate.generation.client import Budget, Completion
 from sandgate.generation.errors import BudgetExceeded, GenerationError, LLMError, MalformedOutput
 from sandgate.generation.parse import ParsedOutput, parse_output
 from sandgate.generation.prompt import first_messages, reask_prompt, repair_messages, repair_prompt
 from sandgate.names import SKILL_NAME_PATTERN, is_skill_name
+from sandgate.submission import submission_from_files
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
+    from sandgate.report import EvaluationReport
     from sandgate.submission import Submission
 
 __all__ = [
@@ -253,8 +257,6 @@ def lifecycle_submitter(store: Any, *, policy: Policy, actor: str,
 
     def submit(submission: Submission, *, provenance: dict[str, Any],
                report: EvaluationReport) -> Any:
-        from sandgate import lifecycle
-
         def reuse(sub: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
             if sub.content_hash == submission.content_hash and policy.hash == report.policy_hash \
                     and report.content_hash == submission.content_hash:
@@ -315,8 +317,6 @@ def generate_skill(
         raise GenerationError("max_reasks must be at least 0", code="invalid_request")
     requirements = [r for r in requirements if r and r.strip()]
     if evaluate is None:
-        from sandgate.evaluation import evaluate as sandbox_evaluate
-
         evaluate = sandbox_evaluate
     actor = actor or f"generator:{client.model}"[:200]
     if submit is None and store is not None:
@@ -494,9 +494,6 @@ def _intake_and_evaluate(attempt: Attempt, parsed: ParsedOutput, *, name: str, p
                          evaluate: Callable[..., EvaluationReport], emit: EventFn,
                          check_cancel: Callable[[], None]
                          ) -> tuple[EvaluationReport, Submission | None]:
-    from sandgate.evaluation import rejected_report
-    from sandgate.submission import submission_from_files
-
     try:
         submission = submission_from_files(parsed.as_bytes())
         if submission.name != name:

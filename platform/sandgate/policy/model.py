@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sandgate.config import get_settings
 from sandgate.errors import PolicyError
 from sandgate.limits import Limits, Runtime
 from sandgate.names import SKILL_NAME, SKILL_NAME_PATTERN
@@ -159,8 +160,6 @@ def _resolve(name_or_path: str | Path, policies_dir: Path | None) -> tuple[Path,
     if not _POLICY_NAME.match(text):
         raise PolicyError(f"invalid policy name {text!r}: use a file name without .toml, or a path")
     if policies_dir is None:
-        from sandgate.config import get_settings
-
         policies_dir = get_settings().policies_dir
     return Path(policies_dir) / f"{text}.toml", True
 

@@ -8,6 +8,9 @@ from typing import Any
 
 from sandgate.config import Settings, describe_store, get_settings
 from sandgate.errors import EngineUnavailable, InfrastructureError
+from sandgate.sandbox.engine import connect as default_connect
+from sandgate.sandbox.engine import engine_info
+from sandgate.sandbox.image import definition_hash, inspect_image
 
 __all__ = ["Check", "Diagnosis", "diagnose"]
 
@@ -37,10 +40,6 @@ class Diagnosis:
 
 
 def diagnose(settings: Settings | None = None, *, connect: Callable[..., Any] | None = None) -> Diagnosis:
-    from sandgate.sandbox.engine import connect as default_connect
-    from sandgate.sandbox.engine import engine_info
-    from sandgate.sandbox.image import definition_hash, inspect_image
-
     settings = settings or get_settings()
     connect = connect or default_connect
     diagnosis = Diagnosis()

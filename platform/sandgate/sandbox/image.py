@@ -25,6 +25,7 @@ from docker.errors import BuildError, DockerException, ImageNotFound
 
 from sandgate.config import Settings, get_settings, project_root
 from sandgate.errors import ConfigError, ImageMissing, InfrastructureError
+from sandgate.sandbox.engine import connect, engine_info
 
 __all__ = [
     "DEFAULT_BASE",
@@ -224,8 +225,6 @@ def build_image(
     say: Callable[[str], None] = lambda _msg: None,
 ) -> ImageInfo:
     """Build (or refresh, cached) the sandbox image. Never needs a registry."""
-    from sandgate.sandbox.engine import connect, engine_info
-
     settings = settings or get_settings()
     client = client or connect(settings)
     tag = tag or settings.image

@@ -116,8 +116,12 @@ class SkillService(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
 
-def open_service(*, default_actor: Callable[[], str]) -> SkillService:
-    """The remote service when ``$SANDGATE_URL`` is set, else the embedded one over the configured store."""
+def open_service(*, default_actor: Callable[[], str],
+                 embedded: Mapping[str, Any] | None = None) -> SkillService:
+    """The remote service when ``$SANDGATE_URL`` is set, else the embedded one over the configured store.
+
+    ``embedded``: collaborators for :meth:`EmbeddedService.open <sandgate.service.embedded.EmbeddedService.open>`
+    (``load_policy``, ``load_submission``, ``evaluate``); the remote service has none."""
     from sandgate.config import remote_url
 
     if remote_url():
@@ -126,4 +130,4 @@ def open_service(*, default_actor: Callable[[], str]) -> SkillService:
         return RemoteService.from_env()
     from sandgate.service.embedded import EmbeddedService  # SQLAlchemy, the lifecycle
 
-    return EmbeddedService.open(default_actor=default_actor)
+    return EmbeddedService.open(default_actor=default_actor, **(embedded or {}))

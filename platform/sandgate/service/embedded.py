@@ -2,9 +2,11 @@
 
 Every call sandgate's edges (the CLI without ``SANDGATE_URL``, the API's
 routes) make into the store goes through this module: the
-:class:`EmbeddedService` methods, and the read queries below that the store's
-modules do not offer yet (the event feed, the queue gauges, the pointers with
-their content hash and entrypoint, the auto-promotion of an evaluation).
+:class:`EmbeddedService` methods, and the read queries below (the event feed
+and the pointers with their content hash and entrypoint, which are the store's
+:func:`~sandgate.store.audit.events_after` and
+:func:`~sandgate.store.pointers.active_pointer_details`; the queue gauges and
+the auto-promotion of an evaluation).
 
 Policies are named; ``load_policy`` (a collaborator passed in) turns a name
 into a :class:`~sandgate.policy.Policy` — the CLI loads the file, the API
@@ -14,9 +16,8 @@ resolves it against the policies it offers (cached).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from sqlalchemy import func, select
 
@@ -34,7 +35,7 @@ from sandgate.records import (
 from sandgate.service import VersionDetail, version_detail
 from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.engine import Store
-from sandgate.store.models import Evaluation, Event, Skill, Version
+from sandgate.store.models import Evaluation, Event
 
 __all__ = [
     "EmbeddedService",
@@ -47,26 +48,33 @@ __all__ = [
 ]
 
 
-def _load_policy(name: str | None) -> Any:
-    return lifecycle.load_policy(name)  # looked up per call: tests replace it
-
-
 class EmbeddedService:
     """:class:`~sandgate.service.SkillService` over a :class:`~sandgate.store.Store`."""
 
     def __init__(self, store: Store | Callable[[bool], Store], *,
-                 load_policy: Callable[[str | None], Any] = _load_policy,
+                 load_policy: Callable[[str | None], Any] | None = None,
+                 load_submission: Callable[[Path], Any] | None = None,
+                 evaluate: lifecycle.EvaluateFn | None = None,
                  default_actor: Callable[[], str] | None = None, owns_store: bool = False) -> None:
         """``store``: a store, or a function opening it on first use (:meth:`open`), called with
-        ``create``: True only for a submit (nothing else creates a store that does not exist)."""
+        ``create``: True only for a submit (nothing else creates a store that does not exist).
+
+        Collaborators (``None``: the lifecycle's defaults): ``load_policy`` turns a
+        policy name into a policy, ``load_submission`` reads a path, ``evaluate``
+        runs an evaluation (the sandbox)."""
         self._store = store if isinstance(store, Store) else None
         self._opener = None if isinstance(store, Store) else store
-        self._load_policy = load_policy
+        self._load_policy = load_policy or lifecycle.load_policy
+        self._load_submission = load_submission or lifecycle.load_submission
+        self._evaluate = evaluate
         self._default_actor = default_actor
         self._owns_store = owns_store
 
     @classmethod
-    def open(cls, *, default_actor: Callable[[], str] | None = None) -> EmbeddedService:
+    def open(cls, *, default_actor: Callable[[], str] | None = None,
+             load_policy: Callable[[str | None], Any] | None = None,
+             load_submission: Callable[[Path], Any] | None = None,
+             evaluate: lifecycle.EvaluateFn | None = None) -> EmbeddedService:
         """Over the configured store (``Settings.effective_database_url``), opened on first use
         (a command checks its input first) and closed by :meth:`close`. Only a submit creates
         the store; only the default home's directory is created for it."""
@@ -77,7 +85,8 @@ class EmbeddedService:
             own_dir = file is not None and file.parent.resolve() == settings.home.resolve()
             return open_store(url, create=create, make_dirs=own_dir)
 
-        return cls(opener, default_actor=default_actor, owns_store=True)
+        return cls(opener, load_policy=load_policy, load_submission=load_submission, evaluate=evaluate,
+                   default_actor=default_actor, owns_store=True)
 
     def _open(self, *, create: bool) -> Store:
         if self._store is None:
@@ -155,7 +164,7 @@ class EmbeddedService:
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
                wait_timeout: float = 0.0, provenance: Mapping[str, Any]) -> tuple[Any, str]:
-        submission = lifecycle.load_submission(path)
+        submission = self._load_submission(path)
         pol = self._load_policy(policy)
         return self.submit_submission(submission, policy=pol, actor=actor, wait=wait,
                                       provenance=provenance), pol.name
@@ -164,7 +173,8 @@ class EmbeddedService:
                           provenance: Mapping[str, Any]) -> Any:
         """Submit an already-read submission under an already-loaded policy."""
         return lifecycle.submit(self.ensure_store(), submission=submission, policy=policy,
-                                actor=self._actor(actor), wait=wait, provenance=dict(provenance))
+                                actor=self._actor(actor), evaluate=self._evaluate, wait=wait,
+                                provenance=dict(provenance))
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,
                 policy: str | None, expected_generation: int | None, force: bool) -> PointerMove:
@@ -188,30 +198,8 @@ class EmbeddedService:
 # (one read transaction each, records out: candidates for the store's own modules)
 
 
-class ActivePointer(NamedTuple):
-    version: int
-    generation: int
-    content_hash: str
-    #: ``module:function`` from the version's manifest (None: the manifest has none)
-    entrypoint: str | None
-
-
-def active_pointer_details(store: Store, *, names: Iterable[str] | None = None) -> dict[str, ActivePointer]:
-    """Like ``active_pointers``, with each active version's content hash and entrypoint (same join)."""
-    q = select(Skill.name, Version.number, Skill.generation, Version.content_hash,
-               Version.manifest).join(Version, Version.id == Skill.active_version_id)
-    if names is not None:
-        wanted = list(names)
-        if not wanted:
-            return {}
-        q = q.where(Skill.name.in_(wanted))
-    with store.read() as s:
-        out = {}
-        for name, number, generation, content_hash, manifest in s.execute(q):
-            entrypoint = (manifest or {}).get("entrypoint")
-            out[name] = ActivePointer(number, generation, content_hash,
-                                      entrypoint if isinstance(entrypoint, str) else None)
-        return out
+ActivePointer = pointers.ActivePointer
+active_pointer_details = pointers.active_pointer_details
 
 
 def latest_event_id(store: Store) -> int:
@@ -220,31 +208,7 @@ def latest_event_id(store: Store) -> int:
         return int(s.scalar(select(func.max(Event.id))) or 0)
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
-
-
-def events_after(store: Store, *, after: int, limit: int = 500) -> list[EventRecord]:
-    """Every event with ``id > after``, oldest first, at most ``limit`` (a primary-key range scan)."""
-    q = (
-        select(Event, Skill.name, Version.number)
-        .join(Skill, Skill.id == Event.skill_id)
-        .outerjoin(Version, Version.id == Event.version_id)
-        .where(Event.id > after)
-        .order_by(Event.id)
-        .limit(limit)
-    )
-    with store.read() as s:
-        return [
-            EventRecord(
-                id=e.id, skill=name, version=number, actor=e.actor, action=e.action,
-                reason=e.reason, before=e.before, after=e.after, evidence=e.evidence,
-                created_at=_utc(e.created_at),  # type: ignore[arg-type]
-            )
-            for e, name, number in s.execute(q)
-        ]
+events_after = audit.events_after
 
 
 def evaluation_counts(store: Store) -> dict[tuple[str, str | None], int]:

@@ -13,7 +13,7 @@ from sandgate.store._rows import _event_record, _skill
 from sandgate.store.engine import Store
 from sandgate.store.models import Event, Skill, Version
 
-__all__ = ["history", "promotion_of"]
+__all__ = ["history", "promotion_of", "events_after"]
 
 
 def history(store: Store, *, name: str, limit: int | None = None) -> list[EventRecord]:
@@ -60,3 +60,17 @@ def promotion_of(store: Store, *, skill: str, evaluation_id: str) -> PointerMove
             event_id=e.id,
             forced=bool((e.evidence or {}).get("forced")),
         )
+
+
+def events_after(store: Store, *, after: int, limit: int = 500) -> list[EventRecord]:
+    """Every event with ``id > after``, oldest first, at most ``limit`` (a primary-key range scan)."""
+    q = (
+        select(Event, Skill.name, Version.number)
+        .join(Skill, Skill.id == Event.skill_id)
+        .outerjoin(Version, Version.id == Event.version_id)
+        .where(Event.id > after)
+        .order_by(Event.id)
+        .limit(limit)
+    )
+    with store.read() as s:
+        return [_event_record(e, name, number) for e, name, number in s.execute(q)]

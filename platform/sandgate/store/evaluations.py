@@ -211,16 +211,7 @@ def begin_evaluation(
         done = _latest_conclusive(s, version.id, policy_hash)
         if done is not None:
             return _evaluation_record(done, skill.name, version.number), True
-        pending = s.scalars(
-            select(Evaluation)
-            .where(
-                Evaluation.version_id == version.id,
-                Evaluation.policy_hash == policy_hash,
-                Evaluation.status.in_(("queued", "running")),
-            )
-            .order_by(Evaluation.created_at.desc())
-            .limit(1)
-        ).first()
+        pending = _pending(s, version.id, policy_hash)
         if not start and pending is not None:
             return _evaluation_record(pending, skill.name, version.number), False
         if pending is not None and pending.status == "queued":
@@ -426,6 +417,20 @@ def claim_evaluation(
             return _evaluation_record(ev, skill.name, version.number)
     return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
 
+def _pending(s: Session, version_id: int, policy_hash: str) -> Evaluation | None:
+    """The newest queued or running evaluation of a version under a policy hash."""
+    return s.scalars(
+        select(Evaluation)
+        .where(
+            Evaluation.version_id == version_id,
+            Evaluation.policy_hash == policy_hash,
+            Evaluation.status.in_(("queued", "running")),
+        )
+        .order_by(Evaluation.created_at.desc())
+        .limit(1)
+    ).first()
+
+
 def get_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     with store.read() as s:
         ev, version, skill = _evaluation_with_owner(s, evaluation_id)
@@ -466,16 +471,7 @@ def pending_evaluation(
     with store.read() as s:
         skill = _skill(s, name)
         version = _version(s, skill, number)
-        ev = s.scalars(
-            select(Evaluation)
-            .where(
-                Evaluation.version_id == version.id,
-                Evaluation.policy_hash == policy_hash,
-                Evaluation.status.in_(("queued", "running")),
-            )
-            .order_by(Evaluation.created_at.desc())
-            .limit(1)
-        ).first()
+        ev = _pending(s, version.id, policy_hash)
         return None if ev is None else _evaluation_record(ev, skill.name, version.number)
 
 def heartbeat(

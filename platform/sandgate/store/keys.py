@@ -35,7 +35,7 @@ import hmac
 import re
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal
 
 from sqlalchemy import Float, Integer, String, select, update
@@ -44,6 +44,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from sandgate.errors import Conflict, InvalidTransition, NotFound
 from sandgate.records import _Record
+from sandgate.store._rows import _now, _utc
 from sandgate.store.engine import Store
 from sandgate.store.models import ACTOR_LENGTH, Base, BigIntPK
 
@@ -130,16 +131,6 @@ def parse_token(token: str) -> str | None:
     """The key id of a well-formed token, else None."""
     m = _TOKEN.match(token or "")
     return m.group(1) if m else None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _record(k: ApiKey) -> KeyRecord:

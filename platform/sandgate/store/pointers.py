@@ -64,9 +64,9 @@ version being yanked) and yanks in one transaction: two events, one move.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, InvalidTransition, NotFound
@@ -95,6 +95,8 @@ __all__ = [
     "flag_version",
     "active_pointers",
     "active_pointer",
+    "ActivePointer",
+    "active_pointer_details",
 ]
 
 
@@ -551,16 +553,42 @@ def active_pointers(
 
     Cheap enough to poll: one indexed join (``names`` narrows it to a few skills).
     """
-    q = select(Skill.name, Version.number, Skill.generation).join(
-        Version, Version.id == Skill.active_version_id
-    )
-    if names is not None:
-        wanted = list(names)
-        if not wanted:
-            return {}
-        q = q.where(Skill.name.in_(wanted))
+    q = _pointer_query(names, Skill.name, Version.number, Skill.generation)
+    if q is None:
+        return {}
     with store.read() as s:
         return {name: (number, generation) for name, number, generation in s.execute(q)}
+
+
+class ActivePointer(NamedTuple):
+    version: int
+    generation: int
+    content_hash: str
+    #: ``module:function`` from the version's manifest (None: the manifest has none)
+    entrypoint: str | None
+
+
+def active_pointer_details(store: Store, *, names: Iterable[str] | None = None) -> dict[str, ActivePointer]:
+    """Like :func:`active_pointers`, with each active version's content hash and entrypoint (same join)."""
+    q = _pointer_query(names, Skill.name, Version.number, Skill.generation, Version.content_hash, Version.manifest)
+    if q is None:
+        return {}
+    with store.read() as s:
+        out = {}
+        for name, number, generation, content_hash, manifest in s.execute(q):
+            entrypoint = (manifest or {}).get("entrypoint")
+            out[name] = ActivePointer(number, generation, content_hash,
+                                      entrypoint if isinstance(entrypoint, str) else None)
+        return out
+
+
+def _pointer_query(names: Iterable[str] | None, *columns: Any) -> Select[Any] | None:
+    """``columns`` of the skills with an active version joined to it (None: ``names`` is empty)."""
+    q = select(*columns).join(Version, Version.id == Skill.active_version_id)
+    if names is None:
+        return q
+    wanted = list(names)
+    return q.where(Skill.name.in_(wanted)) if wanted else None
 
 def active_pointer(store: Store, *, name: str) -> tuple[int, int] | None:
     """``(active version number, generation)`` of one skill (None: nothing active)."""
