@@ -37,7 +37,9 @@ Process model
     pristine, see :func:`install_mutant`), and runs pytest with the dynamic
     phase's trusted configuration on the selected tests; its exit status is
     its outcome. A control run of the unmutated skill, at a random position
-    among the first mutants, must survive, or no kill counts.
+    among the first mutants and with the tests of a mutant chosen at random,
+    must survive, or no kill counts; so must a closing control after the last
+    mutant when any was killed.
     Tests are selected per mutated line from the runner's ``line_tests`` (the
     passing tests whose coverage context executed that line). The phase stops
     once the mutants not yet run cannot change the outcome of the job's gates
@@ -383,7 +385,7 @@ def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str,
     if len(mutated.body) != len(tree.body):
         return None
     # the other statements' text is unchanged: same kind and same place means same tree
-    for j, (old, new) in enumerate(zip(tree.body, mutated.body)):
+    for j, (old, new) in enumerate(zip(tree.body, mutated.body, strict=True)):
         if j != top and (type(old) is not type(new) or _where(old) != _where(new)):
             return None
     target = next(node for i, node in enumerate(ast.walk(tree.body[top])) if i == position)
@@ -920,12 +922,29 @@ def serve(job: dict[str, Any], write: Any) -> None:
         warm_up()
     except Exception:  # noqa: BLE001 - warming only
         pass
-    config = config_for(tests)
+    config_for(tests)  # built before any fork (and before the heap is frozen)
     gc.freeze()  # children do not copy the server's heap when they collect
 
-    # The control: the unmutated skill, run like a mutant at a position chosen at
-    # random (not from the content), must survive; otherwise every kill is
-    # meaningless (flaky tests, or tests that fail whenever they run here).
+    # The control: the unmutated skill, run exactly like a mutant (with the tests a
+    # mutant chosen at random selects) at a position chosen at random (not from the
+    # content), must survive; otherwise every kill is meaningless (flaky tests, or
+    # tests that fail whenever they run here, or whenever some other test did not
+    # run before them). A closing control, with another random mutant's tests,
+    # runs after the last mutant when any was killed: tests that start failing
+    # later in the phase fail it too.
+    def control(tag: str) -> bool:
+        like = mutants[secrets.randbelow(len(mutants))]
+        selected, test_files = _selection(like, per_line, tests)
+        _reset_tree(files, None)
+        child_config = config_for(test_files)
+        pid = os.fork()
+        if pid == 0:
+            _child(selected, test_files, child_config)
+        outcome, seconds = _reap(pid, mutant_timeout(selected, durations, baseline))
+        write({tag: {"outcome": outcome, "seconds": round(seconds, 4),
+                     "tests": len(selected) if selected is not None else None}})
+        return outcome == "survived"
+
     control_at = 1 + secrets.randbelow(min(3, len(mutants))) if mutants else 0
     runs: list[Mutant | None] = list(mutants)
     runs.insert(control_at, None)
@@ -936,13 +955,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
     control_done = False
     for item in runs:
         if item is None:
-            _reset_tree(files, None)
-            pid = os.fork()
-            if pid == 0:
-                _child(None, tests, config)
-            outcome, seconds = _reap(pid, mutant_timeout(None, durations, baseline))
-            write({"control": {"outcome": outcome, "seconds": round(seconds, 4)}})
-            if outcome != "survived":
+            if not control("control"):
                 break
             control_done = True
         else:
@@ -979,6 +992,8 @@ def serve(job: dict[str, Any], write: Any) -> None:
             if decided is not None:
                 write({"decided": decided})
                 break
+    if control_done and any(o in ("killed", "timed_out") for o in outcomes):
+        control("closing_control")
     _reset_tree(files, None)
     write({"done": True, "seconds": round(time.monotonic() - started, 4)})
 
@@ -1014,11 +1029,15 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         elif "mutant" in event:
             if isinstance(event["mutant"], dict):
                 results.append(event["mutant"])
-        elif "control" in event:
-            control = event["control"].get("outcome")
-            if control != "survived" and problem is None:
+        elif "control" in event or "closing_control" in event:
+            tag = "control" if "control" in event else "closing_control"
+            outcome = event[tag].get("outcome") if isinstance(event[tag], dict) else None
+            if tag == "control" or control == "survived":
+                control = outcome
+            if outcome != "survived" and problem is None:
                 problem = (f"the unmutated skill did not pass its tests in the mutation runner "
-                           f"({control}): its tests fail or hang when run again, so no kill counts")
+                           f"({tag.replace('_', ' ')}: {outcome}): its tests fail or hang when run "
+                           f"again, so no kill counts")
         elif event.get("budget_exhausted"):
             exhausted = True
         elif event.get("decided") in ("pass", "fail"):
