@@ -11,17 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
 
-from sandgate_harness.__main__ import mutation_skip  # noqa: E402
-from sandgate_harness.mutation import (  # noqa: E402
-    covered_lines,
-    decision,
-    generate,
-    mutant_timeout,
-    summarise,
-)
-
 from sandgate.errors import PolicyError  # noqa: E402
 from sandgate.evaluation.parse import _mutation  # noqa: E402
+from sandgate.policy import decide, load_policy, parse_policy  # noqa: E402
 from sandgate.report import (  # noqa: E402
     CoverageSummary,
     EvaluationReport,
@@ -33,7 +25,14 @@ from sandgate.report import (  # noqa: E402
     TestSummary,
     Verdict,
 )
-from sandgate.policy import decide, load_policy, parse_policy  # noqa: E402
+from sandgate_harness.__main__ import mutation_skip  # noqa: E402
+from sandgate_harness.mutation import (  # noqa: E402
+    covered_lines,
+    decision,
+    generate,
+    mutant_timeout,
+    summarise,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -458,7 +457,6 @@ def test_human_report_prints_survivors_literally() -> None:
     import io
 
     from rich.console import Console
-
     from sandgate.cli.evaluate import render_report
 
     buffer = io.StringIO()

@@ -124,7 +124,7 @@ def _mutation(data: Any) -> MutationSummary | None:
     outcomes = [m.get("outcome") for m in mutants]
     killed, survived, timed_out = (outcomes.count(k) for k in ("killed", "survived", "timed_out"))
     run = killed + survived + timed_out
-    survivors = []
+    survivors: list[Survivor] = []
     for m in mutants:
         if m.get("outcome") != "survived" or len(survivors) >= _MAX_SURVIVORS:
             continue

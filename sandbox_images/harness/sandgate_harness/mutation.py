@@ -168,7 +168,7 @@ def _gap_edit(gap: bytes, old: str, new: str) -> bytes | None:
     return match.group(1) + new.encode() + match.group(3)
 
 
-def _span(src: _Source, node: ast.AST) -> tuple[int, int] | None:
+def _span(src: _Source, node: Any) -> tuple[int, int] | None:
     if getattr(node, "end_lineno", None) is None:
         return None
     return (src.offset(node.lineno, node.col_offset), src.offset(node.end_lineno, node.end_col_offset))
@@ -191,7 +191,7 @@ class _Finder:
         self.out: list[_Candidate] = []
         self.skip: set[int] = set()  # ids of nodes never mutated (annotations, f-strings)
 
-    def add(self, node: ast.AST, kind: str, start: int, end: int, replacement: bytes, stmt_line: int,
+    def add(self, node: Any, kind: str, start: int, end: int, replacement: bytes, stmt_line: int,
             apply: Any, lines: tuple[int, ...] = (), gap: tuple[str, str] | None = None,
             line: int | None = None) -> None:
         self.out.append(_Candidate(self.path, self.index[id(node)], kind, start, end, replacement,
@@ -216,7 +216,7 @@ class _Finder:
     def _entrypoint(self, func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
         first, last = func.body[0], func.body[-1]
         start = self.src.offset(first.lineno, first.col_offset)
-        end = self.src.offset(last.end_lineno, last.end_col_offset)
+        end = self.src.offset(last.end_lineno or last.lineno, last.end_col_offset or 0)
         pad = b"\n" * self.src.data[start:end].count(b"\n")
         lines = tuple(range(func.body[0].lineno, (func.body[-1].end_lineno or func.lineno) + 1))
 
@@ -303,7 +303,7 @@ class _Finder:
             elif isinstance(node, ast.Compare):
                 operands = [node.left, *node.comparators]
                 for i, op in enumerate(node.ops):
-                    swap = _COMPARE.get(type(op))
+                    swap: Any = _COMPARE.get(type(op))
                     if swap:
                         self._operator(node, operands[i], operands[i + 1], swap, stmt_line, "comparison",
                                        lambda n, i=i, new=swap[0]: n.ops.__setitem__(i, new()))
@@ -320,7 +320,7 @@ class _Finder:
             elif isinstance(node, ast.Constant):
                 self._constant(node, stmt_line)
 
-    def _operator(self, node: ast.AST, left: ast.AST, right: ast.AST, swap: tuple[Any, str, str],
+    def _operator(self, node: ast.AST, left: Any, right: Any, swap: tuple[Any, str, str],
                   stmt_line: int, kind: str, apply: Any) -> None:
         a, b = _span(self.src, left), _span(self.src, right)
         if not a or not b or a[1] > b[0]:
@@ -405,7 +405,7 @@ def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str,
     return mutated_text, before, after
 
 
-def _where(node: ast.AST) -> tuple[Any, ...]:
+def _where(node: Any) -> tuple[Any, ...]:
     return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
 
 
@@ -716,7 +716,7 @@ def install_mutant(rel: str, source: str) -> None:
             return compile(mutated, path, "exec", dont_inherit=True)
 
         # get_data / get_source still read the pristine file
-        loader.get_code = get_code  # type: ignore[method-assign]
+        loader.get_code = get_code  # type: ignore[method-assign,assignment]
         return loader
 
     class Finder:
