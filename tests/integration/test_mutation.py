@@ -168,8 +168,10 @@ def test_the_phase_stops_once_the_verdict_is_decided_with_the_same_verdict() -> 
     full = evaluate(skill(GOOD_TESTS), policy=policy(mutation__stop_when_decided=False))
     early = evaluate(skill(GOOD_TESTS), policy=policy())
     assert full.verdict is early.verdict is Verdict.passed, (full.reasons, early.reasons)
-    assert early.mutation.decided_early == "pass" and early.mutation.run < full.mutation.run == 20
-    assert early.mutation.killed + early.mutation.timed_out >= 12  # 60 % of the 20 selected
+    e, f = early.mutation, full.mutation
+    assert f.decided_early is None and f.run == f.total == e.total
+    assert e.decided_early == "pass" and e.run < f.run
+    assert 100.0 * (e.killed + e.timed_out) / e.total >= 60.0  # survivors could not pull it below
     assert early.timings["mutation"] < full.timings["mutation"]
     weak = b"from clamp import clamp\n\ndef test_clamp():\n    assert clamp(5, 0, 10) is not None\n" \
            b"    assert clamp(-5, 0, 10) is not None\n    assert clamp(50, 0, 10) is not None\n"
