@@ -217,6 +217,8 @@ class MutationSummary(_Model):
     decided_early: Literal["pass", "fail"] | None = None
     #: the tests were selected per line from coverage contexts (False: every test per mutant)
     line_tests: bool = False
+    #: control runs of the unmutated skill (each must pass, or no kill counts)
+    controls: int = 0
     #: "killed", "survived", "timed_out", or why there is no null entrypoint mutant
     null_entrypoint: str = "not run"
     survivors: list[Survivor] = Field(default_factory=list)

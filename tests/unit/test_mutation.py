@@ -319,6 +319,12 @@ def test_summarise_counts_and_problems() -> None:
     assert "stopped before finishing" in summarise(events[:-1], None)["problem"]
     failed_control = [*events[:2], {"control": {"outcome": "killed"}}]
     assert "unmutated skill did not pass" in summarise(failed_control, None)["problem"]
+    closing = [*events[:-1], {"closing_control": {"outcome": "survived"}},
+               {"closing_control": {"outcome": "killed"}}, events[-1]]
+    out = summarise(closing, None)
+    assert out["controls"] == 3 and "closing control: killed" in out["problem"]
+    assert out["control"] == "killed"  # the first control that did not survive
+    assert summarise(events, None)["controls"] == 1
 
 
 def test_report_section_is_parsed_defensively() -> None:

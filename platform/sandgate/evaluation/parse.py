@@ -156,6 +156,7 @@ def _mutation(data: Any) -> MutationSummary | None:
         budget_exhausted=bool(data.get("budget_exhausted")),
         decided_early=decided if decided in ("pass", "fail") else None,
         line_tests=bool(data.get("line_tests")),
+        controls=max(0, int(data.get("controls") or 0)),
         null_entrypoint=null_text,
         survivors=survivors,
         seconds=round(float(seconds), 4),

@@ -82,6 +82,8 @@ SKILL_DIR = "/work/skill"
 SCRATCH_DIRS = ("/work", "/tmp", "/dev/shm", "/var/tmp", "/run/lock")
 MAX_SOURCE_BYTES = 1024 * 1024
 MAX_CANDIDATES = 20000
+#: control runs at most per phase (the first one included)
+MAX_CONTROLS = 4
 
 _COMPARE = {
     ast.Lt: (ast.LtE, "<", "<="), ast.LtE: (ast.Lt, "<=", "<"),
@@ -903,6 +905,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
     min_score = float(job.get("min_score") or 0.0)
     null_must_be_killed = bool(job.get("null_must_be_killed", True))
     write({"plan": {**info, "total": len(mutants), "line_tests": per_line is not None,
+                    "selections": len({tuple(sorted(_selection(m, per_line, tests)[0] or ())) for m in mutants}),
                     "generate_seconds": round(time.monotonic() - started, 4)}})
 
     _reset_tree(files, None)
@@ -925,15 +928,22 @@ def serve(job: dict[str, Any], write: Any) -> None:
     config_for(tests)  # built before any fork (and before the heap is frozen)
     gc.freeze()  # children do not copy the server's heap when they collect
 
-    # The control: the unmutated skill, run exactly like a mutant (with the tests a
-    # mutant chosen at random selects) at a position chosen at random (not from the
-    # content), must survive; otherwise every kill is meaningless (flaky tests, or
-    # tests that fail whenever they run here, or whenever some other test did not
-    # run before them). A closing control, with another random mutant's tests,
-    # runs after the last mutant when any was killed: tests that start failing
-    # later in the phase fail it too.
-    def control(tag: str) -> bool:
-        like = mutants[secrets.randbelow(len(mutants))]
+    # The control: the unmutated skill, run exactly like a mutant (with the tests some
+    # mutant selects) at a position chosen at random (not from the content), must
+    # survive; otherwise every kill is meaningless (flaky tests, or tests that fail
+    # whenever they run here, or whenever some other test did not run before them).
+    # Closing controls after the last mutant, when any was killed, cover the other
+    # test selections the mutants that ran used (up to MAX_CONTROLS in all, chosen at
+    # random beyond that): tests that start failing later in the phase, or only
+    # without some other test, fail them too.
+    def selection_key(mutant: Mutant) -> tuple[str, ...] | None:
+        selected, _ = _selection(mutant, per_line, tests)
+        return None if selected is None else tuple(sorted(selected))
+
+    controlled: set[tuple[str, ...] | None] = set()
+
+    def control(tag: str, like: Mutant) -> bool:
+        controlled.add(selection_key(like))
         selected, test_files = _selection(like, per_line, tests)
         _reset_tree(files, None)
         child_config = config_for(test_files)
@@ -953,9 +963,10 @@ def serve(job: dict[str, Any], write: Any) -> None:
     outcomes: list[str] = []
     null_outcome: str | None = None
     control_done = False
+    ran: list[Mutant] = []
     for item in runs:
         if item is None:
-            if not control("control"):
+            if not control("control", mutants[secrets.randbelow(len(mutants))]):
                 break
             control_done = True
         else:
@@ -983,6 +994,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 break
             taken.append(seconds)
             outcomes.append(outcome)
+            ran.append(mutant)
             if mutant.operator == "null_entrypoint":
                 null_outcome = outcome
             write({"mutant": {**mutant.describe(), "outcome": outcome, "seconds": round(seconds, 4),
@@ -993,7 +1005,18 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 write({"decided": decided})
                 break
     if control_done and any(o in ("killed", "timed_out") for o in outcomes):
-        control("closing_control")
+        left: dict[tuple[str, ...] | None, Mutant] = {}
+        for mutant in ran:
+            left.setdefault(selection_key(mutant), mutant)
+        pending = [m for key, m in left.items() if key not in controlled]
+        room = max(1, MAX_CONTROLS - len(controlled))
+        while len(pending) > room:
+            pending.pop(secrets.randbelow(len(pending)))
+        if not pending:  # every selection is controlled: one more, at the end, with a random one
+            pending = [ran[secrets.randbelow(len(ran))]]
+        for mutant in pending:
+            if not control("closing_control", mutant):
+                break
     _reset_tree(files, None)
     write({"done": True, "seconds": round(time.monotonic() - started, 4)})
 
@@ -1023,6 +1046,7 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
     results: list[dict[str, Any]] = []
     done, exhausted, seconds, control = False, False, None, None
     decided: str | None = None
+    controls = 0
     for event in events:
         if "plan" in event:
             plan = event["plan"] if isinstance(event["plan"], dict) else {}
@@ -1031,6 +1055,7 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
                 results.append(event["mutant"])
         elif "control" in event or "closing_control" in event:
             tag = "control" if "control" in event else "closing_control"
+            controls += 1
             outcome = event[tag].get("outcome") if isinstance(event[tag], dict) else None
             if tag == "control" or control == "survived":
                 control = outcome
@@ -1060,6 +1085,8 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         "decided_early": decided,
         "line_tests": bool(plan.get("line_tests")),
         "control": control,
+        "controls": controls,
+        "selections": int(plan.get("selections") or 0),
         "null_entrypoint": null["outcome"] if null else str(plan.get("null_entrypoint", "absent")),
         "unparsable": plan.get("unparsable", []),
         "mutants": results,
