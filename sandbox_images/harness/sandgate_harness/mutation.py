@@ -978,8 +978,9 @@ def serve(job: dict[str, Any], write: Any) -> None:
             # The null entrypoint always runs (it is first) with its whole timeout; the rest
             # start while the budget lasts, and may overrun it by at most a second. A mutant
             # cut short by the budget rather than by its own timeout is not counted.
+            # ... and time for one closing control is kept in reserve
             expected = statistics.median(taken) if taken else min(timeout, baseline)
-            if number > 0 and now + expected > budget_end:
+            if number > 0 and now + 2 * expected > budget_end:
                 write({"budget_exhausted": True})
                 break
             effective = timeout if number == 0 else max(0.2, min(timeout, budget_end + 1.0 - now))
@@ -1014,7 +1015,11 @@ def serve(job: dict[str, Any], write: Any) -> None:
             pending.pop(secrets.randbelow(len(pending)))
         if not pending:  # every selection is controlled: one more, at the end, with a random one
             pending = [ran[secrets.randbelow(len(ran))]]
-        for mutant in pending:
+        expected = statistics.median(taken) if taken else baseline
+        for i, mutant in enumerate(pending):
+            # the first always runs (the time was kept for it); the others while the budget lasts
+            if i > 0 and time.monotonic() + expected > budget_end + 1.0:
+                break
             if not control("closing_control", mutant):
                 break
     _reset_tree(files, None)
