@@ -4,7 +4,8 @@ floor: a bare `docker run` under the same hardening, same image, same payload on
 stdin, doing the same work (semgrep native scan with the same rules, pytest under
 coverage with branch measurement, a JSON coverage report) with no harness.
 sandgate: `sandgate.evaluation.evaluate()` end to end (engine connect, image
-check, payload, sandbox, harness, parsing, gates).
+check, payload, sandbox, harness, parsing, gates), with the mutation phase off:
+the floor does no such work (bench_mutation.py measures that phase).
 
 Runs are interleaved (floor, sandgate, floor, ...) so drift hits both alike.
 Prints medians, the ratio sandgate/floor (target <= 1.15) and per-phase timings
@@ -71,6 +72,8 @@ def main() -> int:
     base = load_policy(settings.policy)
     data = base.model_dump(mode="json", exclude={"name"})
     data["limits"]["runtime"] = args.runtime
+    data["mutation"]["max_mutants"] = 0  # not in the floor; see bench_mutation.py
+    data["gates"]["min_mutation_score"] = 0.0
     policy = parse_policy(data, name=f"bench-{args.runtime}")
     submission = load_submission(args.skill)
     client = connect(settings)

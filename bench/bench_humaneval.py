@@ -8,6 +8,9 @@ policy, ``default`` unless told). Then the same skill with the entry point's bod
 replaced by ``return None`` (the "null" variant) must FAIL: a gate that passes it
 would pass code that does nothing.
 
+The policy's mutation phase runs too: the canonical solutions' mutation scores are
+printed (min, p5, median), and how many failed on a mutation reason alone.
+
 Prints how many pass (listing each that does not, with its reasons and findings)
 and how many null variants fail (listing each that does not). Budget (issue 11):
 at least 160 of 164 pass, every null variant fails; the exit status is 1 otherwise.
@@ -105,6 +108,9 @@ def main() -> int:
     problems = load_problems(args.data)[: args.limit]
     started = time.monotonic()
     passed, not_passed, null_failed, null_not_failed = 0, [], 0, []
+    scores: list[float] = []
+    mutation_only, mutation_seconds, decided_early = [], [], 0
+    mutation_codes = {"mutation_score_below_threshold", "null_entrypoint_survived"}
     for problem in problems:
         source = problem["prompt"] + problem["canonical_solution"]
         variants = [("real", source)]
@@ -116,6 +122,14 @@ def main() -> int:
                 verdict, why = report.verdict, describe(report)
             except SubmissionError as exc:
                 verdict, why = Verdict.rejected, f"rejected: {exc}"
+            m = report.mutation if kind == "real" and not why.startswith("rejected") else None
+            if m is not None and m.ran:
+                if m.score is not None:
+                    scores.append(m.score)
+                mutation_seconds.append(report.timings.get("mutation", 0.0))
+                decided_early += m.decided_early is not None
+                if verdict is not Verdict.passed and {r.code.value for r in report.reasons} <= mutation_codes:
+                    mutation_only.append(problem["task_id"])
             if kind == "real":
                 if verdict is Verdict.passed:
                     passed += 1
@@ -132,6 +146,13 @@ def main() -> int:
           f"({seconds:.0f} s, {seconds / max(1, total * len(variants)):.2f} s per evaluation)")
     for task, verdict, why in not_passed:
         print(f"  not passed  {task}: {verdict}: {why}")
+    if scores:
+        scores.sort()
+        p5 = scores[min(len(scores) - 1, len(scores) // 20)]
+        print(f"mutation scores of the {len(scores)} canonical solutions the phase ran on: min {scores[0]:.1f}, "
+              f"p5 {p5:.1f}, median {scores[len(scores) // 2]:.1f}; {decided_early} stopped once decided; "
+              f"phase {sum(mutation_seconds) / len(mutation_seconds):.2f} s on average; failed on a "
+              f"mutation reason alone: {len(mutation_only)} {mutation_only[:10]}")
     if not args.no_null:
         print(f"null variants (entry point body = `return None`): {null_failed}/{total} fail")
         for task, verdict, why in null_not_failed:

@@ -29,6 +29,9 @@ __all__ = [
     "Finding",
     "SandboxInfo",
     "EntrypointCheck",
+    "Survivor",
+    "MutationSummary",
+    "MutationOperator",
     "EvaluationReport",
     "reason_code",
     "nothing_ran",
@@ -69,6 +72,10 @@ class ReasonCode(str, Enum):
     entrypoint_missing = "entrypoint_missing"
     #: no passing test executed the entrypoint's body
     entrypoint_not_tested = "entrypoint_not_tested"
+    #: the tests killed too few of the harness's mutants (``min_mutation_score``)
+    mutation_score_below_threshold = "mutation_score_below_threshold"
+    #: the tests still pass when the entrypoint's body is ``return None``
+    null_entrypoint_survived = "null_entrypoint_survived"
 
 
 class _Model(BaseModel):
@@ -170,6 +177,54 @@ class EntrypointCheck(_Model):
     tested_by: list[str] = Field(default_factory=list)
 
 
+MutationOperator = Literal["null_entrypoint", "raising_entrypoint", "comparison", "arithmetic",
+                           "boolean", "negate", "constant", "remove"]
+
+
+class Survivor(_Model):
+    """A mutant no selected test noticed: the tests pass with this line changed."""
+
+    file: str
+    line: int
+    operator: MutationOperator
+    #: the source line before and after the mutation (stripped, capped)
+    before: str
+    after: str
+
+
+class MutationSummary(_Model):
+    """The mutation phase. Outcomes are claims of the mutant's process (submitted code)."""
+
+    #: False: the phase did not run (``skipped_reason`` says why)
+    ran: bool = False
+    skipped_reason: str | None = None
+    #: the phase did not finish (the server died or was stopped); None when it did
+    problem: str | None = None
+    #: percent of the mutants run that were killed or timed out; None when none ran
+    score: float | None = None
+    killed: int = 0
+    survived: int = 0
+    timed_out: int = 0
+    #: mutants selected within ``max_mutants`` / mutants actually run
+    total: int = 0
+    run: int = 0
+    #: candidate edits found on covered lines (before the budget)
+    generated: int = 0
+    #: the seconds budget (or the deadline) stopped the phase before every selected mutant ran
+    budget_exhausted: bool = False
+    #: "pass" / "fail": the phase stopped once the mutants left could not change the gates'
+    #: outcome under the evaluation's policy (``mutation.stop_when_decided``); None: it did not
+    decided_early: Literal["pass", "fail"] | None = None
+    #: the tests were selected per line from coverage contexts (False: every test per mutant)
+    line_tests: bool = False
+    #: control runs of the unmutated skill (each must pass, or no kill counts)
+    controls: int = 0
+    #: "killed", "survived", "timed_out", or why there is no null entrypoint mutant
+    null_entrypoint: str = "not run"
+    survivors: list[Survivor] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
 class EvaluationReport(_Model):
     schema_version: Literal[1] = 1
     evaluation_id: str
@@ -185,6 +240,8 @@ class EvaluationReport(_Model):
     #: the entrypoint check (None: the dynamic phase did not run, or an older report)
     entrypoint: EntrypointCheck | None = None
     sandbox: SandboxInfo | None = None
+    #: the mutation phase (None: not part of this evaluation)
+    mutation: MutationSummary | None = None
     #: seconds per phase: intake, static, dynamic, total (and container start/stop)
     timings: dict[str, float] = Field(default_factory=dict)
     #: the skill's captured output (capped), for people reading a failure

@@ -58,10 +58,12 @@ def slow_skill(seconds: float = 5.0) -> Any:
         "skill.toml": b'name = "slow_skill"\ndescription = "slow tests"\nentrypoint = "slow_skill:run"\n'
                       b"requirements = []\n",
         "slow_skill.py": b"def run(x):\n    return x + 1\n",
+        # the assert first: a mutant fails at once, only the dynamic phase and the
+        # mutation phase's controls (the unmutated skill) sleep
         "tests/test_slow_skill.py": (
             "import time\n\nfrom slow_skill import run\n\n\ndef test_run():\n"
-            f"    for _ in range({int(seconds * 10)}):\n        time.sleep(0.1)\n"
             "    assert run(1) == 2\n"
+            f"    for _ in range({int(seconds * 10)}):\n        time.sleep(0.1)\n"
         ).encode(),
     })  # fmt: skip
 

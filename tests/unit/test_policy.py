@@ -24,6 +24,7 @@ from sandgate.report import (
 from sandgate.policy import (
     Gates,
     Limits,
+    Mutation,
     Policy,
     Promotion,
     decide,
@@ -597,8 +598,12 @@ def test_load_default() -> None:
         min_tests=1,
         min_line_coverage=80.0,
         min_branch_coverage=0.0,
+        min_mutation_score=60.0,
+        null_entrypoint_must_be_killed=True,
         blocked_severities=["critical", "high"],
     )
+    assert p.mutation == Mutation(max_mutants=20, seconds=20.0, stop_when_decided=True)
+    assert p.gates == Gates() and p.mutation == Mutation()  # built-in defaults = default.toml
     assert p.limits == Limits(
         runtime="runc",
         timeout_seconds=60,
@@ -618,6 +623,7 @@ def test_load_strict() -> None:
     assert p.limits.runtime == "runsc"
     assert p.gates.min_line_coverage == 90.0
     assert p.gates.min_branch_coverage == 80.0
+    assert p.gates.min_mutation_score == 65.0 and p.mutation.seconds == 30.0
     assert set(p.gates.blocked_severities) == {"critical", "high", "medium"}
     assert p.promotion.mode_for("anything") == "manual"
     assert p.hash != load_policy("default", policies_dir=POLICIES_DIR).hash
@@ -718,7 +724,14 @@ memory_mb=512
 timeout_seconds=60.0
 runtime="runc"
 
+[mutation]
+stop_when_decided=true
+seconds=20.0
+max_mutants=20
+
 [gates]
+null_entrypoint_must_be_killed=true
+min_mutation_score=60
 blocked_severities=["high","critical","high"]
 min_branch_coverage=0
 min_line_coverage=80

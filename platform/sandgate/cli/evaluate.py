@@ -106,6 +106,8 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
             if f.missed_lines:
                 out.print(_line((f"  {f.path}: missed lines {', '.join(map(str, f.missed_lines[:20]))}",
                                  "dim")))
+    if report.mutation:
+        render_mutation(report, out)
     if report.findings:
         table = Table("severity", "rule", "where", "message", title="findings")
         for f in report.findings:
@@ -120,6 +122,32 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
     if report.timings:
         out.print(_line(("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()),
                          "dim")))
+
+
+def render_mutation(report: EvaluationReport, out: Console) -> None:
+    """Score and survivors. Everything from the submission is printed literally."""
+    m = report.mutation
+    if m is None:
+        return
+    if not m.ran:
+        out.print(_line(f"mutation: not run ({m.skipped_reason or 'skipped'})"))
+        return
+    score = f"{m.score:.1f}%" if m.score is not None else "no score"
+    extra = ", budget exhausted" if m.budget_exhausted else ""
+    if m.decided_early:
+        extra += f", stopped early ({m.decided_early} decided)"
+    out.print(_line(f"mutation: score {score} ({m.killed} killed, {m.timed_out} timed out, "
+                    f"{m.survived} survived of {m.run} run; {m.total} selected, {m.generated} candidates"
+                    f"{extra}); null entrypoint {m.null_entrypoint}"))
+    if m.problem:
+        out.print(_line(f"  mutation phase incomplete: {m.problem}"))
+    if m.survivors:
+        table = Table("where", "operator", "before", "after", title="surviving mutants")
+        for s in m.survivors[:20]:
+            table.add_row(_line(f"{s.file}:{s.line}"), _line(s.operator), _line(s.before), _line(s.after))
+        out.print(table)
+        if len(m.survivors) > 20:
+            out.print(_line(f"  … and {len(m.survivors) - 20} more"))
 
 
 def register(app: typer.Typer) -> None:

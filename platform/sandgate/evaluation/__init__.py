@@ -1,7 +1,8 @@
 """Evaluation: one run of a version under a policy, in one sandbox.
 
 static phase (semgrep on the stored bytes, before any submitted code runs)
-→ dynamic phase (pytest + coverage) → report → gates → verdict.
+→ dynamic phase (pytest + coverage) → mutation phase (when the tests passed)
+→ report → gates → verdict.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ LIMITS_STATEMENTS = [
     "the sandbox (no network, no capabilities, limits) is what contains it.",
     "Coverage measures lines and branches executed by the submitted tests, not the quality "
     "of their assertions.",
+    "Mutation outcomes are reported by the process that runs the mutated submitted code: a "
+    "skill can make mutants look killed; it cannot make tests that check nothing kill them.",
 ]
 
 
@@ -104,6 +107,16 @@ def evaluate(
             "fail_fast": False,
             "static": "static" in phases,
             "dynamic": "dynamic" in phases,
+            "mutation": {
+                "max_mutants": policy.mutation.max_mutants if "dynamic" in phases else 0,
+                "seconds": float(policy.mutation.seconds),
+                "stop_when_decided": policy.mutation.stop_when_decided,
+                "min_score": float(policy.gates.min_mutation_score),
+                "null_must_be_killed": policy.gates.null_entrypoint_must_be_killed,
+                "min_line_coverage": float(policy.gates.min_line_coverage),
+                "allow_skips": policy.gates.allow_skips,
+                "memory_bytes": limits.memory_bytes,
+            },
         }).encode()
         run = run_sandbox(
             client,

@@ -17,9 +17,11 @@ from sandgate.report import (
     EvaluationReport,
     FileCoverage,
     Finding,
+    MutationSummary,
     Reason,
     ReasonCode,
     SandboxInfo,
+    Survivor,
     TestCase,
     TestSummary,
 )
@@ -103,6 +105,64 @@ def _entrypoint(data: Any) -> EntrypointCheck:
     )
 
 
+_OPERATORS = {"null_entrypoint", "raising_entrypoint", "comparison", "arithmetic", "boolean",
+              "negate", "constant", "remove"}
+_MAX_SURVIVORS = 200
+
+
+def _text(value: Any, limit: int) -> str:
+    return str(value if value is not None else "")[:limit]
+
+
+def _mutation(data: Any) -> MutationSummary | None:
+    """The harness's ``mutation`` section. The counts are recomputed from the mutant list."""
+    if not isinstance(data, dict):
+        return None
+    if not data.get("ran"):
+        return MutationSummary(ran=False, skipped_reason=_text(data.get("skipped_reason") or "not run", 500))
+    mutants = [m for m in data.get("mutants") or [] if isinstance(m, dict)][:5000]
+    outcomes = [m.get("outcome") for m in mutants]
+    killed, survived, timed_out = (outcomes.count(k) for k in ("killed", "survived", "timed_out"))
+    run = killed + survived + timed_out
+    survivors: list[Survivor] = []
+    for m in mutants:
+        if m.get("outcome") != "survived" or len(survivors) >= _MAX_SURVIVORS:
+            continue
+        operator = m.get("operator")
+        survivors.append(Survivor(
+            file=_text(m.get("file"), 500),
+            line=int(m.get("line") or 0),
+            operator=operator if operator in _OPERATORS else "remove",
+            before=_text(m.get("before"), 300),
+            after=_text(m.get("after"), 300),
+        ))
+    null = next((m.get("outcome") for m in mutants if m.get("operator") == "null_entrypoint"), None)
+    null_text = null if null in ("killed", "survived", "timed_out") else _text(
+        data.get("null_entrypoint") or "not run", 300)
+    if null_text == "made":  # made but never reported: the phase stopped first
+        null_text = "not run"
+    decided = data.get("decided_early")
+    seconds = data.get("wall_seconds", data.get("seconds")) or 0.0
+    return MutationSummary(
+        ran=True,
+        problem=_text(data["problem"], 500) if data.get("problem") else None,
+        score=round(100.0 * (killed + timed_out) / run, 2) if run else None,
+        killed=killed,
+        survived=survived,
+        timed_out=timed_out,
+        total=max(int(data.get("total") or 0), run),
+        run=run,
+        generated=int(data.get("generated") or 0),
+        budget_exhausted=bool(data.get("budget_exhausted")),
+        decided_early=decided if decided in ("pass", "fail") else None,
+        line_tests=bool(data.get("line_tests")),
+        controls=max(0, int(data.get("controls") or 0)),
+        null_entrypoint=null_text,
+        survivors=survivors,
+        seconds=round(float(seconds), 4),
+    )
+
+
 def _findings(static: dict[str, Any], reasons: list[Reason]) -> list[Finding]:
     try:
         return [Finding(**f) for f in static.get("findings", [])]
@@ -117,6 +177,11 @@ def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | Non
     cgroup = harness.get("cgroup") or {}
     dynamic = harness.get("dynamic") or {}
     oom = run.oom_killed or bool(cgroup.get("oom_kills"))
+    mutation_data = harness.get("mutation")
+    if isinstance(mutation_data, dict) and mutation_data.get("ran") and isinstance(cgroup.get("oom_kills"), int):
+        # The harness read the cgroup's counters before the mutation phase: a mutant
+        # killed for memory is a killed mutant, not a limit the skill hit.
+        oom = bool(cgroup.get("oom_kills"))
     timed_out = run.timed_out or bool(dynamic.get("timed_out"))
     sandbox = SandboxInfo(
         runtime=run.runtime,
@@ -196,4 +261,15 @@ def build_report(base: EvaluationReport, run: SandboxRun, *, image_id: str | Non
                else f"exited with status {dynamic.get('returncode')}")
         reasons.append(Reason(code=ReasonCode.crashed,
                               message=f"the test process {how} after reporting results"))
+
+    # Mutation phase
+    if isinstance(mutation_data, dict) or "mutation" in harness:
+        internal = mutation_data.get("internal_error") if isinstance(mutation_data, dict) else None
+        if internal:
+            reasons.append(Reason(code=ReasonCode.infrastructure,
+                                  message=f"the mutation phase failed in the harness: {internal}"[:600]))
+        try:
+            update["mutation"] = _mutation(mutation_data)
+        except (ValidationError, TypeError, ValueError, AttributeError) as exc:
+            update["mutation"] = MutationSummary(ran=True, problem=f"the mutation results were malformed: {exc}"[:500])
     return base.model_copy(update={**update, "reasons": reasons})

@@ -54,6 +54,13 @@ def suggested_module(name: str) -> str:
 def system_prompt(policy: Policy) -> str:
     g, lim = policy.gates, policy.limits
     coverage = f"line coverage of the module of at least {g.min_line_coverage:g}%"
+    mutation = ""
+    if policy.mutation.max_mutants > 0 and (g.min_mutation_score > 0 or g.null_entrypoint_must_be_killed):
+        mutation = ("\n- Mutation testing: small changes are made to your module (`<` → `<=`, `+` → `-`, "
+                    "constants ±1, negated conditions, removed lines, the entrypoint returning None) "
+                    "and your tests must fail for them"
+                    + (f" (at least {g.min_mutation_score:g}% of them)" if g.min_mutation_score > 0 else "")
+                    + ": assert exact results, boundaries and errors, not just that code runs.")
     if g.min_branch_coverage > 0:
         coverage += f" and branch coverage of at least {g.min_branch_coverage:g}%"
     blocked = ", ".join(g.blocked_severities) or "none"
@@ -143,7 +150,7 @@ run is killed after {lim.timeout_seconds:g} seconds; memory {lim.memory_mb} MB).
 - Every test passes, and at least {max(g.min_tests, 1)} test(s) exist.
 - {coverage[0].upper() + coverage[1:]}: test every branch, including error paths \
 (`pytest.raises`) and edge cases.
-- No static finding of a blocked severity ({blocked}).
+- No static finding of a blocked severity ({blocked}).{mutation}
 
 Tests import the module by name (`from <module> import <function>`); the module's \
 directory is on the import path."""
@@ -214,6 +221,34 @@ def format_lines(lines: Iterable[int]) -> str:
     return ", ".join(ranges)
 
 
+MAX_SURVIVORS = 10
+
+
+def mutation_feedback(report: EvaluationReport) -> list[str]:
+    """Surviving mutants as concrete sentences: "your tests do not notice when line 12 ..."."""
+    m = report.mutation
+    if m is None or not m.ran or not m.survivors:
+        return []
+    score = f"{m.score:g}%" if m.score is not None else "no score"
+    out = ["", f"Mutation testing: {score} of {m.run} small changes to your module were caught by "
+               "your tests. Your tests do not notice when:"]
+    for s in m.survivors[:MAX_SURVIVORS]:
+        if s.operator == "null_entrypoint":
+            out.append(f"- {s.file}: the entrypoint's whole body becomes `return None` "
+                       "(assert on the values it returns)")
+        elif s.operator == "raising_entrypoint":
+            out.append(f"- {s.file}: the entrypoint's whole body becomes `raise NotImplementedError`")
+        elif s.after == "pass":
+            out.append(f"- {s.file} line {s.line} `{_tail(s.before, 160)}` is removed")
+        else:
+            out.append(f"- {s.file} line {s.line} `{_tail(s.before, 160)}` becomes "
+                       f"`{_tail(s.after, 160)}`")
+    if len(m.survivors) > MAX_SURVIVORS:
+        out.append(f"- … and {len(m.survivors) - MAX_SURVIVORS} more")
+    out.append("Add assertions on exact results (boundaries, error cases) that fail for each change.")
+    return out
+
+
 def repair_prompt(report: EvaluationReport, policy: Policy, *, attempt: int) -> str:
     """What went wrong in ``report``, concretely, and what to send back."""
     verdict = report.verdict.value
@@ -248,6 +283,8 @@ def repair_prompt(report: EvaluationReport, policy: Policy, *, attempt: int) -> 
                 line += f" ({f.missed_branches} branch(es) never taken)"
             out.append(line)
         out.append("Add tests that execute those lines (or remove code that is not needed).")
+
+    out += mutation_feedback(report)
 
     if report.findings:
         out += ["", "Static findings (blocked severities: "

@@ -13,8 +13,9 @@ Which reasons come from where
     *Policy-dependent* reasons (``policy_violation``, ``no_tests``,
     ``tests_failed``, ``tests_not_run``, ``coverage_below_threshold``,
     ``branch_coverage_below_threshold``) and the reasons computed from the
-    report's test and entrypoint data (``vacuous_tests``, ``skipped_tests``,
-    ``entrypoint_missing``, ``entrypoint_not_tested``) found in the report are
+    report's test, entrypoint and mutation data (``vacuous_tests``, ``skipped_tests``,
+    ``entrypoint_missing``, ``entrypoint_not_tested``, ``null_entrypoint_survived``,
+    ``mutation_score_below_threshold``) found in the report are
     dropped and recomputed, so deciding a stored report again under another policy is
     correct, and deciding twice gives the same answer. The report's incoming
     ``verdict`` is ignored.
@@ -50,11 +51,26 @@ Coverage
     and the code has branches (``coverage.branches > 0``): straight-line code
     has nothing to cover.
 
+Mutation
+    ``null_entrypoint_survived`` when ``null_entrypoint_must_be_killed`` and the
+    mutant whose entrypoint body is ``return None`` survived (the tests pass
+    whatever the entrypoint returns). ``mutation_score_below_threshold`` when
+    ``min_mutation_score > 0`` and the score (killed + timed out over run) is
+    below it, or when there is no score although there was something to
+    mutate (the phase was skipped, did not complete, or ran no mutant within
+    its budget) and no other reason explains it: the gate fails closed. A
+    skill with nothing to mutate (no mutant could be made) passes the score
+    gate, and so does a report without a ``mutation`` section (the phase was
+    not part of that evaluation: the policy turned it off, a static-only
+    re-scan, a report stored before the phase existed). A phase that stopped
+    early (``decided_early``) was decided for the evaluation's own policy;
+    re-deciding it under another threshold uses the mutants that ran.
+
 Order of reasons
     Root causes first: sandbox limits, ``crashed``, ``policy_violation``,
     ``entrypoint_missing``, ``no_tests``, ``tests_failed``, ``tests_not_run``,
     ``skipped_tests``, ``vacuous_tests``, ``entrypoint_not_tested``, coverage,
-    branch coverage.
+    branch coverage, null entrypoint, mutation score.
 """
 
 from __future__ import annotations
@@ -64,6 +80,7 @@ from sandgate.report import (
     EntrypointCheck,
     EvaluationReport,
     Finding,
+    MutationSummary,
     Reason,
     ReasonCode,
     SandboxInfo,
@@ -89,6 +106,8 @@ POLICY_DEPENDENT_CODES: frozenset[ReasonCode] = frozenset(
         RC.skipped_tests,
         RC.entrypoint_missing,
         RC.entrypoint_not_tested,
+        RC.null_entrypoint_survived,
+        RC.mutation_score_below_threshold,
     }
 )
 
@@ -112,6 +131,8 @@ REASON_ORDER: tuple[ReasonCode, ...] = (
     RC.entrypoint_not_tested,
     RC.coverage_below_threshold,
     RC.branch_coverage_below_threshold,
+    RC.null_entrypoint_survived,
+    RC.mutation_score_below_threshold,
 )
 _RANK = {code: i for i, code in enumerate(REASON_ORDER)}
 
@@ -376,6 +397,48 @@ def _coverage_reasons(
     return reasons
 
 
+_MAX_LISTED_SURVIVORS = 3
+
+
+def _mutation_reasons(mutation: MutationSummary | None, gates: Gates, explained: bool) -> list[Reason]:
+    reasons: list[Reason] = []
+    if mutation is None:
+        return []
+    ran = mutation.ran
+    if gates.null_entrypoint_must_be_killed and ran and mutation.null_entrypoint == "survived":
+        where = next((f" ({s.file}:{s.line})" for s in mutation.survivors
+                      if s.operator == "null_entrypoint"), "")
+        reasons.append(Reason(code=RC.null_entrypoint_survived, message=(
+            f"the tests still pass when the entrypoint's body is replaced by `return None`{where}: "
+            f"they do not check what the entrypoint returns")))
+    if gates.min_mutation_score <= 0:
+        return reasons
+    if not ran:
+        if not explained:
+            why = mutation.skipped_reason or "the mutation phase did not run"
+            reasons.append(Reason(code=RC.mutation_score_below_threshold,
+                                  message=f"no mutation score ({why})"))
+        return reasons
+    if mutation.problem:
+        reasons.append(Reason(code=RC.mutation_score_below_threshold,
+                              message=f"the mutation phase did not complete: {mutation.problem}"))
+        return reasons
+    if mutation.score is None:
+        if mutation.total > 0:
+            reasons.append(Reason(code=RC.mutation_score_below_threshold, message=(
+                f"no mutation score: none of {_plural(mutation.total, 'mutant')} ran within the budget")))
+        return reasons
+    if mutation.score < gates.min_mutation_score:
+        got, need = _pct_pair(mutation.score, gates.min_mutation_score)
+        listed = mutation.survivors[:_MAX_LISTED_SURVIVORS]
+        items = "; ".join(f"{s.file}:{s.line} {s.operator} `{s.before}` → `{s.after}`" for s in listed)
+        detail = f"; surviving: {items}{_more(len(listed), mutation.survived)}" if listed else ""
+        reasons.append(Reason(code=RC.mutation_score_below_threshold, message=(
+            f"mutation score {got}% is below the minimum {need}% "
+            f"({mutation.killed + mutation.timed_out} of {mutation.run} mutants killed){detail}")))
+    return reasons
+
+
 # -- the decision -------------------------------------------------------------
 
 
@@ -413,5 +476,7 @@ def decide(report: EvaluationReport, policy: Policy) -> tuple[Verdict, list[Reas
         *_entrypoint_reasons(report.entrypoint, report.tests),
         *_coverage_reasons(report.coverage, report.tests, gates, bool(test_reasons)),
     ]
+    explained = bool(computed) or bool(carried)
+    computed += _mutation_reasons(report.mutation, gates, explained)
     reasons = _ordered(_dedupe([*carried, *computed]))
     return (Verdict.failed if reasons else Verdict.passed), reasons

@@ -29,6 +29,7 @@ __all__ = [
     "PromotionMode",
     "Gates",
     "Limits",
+    "Mutation",
     "Promotion",
     "Policy",
     "parse_policy",
@@ -58,6 +59,12 @@ class Gates(_Strict):
     min_line_coverage: float = Field(default=80.0, ge=0.0, le=100.0)
     #: percent of branches covered; 0 disables the gate
     min_branch_coverage: float = Field(default=0.0, ge=0.0, le=100.0)
+    #: percent of the mutants run that the tests kill (timed-out mutants count as killed);
+    #: 0 disables the gate
+    min_mutation_score: float = Field(default=60.0, ge=0.0, le=100.0)
+    #: the mutant whose entrypoint body is ``return None`` must be killed
+    #: (``null_entrypoint_survived``); applies when the mutation phase ran
+    null_entrypoint_must_be_killed: bool = True
     #: skipped, xfailed and xpassed tests are tolerated (never counted); false → ``skipped_tests``
     allow_skips: bool = False
     #: findings of these severities fail the evaluation with ``policy_violation``
@@ -68,6 +75,18 @@ class Gates(_Strict):
     def _normalise_severities(cls, value: list[str]) -> list[str]:
         # order and repetition are cosmetic: normalise so the hash ignores them
         return sorted(set(value), key=SEVERITIES.index, reverse=True)
+
+
+class Mutation(_Strict):
+    """The mutation phase's budget (see ``sandgate_harness.mutation``)."""
+
+    #: mutants run at most, the null entrypoint included; 0 turns the phase off
+    max_mutants: int = Field(default=20, ge=0, le=1000)
+    #: seconds the phase may take at most (also bounded by ``limits.timeout_seconds``)
+    seconds: float = Field(default=20.0, gt=0, le=3600)
+    #: stop once the mutants left cannot change the gates' outcome (the verdict is the
+    #: same; fewer survivors are listed); false runs every selected mutant
+    stop_when_decided: bool = True
 
 
 class Promotion(_Strict):
@@ -97,6 +116,7 @@ class Policy(_Strict):
     description: str = ""
     gates: Gates = Field(default_factory=Gates)
     limits: Limits = Field(default_factory=Limits)
+    mutation: Mutation = Field(default_factory=Mutation)
     promotion: Promotion = Field(default_factory=Promotion)
 
     def canonical_json(self) -> str:

@@ -3,8 +3,11 @@
 It is the only trusted code inside the sandbox. It receives the payload (skill
 files, semgrep rules, run config) as a tar stream on stdin, runs the static
 phase (semgrep's native engine, before any submitted code runs), then the
-dynamic phase (pytest + coverage in a child process), and writes ONE JSON line
-to its stdout, which no other process in the container holds.
+dynamic phase (pytest + coverage in a child process), then, when nothing has
+already failed the verdict, the mutation phase (``sandgate_harness.mutation``:
+harness-made mutants, one forked child each, controls of the unmutated skill),
+and writes its signed lines to its stdout, which no other process in the
+container holds.
 
 Trust boundary:
 - semgrep's findings are read from semgrep's own pipe before submitted code runs.
@@ -17,6 +20,10 @@ Trust boundary:
   ``unreported_tests``). Forging needs the signer from the runner's memory
   (closure cells, gc), which the static rules make hard.  This is "hard to
   fake", not "impossible to fake": the report states it.
+- mutant outcomes are the exit statuses of forked children running submitted
+  code: claims, like test results. The mutation server never imports the skill,
+  rewrites the skill directory from the payload's bytes before each child, and
+  its result pipe is closed in every child; see that module's docstring.
 - after the child exits, every other process in the container is SIGKILLed
   before results are accepted; the harness is non-dumpable (no ptrace, no
   /proc/1/fd by the same uid under runc) and, as PID 1, ignores signals from

@@ -333,6 +333,127 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
     }
 
 
+def mutation_skip(config: dict[str, Any], dynamic: dict[str, Any]) -> str | None:
+    """Why the mutation phase would change nothing (the verdict is already ``failed``), or None.
+
+    Only what fails every policy the job was made for: the mutation phase runs on a
+    clean, complete, all-passing dynamic phase whose tests assert something, whose
+    entrypoint resolved and was tested, and whose coverage reaches the job's minimum.
+    """
+    settings = config.get("mutation") or {}
+    result = dynamic.get("result")
+    if not dynamic.get("ran") or not isinstance(result, dict) or dynamic.get("problem"):
+        return "the dynamic phase did not pass"
+    if dynamic.get("timed_out") or dynamic.get("output_truncated") or dynamic.get("returncode") != 0:
+        return "the dynamic phase did not pass"
+    cases = [c for c in result.get("cases") or [] if isinstance(c, dict)]
+    outcomes = [c.get("outcome") for c in cases]
+    if result.get("exit_status") != 0 or result.get("collect_errors"):
+        return "the dynamic phase did not pass"
+    if "passed" not in outcomes or not all(o in ("passed", "skipped", "xfailed", "xpassed") for o in outcomes):
+        return "the dynamic phase did not pass"
+    if not settings.get("allow_skips", False) and (result.get("collect_skipped") or any(
+            o != "passed" for o in outcomes)):
+        return "tests were skipped and the policy does not allow it"
+    if any(c.get("outcome") == "passed" and (not c.get("assertions") or c.get("failed_assertions"))
+           for c in cases):
+        return "vacuous tests"
+    entry = result.get("entrypoint")
+    if config.get("entrypoint") and (not isinstance(entry, dict) or not entry.get("resolved")
+                                     or not entry.get("tested_by")):
+        return "the entrypoint did not resolve or no passing test executed it"
+    minimum = float(settings.get("min_line_coverage") or 0.0)
+    totals = (result.get("coverage") or {}).get("totals") if isinstance(result.get("coverage"), dict) else None
+    if minimum > 0:
+        if not isinstance(totals, dict):
+            return "no coverage data"
+        statements, covered = int(totals.get("num_statements") or 0), int(totals.get("covered_lines") or 0)
+        percent = round(100.0 * covered / statements, 2) if statements else 100.0
+        if percent < minimum:
+            return "line coverage is below the policy's minimum"
+    return None
+
+
+def run_mutation(config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any],
+                 deadline: float) -> dict[str, Any]:
+    """The mutation server (``sandgate_harness.mutation``) in its own session; see that module.
+
+    The server receives the skill's files as the harness received them (never
+    what the dynamic phase left on disk) and the runner's per-line passing tests
+    (``line_tests``). Stopped, with everything else, at the evaluation's deadline
+    less a margin for the final line.
+    """
+    settings = config["mutation"]
+    result = dynamic["result"]
+    started = time.monotonic()
+    stop_at = deadline - 1.5
+    seconds = max(0.0, min(float(settings.get("seconds", 20.0)), stop_at - started - 0.5))
+    job = {
+        "files": {path: data.hex() for path, data in skill.items()},
+        "tests": config["tests"],
+        "module_files": config.get("sources"),
+        "entrypoint": config.get("entrypoint"),
+        "max_mutants": int(settings.get("max_mutants", 20)),
+        "seconds": seconds,
+        "min_score": float(settings.get("min_score") or 0.0),
+        "null_must_be_killed": bool(settings.get("null_must_be_killed", True)),
+        "stop_when_decided": bool(settings.get("stop_when_decided", True)),
+        "line_tests": result.get("line_tests"),
+        "coverage": result.get("coverage"),
+        "cases": result.get("cases"),
+        "baseline_seconds": result.get("seconds"),
+        "memory_bytes": settings.get("memory_bytes"),
+    }
+    res_r, res_w = os.pipe()
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/home", "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+    os.makedirs("/tmp/home", exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-m", "sandgate_harness.mutation", str(res_w)],
+        cwd=WORK, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL, pass_fds=(res_w,), start_new_session=True,
+    )
+    os.close(res_w)
+    reader = _CappedReader(res_r, MAX_RESULT, _kill_everything_else)
+    reader.start()
+    problem = None
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.close()
+    except OSError:
+        problem = "the mutation server did not accept its job"
+    try:
+        returncode = proc.wait(timeout=max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill_everything_else()
+        returncode = proc.wait()
+        problem = problem or "the mutation server was stopped at the evaluation's deadline"
+    _kill_everything_else()
+    reader.join(5)
+    events = []
+    for line in reader.data().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            problem = problem or "the mutation server wrote a line that is not JSON"
+            break
+        if isinstance(event, dict):
+            events.append(event)
+    if returncode != 0 and problem is None:
+        problem = f"the mutation server exited with status {returncode}"
+    if reader.truncated:
+        problem = "the mutation result channel exceeded its size cap"
+    from sandgate_harness.mutation import summarise
+
+    out = summarise(events, problem)
+    out["wall_seconds"] = time.monotonic() - started
+    return out
+
+
 def signed_line(key: bytes, kind: str, body: dict[str, Any]) -> str:
     """``SGH1 <kind> <hmac-sha256 hex> <json>``: the controller accepts only lines it can verify.
 
@@ -384,7 +505,30 @@ def main() -> int:
     if config.get("dynamic", True) and "dynamic" not in out:
         out["dynamic"] = run_dynamic(config, deadline)
         out["timings"]["dynamic"] = out["dynamic"]["seconds"]
+    # taken before mutants run: a mutant that exhausts memory or processes is a
+    # killed mutant, not a limit the skill hit
     out["cgroup"] = cgroup_stats()
+    mutation = config.get("mutation") or {}
+    if int(mutation.get("max_mutants", 0) or 0) > 0 and "dynamic" in out and out["dynamic"].get("ran"):
+        blocked = set(config.get("blocked_severities", []))
+        skip = mutation_skip(config, out["dynamic"])
+        if skip is not None:
+            out["mutation"] = {"ran": False, "skipped_reason": skip}
+        elif any(f.get("severity") in blocked for f in (out.get("static") or {}).get("findings", [])):
+            out["mutation"] = {"ran": False, "skipped_reason": "static findings of a blocked severity"}
+        elif deadline - time.monotonic() < 4.0:
+            out["mutation"] = {"ran": False, "skipped_reason": "no time left before the deadline"}
+        else:
+            try:
+                out["mutation"] = run_mutation(config, skill, out["dynamic"], deadline)
+            except Exception as exc:  # noqa: BLE001 - the harness's fault, never the skill's
+                out["mutation"] = {"ran": False, "skipped_reason": "the harness failed",
+                                   "internal_error": f"{type(exc).__name__}: {exc}"[:500]}
+            else:
+                out["timings"]["mutation"] = out["mutation"]["wall_seconds"]
+                for name in ("generate_seconds", "children_seconds"):
+                    if isinstance(out["mutation"].get(name), (int, float)):
+                        out["timings"][f"mutation_{name.removesuffix('_seconds')}"] = out["mutation"][name]
     out["timings"]["harness_total"] = time.monotonic() - started
     emit(key, "final", out)
     return 0

@@ -1,0 +1,1108 @@
+"""The mutation phase: do the skill's tests notice when its code is wrong?
+
+The harness (never the submission) makes mutants from the skill's AST — the
+non-test ``.py`` files — on lines the tests executed, and runs, for each
+mutant, only the tests that cover the mutated line. A mutant is *killed* when
+a selected test fails or errors, when its process crashes, or when it runs
+past its timeout (``timed_out``); it *survives* when every selected test
+passes. One mutant is always made and always run: the entrypoint's body
+replaced by ``return None`` (the *null entrypoint*); tests that do not notice
+it test nothing.
+
+Operators (``Mutant.operator``)
+    ``comparison`` (``<``↔``<=``, ``>``↔``>=``, ``==``↔``!=``, ``is``↔``is not``,
+    ``in``↔``not in``), ``arithmetic`` (``+``↔``-``, ``*``↔``/``, ``//``→``/``,
+    ``%``→``//``, ``**``→``*``, ``<<``↔``>>``, ``&``↔``|``, ``^``→``&``, also in
+    augmented assignments), ``boolean`` (``and``↔``or``), ``constant`` (ints
+    ±1, ``True``↔``False``, non-empty strings → ``""``), ``negate`` (``if x`` →
+    ``if not (x)``, also ``while`` and conditional expressions),
+    ``remove`` (a statement inside a function → ``pass``), ``null_entrypoint``
+    (body → ``return None``) and ``raising_entrypoint`` (body → ``raise
+    NotImplementedError``).
+
+Each mutant is an edit of the source *text* (so the report can show the one
+line before and after, and line numbers stay the same), checked by parsing the
+edited text and comparing its AST with the expected mutated AST: an edit that
+does not produce exactly the intended program is dropped.
+
+Process model
+    ``python3 -I -m sandgate_harness.mutation RESULT_FD`` reads its job (the
+    pristine skill files as the harness received them, the dynamic phase's
+    results, the budget) as JSON on stdin. It imports pytest and never the
+    skill, then forks one child per mutant. Before each child it rewrites
+    ``/work/skill`` from the pristine files (whatever the dynamic phase or an
+    earlier mutant wrote there is gone) and empties the scratch directories.
+    The child closes every inherited descriptor, starts its own session,
+    installs the mutated source with an import hook (the file on disk stays
+    pristine, see :func:`install_mutant`), and runs pytest with the dynamic
+    phase's trusted configuration on the selected tests; its exit status is
+    its outcome. A control run of the unmutated skill, at a random position
+    among the first mutants and with the tests of a mutant chosen at random,
+    must survive, or no kill counts; so must a closing control after the last
+    mutant when any was killed.
+    Tests are selected per mutated line from the runner's ``line_tests`` (the
+    passing tests whose coverage context executed that line). The phase stops
+    once the mutants not yet run cannot change the outcome of the job's gates
+    (``min_score``, ``null_must_be_killed``; see :func:`decision`), unless the
+    job says ``stop_when_decided: false``.
+    After each child, every process other than the server and PID 1 is
+    killed. The server writes one JSON line per event to RESULT_FD.
+
+Trust
+    The child runs submitted code: "all selected tests passed" and "a test
+    failed" are claims of that code, like the dynamic phase's results. A
+    skill can make every mutant look killed (a test that notices it runs
+    under a mutant and fails); it cannot make the null entrypoint or any other
+    mutant *survive* with tests that do not check behaviour, which is what the
+    gate is for. See README ("how results are kept honest").
+"""
+
+from __future__ import annotations
+
+import ast
+import gc
+import hashlib
+import json
+import os
+import random
+import re
+import secrets
+import shutil
+import signal
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sandgate_harness.payload import write_tree
+
+SKILL_DIR = "/work/skill"
+#: writable places a test could leave state in for a later mutant; emptied before each child
+SCRATCH_DIRS = ("/work", "/tmp", "/dev/shm", "/var/tmp", "/run/lock")
+MAX_SOURCE_BYTES = 1024 * 1024
+MAX_CANDIDATES = 20000
+#: control runs at most per phase (the first one included)
+MAX_CONTROLS = 4
+
+_COMPARE = {
+    ast.Lt: (ast.LtE, "<", "<="), ast.LtE: (ast.Lt, "<=", "<"),
+    ast.Gt: (ast.GtE, ">", ">="), ast.GtE: (ast.Gt, ">=", ">"),
+    ast.Eq: (ast.NotEq, "==", "!="), ast.NotEq: (ast.Eq, "!=", "=="),
+    ast.Is: (ast.IsNot, "is", "is not"), ast.IsNot: (ast.Is, "is not", "is"),
+    ast.In: (ast.NotIn, "in", "not in"), ast.NotIn: (ast.In, "not in", "in"),
+}
+_ARITH = {
+    ast.Add: (ast.Sub, "+", "-"), ast.Sub: (ast.Add, "-", "+"),
+    ast.Mult: (ast.Div, "*", "/"), ast.Div: (ast.Mult, "/", "*"),
+    ast.FloorDiv: (ast.Div, "//", "/"), ast.Mod: (ast.FloorDiv, "%", "//"),
+    ast.Pow: (ast.Mult, "**", "*"), ast.LShift: (ast.RShift, "<<", ">>"),
+    ast.RShift: (ast.LShift, ">>", "<<"), ast.BitAnd: (ast.BitOr, "&", "|"),
+    ast.BitOr: (ast.BitAnd, "|", "&"), ast.BitXor: (ast.BitAnd, "^", "&"),
+}
+_BOOL = {ast.And: (ast.Or, "and", "or"), ast.Or: (ast.And, "or", "and")}
+_REMOVABLE = (ast.Expr, ast.Assign, ast.AugAssign, ast.AnnAssign, ast.Return, ast.Raise,
+              ast.Delete, ast.Assert, ast.Break, ast.Continue)
+#: operators in the order they are preferred when a line has several candidates
+OPERATORS = ("null_entrypoint", "raising_entrypoint", "comparison", "arithmetic", "boolean",
+             "negate", "constant", "remove")
+
+
+@dataclass
+class Mutant:
+    file: str
+    line: int
+    operator: str
+    before: str
+    after: str
+    source: str = field(repr=False)
+    #: the line of the enclosing statement (what coverage records)
+    stmt_line: int = 0
+    #: lines whose tests are relevant (the statement's, or a whole body)
+    lines: tuple[int, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"file": self.file, "line": self.line, "operator": self.operator,
+                "before": self.before, "after": self.after}
+
+
+@dataclass
+class _Candidate:
+    file: str
+    index: tuple[int, int]  # (top-level statement, position in its ast.walk order)
+    kind: str
+    start: int  # byte offsets of the edited region in the file
+    end: int
+    replacement: bytes
+    line: int
+    stmt_line: int
+    apply: Any  # (copied node) -> None
+    lines: tuple[int, ...] = ()
+    gap: tuple[str, str] | None = None  # (old token, new token) for operator edits
+    def_line: int = 0  # the entrypoint's ``def`` line (entrypoint mutants)
+
+
+class _Source:
+    def __init__(self, text: str) -> None:
+        self.data = text.encode("utf-8")
+        self.starts = [0]
+        at = self.data.find(b"\n")
+        while at >= 0:
+            self.starts.append(at + 1)
+            at = self.data.find(b"\n", at + 1)
+
+    def offset(self, line: int, col: int) -> int:
+        return self.starts[line - 1] + col
+
+    @staticmethod
+    def line_text(data: bytes, line: int) -> str:
+        lines = data.split(b"\n")
+        if not 0 < line <= len(lines):
+            return ""
+        return lines[line - 1].decode("utf-8", "replace").strip()[:300]
+
+
+def _gap_edit(gap: bytes, old: str, new: str) -> bytes | None:
+    """Replace operator ``old`` by ``new`` in the text between two operands."""
+    match = re.fullmatch(rb"([\s()\\]*)(.+?)([\s()\\]*)", gap, re.S)
+    if not match or b" ".join(match.group(2).split()) != old.encode():
+        return None
+    return match.group(1) + new.encode() + match.group(3)
+
+
+def _span(src: _Source, node: Any) -> tuple[int, int] | None:
+    if getattr(node, "end_lineno", None) is None:
+        return None
+    return (src.offset(node.lineno, node.col_offset), src.offset(node.end_lineno, node.end_col_offset))
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and isinstance(stmt.value.value, str))
+
+
+class _Finder:
+    """Walk one module and list every candidate edit."""
+
+    def __init__(self, path: str, text: str, tree: ast.Module, entry_function: str | None) -> None:
+        self.path, self.src, self.tree = path, _Source(text), tree
+        self.entry_function = entry_function
+        # a node is found again, in a copy, as (top-level statement, position in its walk)
+        self.index = {id(node): (top, i) for top, stmt in enumerate(tree.body)
+                      for i, node in enumerate(ast.walk(stmt))}
+        self.out: list[_Candidate] = []
+        self.skip: set[int] = set()  # ids of nodes never mutated (annotations, f-strings)
+
+    def add(self, node: Any, kind: str, start: int, end: int, replacement: bytes, stmt_line: int,
+            apply: Any, lines: tuple[int, ...] = (), gap: tuple[str, str] | None = None,
+            line: int | None = None) -> None:
+        self.out.append(_Candidate(self.path, self.index[id(node)], kind, start, end, replacement,
+                                   line or node.lineno, stmt_line, apply, lines or (stmt_line,), gap))
+
+    def run(self) -> list[_Candidate]:
+        for node in ast.walk(self.tree):
+            for ann in _annotations(node):
+                for sub in ast.walk(ann):
+                    self.skip.add(id(sub))
+            if isinstance(node, ast.JoinedStr):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Constant):
+                        self.skip.add(id(sub))
+        for stmt in self.tree.body:
+            if (self.entry_function and isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef))
+                    and stmt.name == self.entry_function):
+                self._entrypoint(stmt)
+        self._visit_body(self.tree.body, in_function=False)
+        return self.out
+
+    def _entrypoint(self, func: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
+        first, last = func.body[0], func.body[-1]
+        start = self.src.offset(first.lineno, first.col_offset)
+        end = self.src.offset(last.end_lineno or last.lineno, last.end_col_offset or 0)
+        pad = b"\n" * self.src.data[start:end].count(b"\n")
+        lines = tuple(range(func.body[0].lineno, (func.body[-1].end_lineno or func.lineno) + 1))
+
+        def null(node: Any) -> None:
+            node.body = [ast.Return(value=ast.Constant(value=None))]
+
+        def raising(node: Any) -> None:
+            node.body = [ast.Raise(exc=ast.Name(id="NotImplementedError", ctx=ast.Load()), cause=None)]
+
+        self.add(func, "null_entrypoint", start, end, b"return None" + pad, first.lineno, null,
+                 lines=lines, line=func.lineno)
+        self.add(func, "raising_entrypoint", start, end, b"raise NotImplementedError" + pad,
+                 first.lineno, raising, lines=lines, line=func.lineno)
+        for cand in self.out[-2:]:
+            cand.def_line = func.lineno
+
+    def _visit_body(self, body: list[ast.stmt], in_function: bool) -> None:
+        for stmt in body:
+            self._visit_stmt(stmt, in_function)
+
+    def _visit_stmt(self, stmt: ast.stmt, in_function: bool) -> None:
+        if _is_docstring(stmt):
+            return
+        line = stmt.lineno
+        if in_function and isinstance(stmt, _REMOVABLE) and not (
+                isinstance(stmt, ast.AnnAssign) and stmt.value is None):
+            span = _span(self.src, stmt)
+            if span:
+                pad = b"\n" * self.src.data[span[0]:span[1]].count(b"\n")
+
+                def remove(node: Any) -> None:
+                    node.__class__ = ast.Pass
+                    for name in list(node.__dict__):
+                        if name not in ("lineno", "col_offset", "end_lineno", "end_col_offset"):
+                            delattr(node, name)
+
+                self.add(stmt, "remove", span[0], span[1], b"pass" + pad, line, remove)
+        if isinstance(stmt, (ast.If, ast.While)):
+            self._negate(stmt, line)
+        # expressions of this statement (not of nested statements)
+        for name, value in ast.iter_fields(stmt):
+            if name in ("body", "orelse", "finalbody", "handlers", "decorator_list", "returns"):
+                continue
+            for child in (value if isinstance(value, list) else [value]):
+                if isinstance(child, ast.expr):
+                    self._visit_expr(child, line)
+                elif isinstance(child, ast.withitem):
+                    self._visit_expr(child.context_expr, line)
+                elif isinstance(child, ast.arguments):
+                    for default in [*child.defaults, *(d for d in child.kw_defaults if d)]:
+                        self._visit_expr(default, line)
+        for name in ("body", "orelse", "finalbody"):
+            sub = getattr(stmt, name, None)
+            if isinstance(sub, list) and sub and isinstance(sub[0], ast.stmt):
+                nested = in_function or isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef))
+                if isinstance(stmt, ast.ClassDef):
+                    nested = in_function
+                self._visit_body(sub, nested)
+        for handler in getattr(stmt, "handlers", []) or []:
+            if isinstance(handler, ast.ExceptHandler):
+                self._visit_body(handler.body, in_function)
+        if isinstance(stmt, ast.Match):
+            for case in stmt.cases:
+                self._visit_body(case.body, in_function)
+
+    def _negate(self, node: ast.If | ast.While | ast.IfExp, stmt_line: int) -> None:
+        span = _span(self.src, node.test)
+        if not span:
+            return
+        text = self.src.data[span[0]:span[1]]
+
+        def negate(copy_node: Any) -> None:
+            copy_node.test = ast.UnaryOp(op=ast.Not(), operand=copy_node.test)
+
+        self.add(node, "negate", span[0], span[1], b"not (" + text + b")", stmt_line, negate,
+                 line=node.test.lineno)
+
+    def _visit_expr(self, expr: ast.expr, stmt_line: int) -> None:
+        for node in ast.walk(expr):
+            if id(node) in self.skip:
+                continue
+            if isinstance(node, ast.IfExp):
+                self._negate(node, stmt_line)
+            elif isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                for i, op in enumerate(node.ops):
+                    swap: Any = _COMPARE.get(type(op))
+                    if swap:
+                        self._operator(node, operands[i], operands[i + 1], swap, stmt_line, "comparison",
+                                       lambda n, i=i, new=swap[0]: n.ops.__setitem__(i, new()))
+            elif isinstance(node, ast.BinOp):
+                swap = _ARITH.get(type(node.op))
+                if swap:
+                    self._operator(node, node.left, node.right, swap, stmt_line, "arithmetic",
+                                   lambda n, new=swap[0]: setattr(n, "op", new()))
+            elif isinstance(node, ast.BoolOp):
+                swap = _BOOL[type(node.op)]
+                if len(node.values) == 2:  # a longer chain is one node: no single-token edit
+                    self._operator(node, node.values[0], node.values[1], swap, stmt_line, "boolean",
+                                   lambda n, new=swap[0]: setattr(n, "op", new()))
+            elif isinstance(node, ast.Constant):
+                self._constant(node, stmt_line)
+
+    def _operator(self, node: ast.AST, left: Any, right: Any, swap: tuple[Any, str, str],
+                  stmt_line: int, kind: str, apply: Any) -> None:
+        a, b = _span(self.src, left), _span(self.src, right)
+        if not a or not b or a[1] > b[0]:
+            return
+        gap = self.src.data[a[1]:b[0]]
+        edited = _gap_edit(gap, swap[1], swap[2])
+        if edited is None:
+            return
+        self.add(node, kind, a[1], b[0], edited, stmt_line, apply, gap=(swap[1], swap[2]),
+                 line=right.lineno if gap.count(b"\n") else left.end_lineno)
+
+    def _constant(self, node: ast.Constant, stmt_line: int) -> None:
+        span = _span(self.src, node)
+        if not span or node.lineno != node.end_lineno:
+            return
+        value = node.value
+        news: list[Any] = []
+        if isinstance(value, bool):
+            news = [not value]
+        elif isinstance(value, int):
+            news = [value + 1] + ([value - 1] if value > 0 else [])
+        elif isinstance(value, str) and value and not (node.kind == "u"):
+            news = [""]
+        for new in news:
+            self.add(node, "constant", span[0], span[1], repr(new).encode(), stmt_line,
+                     lambda n, new=new: setattr(n, "value", new))
+
+
+def _annotations(node: ast.AST) -> list[ast.AST]:
+    out: list[ast.AST] = []
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.returns:
+        out.append(node.returns)
+    elif isinstance(node, ast.arg) and node.annotation:
+        out.append(node.annotation)
+    elif isinstance(node, ast.AnnAssign):
+        out.append(node.annotation)
+    return out
+
+
+def _augassign_candidates(finder: _Finder) -> None:
+    for node in ast.walk(finder.tree):
+        if isinstance(node, ast.AugAssign):
+            swap = _ARITH.get(type(node.op))
+            a, b = _span(finder.src, node.target), _span(finder.src, node.value)
+            if not swap or not a or not b:
+                continue
+            edited = _gap_edit(finder.src.data[a[1]:b[0]], swap[1] + "=", swap[2] + "=")
+            if edited is not None:
+                finder.add(node, "arithmetic", a[1], b[0], edited, node.lineno,
+                           lambda n, new=swap[0]: setattr(n, "op", new()))
+
+
+def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str] | None:
+    """(mutated source, line before, line after), or None when the edit is not the mutation."""
+    data = src.data[:cand.start] + cand.replacement + src.data[cand.end:]
+    try:
+        mutated_text = data.decode("utf-8")
+        mutated = ast.parse(mutated_text)
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
+        return None
+    top, position = cand.index
+    if len(mutated.body) != len(tree.body):
+        return None
+    # the other statements' text is unchanged: same kind and same place means same tree
+    for j, (old, new) in enumerate(zip(tree.body, mutated.body, strict=True)):
+        if j != top and (type(old) is not type(new) or _where(old) != _where(new)):
+            return None
+    target = next(node for i, node in enumerate(ast.walk(tree.body[top])) if i == position)
+    saved_class = target.__class__
+    saved = {k: (list(v) if isinstance(v, list) else v) for k, v in target.__dict__.items()}
+    try:
+        cand.apply(target)  # in place, undone below: cheaper than copying the statement
+        expected = ast.dump(tree.body[top])
+    finally:
+        target.__class__ = saved_class
+        target.__dict__.clear()
+        target.__dict__.update(saved)
+    if ast.dump(mutated.body[top]) != expected:
+        return None
+    before = src.line_text(src.data, cand.line)
+    after = src.line_text(data, cand.line)
+    return mutated_text, before, after
+
+
+def _where(node: Any) -> tuple[Any, ...]:
+    return (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
+
+
+def content_seed(sources: dict[str, str]) -> int:
+    digest = hashlib.sha256()
+    for path in sorted(sources):
+        digest.update(path.encode() + b"\0" + sources[path].encode("utf-8", "replace") + b"\0")
+    return int.from_bytes(digest.digest()[:8], "big")
+
+
+def generate(
+    sources: dict[str, str],
+    *,
+    covered: dict[str, set[int]] | None,
+    entrypoint: str | None,
+    max_mutants: int,
+) -> tuple[list[Mutant], dict[str, Any]]:
+    """Select up to ``max_mutants`` verified mutants; deterministic for the same sources.
+
+    ``covered``: lines executed by the tests per file (None: every line counts).
+    The null entrypoint mutant comes first, then one mutant per covered line
+    (lines in a seeded order), then a second per line, and so on.
+    """
+    module, _, function = (entrypoint or "").partition(":")
+    entry_file = None
+    if module:
+        base = module.replace(".", "/")
+        for option in (f"{base}.py", f"{base}/__init__.py"):
+            if option in sources:
+                entry_file = option
+                break
+    info: dict[str, Any] = {"files": 0, "unparsable": [], "candidates": 0,
+                            "null_entrypoint": "absent"}
+    trees: dict[str, ast.Module] = {}
+    texts: dict[str, _Source] = {}
+    candidates: list[_Candidate] = []
+    for path in sorted(sources):
+        text = sources[path]
+        if len(text) > MAX_SOURCE_BYTES:
+            info["unparsable"].append(path)
+            continue
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            info["unparsable"].append(path)
+            continue
+        info["files"] += 1
+        trees[path] = tree
+        finder = _Finder(path, text, tree, function if path == entry_file else None)
+        texts[path] = finder.src
+        try:
+            finder.run()
+            _augassign_candidates(finder)
+        except RecursionError:
+            info["unparsable"].append(path)
+            continue
+        for cand in finder.out:
+            if cand.kind in ("null_entrypoint", "raising_entrypoint"):
+                candidates.append(cand)
+            elif covered is None or cand.stmt_line in covered.get(path, ()):
+                candidates.append(cand)
+        if len(candidates) > MAX_CANDIDATES:
+            break
+    info["candidates"] = len(candidates)
+    rng = random.Random(content_seed(sources))
+    first = [c for c in candidates if c.kind == "null_entrypoint"]
+    second = [c for c in candidates if c.kind == "raising_entrypoint"]
+    by_line: dict[tuple[str, int], list[_Candidate]] = {}
+    for cand in candidates:
+        if cand.kind not in ("null_entrypoint", "raising_entrypoint"):
+            by_line.setdefault((cand.file, cand.line), []).append(cand)
+    keys = sorted(by_line)
+    rng.shuffle(keys)
+    for key in keys:
+        group = by_line[key]
+        rng.shuffle(group)
+        group.sort(key=lambda c: OPERATORS.index(c.kind))  # stable: random within a kind
+    ordered: list[_Candidate] = [*first, *second]
+    depth = 0
+    while True:
+        layer = [by_line[k][depth] for k in keys if depth < len(by_line[k])]
+        if not layer:
+            break
+        ordered.extend(layer)
+        depth += 1
+    mutants: list[Mutant] = []
+    for cand in ordered:
+        if len(mutants) >= max_mutants:
+            break
+        checked = _verify(texts[cand.file], trees[cand.file], cand)
+        if checked is None:
+            continue
+        text, before, after = checked
+        if cand.kind in ("null_entrypoint", "raising_entrypoint"):
+            head = _Source.line_text(texts[cand.file].data, cand.def_line)
+            before = f"{head} <body>"
+            after = f"{head} {'return None' if cand.kind == 'null_entrypoint' else 'raise NotImplementedError'}"
+        mutants.append(Mutant(cand.file, cand.line, cand.kind, before, after, text,
+                              cand.stmt_line, cand.lines))
+        if cand.kind == "null_entrypoint":
+            info["null_entrypoint"] = "made"
+    if entry_file is None and module:
+        info["null_entrypoint"] = "absent: the entrypoint's module is not among the mutated files"
+    elif info["null_entrypoint"] == "absent" and function:
+        info["null_entrypoint"] = (f"absent: {function!r} is not a function defined at the top level "
+                                   f"of {entry_file}")
+    return mutants, info
+
+
+# -- running mutants -----------------------------------------------------------------
+
+
+def covered_lines(job: dict[str, Any]) -> tuple[dict[str, set[int]] | None, dict[str, dict[int, list[str]]] | None]:
+    """Covered lines per file, and the tests per line when the runner sent ``line_tests``."""
+    line_tests = job.get("line_tests")
+    if isinstance(line_tests, dict) and line_tests:
+        tests: dict[str, dict[int, list[str]]] = {}
+        for path, lines in line_tests.items():
+            if not isinstance(lines, dict):
+                continue
+            rel = _relative(str(path))
+            for line, ids in lines.items():
+                try:
+                    number = int(line)
+                except (TypeError, ValueError):
+                    continue
+                if isinstance(ids, list) and ids:
+                    tests.setdefault(rel, {})[number] = [str(i) for i in ids]
+        return {p: set(lines) for p, lines in tests.items()}, tests
+    coverage = job.get("coverage")
+    if isinstance(coverage, dict) and isinstance(coverage.get("files"), dict):
+        covered: dict[str, set[int]] = {}
+        missing = {_relative(str(p)): set(d.get("missing_lines") or [])
+                   for p, d in coverage["files"].items() if isinstance(d, dict)}
+        for path, text in job["sources"].items():
+            if path not in missing:
+                covered[path] = set()  # never imported by any test
+                continue
+            lines = set(range(1, text.count("\n") + 2))
+            covered[path] = lines - missing[path]
+        return covered, None
+    return None, None
+
+
+def _relative(path: str) -> str:
+    prefix = SKILL_DIR + "/"
+    return path[len(prefix):] if path.startswith(prefix) else path
+
+
+class _Selector:
+    """pytest plugin of the child: deselect what does not cover the line; count outcomes."""
+
+    def __init__(self, nodeids: set[str] | None) -> None:
+        self.nodeids = nodeids
+        self.passed = 0
+        self.bad = 0
+
+    def pytest_collection_modifyitems(self, session: Any, config: Any, items: list[Any]) -> None:
+        if self.nodeids is None:
+            return
+        keep = [i for i in items if i.nodeid in self.nodeids]
+        drop = [i for i in items if i.nodeid not in self.nodeids]
+        items[:] = keep
+        if drop:
+            config.hook.pytest_deselected(items=drop)
+
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        if report.failed:
+            self.bad += 1
+        elif report.when == "call" and report.passed:
+            self.passed += 1
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.bad += 1
+
+
+def _pytest_args(test_files: list[str]) -> list[str]:
+    """The dynamic phase's trusted configuration (harness pytest.ini, no conftest, no plugin
+    autoload, importlib mode), plus what only speeds a mutant up: stop at the first failure,
+    no capture (output goes to /dev/null), plain asserts (only pass/fail matters), no
+    terminal report."""
+    return [
+        "-c", os.path.join(os.path.dirname(os.path.abspath(__file__)), "pytest.ini"),
+        "--rootdir", SKILL_DIR, "--import-mode=importlib", "--noconftest",
+        "-p", "no:cacheprovider", "-p", "no:pytester", "-p", "no:terminal", "-p", "no:junitxml",
+        "-p", "no:pastebin", "-p", "no:stepwise", "-p", "no:unraisableexception",
+        "-p", "no:threadexception", "-p", "no:setuponly", "-p", "no:setupplan",
+        "--basetemp", "/tmp/pytest",
+        "-x", "--capture=no", "--assert=plain", *test_files,
+    ]
+
+
+WARM_DIR = "/tmp/sandgate-warm"
+_WARM_TEST = b"""import pytest
+
+
+@pytest.fixture
+def value(tmp_path, monkeypatch):
+    monkeypatch.setenv("SANDGATE_WARM", "1")
+    return 1
+
+
+@pytest.mark.parametrize("x", [1, 2])
+def test_warm(value, x, capsys):
+    assert value * x == x
+    assert x == pytest.approx(x)
+    with pytest.raises(ValueError):
+        raise ValueError
+"""
+
+
+def warm_up() -> None:
+    """One pytest session in the server on the harness's own test file (never the skill's):
+    the modules pytest imports lazily are loaded once, before any fork."""
+    import pdb  # noqa: F401 - imported lazily by pytest's debugging plugin
+
+    import pytest
+
+    os.makedirs(WARM_DIR, exist_ok=True)
+    with open(os.path.join(WARM_DIR, "test_warm.py"), "wb") as handle:
+        handle.write(_WARM_TEST)
+    saved = os.dup(1), os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.dup2(null, 2)
+    try:
+        args = _pytest_args([os.path.join(WARM_DIR, "test_warm.py")])
+        args[args.index("--rootdir") + 1] = WARM_DIR
+        pytest.main(args)
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+        shutil.rmtree(WARM_DIR, ignore_errors=True)
+        for name in [m for m in sys.modules if m == "test_warm" or m.endswith(".test_warm")]:
+            del sys.modules[name]
+
+
+def prepare_config(test_files: list[str]) -> Any:
+    """pytest's configuration, built once in the server before any fork.
+
+    Parsing the arguments and the harness's pytest.ini and registering the
+    built-in plugins imports nothing of the skill (no conftest, no autoload,
+    no collection); each child starts from a copy and only runs the session.
+    """
+    from _pytest.config import _prepareconfig
+
+    return _prepareconfig(_pytest_args(test_files), None)
+
+
+def _reset_tree(files: dict[str, bytes], mutated: tuple[str, str] | None) -> None:
+    """/work/skill = the pristine files (+ a mutated one); scratch directories emptied."""
+    for scratch in (SKILL_DIR, *SCRATCH_DIRS):
+        if not os.path.isdir(scratch) or not os.access(scratch, os.W_OK):
+            continue
+        for name in os.listdir(scratch):
+            path = os.path.join(scratch, name)
+            if path == SKILL_DIR:
+                continue  # emptied on its own (it is the children's working directory)
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    os.unlink(path)
+            except OSError:
+                pass
+    os.makedirs("/tmp/home", exist_ok=True)
+    tree = dict(files)
+    if mutated is not None:
+        tree[mutated[0]] = mutated[1].encode("utf-8")
+    write_tree(SKILL_DIR, tree)
+
+
+def module_name(rel: str) -> str:
+    """The import name of a skill file: ``pkg/mod.py`` → ``pkg.mod``, ``pkg/__init__.py`` → ``pkg``."""
+    parts = rel[:-3].split("/")
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def install_mutant(rel: str, source: str) -> None:
+    """Import the mutated source in place of ``rel`` without changing the file on disk.
+
+    A meta-path finder answers for the module's import name only when the
+    normal path finder resolves that name to the same file; its loader is a
+    genuine ``SourceFileLoader`` whose ``get_code`` compiles the mutated text
+    under the original file name. The file, ``get_data``, ``get_source``,
+    ``inspect`` and ``linecache`` all show the pristine source, so a test
+    cannot tell a mutant run from its own by reading source; only code-object
+    introspection (``__code__``, ``get_code``, ``compile``) can.
+    """
+    import importlib.machinery
+    import importlib.util
+
+    path = os.path.join(SKILL_DIR, rel)
+    name = module_name(rel)
+    mutated = source.encode("utf-8")
+
+    def loader_for(fullname: str) -> Any:
+        # a genuine SourceFileLoader (its type is what a normal import gives), with the
+        # reads of the module's source answered from memory
+        loader = importlib.machinery.SourceFileLoader(fullname, path)
+
+        def get_code(_fullname: str) -> Any:
+            return compile(mutated, path, "exec", dont_inherit=True)
+
+        # get_data / get_source still read the pristine file
+        loader.get_code = get_code  # type: ignore[method-assign,assignment]
+        return loader
+
+    class Finder:
+        @staticmethod
+        def find_spec(fullname: str, search: Any = None, target: Any = None) -> Any:
+            if fullname != name:
+                return None
+            spec = importlib.machinery.PathFinder.find_spec(fullname, search)
+            if spec is None or spec.origin != path:
+                return None
+            return importlib.util.spec_from_file_location(
+                fullname, path, loader=loader_for(fullname),
+                submodule_search_locations=spec.submodule_search_locations)
+
+    sys.meta_path.insert(0, Finder)  # type: ignore[arg-type]
+
+
+#: address space a child may add to what it inherited (set from the sandbox's memory limit)
+CHILD_MEMORY = {"bytes": 0}
+
+
+def _limit_memory() -> None:
+    """A mutant that allocates without end gets MemoryError before the OOM killer acts."""
+    extra = CHILD_MEMORY["bytes"]
+    if extra <= 0:
+        return
+    import resource
+
+    try:
+        with open("/proc/self/statm") as handle:
+            size = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
+    except (OSError, ValueError):
+        pass
+
+
+def _child(nodeids: set[str] | None, test_files: list[str], config: Any,
+           mutated: tuple[str, str] | None = None) -> None:
+    """In the forked child: never returns."""
+    code = 3
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(3, 65536)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("1000")
+        except OSError:
+            pass
+        _limit_memory()
+        os.chdir(SKILL_DIR)
+        sys.path.append(SKILL_DIR)
+        if mutated is not None:
+            install_mutant(*mutated)
+        selector = _Selector(nodeids)
+        if config is None:
+            import pytest
+
+            pytest.main(_pytest_args(test_files), plugins=[selector])
+        else:
+            config.pluginmanager.register(selector, "sandgate-mutation-selector")
+            config.hook.pytest_cmdline_main(config=config)
+        code = 0 if selector.passed > 0 and selector.bad == 0 else 1
+    except BaseException:  # noqa: BLE001 - anything is a kill
+        code = 2
+    os._exit(code)
+
+
+def _kill_others() -> None:
+    try:
+        os.kill(-1, signal.SIGKILL)  # everything but this process and PID 1
+    except OSError:
+        pass
+
+
+def _reap(pid: int, timeout: float) -> tuple[str, float]:
+    started = time.monotonic()
+    delay = 0.002
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() - started > timeout:
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except OSError:
+                pass
+            _kill_others()
+            os.waitpid(pid, 0)
+            return "timed_out", time.monotonic() - started
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.02)
+    seconds = time.monotonic() - started
+    _kill_others()
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+        return "survived", seconds
+    return "killed", seconds
+
+
+def _selection(mutant: Mutant, per_line: dict[str, dict[int, list[str]]] | None,
+               all_tests: list[str]) -> tuple[set[str] | None, list[str]]:
+    if per_line is None:
+        return None, all_tests
+    lines = per_line.get(mutant.file, {})
+    ids: set[str] = set()
+    for line in {*mutant.lines, mutant.stmt_line, mutant.line}:
+        ids.update(lines.get(line, ()))
+    if not ids:
+        return None, all_tests
+    files = sorted({i.split("::", 1)[0] for i in ids})
+    return ids, [f for f in files if f in all_tests] or all_tests
+
+
+def _durations(job: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for case in job.get("cases") or []:
+        if isinstance(case, dict):
+            try:
+                out[str(case.get("nodeid"))] = float(case.get("duration_seconds") or 0.0)
+            except (TypeError, ValueError):
+                continue
+    return out
+
+
+def mutant_timeout(selected: set[str] | None, durations: dict[str, float], baseline: float) -> float:
+    """Generous: the selected tests took ``t`` in the dynamic phase; allow 1 s + 3 t, 1.5..30 s."""
+    t = baseline if selected is None else sum(durations.get(i, baseline) for i in selected)
+    return max(1.5, min(30.0, 1.0 + 3.0 * t))
+
+
+def decision(outcomes: list[str], total: int, min_score: float, null_must_be_killed: bool,
+             null_outcome: str | None) -> str | None:
+    """``"pass"`` / ``"fail"`` once the mutants not yet run cannot change the gates' outcome, else None.
+
+    ``outcomes``: of the mutants run so far; ``total``: mutants selected. The score
+    gate counts killed + timed out over run: if every remaining mutant survived the
+    score would still reach ``min_score`` (pass decided), or if every remaining one
+    were killed it would still fall short (fail decided). Stopping early therefore
+    never changes the verdict under the policy the job was made for; the reported
+    score is over the mutants that ran.
+    """
+    if null_must_be_killed and null_outcome == "survived":
+        return "fail"
+    run = len(outcomes)
+    if not total or run == 0:
+        return None
+    killed = sum(1 for o in outcomes if o in ("killed", "timed_out"))
+    remaining = max(0, total - run)
+    if min_score <= 0:
+        return "pass"
+    if 100.0 * killed / total >= min_score:
+        return "pass"
+    if 100.0 * (killed + remaining) / total < min_score:
+        return "fail"
+    return None
+
+
+def serve(job: dict[str, Any], write: Any) -> None:
+    started = time.monotonic()
+    budget_end = started + max(0.0, float(job.get("seconds", 20.0)))
+    import pytest  # noqa: F401 - the toolchain, imported once, before any fork
+
+    files = {p: bytes.fromhex(h) for p, h in job["files"].items()}
+    CHILD_MEMORY["bytes"] = int(job.get("memory_bytes") or 0) // 2
+    tests = [str(t) for t in job.get("tests", [])]
+    listed = job.get("module_files")
+    sources = {}
+    for path, data in files.items():
+        wanted = path in listed if isinstance(listed, list) else path.endswith(".py")
+        if wanted and path.endswith(".py") and path not in tests:
+            try:
+                sources[path] = data.decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+    job["sources"] = sources
+    covered, per_line = covered_lines(job)
+    mutants, info = generate(sources, covered=covered, entrypoint=job.get("entrypoint"),
+                             max_mutants=int(job.get("max_mutants", 20)))
+    durations = _durations(job)
+    baseline = float(job.get("baseline_seconds") or sum(durations.values()) or 1.0)
+    stop_when_decided = bool(job.get("stop_when_decided", True))
+    min_score = float(job.get("min_score") or 0.0)
+    null_must_be_killed = bool(job.get("null_must_be_killed", True))
+    write({"plan": {**info, "total": len(mutants), "line_tests": per_line is not None,
+                    "selections": len({tuple(sorted(_selection(m, per_line, tests)[0] or ())) for m in mutants}),
+                    "generate_seconds": round(time.monotonic() - started, 4)}})
+
+    _reset_tree(files, None)
+    os.chdir(SKILL_DIR)
+    configs: dict[tuple[str, ...], Any] = {}
+
+    def config_for(test_files: list[str]) -> Any:
+        key = tuple(sorted(test_files))
+        if key not in configs:
+            try:
+                configs[key] = prepare_config(list(key))
+            except Exception:  # noqa: BLE001 - the child then configures pytest itself
+                configs[key] = None
+        return configs[key]
+
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - warming only
+        pass
+    config_for(tests)  # built before any fork (and before the heap is frozen)
+    gc.freeze()  # children do not copy the server's heap when they collect
+
+    # The control: the unmutated skill, run exactly like a mutant (with the tests some
+    # mutant selects) at a position chosen at random (not from the content), must
+    # survive; otherwise every kill is meaningless (flaky tests, or tests that fail
+    # whenever they run here, or whenever some other test did not run before them).
+    # Closing controls after the last mutant, when any was killed, cover the other
+    # test selections the mutants that ran used (up to MAX_CONTROLS in all, chosen at
+    # random beyond that): tests that start failing later in the phase, or only
+    # without some other test, fail them too.
+    def selection_key(mutant: Mutant) -> tuple[str, ...] | None:
+        selected, _ = _selection(mutant, per_line, tests)
+        return None if selected is None else tuple(sorted(selected))
+
+    controlled: set[tuple[str, ...] | None] = set()
+
+    def control(tag: str, like: Mutant) -> bool:
+        controlled.add(selection_key(like))
+        selected, test_files = _selection(like, per_line, tests)
+        _reset_tree(files, None)
+        child_config = config_for(test_files)
+        pid = os.fork()
+        if pid == 0:
+            _child(selected, test_files, child_config)
+        outcome, seconds = _reap(pid, mutant_timeout(selected, durations, baseline))
+        write({tag: {"outcome": outcome, "seconds": round(seconds, 4),
+                     "tests": len(selected) if selected is not None else None}})
+        return outcome == "survived"
+
+    control_at = 1 + secrets.randbelow(min(3, len(mutants))) if mutants else 0
+    runs: list[Mutant | None] = list(mutants)
+    runs.insert(control_at, None)
+    number = -1
+    taken: list[float] = []
+    outcomes: list[str] = []
+    null_outcome: str | None = None
+    control_done = False
+    ran: list[Mutant] = []
+    for item in runs:
+        if item is None:
+            if not control("control", mutants[secrets.randbelow(len(mutants))]):
+                break
+            control_done = True
+        else:
+            number += 1
+            mutant = item
+            selected, test_files = _selection(mutant, per_line, tests)
+            timeout = mutant_timeout(selected, durations, baseline)
+            now = time.monotonic()
+            # The null entrypoint always runs (it is first) with its whole timeout; the rest
+            # start while the budget lasts, and may overrun it by at most a second. A mutant
+            # cut short by the budget rather than by its own timeout is not counted.
+            # ... and time for one closing control is kept in reserve
+            expected = statistics.median(taken) if taken else min(timeout, baseline)
+            if number > 0 and now + 2 * expected > budget_end:
+                write({"budget_exhausted": True})
+                break
+            effective = timeout if number == 0 else max(0.2, min(timeout, budget_end + 1.0 - now))
+            _reset_tree(files, None)
+            child_config = config_for(test_files)
+            pid = os.fork()
+            if pid == 0:
+                _child(selected, test_files, child_config, (mutant.file, mutant.source))
+            outcome, seconds = _reap(pid, effective)
+            if outcome == "timed_out" and effective < timeout:
+                write({"budget_exhausted": True})
+                break
+            taken.append(seconds)
+            outcomes.append(outcome)
+            ran.append(mutant)
+            if mutant.operator == "null_entrypoint":
+                null_outcome = outcome
+            write({"mutant": {**mutant.describe(), "outcome": outcome, "seconds": round(seconds, 4),
+                              "tests": len(selected) if selected is not None else None}})
+        if stop_when_decided and control_done and len(outcomes) < len(mutants):
+            decided = decision(outcomes, len(mutants), min_score, null_must_be_killed, null_outcome)
+            if decided is not None:
+                write({"decided": decided})
+                break
+    if control_done and any(o in ("killed", "timed_out") for o in outcomes):
+        left: dict[tuple[str, ...] | None, Mutant] = {}
+        for mutant in ran:
+            left.setdefault(selection_key(mutant), mutant)
+        pending = [m for key, m in left.items() if key not in controlled]
+        room = max(1, MAX_CONTROLS - len(controlled))
+        while len(pending) > room:
+            pending.pop(secrets.randbelow(len(pending)))
+        if not pending:  # every selection is controlled: one more, at the end, with a random one
+            pending = [ran[secrets.randbelow(len(ran))]]
+        expected = statistics.median(taken) if taken else baseline
+        for i, mutant in enumerate(pending):
+            # the first always runs (the time was kept for it); the others while the budget lasts
+            if i > 0 and time.monotonic() + expected > budget_end + 1.0:
+                break
+            if not control("closing_control", mutant):
+                break
+    _reset_tree(files, None)
+    write({"done": True, "seconds": round(time.monotonic() - started, 4)})
+
+
+def main() -> None:
+    result_fd = int(sys.argv[1])
+    os.set_inheritable(result_fd, False)
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0
+    except Exception:  # noqa: BLE001 - best effort
+        pass
+    job = json.loads(sys.stdin.buffer.read())
+    out = os.fdopen(result_fd, "wb", buffering=0)
+
+    def write(event: dict[str, Any]) -> None:
+        out.write(json.dumps(event).encode() + b"\n")
+
+    serve(job, write)
+    out.close()
+
+
+def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, Any]:
+    """The harness's ``mutation`` section from the server's events."""
+    plan: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    done, exhausted, seconds, control = False, False, None, None
+    decided: str | None = None
+    controls = 0
+    for event in events:
+        if "plan" in event:
+            plan = event["plan"] if isinstance(event["plan"], dict) else {}
+        elif "mutant" in event:
+            if isinstance(event["mutant"], dict):
+                results.append(event["mutant"])
+        elif "control" in event or "closing_control" in event:
+            tag = "control" if "control" in event else "closing_control"
+            controls += 1
+            outcome = event[tag].get("outcome") if isinstance(event[tag], dict) else None
+            if tag == "control" or control == "survived":
+                control = outcome
+            if outcome != "survived" and problem is None:
+                problem = (f"the unmutated skill did not pass its tests in the mutation runner "
+                           f"({tag.replace('_', ' ')}: {outcome}): its tests fail or hang when run "
+                           f"again, so no kill counts")
+        elif event.get("budget_exhausted"):
+            exhausted = True
+        elif event.get("decided") in ("pass", "fail"):
+            decided = event["decided"]
+        elif event.get("done"):
+            done, seconds = True, event.get("seconds")
+    counts = {k: sum(1 for r in results if r.get("outcome") == k) for k in ("killed", "survived", "timed_out")}
+    null = next((r for r in results if r.get("operator") == "null_entrypoint"), None)
+    if not done and problem is None:
+        problem = "the mutation server stopped before finishing"
+    return {
+        "ran": True,
+        "complete": done,
+        "problem": problem,
+        "total": int(plan.get("total", 0)),
+        "generated": int(plan.get("candidates", 0)),
+        "run": len(results),
+        **counts,
+        "budget_exhausted": exhausted,
+        "decided_early": decided,
+        "line_tests": bool(plan.get("line_tests")),
+        "control": control,
+        "controls": controls,
+        "selections": int(plan.get("selections") or 0),
+        "null_entrypoint": null["outcome"] if null else str(plan.get("null_entrypoint", "absent")),
+        "unparsable": plan.get("unparsable", []),
+        "mutants": results,
+        "seconds": seconds,
+        "generate_seconds": plan.get("generate_seconds"),
+        "children_seconds": round(sum(float(r.get("seconds") or 0) for r in results), 4),
+    }
+
+
+__all__ = ["Mutant", "generate", "serve", "summarise", "decision", "mutant_timeout", "content_seed",
+           "OPERATORS"]
+
+if __name__ == "__main__":
+    main()
