@@ -5,7 +5,8 @@ Fields are only ever added, never renamed or removed, within ``schema_version`` 
 Reports of evaluations where nothing ran are built here and nowhere else
 (:func:`nothing_ran` and the constructors over it: :func:`rejected`,
 :func:`infrastructure_error`, :func:`from_exception`, :func:`gave_up`). Ground
-floor: pydantic and :mod:`sandgate.errors` only.
+floor: pydantic, :mod:`sandgate.errors` and the oracle section's types
+(:mod:`sandgate.oracle_report`) only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandgate.errors import SubmissionError
+from sandgate.oracle_report import OracleSummary
 
 __all__ = [
     "Verdict",
@@ -30,6 +32,7 @@ __all__ = [
     "SandboxInfo",
     "EntrypointCheck",
     "EvaluationReport",
+    "OracleSummary",
     "reason_code",
     "nothing_ran",
     "rejected",
@@ -69,6 +72,13 @@ class ReasonCode(str, Enum):
     entrypoint_missing = "entrypoint_missing"
     #: no passing test executed the entrypoint's body
     entrypoint_not_tested = "entrypoint_not_tested"
+    # the oracle phase (sandgate.evaluation.oracle): evidence judged by the controller
+    examples_failed = "examples_failed"
+    acceptance_failed = "acceptance_failed"
+    contract_violation = "contract_violation"
+    nondeterministic = "nondeterministic"
+    behaviour_changed = "behaviour_changed"
+    too_few_examples = "too_few_examples"
 
 
 class _Model(BaseModel):
@@ -185,6 +195,8 @@ class EvaluationReport(_Model):
     #: the entrypoint check (None: the dynamic phase did not run, or an older report)
     entrypoint: EntrypointCheck | None = None
     sandbox: SandboxInfo | None = None
+    #: the oracle phase: the entrypoint served in its own sandbox, judged by the controller
+    oracle: OracleSummary | None = None
     #: seconds per phase: intake, static, dynamic, total (and container start/stop)
     timings: dict[str, float] = Field(default_factory=dict)
     #: the skill's captured output (capped), for people reading a failure
