@@ -14,8 +14,10 @@ Which reasons come from where
     ``tests_failed``, ``tests_not_run``, ``coverage_below_threshold``,
     ``branch_coverage_below_threshold``) and the reasons computed from the
     report's test and entrypoint data (``vacuous_tests``, ``skipped_tests``,
-    ``entrypoint_missing``, ``entrypoint_not_tested``) found in the report are
-    dropped and recomputed, so deciding a stored report again under another policy is
+    ``entrypoint_missing``, ``entrypoint_not_tested``), and the oracle's
+    (``too_few_examples``, ``acceptance_failed``, ``examples_failed``,
+    ``contract_violation``, ``nondeterministic``, ``behaviour_changed``) found in
+    the report are dropped and recomputed, so deciding a stored report again under another policy is
     correct, and deciding twice gives the same answer. The report's incoming
     ``verdict`` is ignored.
 
@@ -50,15 +52,32 @@ Coverage
     and the code has branches (``coverage.branches > 0``): straight-line code
     has nothing to cover.
 
+Oracle (evidence judged by the controller, :mod:`sandgate.evaluation.oracle`)
+    Computed from the report's ``oracle`` section, like the test reasons
+    (all policy-dependent). ``examples_must_pass``: a failed declared example
+    → ``examples_failed``, a failed operator acceptance example →
+    ``acceptance_failed``. ``min_examples > 0``: fewer declared examples, or
+    no oracle phase that ran (skipped, unsupported, absent) →
+    ``too_few_examples``. ``contract_checks > 0``: fewer contract checks than
+    required (unsupported type hints check none: never passing evidence), or
+    any contract failure → ``contract_violation``; two answers to one input →
+    ``nondeterministic``. ``max_behaviour_changes`` given: more undeclared
+    behaviour changes against the active version → ``behaviour_changed``.
+    With every oracle gate off (``examples_must_pass = false``, the others 0 /
+    omitted) the section is reported and decides nothing.
+
 Order of reasons
     Root causes first: sandbox limits, ``crashed``, ``policy_violation``,
     ``entrypoint_missing``, ``no_tests``, ``tests_failed``, ``tests_not_run``,
     ``skipped_tests``, ``vacuous_tests``, ``entrypoint_not_tested``, coverage,
-    branch coverage.
+    branch coverage, then the oracle's: ``too_few_examples``,
+    ``acceptance_failed``, ``examples_failed``, ``contract_violation``,
+    ``nondeterministic``, ``behaviour_changed``.
 """
 
 from __future__ import annotations
 
+from sandgate.oracle_report import OracleCall, OracleSummary
 from sandgate.report import (
     CoverageSummary,
     EntrypointCheck,
@@ -89,6 +108,12 @@ POLICY_DEPENDENT_CODES: frozenset[ReasonCode] = frozenset(
         RC.skipped_tests,
         RC.entrypoint_missing,
         RC.entrypoint_not_tested,
+        RC.too_few_examples,
+        RC.acceptance_failed,
+        RC.examples_failed,
+        RC.contract_violation,
+        RC.nondeterministic,
+        RC.behaviour_changed,
     }
 )
 
@@ -112,6 +137,12 @@ REASON_ORDER: tuple[ReasonCode, ...] = (
     RC.entrypoint_not_tested,
     RC.coverage_below_threshold,
     RC.branch_coverage_below_threshold,
+    RC.too_few_examples,
+    RC.acceptance_failed,
+    RC.examples_failed,
+    RC.contract_violation,
+    RC.nondeterministic,
+    RC.behaviour_changed,
 )
 _RANK = {code: i for i, code in enumerate(REASON_ORDER)}
 
@@ -379,6 +410,66 @@ def _coverage_reasons(
 # -- the decision -------------------------------------------------------------
 
 
+def _calls_text(calls: list[OracleCall]) -> str:
+    listed = calls[:_MAX_LISTED_TESTS]
+    items = "; ".join(f"{c.name}: expected {c.expected}, got {c.got}" for c in listed)
+    return f"{items}{_more(len(listed), len(calls))}"
+
+
+def _oracle_reasons(oracle: OracleSummary | None, gates: Gates) -> list[Reason]:
+    reasons: list[Reason] = []
+    why_not = ("no oracle phase ran" if oracle is None else
+               f"the oracle phase did not run ({oracle.status}: {oracle.note or 'no reason given'})")
+    if gates.min_examples > 0:
+        if oracle is None or oracle.status != "ran":
+            reasons.append(Reason(code=RC.too_few_examples, message=(
+                f"the policy requires {_plural(gates.min_examples, 'declared example')} "
+                f"answered by the oracle; {why_not}")))
+        elif oracle.examples < gates.min_examples:
+            reasons.append(Reason(code=RC.too_few_examples, message=(
+                f"{_plural(oracle.examples, 'example')} declared; the policy requires at least "
+                f"{gates.min_examples} ([[examples]] in skill.toml or examples.jsonl)")))
+    if oracle is None:
+        if gates.contract_checks > 0:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"the policy requires {gates.contract_checks} contract checks; {why_not}")))
+        return reasons
+    ran = oracle.status == "ran"
+    if gates.examples_must_pass:
+        for source, code, what in (("acceptance", RC.acceptance_failed, "operator acceptance example"),
+                                   ("example", RC.examples_failed, "declared example")):
+            bad = oracle.failed(source)
+            total = oracle.calls.get(source, 0)
+            if bad:
+                reasons.append(Reason(code=code, message=(
+                    f"{len(bad)} of {_plural(total, what)} answered wrong: {_calls_text(bad)}")))
+    if gates.contract_checks > 0:
+        bad = oracle.failed("contract")
+        if bad:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"{len(bad)} of {oracle.contract_checks} contract checks failed: {_calls_text(bad)}")))
+        elif oracle.contract_checks < gates.contract_checks:
+            detail = (f"the entrypoint's contract is unsupported: {oracle.contract_unsupported}"
+                      if oracle.contract_unsupported else why_not if not ran else
+                      f"only {oracle.contract_checks} ran")
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"the policy requires {gates.contract_checks} contract checks; {detail} "
+                "(unsupported checks are never passing evidence)")))
+        if oracle.nondeterministic:
+            reasons.append(Reason(code=RC.nondeterministic, message=(
+                f"{len(oracle.nondeterministic)} input(s) got two different answers: "
+                f"{_calls_text(oracle.nondeterministic)}")))
+    if gates.max_behaviour_changes is not None and oracle.undeclared_changes > gates.max_behaviour_changes:
+        undeclared = [c for c in oracle.behaviour_changes if not c.declared]
+        listed = undeclared[:_MAX_LISTED_TESTS]
+        items = "; ".join(f"{c.args!r}: {c.active} -> {c.candidate}" for c in listed)
+        reasons.append(Reason(code=RC.behaviour_changed, message=(
+            f"{_plural(oracle.undeclared_changes, 'undeclared behaviour change')} against "
+            f"version {oracle.active_version} (the policy allows {gates.max_behaviour_changes}): "
+            f"{items}{_more(len(listed), len(undeclared))}")))
+    return reasons
+
+
 def _dedupe(reasons: list[Reason]) -> list[Reason]:
     seen: set[ReasonCode] = set()
     out = []
@@ -412,6 +503,7 @@ def decide(report: EvaluationReport, policy: Policy) -> tuple[Verdict, list[Reas
         *_evidence_reasons(report.tests, gates),
         *_entrypoint_reasons(report.entrypoint, report.tests),
         *_coverage_reasons(report.coverage, report.tests, gates, bool(test_reasons)),
+        *_oracle_reasons(report.oracle, gates),
     ]
     reasons = _ordered(_dedupe([*carried, *computed]))
     return (Verdict.failed if reasons else Verdict.passed), reasons
