@@ -59,6 +59,7 @@ from sandgate.submission import load_submission as _load_submission
 from sandgate.submission import submission_from_files
 
 if TYPE_CHECKING:  # pragma: no cover
+    from sandgate.evaluation.oracle import Baseline
     from sandgate.policy import Policy
     from sandgate.submission import Submission
 
@@ -92,12 +93,32 @@ PolicyLoader = Callable[[str | None], Any]
 
 
 def default_evaluate(
-    submission: Submission, *, policy: Policy, evaluation_id: str | None = None
+    submission: Submission, *, policy: Policy, evaluation_id: str | None = None,
+    baseline: Baseline | None = None,
 ) -> EvaluationReport:
-    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker, which start-up avoids)."""
+    """``sandgate.evaluation.evaluate`` (imported lazily: it pulls in Docker, which start-up avoids).
+
+    ``baseline`` (the active version and earlier examples) enables the oracle's
+    differential replay; :func:`run_evaluation` loads it from the store.
+    """
     from sandgate.evaluation import evaluate
 
-    return evaluate(submission, policy=policy, evaluation_id=evaluation_id)
+    return evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+
+
+def _default_run(store: Store) -> EvaluateFn:
+    """:func:`default_evaluate` with the replay baseline read from ``store``."""
+
+    def run(submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+        from sandgate.evaluation.baseline import load_baseline  # with sandgate.evaluation: lazily
+
+        try:
+            baseline = load_baseline(store, skill=submission.name, content_hash=submission.content_hash)
+        except StoreError as exc:
+            raise InfrastructureError(f"the oracle's replay baseline could not be read: {exc}") from exc
+        return default_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+
+    return run
 
 
 def load_policy(name: str | None = None) -> Policy:
@@ -186,7 +207,7 @@ def run_evaluation(
     ``error`` verdict and re-raised (it is a bug). ``owner``: the worker whose
     lease must still hold when the report is stored (``Conflict`` otherwise).
     """
-    run = evaluate if evaluate is not None else default_evaluate
+    run = evaluate if evaluate is not None else _default_run(store)
     bug: BaseException | None = None
     try:
         report = run(submission, policy=policy, evaluation_id=evaluation_id)
