@@ -68,6 +68,9 @@ class OracleSummary(_Model):
     acceptance: int = 0
     #: generated inputs whose contract was checked (each called twice)
     contract_checks: int = 0
+    #: contract checks that held with a returned value (the rest raised a declared exception);
+    #: None: no contract check ran
+    contract_values: int | None = None
     #: why contract checks could not run (unsupported type hints), if so
     contract_unsupported: str | None = None
     #: the declared signature, as the controller read it (``(text: str, top: int = …) -> dict[str, Any]``)

@@ -76,6 +76,7 @@ def test_honest_skill_passes_with_oracle_evidence() -> None:
     o = report.oracle
     assert o.status == "ran" and o.calls["example"] == 3 and o.passed["example"] == 3
     assert o.contract_checks == 20 and o.passed["contract"] == 40 and o.failures == []
+    assert o.contract_values == 20
     assert o.signature == "(a: int, b: int) -> int"
 
 
@@ -363,3 +364,101 @@ reason = "negative inputs are no longer clamped to 0"
     o3 = v3.report.oracle
     assert o3.undeclared_changes == 0 and len(o3.behaviour_changes) == 2
     assert all(c.declared and c.reason.startswith("negative") for c in o3.behaviour_changes)
+
+
+# -- steering the oracle's own evidence -------------------------------------------------
+
+FORGE_IN_CALL = r'''import json
+import os
+import struct
+
+_calls = [0]
+
+
+def add(a: int, b: int) -> int:
+    # inside the call: write the "right" answer for this request id on the answer
+    # channel, then return a wrong value (the server writes that answer too)
+    _calls[0] += 1
+    data = json.dumps({"id": _calls[0], "ok": True, "value": a + b}).encode()
+    for fd in range(3, 12):
+        try:
+            os.fstat(fd)
+            os.write(fd, struct.pack(">I", len(data)) + data)
+        except OSError:
+            pass
+    return -1
+'''
+
+
+def test_a_frame_forged_inside_a_call_is_that_call_s_answer_and_breaks_the_rest() -> None:
+    report = evaluate(skill(FORGE_IN_CALL, HONEST_TESTS), policy=policy(min_line_coverage=0.0))
+    assert report.verdict is Verdict.failed, explain(report)
+    assert "examples_failed" in codes(report), explain(report)
+    o = report.oracle
+    # the forged frame can only ever be the answer to the call being made: the server's own
+    # answer then arrives unasked, the session is broken, and every later call fails
+    assert o.passed.get("example", 0) <= 1, explain(report)
+    later = o.failed("example")
+    assert len(later) >= 2 and later[0].problem == "transport", explain(report)
+    assert all(f.problem == "not_run" for f in later[1:]), explain(report)
+
+
+LOOKUP_RAISES = ("def add(a: int, b: int) -> int:\n"
+                 "    return {(1, 2): 3, (-5, 5): 0, (10, 20): 30}[(a, b)]\n")
+
+
+def test_a_skill_that_knows_only_its_examples_fails_the_contract_checks() -> None:
+    # its own examples are the only thing it answers: generated inputs are not the submitter's
+    report = evaluate(skill(LOOKUP_RAISES, HONEST_TESTS), policy=policy(contract_checks=20))
+    assert report.oracle.passed["example"] == 3, explain(report)
+    assert report.verdict is Verdict.failed, explain(report)
+    assert "contract_violation" in codes(report), explain(report)
+    assert {f.problem for f in report.oracle.failed("contract")} == {"unexpected_exception"}
+    assert all(f.got.startswith("raises KeyError") for f in report.oracle.failed("contract"))
+
+
+ALWAYS_RAISES_MANIFEST = '''name = "adder"
+entrypoint = "adder:add"
+
+[[examples]]
+args = [1, 2]
+raises = "ValueError"
+
+[[examples]]
+args = [3, 4]
+raises = "ValueError"
+
+[[examples]]
+args = [5, 6]
+raises = "ValueError"
+
+[oracle]
+raises = ["ValueError"]
+'''
+
+
+def test_contract_checks_answered_only_with_declared_exceptions_are_not_evidence() -> None:
+    always = "def add(a: int, b: int) -> int:\n    raise ValueError('no')\n"
+    tests = ("import pytest\nfrom adder import add\n\ndef test_add():\n"
+             "    with pytest.raises(ValueError):\n        add(1, 2)\n")
+    report = evaluate(skill(always, tests, manifest=ALWAYS_RAISES_MANIFEST),
+                      policy=policy(contract_checks=20, min_examples=3))
+    o = report.oracle
+    assert o.failures == [] and o.contract_checks == 20 and o.contract_values == 0, explain(report)
+    assert report.verdict is Verdict.failed, explain(report)
+    assert codes(report) == {"contract_violation"}, explain(report)
+
+
+def test_declaring_the_entrypoint_unservable_does_not_dodge_the_acceptance_set(tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies" / "semgrep", policies / "semgrep")
+    (policies / "acceptance").mkdir()
+    (policies / "acceptance" / "adder.jsonl").write_text('{"args": [2, 2], "expect": 4}\n')
+    dodging = MANIFEST + "\n[oracle]\njson_values = false\n"
+    wrong = "def add(a: int, b: int) -> int:\n    return 0\n"
+    tests = "from adder import add\n\ndef test_add():\n    assert add(-5, 5) == 0\n"
+    report = evaluate(skill(wrong, tests, manifest=dodging), policy=policy(),
+                      settings=Settings(policies_dir=policies))
+    assert report.oracle.status == "unsupported" and report.oracle.calls == {}, explain(report)
+    assert report.verdict is Verdict.failed, explain(report)
+    assert codes(report) == {"acceptance_failed", "examples_failed"}, explain(report)

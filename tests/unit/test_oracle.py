@@ -510,6 +510,35 @@ def test_strict_without_oracle_evidence_fails(oracle: str | None) -> None:
     assert {r.code for r in reasons} == {ReasonCode.too_few_examples, ReasonCode.contract_violation}
 
 
+@pytest.mark.parametrize("status", ["unsupported", "skipped"])
+def test_an_unservable_entrypoint_cannot_dodge_its_examples_or_the_acceptance_set(status: str) -> None:
+    # [oracle] json_values = false makes the phase "unsupported": nothing is sent, so nothing
+    # can fail - unless the gate counts examples that were never answered as failed
+    report = oracle_report(status=status, note="the manifest says ...", calls={}, contract_checks=0,
+                           examples=2, acceptance=5)
+    verdict, reasons = decide(report, load_policy("default"))
+    assert verdict is Verdict.failed
+    assert [r.code for r in reasons] == [ReasonCode.acceptance_failed, ReasonCode.examples_failed]
+    assert "5 operator acceptance examples never answered" in reasons[0].message
+    assert status in reasons[0].message
+    # with nothing declared and no acceptance set, an unsupported entrypoint decides nothing by default
+    quiet = oracle_report(status=status, calls={}, contract_checks=0, examples=0, acceptance=0)
+    assert decide(quiet, load_policy("default")) == (Verdict.passed, [])
+
+
+def test_contract_checks_that_only_raise_declared_exceptions_are_not_evidence() -> None:
+    # [oracle] raises = ["ValueError"] and an entrypoint raising it for every input keeps
+    # every check "held" while checking no returned value at all
+    strict = strictish()
+    vacuous = oracle_report(contract_values=0)
+    verdict, reasons = decide(vacuous, strict)
+    assert verdict is Verdict.failed and [r.code for r in reasons] == [ReasonCode.contract_violation]
+    assert "raised a declared exception" in reasons[0].message
+    assert decide(oracle_report(contract_values=1), strict) == (Verdict.passed, [])
+    # reported, not gated, by default
+    assert decide(vacuous, load_policy("default")) == (Verdict.passed, [])
+
+
 def test_oracle_reasons_are_recomputed_not_carried() -> None:
     from sandgate.report import Reason
 

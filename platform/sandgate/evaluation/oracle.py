@@ -422,6 +422,8 @@ class OraclePhase:
     def _judge(self, summary: OracleSummary, results: dict[str, _Result]) -> None:
         calls: dict[str, int] = {}
         passed: dict[str, int] = {}
+        if self.plan and any(p.source == "contract" for p in self.plan):
+            summary.contract_values = 0
         for p in self.plan:
             result = results[input_key(p.args, p.kwargs)]
             calls[p.source] = calls.get(p.source, 0) + (2 if p.repeat else 1)
@@ -432,6 +434,8 @@ class OraclePhase:
             failure = self._verdict(p, result)
             if failure is None:
                 passed[p.source] = passed.get(p.source, 0) + (2 if p.repeat else 1)
+                if p.source == "contract" and result.bodies[0].get("ok") is True:
+                    summary.contract_values = (summary.contract_values or 0) + 1
             elif failure.problem == "nondeterministic":
                 summary.nondeterministic.append(failure)
             else:

@@ -56,11 +56,15 @@ Oracle (evidence judged by the controller, :mod:`sandgate.evaluation.oracle`)
     Computed from the report's ``oracle`` section, like the test reasons
     (all policy-dependent). ``examples_must_pass``: a failed declared example
     → ``examples_failed``, a failed operator acceptance example →
-    ``acceptance_failed``. ``min_examples > 0``: fewer declared examples, or
+    ``acceptance_failed``; so does an example or acceptance set the phase never
+    sent because it did not run (``[oracle] json_values = false`` declares the
+    entrypoint unservable: that cannot dodge them). ``min_examples > 0``: fewer declared examples, or
     no oracle phase that ran (skipped, unsupported, absent) →
     ``too_few_examples``. ``contract_checks > 0``: fewer contract checks than
     required (unsupported type hints check none: never passing evidence), or
-    any contract failure → ``contract_violation``; two answers to one input →
+    any contract failure, or contract checks that all raised a declared
+    exception (``contract_values == 0``: no returned value was checked) →
+    ``contract_violation``; two answers to one input →
     ``nondeterministic``. ``max_behaviour_changes`` given: more undeclared
     behaviour changes against the active version → ``behaviour_changed``.
     With every oracle gate off (``examples_must_pass = false``, the others 0 /
@@ -435,6 +439,14 @@ def _oracle_reasons(oracle: OracleSummary | None, gates: Gates) -> list[Reason]:
                 f"the policy requires {gates.contract_checks} contract checks; {why_not}")))
         return reasons
     ran = oracle.status == "ran"
+    if gates.examples_must_pass and not ran:
+        # an entrypoint declared unservable cannot dodge its examples or the operator's set
+        for count, code, what in ((oracle.acceptance, RC.acceptance_failed, "operator acceptance example"),
+                                  (oracle.examples, RC.examples_failed, "declared example")):
+            if count:
+                reasons.append(Reason(code=code, message=(
+                    f"{_plural(count, what)} never answered: the oracle phase did not run "
+                    f"({oracle.status}: {oracle.note or 'no reason given'})")))
     if gates.examples_must_pass:
         for source, code, what in (("acceptance", RC.acceptance_failed, "operator acceptance example"),
                                    ("example", RC.examples_failed, "declared example")):
@@ -448,6 +460,11 @@ def _oracle_reasons(oracle: OracleSummary | None, gates: Gates) -> list[Reason]:
         if bad:
             reasons.append(Reason(code=RC.contract_violation, message=(
                 f"{len(bad)} of {oracle.contract_checks} contract checks failed: {_calls_text(bad)}")))
+        elif oracle.contract_values == 0 and oracle.contract_checks:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"every one of the {oracle.contract_checks} contract inputs raised a declared exception: "
+                "no returned value was checked against the declared type (narrow the inputs with a "
+                "schema in [oracle] so that some are valid)")))
         elif oracle.contract_checks < gates.contract_checks:
             detail = (f"the entrypoint's contract is unsupported: {oracle.contract_unsupported}"
                       if oracle.contract_unsupported else why_not if not ran else
