@@ -15,11 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-
 from sandgate.config import Settings
 from sandgate.evaluation import evaluate
-from sandgate.report import EvaluationReport, Verdict
 from sandgate.policy import load_policy, parse_policy
+from sandgate.report import EvaluationReport, Verdict
 from sandgate.submission import submission_from_files
 
 pytestmark = [pytest.mark.docker, pytest.mark.usefixtures("sandbox_image", "no_leftovers")]

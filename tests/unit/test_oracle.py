@@ -18,17 +18,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
 
-from sandgate_harness import serve as server  # noqa: E402
-
 from sandgate.errors import SubmissionError  # noqa: E402
 from sandgate.evaluation import oracle_types as ot  # noqa: E402
 from sandgate.evaluation.oracle import Baseline, OraclePhase  # noqa: E402
-from sandgate.oracle_report import BehaviourChange, OracleCall, OracleSummary  # noqa: E402
-from sandgate.report import EvaluationReport, ReasonCode, Verdict  # noqa: E402
 from sandgate.examples import same_value  # noqa: E402
+from sandgate.oracle_report import BehaviourChange, OracleCall, OracleSummary  # noqa: E402
 from sandgate.policy import decide, load_policy, parse_policy  # noqa: E402
+from sandgate.report import EvaluationReport, ReasonCode, Verdict  # noqa: E402
 from sandgate.sandbox.serve import CallOutcome, ServedSkill, _Demux, encode_frame  # noqa: E402
 from sandgate.submission import submission_from_files  # noqa: E402
+from sandgate_harness import serve as server  # noqa: E402
 
 # -- the type language ----------------------------------------------------------
 
@@ -566,7 +565,6 @@ def test_oracle_gates_are_validated(key: str, value: Any, message: str) -> None:
 
 def test_failing_calls_print_as_a_table_literally() -> None:
     from rich.console import Console
-
     from sandgate.cli.evaluate import render_report
 
     o = OracleSummary(status="ran", calls={"example": 3}, passed={"example": 2},
