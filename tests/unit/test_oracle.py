@@ -581,6 +581,26 @@ def test_failing_calls_print_as_a_table_literally() -> None:
         assert literal in text, text
 
 
+
+def test_control_characters_in_served_answers_are_escaped_in_the_human_report() -> None:
+    # a served skill chooses its exception messages and its example names: a terminal escape
+    # or a bidi override must reach the reader as text, never as a control sequence
+    from rich.console import Console
+
+    from sandgate.cli.evaluate import render_report
+
+    o = OracleSummary(status="ran", calls={"example": 1}, note="active says \x1b[2J",
+                      failures=[OracleCall(source="example", name="n\u202eam", args=["a\x1b[31mb"],
+                                           expected="1", got="raises E: \x1b]0;pwned\x07",
+                                           problem="wrong_exception")])
+    console = Console(width=200, record=True, force_terminal=False)
+    render_report(EvaluationReport(evaluation_id="e", verdict=Verdict.failed, oracle=o), console)
+    text = console.export_text()
+    assert "\x1b" not in text and "\u202e" not in text and "\x07" not in text
+    for shown in ("n\\u202eam", "\\x1b]0;pwned\\x07", "active says \\x1b[2J"):
+        assert shown in text, text
+
+
 # -- the generation loop --------------------------------------------------------------
 
 
