@@ -28,7 +28,7 @@ Judgement calls:
   running is not waited for — a second evaluation runs.
 
 Collaborators are parameters: ``evaluate=`` (default :func:`default_evaluate`,
-the sandbox) and ``policy_loader=`` (default :func:`load_policy`, the
+the sandbox, given the oracle's replay baseline read from the store) and ``policy_loader=`` (default :func:`load_policy`, the
 configured policies); a lease ``owner=`` makes storing the report a
 compare-and-set on that worker's lease. Tests pass fakes; nothing here is
 meant to be patched.
