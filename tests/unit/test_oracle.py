@@ -1,6 +1,6 @@
 """The oracle without Docker: the type language, the framing, the transport's judgement of
 what a server sends, the judging of answers, and the gates. The real sandbox is in
-``tests/security/test_oracle.py``."""
+``tests/security/test_hostile_oracle.py``."""
 
 from __future__ import annotations
 

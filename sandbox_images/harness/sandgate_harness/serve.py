@@ -38,6 +38,7 @@ import math
 import os
 import struct
 import sys
+import types
 from typing import Any
 
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
@@ -123,12 +124,29 @@ def answer(function: Any, request: dict[str, Any]) -> dict[str, Any]:
         return {"id": call_id, "ok": False, "unserializable": "nested too deeply"}
 
 
+def unmark() -> None:
+    """Take the server's names out of what the skill can read without introspection.
+
+    ``sys.argv``, ``sys.orig_argv``, ``sys.modules["__main__"]`` and the harness's
+    own modules would otherwise say "served by the oracle" in plain words, and a
+    skill could answer right only then. The running server keeps its functions
+    (they hold their own globals). This raises the cost of telling the oracle
+    from production; it does not make it impossible (the README says what is left).
+    """
+    sys.argv = [""]
+    sys.orig_argv = ["python3"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    for name in [n for n in sys.modules if n == "sandgate_harness" or n.startswith("sandgate_harness.")]:
+        del sys.modules[name]
+
+
 def load(files: dict[str, bytes]) -> Any:
     config = json.loads(files.pop("serve.json"))
     skill = {k[len("skill/"):]: v for k, v in files.items() if k.startswith("skill/")}
     write_tree(SKILL_DIR, skill)
     os.chdir(SKILL_DIR)
     sys.path.append(SKILL_DIR)  # appended: the standard library always wins
+    unmark()
     module = importlib.import_module(config["module"])
     function = getattr(module, config["function"])
     if not callable(function):
