@@ -28,7 +28,7 @@ Judgement calls:
   running is not waited for — a second evaluation runs.
 
 Collaborators are parameters: ``evaluate=`` (default :func:`default_evaluate`,
-the sandbox) and ``policy_loader=`` (default :func:`load_policy`, the
+the sandbox, given the oracle's replay baseline read from the store) and ``policy_loader=`` (default :func:`load_policy`, the
 configured policies); a lease ``owner=`` makes storing the report a
 compare-and-set on that worker's lease. Tests pass fakes; nothing here is
 meant to be patched.
@@ -46,11 +46,14 @@ from sandgate.errors import (
     Conflict,
     InfrastructureError,
     InvalidTransition,
+    NotFound,
     SandgateError,
     StoreError,
     SubmissionError,
 )
 from sandgate.evaluation import evaluate as _sandbox_evaluate
+from sandgate.evaluation.oracle import Baseline
+from sandgate.examples import examples_inputs
 from sandgate.policy import load_policy as _load_policy
 from sandgate.records import EvaluationRecord, PointerMove, VersionRecord
 from sandgate.report import EvaluationReport
@@ -93,10 +96,52 @@ PolicyLoader = Callable[[str | None], Any]
 
 
 def default_evaluate(
-    submission: Submission, *, policy: Policy, evaluation_id: str | None = None
+    submission: Submission, *, policy: Policy, evaluation_id: str | None = None,
+    baseline: Baseline | None = None,
 ) -> EvaluationReport:
-    """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs)."""
-    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id)
+    """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs).
+
+    ``baseline`` (the active version and earlier examples) enables the oracle's
+    differential replay; :func:`run_evaluation` loads it from the store.
+    """
+    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+
+
+def _default_run(store: Store) -> EvaluateFn:
+    """:func:`default_evaluate` with the replay baseline read from ``store``."""
+
+    def run(submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+        try:
+            baseline = load_baseline(store, skill=submission.name, content_hash=submission.content_hash)
+        except StoreError as exc:
+            raise InfrastructureError(f"the oracle's replay baseline could not be read: {exc}") from exc
+        return default_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+
+    return run
+
+
+def load_baseline(store: Store, *, skill: str, content_hash: str | None = None) -> Baseline:
+    """What the store knows about ``skill``'s earlier versions, for the oracle's differential replay:
+    the active version's stored bytes (unless it is ``content_hash`` itself) and every earlier
+    version's examples (data, never code). A skill not yet stored: an empty :class:`Baseline`."""
+    try:
+        stored = versions.list_versions(store, name=skill)
+    except NotFound:
+        return Baseline()
+    active = next((v for v in stored if v.active), None)
+    inputs: list[tuple[list[Any], dict[str, Any]]] = []
+    active_files = None
+    for version in stored:
+        if version.content_hash == content_hash:
+            continue
+        files = versions.get_version_files(store, name=skill, number=version.number)
+        inputs += examples_inputs(files)
+        if active is not None and version.number == active.number:
+            active_files = files
+    if active is None or active_files is None:
+        return Baseline(history_inputs=tuple(inputs))
+    return Baseline(active_version=active.number, active_files=active_files,
+                    history_inputs=tuple(inputs))
 
 
 def load_policy(name: str | None = None) -> Policy:
@@ -185,7 +230,7 @@ def run_evaluation(
     ``error`` verdict and re-raised (it is a bug). ``owner``: the worker whose
     lease must still hold when the report is stored (``Conflict`` otherwise).
     """
-    run = evaluate if evaluate is not None else default_evaluate
+    run = evaluate if evaluate is not None else _default_run(store)
     bug: BaseException | None = None
     try:
         report = run(submission, policy=policy, evaluation_id=evaluation_id)

@@ -5,7 +5,8 @@ Fields are only ever added, never renamed or removed, within ``schema_version`` 
 Reports of evaluations where nothing ran are built here and nowhere else
 (:func:`nothing_ran` and the constructors over it: :func:`rejected`,
 :func:`infrastructure_error`, :func:`from_exception`, :func:`gave_up`). Ground
-floor: pydantic and :mod:`sandgate.errors` only.
+floor: pydantic, :mod:`sandgate.errors` and the oracle section's types
+(:mod:`sandgate.oracle_report`) only.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandgate.errors import SubmissionError
+from sandgate.oracle_report import OracleSummary
 
 __all__ = [
     "Verdict",
@@ -33,6 +35,7 @@ __all__ = [
     "MutationSummary",
     "MutationOperator",
     "EvaluationReport",
+    "OracleSummary",
     "reason_code",
     "nothing_ran",
     "rejected",
@@ -76,6 +79,13 @@ class ReasonCode(str, Enum):
     mutation_score_below_threshold = "mutation_score_below_threshold"
     #: the tests still pass when the entrypoint's body is ``return None``
     null_entrypoint_survived = "null_entrypoint_survived"
+    # the oracle phase (sandgate.evaluation.oracle): evidence judged by the controller
+    examples_failed = "examples_failed"
+    acceptance_failed = "acceptance_failed"
+    contract_violation = "contract_violation"
+    nondeterministic = "nondeterministic"
+    behaviour_changed = "behaviour_changed"
+    too_few_examples = "too_few_examples"
 
 
 class _Model(BaseModel):
@@ -242,6 +252,8 @@ class EvaluationReport(_Model):
     sandbox: SandboxInfo | None = None
     #: the mutation phase (None: not part of this evaluation)
     mutation: MutationSummary | None = None
+    #: the oracle phase: the entrypoint served in its own sandbox, judged by the controller
+    oracle: OracleSummary | None = None
     #: seconds per phase: intake, static, dynamic, total (and container start/stop)
     timings: dict[str, float] = Field(default_factory=dict)
     #: the skill's captured output (capped), for people reading a failure

@@ -39,7 +39,7 @@ Paths
     is both a file and a directory.
 Allowed files
     ``*.py`` (``max_py_bytes``), ``skill.toml``, ``README``/``README.md``/
-    ``.txt``/``.rst`` and data files ``.txt .json .csv .md .toml .yaml .yml``
+    ``.txt``/``.rst`` and data files ``.txt .json .jsonl .csv .md .toml .yaml .yml``
     (``max_data_bytes``). Forbidden anywhere: ``conftest.py``, ``pytest.ini``,
     ``tox.ini``, ``setup.cfg``, ``setup.py``, ``pyproject.toml``,
     ``.coveragerc``, ``.semgrepignore``, ``sitecustomize.py``,
@@ -66,6 +66,10 @@ Manifest
     entrypoint's module file must be in the submission; every requirement
     must be satisfied by ``available_packages`` (``None``: the sandbox image
     provides no third-party packages, so any requirement is refused).
+    ``[[examples]]`` and a top-level ``examples.jsonl`` must be valid examples
+    (:mod:`sandgate.examples`: JSON values, exactly one of ``expect``/``raises``),
+    at most 1000 in all; ``[oracle]`` is validated by
+    :class:`sandgate.examples.OracleManifest`.
 Tests
     At least one file must match the test pattern: by default
     ``tests/**/test_*.py`` (``tests/test_*.py`` and deeper) and top-level
@@ -114,6 +118,15 @@ from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from sandgate.errors import SubmissionError
+from sandgate.examples import (
+    EXAMPLES_FILE,
+    MAX_EXAMPLES,
+    Example,
+    ExampleError,
+    OracleManifest,
+    parse_examples,
+    parse_examples_jsonl,
+)
 from sandgate.limits import LimitsRequest
 from sandgate.names import SKILL_NAME, SKILL_NAME_RULE
 from sandgate.names import content_hash as _content_hash
@@ -141,7 +154,7 @@ _DEFAULT_TESTS_TEXT = "tests/test_*.py or test_*.py"
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _ENTRYPOINT = re.compile(rf"^({_IDENT}(?:\.{_IDENT})*):({_IDENT})$")
 
-_DATA_SUFFIXES = frozenset({".txt", ".json", ".csv", ".md", ".toml", ".yaml", ".yml"})
+_DATA_SUFFIXES = frozenset({".txt", ".json", ".jsonl", ".csv", ".md", ".toml", ".yaml", ".yml"})
 _README_NAMES = frozenset({"readme", "readme.md", "readme.txt", "readme.rst"})
 
 _RUNNER_CONFIG = "test-runner configuration is the platform's, never the submission's"
@@ -247,6 +260,11 @@ class Manifest(BaseModel):
     #: a tests directory, a test file or a glob (``**`` spans directories); default: see module doc
     tests: str | None = None
     sandbox: LimitsRequest | None = None  # type: ignore[valid-type]
+    #: ``[[examples]]``: calls with known answers for the oracle (validated by
+    #: :mod:`sandgate.examples` at intake)
+    examples: list[dict[str, Any]] = Field(default_factory=list)
+    #: ``[oracle]``: allowed exceptions, JSON Schema, intended behaviour changes
+    oracle: OracleManifest | None = None
 
     @field_validator("name")
     @classmethod
@@ -332,6 +350,13 @@ class Submission:
     def test_files(self) -> list[str]:
         """The test files (sorted), by the manifest's ``tests`` or the default pattern."""
         return _match_tests(self.files, self.manifest.tests)
+
+    def examples(self) -> list[Example]:
+        """The declared examples: ``[[examples]]`` in the manifest, then ``examples.jsonl``."""
+        found = parse_examples(self.manifest.examples, where=f"{MANIFEST_NAME} [[examples]]")
+        if EXAMPLES_FILE in self.files:
+            found += parse_examples_jsonl(self.files[EXAMPLES_FILE], where=EXAMPLES_FILE)
+        return found
 
     def module_files(self) -> list[str]:
         """The ``.py`` files that are not tests (sorted)."""
@@ -1215,8 +1240,22 @@ def _build(
             _check_source(path, files[path])
     _check_test_imports(files, tests)
     canonical = dict(sorted(files.items()))
-    return Submission(
+    submission = Submission(
         manifest=manifest,
         files=MappingProxyType(canonical),
         content_hash=hash_files(canonical),
     )
+    _check_examples(submission)
+    return submission
+
+
+def _check_examples(submission: Submission) -> None:
+    """``[[examples]]`` and ``examples.jsonl`` are valid (the oracle phase sends them as-is)."""
+    try:
+        found = submission.examples()
+    except ExampleError as exc:
+        where = EXAMPLES_FILE if str(exc).startswith(EXAMPLES_FILE) else MANIFEST_NAME
+        raise SubmissionError(f"invalid example: {exc}", path=where) from exc
+    if len(found) > MAX_EXAMPLES:
+        raise SubmissionError(
+            f"{len(found)} examples declared; at most {MAX_EXAMPLES}", path=MANIFEST_NAME)

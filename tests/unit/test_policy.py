@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from sandgate.errors import PolicyError, SubmissionError
+from sandgate.oracle_report import OracleSummary
 from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
@@ -197,7 +198,10 @@ def test_blocked_severity_boundary_default(severity: str, blocked: bool) -> None
 def test_strict_blocks_medium() -> None:
     strict = load_policy("strict", policies_dir=POLICIES_DIR)
     cov = CoverageSummary(line_percent=95.0, branch_percent=95.0, branches=4)
-    _, reasons = decide(report(coverage=cov, findings=[finding("r", "medium")]), strict)
+    evidence = OracleSummary(status="ran", examples=3, contract_checks=20,
+                             calls={"example": 3, "contract": 40})
+    _, reasons = decide(report(coverage=cov, findings=[finding("r", "medium")], oracle=evidence),
+                        strict)
     assert codes(reasons) == [RC.policy_violation]
 
 

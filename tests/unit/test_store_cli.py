@@ -61,7 +61,8 @@ class _Evaluator:
     verdict = "passed"
     calls = 0
 
-    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None,
+                 baseline: Any = None) -> EvaluationReport:
         type(self).calls += 1
         reasons = [] if self.verdict == "passed" else [Reason(code=ReasonCode.tests_failed, message="1 failed")]
         return EvaluationReport(

@@ -214,7 +214,8 @@ def test_sandbox_request_tightens_policy_limits() -> None:
 def test_manifest_dumps_to_json() -> None:
     dumped = submission_from_files(skill()).manifest.model_dump(mode="json")
     assert dumped == {"name": "greet", "description": "Say hello", "entrypoint": "greet:hello",
-                      "requirements": [], "tests": None, "sandbox": None}
+                      "requirements": [], "tests": None, "sandbox": None, "examples": [],
+                      "oracle": None}
 
 
 def test_available_requirements_are_accepted() -> None:

@@ -113,6 +113,10 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
         for f in report.findings:
             table.add_row(_line(f.severity), _line(f.rule_id), _line(f"{f.path}:{f.line}"), _line(f.message))
         out.print(table)
+    # oracle_render imports literal() from this module: loaded here, after it
+    from sandgate.cli.oracle_render import render_oracle
+
+    render_oracle(report.oracle, out)
     if report.sandbox:
         s = report.sandbox
         peak = f"{s.peak_memory_bytes / 1e6:.0f} MB" if s.peak_memory_bytes else "?"

@@ -2,6 +2,8 @@
 
 static phase (semgrep on the stored bytes, before any submitted code runs)
 → dynamic phase (pytest + coverage) → mutation phase (when the tests passed)
+→ oracle phase (the entrypoint served in a second sandbox, its answers judged
+here: :mod:`sandgate.evaluation.oracle`)
 → report → gates → verdict.
 """
 
@@ -18,6 +20,8 @@ from typing import TYPE_CHECKING
 from sandgate import report as reports
 from sandgate.config import get_settings
 from sandgate.errors import InfrastructureError, SubmissionError
+from sandgate.evaluation import oracle
+from sandgate.evaluation.oracle import Baseline
 from sandgate.policy import decide, effective_limits
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.submission import load_submission
@@ -40,6 +44,10 @@ LIMITS_STATEMENTS = [
     "of their assertions.",
     "Mutation outcomes are reported by the process that runs the mutated submitted code: a "
     "skill can make mutants look killed; it cannot make tests that check nothing kill them.",
+    "The oracle section is evidence the skill cannot forge: the controller judged each answer "
+    "of the served entrypoint itself. It covers only the inputs it lists (examples, acceptance "
+    "set, generated contract inputs, replayed inputs), not every input, and a skill can tell "
+    "it is being served; examples the submitter wrote show only that the skill answers them.",
 ]
 
 
@@ -58,7 +66,8 @@ def evaluate(
     evaluation_id: str | None = None,
     settings: Settings | None = None,
     progress: Callable[[str], None] = lambda _phase: None,
-    phases: tuple[str, ...] = ("static", "dynamic"),
+    phases: tuple[str, ...] = ("static", "dynamic", "oracle"),
+    baseline: Baseline | None = None,
 ) -> EvaluationReport:
     """Evaluate ``submission`` under ``policy`` in a fresh sandbox and return the report.
 
@@ -66,10 +75,14 @@ def evaluate(
     infrastructure's (verdict ``error`` with reason ``infrastructure``).
     ``phases=("static",)`` runs the semgrep scan only (the scheduler's re-scan):
     no submitted code runs, and the verdict is meaningless — read the findings.
+    ``"oracle"`` runs only with ``"dynamic"``; ``baseline`` (the store's active
+    version and earlier examples, :func:`sandgate.lifecycle.load_baseline`)
+    enables the differential replay.
     """
-    unknown = set(phases) - {"static", "dynamic"}
-    if unknown or not phases:
-        raise ValueError(f"phases must be a non-empty subset of ('static', 'dynamic'), got {phases!r}")
+    unknown = set(phases) - {"static", "dynamic", "oracle"}
+    if unknown or not phases or phases == ("oracle",):
+        raise ValueError("phases must be a non-empty subset of ('static', 'dynamic', 'oracle'), "
+                         f"got {phases!r}")
     # the sandbox (and the report parser over its runs) import docker: loaded on first use
     from sandgate.evaluation.parse import build_report
     from sandgate.sandbox import make_payload, require_image, run_sandbox
@@ -88,6 +101,7 @@ def evaluate(
         policy_hash=policy.hash,
         limits=list(LIMITS_STATEMENTS),
     )
+    oracle_phase: oracle.OraclePhase | None = None
     try:
         progress("sandbox")
         client = shared_client(settings)
@@ -95,6 +109,11 @@ def evaluate(
         files = {f"skill/{path}": data for path, data in submission.files.items()}
         files.update({f"rules/{name}": data
                       for name, data in rules_files(settings.policies_dir / "semgrep").items()})
+        if "oracle" in phases and "dynamic" in phases:
+            oracle_phase = oracle.begin(
+                submission, policy=policy, client=client, image=settings.image,
+                limits=limits, evaluation_id=evaluation_id,
+                policies_dir=settings.policies_dir, baseline=baseline)
         channel_key = secrets.token_bytes(32)
         files["config.json"] = json.dumps({
             "channel_key": channel_key.hex(),
@@ -126,13 +145,24 @@ def evaluate(
             evaluation_id=evaluation_id,
             kill_grace=settings.sandbox_kill_grace,
             channel_key=channel_key,
+            on_started=oracle_phase.start if oracle_phase is not None else None,
         )
         progress("report")
         report = build_report(base, run, image_id=image.id)
+        if oracle_phase is not None:
+            phase, oracle_phase = oracle_phase, None
+            progress("oracle")
+            report = oracle.conclude(phase, report, policy)
     except InfrastructureError as exc:
         report = base.model_copy(update={
             "reasons": [Reason(code=ReasonCode.infrastructure, message=str(exc))],
         })
+    finally:
+        if oracle_phase is not None:  # the dynamic phase failed before the oracle's turn
+            try:
+                oracle_phase.close()
+            except InfrastructureError:
+                pass
     report.timings["total"] = round(time.monotonic() - started, 4)
     verdict, reasons = decide(report, policy)
     return report.model_copy(update={"verdict": verdict, "reasons": reasons})

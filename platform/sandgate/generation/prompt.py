@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from sandgate.generation.parse import MAX_TEST_FILES, render_files
+from sandgate.oracle_report import call_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.report import EvaluationReport
@@ -64,6 +65,10 @@ def system_prompt(policy: Policy) -> str:
     if g.min_branch_coverage > 0:
         coverage += f" and branch coverage of at least {g.min_branch_coverage:g}%"
     blocked = ", ".join(g.blocked_severities) or "none"
+    examples_gate = ""
+    if g.contract_checks > 0:
+        examples_gate = (f"; {g.contract_checks} generated inputs keep the contract (declared "
+                         "return type, only declared exceptions, the same answer twice)")
     return f"""\
 You write skills for sandgate. A skill is one small Python module plus its pytest tests. \
 Before it may reach production, sandgate runs it in an isolated sandbox: a static scan \
@@ -81,6 +86,17 @@ name = "<the skill name you are given>"
 description = "<one line>"
 entrypoint = "<module>:<function>"
 requirements = []
+
+[[examples]]
+args = [<positional arguments, as TOML values>]
+expect = <the value the entrypoint returns for them>
+
+[[examples]]
+args = [<arguments that are invalid>]
+raises = "ValueError"
+
+[oracle]
+raises = ["ValueError"]
 ```
 
 ### FILE: <module>.py
@@ -105,7 +121,20 @@ fix something, send all the files again.
 
 # skill.toml (the manifest)
 Keys: `name` (exactly the skill name given), `description` (one line), `entrypoint` \
-(`module:function`, the main function), `requirements` (always `[]`). No other keys.
+(`module:function`, the main function), `requirements` (always `[]`), `[[examples]]` \
+and `[oracle]`. No other keys.
+
+# Examples (the oracle: sandgate calls your entrypoint itself and checks each answer)
+- Declare at least {max(g.min_examples, 3)} `[[examples]]`: `args` (a list), optional \
+`kwargs` (a table), and exactly one of `expect` (the returned value) or `raises` (the \
+exception's type name). Values are JSON-like: numbers, strings, booleans, lists, tables \
+(tuples come back as lists; TOML has no null). Optional `tolerance = 1e-9` for floats.
+- sandgate calls the entrypoint in a fresh process (not under pytest) and compares the \
+answer itself: an example whose answer differs fails the gate, whatever your tests say.
+- Give the entrypoint full type hints (int, float, str, bool, None, list[T], \
+dict[str, T], tuple[...], Optional[T], Literal[...]) and return plain JSON-like values: \
+sandgate generates inputs from the hints and checks the return type, that only the \
+exceptions in `[oracle] raises` are raised, and that the same input gives the same answer.
 
 # Sandbox rules (a violation fails the gate)
 - Python 3.11 standard library only. No third-party packages (the tests may import pytest).
@@ -151,6 +180,7 @@ run is killed after {lim.timeout_seconds:g} seconds; memory {lim.memory_mb} MB).
 - {coverage[0].upper() + coverage[1:]}: test every branch, including error paths \
 (`pytest.raises`) and edge cases.
 - No static finding of a blocked severity ({blocked}).{mutation}
+- Every `[[examples]]` call answers as declared{examples_gate}.
 
 Tests import the module by name (`from <module> import <function>`); the module's \
 directory is on the import path."""
@@ -267,6 +297,8 @@ def repair_prompt(report: EvaluationReport, policy: Policy, *, attempt: int) -> 
         if len(failing) > MAX_FAILURES:
             out.append(f"- … and {len(failing) - MAX_FAILURES} more")
 
+    out += _oracle_feedback(report)
+
     cov = report.coverage
     g = policy.gates
     if cov is not None and (cov.line_percent < g.min_line_coverage
@@ -304,6 +336,35 @@ def repair_prompt(report: EvaluationReport, policy: Policy, *, attempt: int) -> 
         text = text[:MAX_FEEDBACK_CHARS] + "\n… (feedback trimmed)"
     return (text + "\n\nFix every problem and reply with all the files again (complete, in "
             "the output format).")
+
+
+def _oracle_feedback(report: EvaluationReport) -> list[str]:
+    """The oracle's failing calls: the answers sandgate got when it called the entrypoint."""
+    oracle = report.oracle
+    if oracle is None:
+        return []
+    out: list[str] = []
+    failing = [*oracle.failures, *oracle.nondeterministic]
+    if failing:
+        out += ["", "Calls sandgate made to your entrypoint (outside the tests) that went wrong:"]
+        for call in failing[:MAX_FAILURES]:
+            out.append(f"- {call.source} {call.name}: f({_tail(call_input(call.args, call.kwargs), 300)}) "
+                       f"expected {_tail(call.expected, 300)}, got {_tail(call.got, 300)}")
+        if len(failing) > MAX_FAILURES:
+            out.append(f"- … and {len(failing) - MAX_FAILURES} more")
+        out.append("Fix the module (or an example that is itself wrong); the examples are checked "
+                   "by calling the module directly, not through your tests.")
+    if oracle.contract_unsupported:
+        out += ["", f"Contract checks could not run: {oracle.contract_unsupported}. "
+                "Give every parameter and the return value a type hint from the supported set."]
+    undeclared = [c for c in oracle.behaviour_changes if not c.declared]
+    if undeclared:
+        out += ["", f"Answers that differ from the active version {oracle.active_version} "
+                "(declare intended ones under [[oracle.changes]] with args and reason):"]
+        for change in undeclared[:MAX_FAILURES]:
+            out.append(f"- f({_tail(call_input(change.args, change.kwargs), 300)}): was "
+                       f"{_tail(change.active, 200)}, now {_tail(change.candidate, 200)}")
+    return out
 
 
 def repair_messages(policy: Policy, name: str, description: str, requirements: Sequence[str],

@@ -15,8 +15,10 @@ Which reasons come from where
     ``branch_coverage_below_threshold``) and the reasons computed from the
     report's test, entrypoint and mutation data (``vacuous_tests``, ``skipped_tests``,
     ``entrypoint_missing``, ``entrypoint_not_tested``, ``null_entrypoint_survived``,
-    ``mutation_score_below_threshold``) found in the report are
-    dropped and recomputed, so deciding a stored report again under another policy is
+    ``mutation_score_below_threshold``), and the oracle's
+    (``too_few_examples``, ``acceptance_failed``, ``examples_failed``,
+    ``contract_violation``, ``nondeterministic``, ``behaviour_changed``) found in
+    the report are dropped and recomputed, so deciding a stored report again under another policy is
     correct, and deciding twice gives the same answer. The report's incoming
     ``verdict`` is ignored.
 
@@ -65,16 +67,36 @@ Mutation
     re-scan, a report stored before the phase existed). A phase that stopped
     early (``decided_early``) was decided for the evaluation's own policy;
     re-deciding it under another threshold uses the mutants that ran.
+Oracle (evidence judged by the controller, :mod:`sandgate.evaluation.oracle`)
+    Computed from the report's ``oracle`` section, like the test reasons
+    (all policy-dependent). ``examples_must_pass``: a failed declared example
+    → ``examples_failed``, a failed operator acceptance example →
+    ``acceptance_failed``; so does an example or acceptance set the phase never
+    sent because it did not run (``[oracle] json_values = false`` declares the
+    entrypoint unservable: that cannot dodge them). ``min_examples > 0``: fewer declared examples, or
+    no oracle phase that ran (skipped, unsupported, absent) →
+    ``too_few_examples``. ``contract_checks > 0``: fewer contract checks than
+    required (unsupported type hints check none: never passing evidence), or
+    any contract failure, or contract checks that all raised a declared
+    exception (``contract_values == 0``: no returned value was checked) →
+    ``contract_violation``; two answers to one input →
+    ``nondeterministic``. ``max_behaviour_changes`` given: more undeclared
+    behaviour changes against the active version → ``behaviour_changed``.
+    With every oracle gate off (``examples_must_pass = false``, the others 0 /
+    omitted) the section is reported and decides nothing.
 
 Order of reasons
     Root causes first: sandbox limits, ``crashed``, ``policy_violation``,
     ``entrypoint_missing``, ``no_tests``, ``tests_failed``, ``tests_not_run``,
     ``skipped_tests``, ``vacuous_tests``, ``entrypoint_not_tested``, coverage,
-    branch coverage, null entrypoint, mutation score.
+    branch coverage, null entrypoint, mutation score, then the oracle's: ``too_few_examples``,
+    ``acceptance_failed``, ``examples_failed``, ``contract_violation``,
+    ``nondeterministic``, ``behaviour_changed``.
 """
 
 from __future__ import annotations
 
+from sandgate.oracle_report import OracleCall, OracleSummary
 from sandgate.report import (
     CoverageSummary,
     EntrypointCheck,
@@ -108,6 +130,12 @@ POLICY_DEPENDENT_CODES: frozenset[ReasonCode] = frozenset(
         RC.entrypoint_not_tested,
         RC.null_entrypoint_survived,
         RC.mutation_score_below_threshold,
+        RC.too_few_examples,
+        RC.acceptance_failed,
+        RC.examples_failed,
+        RC.contract_violation,
+        RC.nondeterministic,
+        RC.behaviour_changed,
     }
 )
 
@@ -133,6 +161,12 @@ REASON_ORDER: tuple[ReasonCode, ...] = (
     RC.branch_coverage_below_threshold,
     RC.null_entrypoint_survived,
     RC.mutation_score_below_threshold,
+    RC.too_few_examples,
+    RC.acceptance_failed,
+    RC.examples_failed,
+    RC.contract_violation,
+    RC.nondeterministic,
+    RC.behaviour_changed,
 )
 _RANK = {code: i for i, code in enumerate(REASON_ORDER)}
 
@@ -442,6 +476,79 @@ def _mutation_reasons(mutation: MutationSummary | None, gates: Gates, explained:
 # -- the decision -------------------------------------------------------------
 
 
+def _calls_text(calls: list[OracleCall]) -> str:
+    listed = calls[:_MAX_LISTED_TESTS]
+    items = "; ".join(f"{c.name}: expected {c.expected}, got {c.got}" for c in listed)
+    return f"{items}{_more(len(listed), len(calls))}"
+
+
+def _oracle_reasons(oracle: OracleSummary | None, gates: Gates) -> list[Reason]:
+    reasons: list[Reason] = []
+    why_not = ("no oracle phase ran" if oracle is None else
+               f"the oracle phase did not run ({oracle.status}: {oracle.note or 'no reason given'})")
+    if gates.min_examples > 0:
+        if oracle is None or oracle.status != "ran":
+            reasons.append(Reason(code=RC.too_few_examples, message=(
+                f"the policy requires {_plural(gates.min_examples, 'declared example')} "
+                f"answered by the oracle; {why_not}")))
+        elif oracle.examples < gates.min_examples:
+            reasons.append(Reason(code=RC.too_few_examples, message=(
+                f"{_plural(oracle.examples, 'example')} declared; the policy requires at least "
+                f"{gates.min_examples} ([[examples]] in skill.toml or examples.jsonl)")))
+    if oracle is None:
+        if gates.contract_checks > 0:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"the policy requires {gates.contract_checks} contract checks; {why_not}")))
+        return reasons
+    ran = oracle.status == "ran"
+    if gates.examples_must_pass and not ran:
+        # an entrypoint declared unservable cannot dodge its examples or the operator's set
+        for count, code, what in ((oracle.acceptance, RC.acceptance_failed, "operator acceptance example"),
+                                  (oracle.examples, RC.examples_failed, "declared example")):
+            if count:
+                reasons.append(Reason(code=code, message=(
+                    f"{_plural(count, what)} never answered: the oracle phase did not run "
+                    f"({oracle.status}: {oracle.note or 'no reason given'})")))
+    if gates.examples_must_pass:
+        for source, code, what in (("acceptance", RC.acceptance_failed, "operator acceptance example"),
+                                   ("example", RC.examples_failed, "declared example")):
+            bad = oracle.failed(source)
+            total = oracle.calls.get(source, 0)
+            if bad:
+                reasons.append(Reason(code=code, message=(
+                    f"{len(bad)} of {_plural(total, what)} answered wrong: {_calls_text(bad)}")))
+    if gates.contract_checks > 0:
+        bad = oracle.failed("contract")
+        if bad:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"{len(bad)} of {oracle.contract_checks} contract checks failed: {_calls_text(bad)}")))
+        elif oracle.contract_values == 0 and oracle.contract_checks:
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"every one of the {oracle.contract_checks} contract inputs raised a declared exception: "
+                "no returned value was checked against the declared type (narrow the inputs with a "
+                "schema in [oracle] so that some are valid)")))
+        elif oracle.contract_checks < gates.contract_checks:
+            detail = (f"the entrypoint's contract is unsupported: {oracle.contract_unsupported}"
+                      if oracle.contract_unsupported else why_not if not ran else
+                      f"only {oracle.contract_checks} ran")
+            reasons.append(Reason(code=RC.contract_violation, message=(
+                f"the policy requires {gates.contract_checks} contract checks; {detail} "
+                "(unsupported checks are never passing evidence)")))
+        if oracle.nondeterministic:
+            reasons.append(Reason(code=RC.nondeterministic, message=(
+                f"{len(oracle.nondeterministic)} input(s) got two different answers: "
+                f"{_calls_text(oracle.nondeterministic)}")))
+    if gates.max_behaviour_changes is not None and oracle.undeclared_changes > gates.max_behaviour_changes:
+        undeclared = [c for c in oracle.behaviour_changes if not c.declared]
+        listed = undeclared[:_MAX_LISTED_TESTS]
+        items = "; ".join(f"{c.args!r}: {c.active} -> {c.candidate}" for c in listed)
+        reasons.append(Reason(code=RC.behaviour_changed, message=(
+            f"{_plural(oracle.undeclared_changes, 'undeclared behaviour change')} against "
+            f"version {oracle.active_version} (the policy allows {gates.max_behaviour_changes}): "
+            f"{items}{_more(len(listed), len(undeclared))}")))
+    return reasons
+
+
 def _dedupe(reasons: list[Reason]) -> list[Reason]:
     seen: set[ReasonCode] = set()
     out = []
@@ -475,6 +582,7 @@ def decide(report: EvaluationReport, policy: Policy) -> tuple[Verdict, list[Reas
         *_evidence_reasons(report.tests, gates),
         *_entrypoint_reasons(report.entrypoint, report.tests),
         *_coverage_reasons(report.coverage, report.tests, gates, bool(test_reasons)),
+        *_oracle_reasons(report.oracle, gates),
     ]
     explained = bool(computed) or bool(carried)
     computed += _mutation_reasons(report.mutation, gates, explained)

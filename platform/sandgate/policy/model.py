@@ -30,6 +30,7 @@ __all__ = [
     "Gates",
     "Limits",
     "Mutation",
+    "OracleLimits",
     "Promotion",
     "Policy",
     "parse_policy",
@@ -69,6 +70,17 @@ class Gates(_Strict):
     allow_skips: bool = False
     #: findings of these severities fail the evaluation with ``policy_violation``
     blocked_severities: list[Severity] = Field(default_factory=lambda: ["critical", "high"])
+    # -- the oracle phase (evidence judged by the controller) --
+    #: a wrong answer to a declared example or to the operator's acceptance set fails the gate
+    examples_must_pass: bool = True
+    #: examples the submission must declare (``[[examples]]`` + ``examples.jsonl``); 0: none
+    min_examples: int = Field(default=0, ge=0)
+    #: generated contract-check inputs that must run and hold (declared return type, only
+    #: declared exceptions, the same answer twice, the per-call limit); 0: reported, not gated
+    contract_checks: int = Field(default=0, ge=0)
+    #: behaviour changes against the active version that the manifest does not declare;
+    #: omitted: reported, not gated
+    max_behaviour_changes: int | None = Field(default=None, ge=0)
 
     @field_validator("blocked_severities")
     @classmethod
@@ -87,6 +99,19 @@ class Mutation(_Strict):
     #: stop once the mutants left cannot change the gates' outcome (the verdict is the
     #: same; fewer survivors are listed); false runs every selected mutant
     stop_when_decided: bool = True
+
+
+class OracleLimits(_Strict):
+    """The oracle phase's clock and budget (its sandbox has the policy's :class:`Limits`)."""
+
+    #: one call, from request sent to answer read
+    call_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    #: the whole phase, server start-up included
+    timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    #: contract-check inputs generated when ``gates.contract_checks`` asks for fewer
+    contract_inputs: int = Field(default=20, ge=0, le=1000)
+    #: calls sent to one served version, all sources together
+    max_calls: int = Field(default=600, gt=0, le=10000)
 
 
 class Promotion(_Strict):
@@ -117,6 +142,7 @@ class Policy(_Strict):
     gates: Gates = Field(default_factory=Gates)
     limits: Limits = Field(default_factory=Limits)
     mutation: Mutation = Field(default_factory=Mutation)
+    oracle: OracleLimits = Field(default_factory=OracleLimits)
     promotion: Promotion = Field(default_factory=Promotion)
 
     def canonical_json(self) -> str:

@@ -16,7 +16,7 @@ import socket
 import tarfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,12 +160,15 @@ def run_sandbox(
     kill_grace: float = 5.0,
     entrypoint: list[str] | None = None,
     channel_key: bytes | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> SandboxRun:
     """Run the harness once. Raises InfrastructureError when the sandbox itself failed.
 
     ``entrypoint`` replaces the harness (benchmarks use it to measure a bare floor
     under the same hardening); the result is then the raw stdout under ``{"stdout": ...}``.
     ``channel_key`` is the key the harness signs its lines with (sent in the payload).
+    ``on_started`` is called once the container runs with its payload (the oracle
+    starts its own sandbox then, so the two starts do not contend).
     """
     api = client.api
     evaluation_id = evaluation_id or uuid.uuid4().hex
@@ -205,6 +208,8 @@ def run_sandbox(
                 raise RuntimeUnavailable(f"runtime {limits.runtime!r} failed to start: {exc}") from exc
             raise InfrastructureError(f"could not start the sandbox: {exc.explanation or exc}") from exc
         timings["start"] = time.monotonic() - t
+        if on_started is not None:
+            on_started()
 
         t = time.monotonic()
         timed_out = False
