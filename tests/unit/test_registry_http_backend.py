@@ -408,7 +408,9 @@ def test_registry_follows_moves_by_push_and_verifies_bytes(fake: FakeSandgate, t
     backend = r.backend
     assert isinstance(backend, HttpBackend) and backend.wait_push(5)
     assert fake.watch_requests[0]["skills"] == "greet"
-    assert fake.watch_requests[0]["actions"] == "promoted,rolled_back"
+    from sandgate.registry.backends import _MOVES
+
+    assert fake.watch_requests[0]["actions"] == ",".join(_MOVES)  # pointer moves and canary changes
     assert fake.watch_requests[0]["last_event_id"] == "1"  # the pointers answer's last_event_id
 
     t0 = time.monotonic()

@@ -113,6 +113,7 @@ from typing import Any
 from sandgate.errors import ConfigError
 from sandgate.registry.backends import (
     HTTP_POLL_INTERVAL,
+    CanaryRoute,
     FetchedVersion,
     HttpBackend,
     RegistryBackend,
@@ -149,6 +150,8 @@ def connect(
     on_event: Callable[[RegistryEvent], Any] | None = None,
     skills: Iterable[str] = (),
     watch: bool = True,
+    report: bool = True,
+    report_interval: float = 1.0,
 ) -> Registry:
     """A :class:`Registry` following the store at ``url`` (default: ``$SANDGATE_URL``, else the settings' store).
 
@@ -164,6 +167,10 @@ def connect(
     :meth:`Registry.refresh` moves the snapshot (tools and tests). ``on_event``
     is called from the watcher thread (or the thread that called
     ``refresh``/made the first call); its exceptions are logged and ignored.
+    ``report``: send runtime counts (calls, errors, latency per version) to the
+    store or the API every ``report_interval`` seconds from a background
+    thread (:mod:`sandgate.registry.evidence`; ``report=False`` keeps them in
+    this process, ``runtime_stats()``).
     """
     import os
 
@@ -196,6 +203,8 @@ def connect(
         on_event=on_event,
         skills=skills,
         watch=watch,
+        report=report,
+        report_interval=report_interval,
     )
     if isinstance(backend, HttpBackend):  # close() must not wait out a long poll interval in watch()
         backend.bind_stop(getattr(registry, "_stop", None))
