@@ -350,6 +350,21 @@ class SandgateClient:
 
     # -- events --------------------------------------------------------------------
 
+    # -- canary (api/canary.py) ----------------------------------------------------
+
+    def start_canary(self, name: str, number: int, *, weight: int | None = None, reason: str | None = None,
+                     force: bool = False, expected_generation: int | None = None) -> dict[str, Any]:
+        body = {"version": number, "weight": weight, "reason": reason, "force": force,
+                "expected_generation": expected_generation}
+        return self._json("POST", f"/v1/skills/{name}/canary",  # type: ignore[no-any-return]
+                          json={k: v for k, v in body.items() if v is not None})
+
+    def abort_canary(self, name: str, *, reason: str) -> dict[str, Any]:
+        return self._json("POST", f"/v1/skills/{name}/canary/abort", json={"reason": reason})  # type: ignore[no-any-return]
+
+    def canary_status(self, name: str) -> dict[str, Any]:
+        return self._json("GET", f"/v1/skills/{name}/status")  # type: ignore[no-any-return]
+
     def watch(self, *, after: int | None = None, skills: Iterable[str] | None = None,
               actions: Iterable[str] | None = None,
               read_timeout: float | None = None) -> Iterator[EventRecord]:

@@ -93,6 +93,9 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     install_handlers(app)
 
     app.include_router(router)
+    from sandgate.api.canary import router as canary_router
+
+    app.include_router(canary_router)  # canary routes (api/canary.py)
     _ops_routes(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

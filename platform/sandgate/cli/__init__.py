@@ -19,7 +19,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from sandgate.cli import engine, evaluate, generate, keys, serve, store, worker
+    from sandgate.cli import canary, engine, evaluate, generate, keys, serve, store, worker
 
     engine.register(app)
     evaluate.register(app)
@@ -28,6 +28,7 @@ def _register() -> None:
     serve.register(app)
     keys.register(app)
     worker.register(app)
+    canary.register(app)
 
 
 def main() -> None:

@@ -279,8 +279,18 @@ def promote(
     expected_generation: ExpectedGenerationOpt = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
+    canary: Annotated[
+        int | None,
+        typer.Option("--canary", min=1, max=99, help="Start a canary at this weight (percent) instead: the "
+                     "version serves that share of calls beside the active one until the scheduler decides."),
+    ] = None,
 ) -> None:
-    """Make a version active (it must have passed under the current policy)."""
+    """Make a version active (it must have passed under the current policy), or a canary with --canary."""
+    if canary is not None:
+        from sandgate.cli.canary import start
+
+        return start(name=name, number=number, weight=canary, reason=reason, force=force, policy=policy,
+                     expected_generation=expected_generation, actor=actor, as_json=as_json)
     with errors(), _service() as service:
         move = service.promote(name, number, actor=actor, reason=reason, policy=policy,
                                expected_generation=expected_generation, force=force)

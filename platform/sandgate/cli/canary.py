@@ -1,0 +1,140 @@
+"""Canary commands: ``sandgate status NAME``, ``sandgate abort NAME`` (``promote N --canary W`` is in store.py).
+
+Embedded (the settings' store) or remote (``SANDGATE_URL``), like the store commands.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from sandgate.cli.common import EXIT_ERROR, errors, fail_with
+from sandgate.cli.store import (
+    ActorOpt,
+    JsonOpt,
+    _console,
+    _echo_json,
+    _no_remote_actor,
+    _remote,
+    _store,
+    default_actor,
+)
+
+__all__ = ["register", "start"]
+
+
+def start(*, name: str, number: int, weight: int, reason: str | None, force: bool, policy: str | None,
+          expected_generation: int | None, actor: str | None, as_json: bool) -> None:
+    """``sandgate promote NAME N --canary W``: the version becomes the candidate at W % of calls."""
+    from sandgate import delivery, lifecycle
+
+    with errors():
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            if policy is not None:
+                fail_with("--policy with --canary is for embedded mode (the server uses its policy)", EXIT_ERROR)
+            with api:
+                record = api.start_canary(name, number, weight=weight, reason=reason, force=force,
+                                          expected_generation=expected_generation)
+        else:
+            pol = lifecycle.load_policy(policy)
+            with _store() as store:
+                record = delivery.start(store, name=name, number=number, actor=actor or default_actor(),
+                                        policy=pol, weight=weight, reason=reason,
+                                        expected_generation=expected_generation, force=force).to_dict()
+    if as_json:
+        _echo_json(record)
+        return
+    steps = ", ".join(str(w) for w in record["config"].get("steps", [])) + ", 100"
+    _console().print(f"{name}@{record['candidate']}: canary at {record['weight']} % beside "
+                     f"{name}@{record['baseline']} (generation {record['generation']}; steps {steps} %, "
+                     f"min {record['config'].get('min_calls')} calls per step"
+                     f"{', fallback on' if record['config'].get('fallback') else ''})")
+
+
+def status(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Versions, weights, calls, error rates, latency, and the current canary decision with its reason."""
+    from sandgate import delivery
+
+    with errors():
+        api = _remote()
+        if api is not None:
+            with api:
+                data = api.canary_status(name)
+        else:
+            with _store() as store:
+                data = delivery.status(store, name=name)
+    if as_json:
+        _echo_json(data)
+        return
+    _print_status(data)
+
+
+def _fmt(counts: dict[str, Any]) -> str:
+    p50, p95 = counts.get("p50_ms"), counts.get("p95_ms")
+    lat = f"p50 {p50:.3f} ms, p95 {p95:.3f} ms" if p50 is not None and p95 is not None else "no latency yet"
+    types = ", ".join(f"{k} {v}" for k, v in (counts.get("error_types") or {}).items())
+    return (f"{counts['calls']} calls, {counts['errors']} errors ({counts['error_rate']:.4%})"
+            f"{' [' + types + ']' if types else ''}; {lat}")
+
+
+def _print_status(data: dict[str, Any]) -> None:
+    out = _console()
+    name = data["skill"]
+    canary = data.get("canary")
+    weight = data.get("weight") or 0
+    active = data.get("active")
+    line = f"{name}: active {name}@{active}" if active is not None else f"{name}: nothing active"
+    if data.get("candidate") is not None:
+        line += f" ({100 - weight} %), candidate {name}@{data['candidate']} ({weight} %)"
+    out.print(f"{line}; generation {data.get('generation')}")
+    if canary is None:
+        out.print("no canary so far")
+        for number, counts in data.get("versions", {}).items():
+            out.print(f"  {name}@{number}: {_fmt(counts)}")
+        return
+    out.print(f"canary {canary['id']}: {name}@{canary['candidate']} vs {name}@{canary['baseline']}, "
+              f"state {canary['state']}, steps " + " → ".join(str(s["weight"]) for s in canary["steps"]) + " %")
+    for number, counts in data.get("versions", {}).items():
+        role = "candidate" if int(number) == canary["candidate"] else "baseline"
+        out.print(f"  {name}@{number} ({role}): {_fmt(counts)}")
+    decision = data.get("decision")
+    if decision:
+        test = (decision.get("evidence") or {}).get("error_test") or {}
+        stat = f"; statistic {test['statistic']:.4g} (threshold {test['threshold']:g})" if test else ""
+        out.print(f"decision: {decision['action']} ({decision['code']}): {decision['message']}{stat}")
+
+
+def abort(
+    name: Annotated[str, typer.Argument(help="Skill name.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the event).")],
+    actor: ActorOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Drop the candidate of a running canary: every call goes to the active version again."""
+    from sandgate import delivery
+
+    with errors():
+        api = _remote()
+        if api is not None:
+            _no_remote_actor(actor)
+            with api:
+                record = api.abort_canary(name, reason=reason)
+        else:
+            with _store() as store:
+                record = delivery.abort(store, name=name, actor=actor or default_actor(), reason=reason).to_dict()
+    if as_json:
+        _echo_json(record)
+        return
+    _console().print(f"{name}@{record['candidate']}: canary aborted; {name}@{record['active']} serves every call "
+                     f"(generation {record['generation']})")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("status")(status)
+    app.command("abort")(abort)

@@ -1,0 +1,121 @@
+"""Canary faces over real HTTP (``sandgate serve``, SQLite and PostgreSQL): start, status, abort, SSE,
+and an HTTP registry that routes by weight and reports its counts with ``POST /v1/runtime``."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.insert(0, _HERE)
+
+import pytest  # noqa: E402
+
+pytest.register_assert_rewrite("conftest_store", "api_harness")
+from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files, sse_events  # noqa: E402
+
+import sandgate  # noqa: E402
+from sandgate.client import SandgateClient  # noqa: E402
+from sandgate.errors import SandgateError  # noqa: E402
+
+pytest_plugins = ["conftest_store"]
+
+SKILL = "greet"
+
+
+class World:
+    def __init__(self, db_url: str, home: Path) -> None:
+        self.db_url = db_url
+        self.tokens = make_keys(db_url, {"reader": "reader", "ci": "submitter", "ops": "promoter"},
+                                rate=1000, burst=1000)
+        self.server = ApiServer(db_url, home=home).start()
+
+    def api(self, role: str = "ops") -> SandgateClient:
+        return SandgateClient(self.server.url, self.tokens[role])
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    home = tmp_path_factory.mktemp(f"canary-api-{request.param}")
+    if request.param == "sqlite":
+        url, drop = f"sqlite:///{home / 'sandgate.db'}", None
+    else:
+        pg, template = request.getfixturevalue("pg_server"), request.getfixturevalue("pg_template")
+        url, drop = pg.create_database("canary_api", template=template), pg
+    w = World(url, home)
+    try:
+        with w.api("ci") as ci:
+            for i in (1, 2):
+                files = {p: t.encode() for p, t in skill_files(SKILL, f"v{i}:").items()}
+                assert ci.submit_files(files)["version"] == i
+        drain_queue(url, evaluate=fake_evaluate("passed"))  # the default policy promotes 1, then 2
+        with w.api() as ops:
+            ops.rollback(SKILL, reason="make room for a canary of v2")
+        yield w
+    finally:
+        w.server.stop()
+        if drop is not None:
+            drop.drop_database("canary_api")
+
+
+def test_roles_and_validation(world: World) -> None:
+    with world.api("reader") as reader:
+        with pytest.raises(SandgateError) as exc:
+            reader.start_canary(SKILL, 2, weight=50)
+        assert getattr(exc.value, "status", 403) == 403 or "role" in str(exc.value)
+        with pytest.raises(SandgateError):
+            reader._json("POST", "/v1/runtime", json={"batch_id": "short", "reports": []})
+        with pytest.raises(SandgateError):
+            reader._json("POST", "/v1/runtime", json={"batch_id": "x" * 16, "reports": [
+                {"skill": SKILL, "version": 1, "generation": 1, "calls": 1, "errors": 2}]})
+    with world.api() as ops, pytest.raises(SandgateError, match="1..99|less than or equal"):
+        ops.start_canary(SKILL, 2, weight=100)
+
+
+def test_start_route_report_status_sse_abort(world: World, tmp_path: Path) -> None:
+    with world.api() as ops:
+        record = ops.start_canary(SKILL, 2, weight=50, reason="try v2 on half the calls")
+    assert (record["candidate"], record["baseline"], record["weight"]) == (2, 1, 50)
+    with world.api("reader") as reader:
+        assert reader._json("GET", "/v1/canaries", params={"names": f"{SKILL},other"}) == {
+            "canaries": {SKILL: {"candidate": 2, "weight": 50, "fallback": False, "sample_io": 0}}}
+    with sandgate.connect(world.server.url, api_key=world.tokens["reader"], cache_dir=tmp_path / "cache",
+                          poll_interval=5.0, report_interval=60) as registry:
+        registry.call(SKILL, 0)
+        deadline = time.monotonic() + 10
+        while registry.canary(SKILL) is None and time.monotonic() < deadline:
+            registry.refresh()
+        assert registry.canary(SKILL)["weight"] == 50
+        seen = Counter(registry.call(SKILL, 0) for _ in range(2000))
+        assert 0.4 < seen["v2:0"] / 2000 < 0.6, seen
+        assert registry.flush_evidence(10), registry.runtime_stats()
+        with world.api("reader") as reader:
+            status = reader.canary_status(SKILL)
+        assert status["candidate"] == 2 and status["weight"] == 50
+        assert status["versions"]["2"]["calls"] + status["versions"]["1"]["calls"] >= 2000
+        assert status["decision"]["action"] == "promote"  # ~1000 candidate calls at the last step (50 %): due
+        # the decision stream: canary_started is an event like a move
+        with world.api("reader") as reader:
+            headers = {"Authorization": f"Bearer {world.tokens['reader']}"}
+            import httpx
+
+            with httpx.Client(base_url=world.server.url) as http:
+                events = sse_events(http, f"/v1/watch?after=0&skills={SKILL}", count=6, timeout=10,
+                                    headers=headers)
+        assert "canary_started" in [kind for kind, _, _ in events]
+        # abort: the HTTP registry stops routing to the candidate by push, well within its 5 s poll
+        with world.api() as ops:
+            t0 = time.monotonic()
+            aborted = ops.abort_canary(SKILL, reason="enough")
+        assert aborted["state"] == "aborted"
+        while registry.canary(SKILL) is not None and time.monotonic() - t0 < 4:
+            time.sleep(0.01)
+        assert registry.canary(SKILL) is None, "the abort did not reach the registry by push"
+        assert {registry.call(SKILL, 0) for _ in range(200)} == {"v1:0"}
+    with world.api() as ops, pytest.raises(SandgateError, match="no canary"):
+        ops.abort_canary(SKILL, reason="again")
