@@ -356,6 +356,12 @@ def history(
                 change += " forced"
         elif e.action == "evaluated" and e.evidence:
             change = f"{e.evidence.get('verdict')} ({e.evidence.get('policy')})"
+        elif e.action.startswith("canary_") and e.after:  # canary decisions (sandgate.delivery)
+            cand = e.after.get("candidate")
+            change = f"candidate {cand} at {e.after.get('weight')} %" if cand is not None else "no candidate"
+            decision = (e.evidence or {}).get("decision") or {}
+            if decision.get("code"):
+                change += f" [{decision['code']}]"
         table.add_row(
             str(e.id),
             _when(e.created_at),
