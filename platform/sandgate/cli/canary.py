@@ -106,7 +106,9 @@ def _print_status(data: dict[str, Any]) -> None:
     decision = data.get("decision")
     if decision:
         test = (decision.get("evidence") or {}).get("error_test") or {}
-        stat = f"; statistic {test['statistic']:.4g} (threshold {test['threshold']:g})" if test else ""
+        stat = ""
+        if test and decision["action"] != "rollback":  # a rollback's message already names it
+            stat = f"; error test statistic {test['statistic']:.3g} (rolls back at {test['threshold']:g})"
         out.print(f"decision: {decision['action']} ({decision['code']}): {decision['message']}{stat}")
 
 

@@ -368,7 +368,7 @@ def analyse(config: CanaryConfig, steps: Sequence[StepCounts]) -> Decision:
             "rollback", "error_rate",
             f"candidate error rate {cand.error_rate:.4%} ({cand.errors}/{cand.calls}) is significantly above "
             f"the baseline's {base.error_rate:.4%} ({base.errors}/{base.calls}): mSPRT statistic "
-            f"{min(test.statistic, 1e12):.4g} >= {test.threshold:g} (alpha {config.alpha:g})",
+            f"{test.statistic:.3g} >= {test.threshold:g} (alpha {config.alpha:g})",
             weight, None, evidence,
         )
     enough_latency = cand.calls >= config.latency_min_calls and base.calls >= config.latency_min_calls
@@ -420,7 +420,7 @@ def analyse_bake(
             "rollback", "bake_error_rate",
             f"after full promotion the error rate {current.error_rate:.4%} ({current.errors}/{current.calls}) "
             f"is significantly above the previous version's {previous.error_rate:.4%} "
-            f"({previous.errors}/{previous.calls}): statistic {min(test.statistic, 1e12):.4g} >= {test.threshold:g}",
+            f"({previous.errors}/{previous.calls}): mSPRT statistic {test.statistic:.3g} >= {test.threshold:g}",
             100, None, evidence,
         )
     if elapsed_seconds >= config.bake_seconds:
