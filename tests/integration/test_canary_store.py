@@ -132,8 +132,8 @@ def test_runtime_batches_are_idempotent_and_validated(store: Store) -> None:
     rep = {"skill": "greet", "version": 2, "generation": c.generation, "calls": 10, "errors": 2,
            "error_types": {"ValueError": 2}, "latency": {"80": 10}, "fallbacks": 1,
            "samples": [{"input": {"args": [1]}, "output": "v2"}]}
-    b = batch([rep, {**rep, "version": 99}, {**rep, "skill": "nope"}])
-    assert cs.record_runtime(store, batch=b) == {"stored": 1, "skipped": 2, "duplicate": 0, "samples": 1}
+    b = batch([rep, {**rep, "version": 99}, {**rep, "skill": "nope"}, {**rep, "generation": c.generation + 1}])
+    assert cs.record_runtime(store, batch=b) == {"stored": 1, "skipped": 3, "duplicate": 0, "samples": 1}
     assert cs.record_runtime(store, batch=b)["duplicate"] == 1
     counts = cs.step_counts(store, canary=c)
     assert counts[0].candidate.calls == 10 and counts[0].candidate.errors == 2
@@ -253,3 +253,24 @@ def test_a_lost_store_never_fails_a_call_and_counts_are_sent_later(store: Store,
         assert registry.flush_evidence(10)
     steps = cs.step_counts(store, canary=c)
     assert steps[0].candidate.calls + steps[0].baseline.calls >= 300
+
+
+def test_acall_routes_and_falls_back_too(store: Store, tmp_path: Path) -> None:
+    import asyncio
+
+    body = "def run(x=0):\n    if x % 2:\n        raise ValueError('odd input')\n    return 'v2'\n"
+    c = setup_canary(store, body=body, config={**CONFIG, "fallback": True}, weight=50)
+    with connect(store.url, cache_dir=tmp_path / "cache", watch=False, report_interval=60) as registry:
+        registry.refresh()
+        registry.call("greet", 0)
+        registry.refresh()
+
+        async def many() -> list[str]:
+            return [await registry.acall("greet", i) for i in range(200)]
+
+        results = asyncio.run(many())
+        assert set(results) == {"v1", "v2"}
+        assert registry.flush_evidence(10)
+    counts = cs.step_counts(store, canary=c)[0]
+    assert counts.candidate.errors > 10 and counts.baseline.errors == 0
+    assert counts.candidate.calls + counts.baseline.calls >= 200

@@ -36,6 +36,15 @@ returns a :class:`Registry`:
 * ``acall``: ``async def`` entrypoints are awaited on the loop; plain ones run
   in a worker thread (``asyncio.to_thread``). ``call`` refuses async
   entrypoints (``TypeError``).
+* Canary: while a skill has a *candidate* (``sandgate promote N --canary W``),
+  ``call`` sends ``W`` % of calls to it, at random; ``call_keyed(name, key,
+  *args)`` routes by a stable hash of ``key`` instead (sticky). With the
+  policy's ``fallback`` a failed candidate call is retried on the active
+  version. ``canary(name)`` shows the split this process applies.
+* Runtime evidence: every call is counted per version (calls, exceptions by
+  type, a latency histogram) and sent in batches to the store or the API by a
+  background thread (:mod:`sandgate.registry.evidence`; ``report=False`` to
+  keep it local, ``runtime_stats()`` / ``flush_evidence()``).
 
 Latency: a move reaches callers within about one ``poll_interval`` plus the
 load (``bench/bench_registry.py``: p99 ≈ 65 ms at 50 ms polling, SQLite or

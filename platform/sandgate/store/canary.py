@@ -490,8 +490,9 @@ def record_runtime(store: Store, *, batch: Mapping[str, Any], consumer: str | No
     """Store one consumer batch in one transaction; a ``batch_id`` seen before is ignored.
 
     ``consumer`` (the API passes the key's name) overrides what the batch
-    says about itself. Reports of unknown skills or versions are skipped
-    (counted in the answer as ``skipped``). Returns ``{"stored", "skipped",
+    says about itself. Reports of unknown skills or versions, or of a
+    generation the skill's pointer never had, are skipped (counted in the
+    answer as ``skipped``). Returns ``{"stored", "skipped",
     "duplicate", "samples"}``.
     """
     batch_id = batch.get("batch_id")
@@ -510,13 +511,14 @@ def record_runtime(store: Store, *, batch: Mapping[str, Any], consumer: str | No
             if s.scalar(select(RuntimeCount.id).where(RuntimeCount.batch_id == batch_id).limit(1)) is not None:
                 return {**out, "duplicate": 1}
             names = {r["skill"] for r in clean}
-            ids = dict(s.execute(select(Skill.name, Skill.id).where(Skill.name.in_(names))).all()) if names else {}
+            rows = s.execute(select(Skill.name, Skill.id, Skill.generation).where(Skill.name.in_(names))).all()
+            ids = {name: (sid, gen) for name, sid, gen in rows}
             now = repo._now()
             for r in clean:
-                skill_id = ids.get(r["skill"])
+                skill_id, generation = ids.get(r["skill"], (None, -1))
                 vid = None if skill_id is None else s.scalar(
                     select(Version.id).where(Version.skill_id == skill_id, Version.number == r["version"]))
-                if vid is None:
+                if vid is None or r["generation"] > generation:  # unknown, or a generation no pointer had yet
                     out["skipped"] += 1
                     continue
                 if r["calls"]:
