@@ -127,6 +127,7 @@ def status(store: Store, *, name: str) -> dict[str, Any]:
         cand = cand + cs.version_counts(store, name=name, number=record.candidate,
                                         since_generation=int(record.steps[-1]["generation"]))
     out["versions"][str(record.candidate)] = cand.to_dict()
+    out["consumers"] = cs.consumers(store, canary=record)
     if record.state in cs.ACTIVE_STATES:
         out["decision"] = decide(store, record).to_dict()
     else:
@@ -157,6 +158,7 @@ def _rollback_payload(record: cs.CanaryRecord, decision: Decision, phase: str) -
 def _apply(store: Store, record: cs.CanaryRecord, decision: Decision, *, webhook: str | None,
            webhook_timeout: float) -> dict[str, Any]:
     name, d = record.skill, decision.to_dict()
+    d["evidence"]["consumers"] = cs.consumers(store, canary=record)  # who reported the counts
     out: dict[str, Any] = {"skill": name, "canary": record.id, "state": record.state, "action": decision.action,
                            "code": decision.code, "message": decision.message}
     evidence = {"decision": d}

@@ -143,6 +143,7 @@ def test_a_bad_candidate_is_rolled_back_with_evidence_and_a_webhook(store: Store
     assert event.action == "canary_rolled_back" and event.actor == delivery.ACTOR
     decision = event.evidence["decision"]
     assert decision["evidence"]["candidate"]["errors"] == 6
+    assert decision["evidence"]["consumers"] == {"test": 600}  # who sent the counts
     assert decision["evidence"]["error_test"]["rejected"] is True
     assert decision["evidence"]["error_test"]["threshold"] == 100
     (body,) = receiver.bodies

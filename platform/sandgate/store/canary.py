@@ -69,6 +69,7 @@ __all__ = [
     "record_runtime",
     "step_counts",
     "version_counts",
+    "consumers",
     "runtime_samples",
 ]
 
@@ -569,6 +570,23 @@ def step_counts(store: Store, *, canary: CanaryRecord) -> list[StepCounts]:
             out.append(StepCounts(int(st["weight"]), _counts(_rows(s, cand, low, end)),
                                   _counts(_rows(s, base, low, end))))
         return out
+
+
+def consumers(store: Store, *, canary: CanaryRecord, limit: int = 20) -> dict[str, int]:
+    """Calls per reporting consumer (database client or ``key:<name>``) since the canary began, most first.
+
+    Part of every decision's evidence: counts are as trustworthy as whoever sent
+    them, so the event shows who that was.
+    """
+    with store.read() as s:
+        skill = repo._skill(s, canary.skill)
+        ids = [repo._version(s, skill, canary.candidate).id, repo._version(s, skill, canary.baseline).id]
+        start = int(canary.steps[0]["generation"]) if canary.steps else 0
+        total = func.sum(RuntimeCount.calls)
+        rows = s.execute(select(RuntimeCount.consumer, total).where(
+            RuntimeCount.version_id.in_(ids), RuntimeCount.generation >= start)
+            .group_by(RuntimeCount.consumer).order_by(total.desc()).limit(limit)).all()
+        return {consumer: int(calls) for consumer, calls in rows}
 
 
 def version_counts(store: Store, *, name: str, number: int, since_generation: int = 0,
