@@ -41,7 +41,7 @@ from typing import Any
 from sandgate.errors import Conflict, InvalidTransition, NotFound
 from sandgate.policy.canary import CanaryConfig, Decision, VersionCounts, analyse, analyse_bake
 from sandgate.store import canary as cs
-from sandgate.store import repository as repo
+from sandgate.store import versions
 from sandgate.store.engine import Store
 
 __all__ = ["ACTOR", "start", "abort", "status", "decide", "run_canaries", "config_of", "send_webhook"]
@@ -103,7 +103,7 @@ def decide(store: Store, record: cs.CanaryRecord, *, now: datetime | None = None
 
 def status(store: Store, *, name: str) -> dict[str, Any]:
     """What ``sandgate status NAME`` shows: pointer state, the canary, counts per version, the decision now."""
-    skill = repo.get_skill(store, name=name)
+    skill = versions.get_skill(store, name=name)
     record = cs.get_canary(store, name=name)
     out: dict[str, Any] = {"skill": name, "active": skill.active_version, "generation": skill.generation,
                            "candidate": None, "weight": 0, "canary": None, "versions": {}, "decision": None}

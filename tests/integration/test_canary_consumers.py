@@ -35,7 +35,7 @@ from sandgate.policy import load_policy  # noqa: E402
 from sandgate.scheduler import SchedulerSettings, build_scheduler  # noqa: E402
 from sandgate.store import Store  # noqa: E402
 from sandgate.store import canary as cs  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, pointers  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -177,7 +177,7 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
         record = wait_for(lambda: (c := cs.get_canary(store, name=SKILL)) and c.state != "running" and c, 90,
                           "the scheduler to decide")
         assert record.state == "rolled_back", record
-        rollback_event = [e for e in repo.history(store, name=SKILL) if e.action == "canary_rolled_back"][-1]
+        rollback_event = [e for e in audit.history(store, name=SKILL) if e.action == "canary_rolled_back"][-1]
         rolled_back_at = rollback_event.created_at.timestamp()
         time.sleep(1.5)  # the consumers keep calling after the rollback
     finally:
@@ -197,7 +197,7 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
     assert ev["candidate"]["errors"] > 0 and ev["candidate"]["error_types"] == {"ValueError": ev["candidate"]["errors"]}
     assert ev["baseline"]["errors"] == 0 and ev["baseline"]["calls"] > ev["candidate"]["calls"]
     assert ev["error_test"]["rejected"] and ev["error_test"]["statistic"] >= ev["error_test"]["threshold"]
-    assert repo.active_pointer(store, name=SKILL)[0] == 1
+    assert pointers.active_pointer(store, name=SKILL)[0] == 1
 
     # fallback: the consumers never saw a failure, and v2 really answered some calls
     for r in results:

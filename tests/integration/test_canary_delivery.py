@@ -26,7 +26,7 @@ from sandgate.policy import parse_policy  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402
 from sandgate.store import Store  # noqa: E402
 from sandgate.store import canary as cs  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -47,8 +47,8 @@ def add_version(store: Store, tag: str) -> int:
              "skill.toml": b'name = "greet"\nentrypoint = "greet:run"\n'}
     sub = SimpleNamespace(name="greet", files=files, manifest={"name": "greet", "entrypoint": "greet:run"},
                           content_hash=content_hash(files))
-    version, _ = repo.create_version(store, submission=sub, actor="test")
-    repo.record_evaluation(store, name="greet", number=version.number,
+    version, _ = versions.create_version(store, submission=sub, actor="test")
+    evaluations.record_evaluation(store, name="greet", number=version.number,
                            report=make_report("passed", evaluation_id=f"greet-{tag}"),
                            policy_name=POLICY.name, policy_hash=POLICY.hash)
     return version.number
@@ -64,7 +64,7 @@ def send(store: Store, generation: int, **versions: tuple[int, int]) -> None:
 
 def started(store: Store) -> cs.CanaryRecord:
     v1 = add_version(store, "v1")
-    repo.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
+    pointers.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
     v2 = add_version(store, "v2")
     return delivery.start(store, name="greet", number=v2, actor="test", policy=POLICY)
 
@@ -124,11 +124,11 @@ def test_a_good_candidate_advances_promotes_and_bakes(store: Store) -> None:
     assert delivery.run_canaries(store)[0]["code"] == "baking"
     later = datetime.now(UTC) + timedelta(seconds=61)
     assert delivery.run_canaries(store, now=later)[0]["action"] == "complete"
-    actions = [e.action for e in repo.history(store, name="greet")]
+    actions = [e.action for e in audit.history(store, name="greet")]
     # one event per decision that changed something; a hold only when its reason changed
     assert actions[-6:] == ["canary_started", "canary_held", "canary_advanced", "promoted", "canary_held",
                             "canary_completed"]
-    promoted = [e for e in repo.history(store, name="greet") if e.action == "promoted"][-1]
+    promoted = [e for e in audit.history(store, name="greet") if e.action == "promoted"][-1]
     assert promoted.actor == delivery.ACTOR and promoted.evidence["decision"]["action"] == "promote"
     assert cs.get_canary(store, name="greet").state == "completed"
 
@@ -139,7 +139,7 @@ def test_a_bad_candidate_is_rolled_back_with_evidence_and_a_webhook(store: Store
     out = delivery.run_canaries(store, webhook=receiver.url, webhook_timeout=5)
     assert out[0]["action"] == "rollback" and out[0]["webhook"]["ok"] is True
     assert cs.canary_routes(store, names=["greet"]) == {}
-    event = [e for e in repo.history(store, name="greet")][-1]
+    event = [e for e in audit.history(store, name="greet")][-1]
     assert event.action == "canary_rolled_back" and event.actor == delivery.ACTOR
     decision = event.evidence["decision"]
     assert decision["evidence"]["candidate"]["errors"] == 6
@@ -148,7 +148,7 @@ def test_a_bad_candidate_is_rolled_back_with_evidence_and_a_webhook(store: Store
     assert decision["evidence"]["error_test"]["threshold"] == 100
     (body,) = receiver.bodies
     assert body["event"] == "canary_rolled_back" and body["skill"] == "greet" and body["candidate"] == 2
-    assert repo.active_pointer(store, name="greet")[0] == 1
+    assert pointers.active_pointer(store, name="greet")[0] == 1
     assert delivery.run_canaries(store) == []
 
 
@@ -164,8 +164,8 @@ def test_a_regression_in_the_bake_window_rolls_back_the_active_pointer(store: St
     send(store, c.generation, v2=(1000, 60))
     out = delivery.run_canaries(store, webhook=receiver.url)
     assert out[0]["action"] == "rollback" and receiver.bodies[0]["phase"] == "bake"
-    assert repo.active_pointer(store, name="greet")[0] == 1
-    last = repo.history(store, name="greet")[-1]
+    assert pointers.active_pointer(store, name="greet")[0] == 1
+    last = audit.history(store, name="greet")[-1]
     assert last.action == "rolled_back" and last.evidence["automatic"] is True
 
 
@@ -180,7 +180,7 @@ def test_a_failing_webhook_does_not_undo_the_rollback(store: Store) -> None:
 def test_a_manual_move_supersedes_the_canary(store: Store) -> None:
     started(store)
     v3 = add_version(store, "v3")
-    repo.promote(store, name="greet", number=v3, actor="person", policy=POLICY)
+    pointers.promote(store, name="greet", number=v3, actor="person", policy=POLICY)
     assert delivery.run_canaries(store)[0]["action"] == "superseded"
     assert cs.get_canary(store, name="greet").state == "superseded"
 

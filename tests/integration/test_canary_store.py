@@ -24,7 +24,7 @@ from sandgate.registry import connect  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402
 from sandgate.store import Store  # noqa: E402
 from sandgate.store import canary as cs  # noqa: E402
-from sandgate.store import repository as repo  # noqa: E402
+from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -42,8 +42,8 @@ def add_version(store: Store, tag: str, body: str | None = None) -> int:
     files = files_for(tag, body)
     sub = SimpleNamespace(name="greet", files=files, manifest={"name": "greet", "entrypoint": "greet:run"},
                           content_hash=content_hash(files))
-    version, _ = repo.create_version(store, submission=sub, actor="test")
-    repo.record_evaluation(store, name="greet", number=version.number,
+    version, _ = versions.create_version(store, submission=sub, actor="test")
+    evaluations.record_evaluation(store, name="greet", number=version.number,
                            report=make_report("passed", evaluation_id=f"greet-{tag}"),
                            policy_name=POLICY.name, policy_hash=POLICY.hash)
     return version.number
@@ -52,19 +52,19 @@ def add_version(store: Store, tag: str, body: str | None = None) -> int:
 def setup_canary(store: Store, *, body: str | None = None, config: dict[str, Any] | None = None,
                  weight: int | None = None) -> cs.CanaryRecord:
     v1 = add_version(store, "v1")
-    repo.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
+    pointers.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
     v2 = add_version(store, "v2", body)
     return cs.start_canary(store, name="greet", number=v2, actor="test", config=config or CONFIG, policy=POLICY,
                            weight=weight)
 
 
 def test_start_canary_is_one_cas_and_one_event(store: Store) -> None:
-    before = repo.active_pointer(store, name="greet") if False else None
+    before = pointers.active_pointer(store, name="greet") if False else None
     c = setup_canary(store)
     assert (c.candidate, c.baseline, c.state, c.weight, c.active) == (2, 1, "running", 10, 1)
     assert cs.canary_routes(store, names=["greet", "other"]) == {"greet": (2, 10, False, 0)}
-    assert repo.active_pointer(store, name="greet") == (1, c.generation)
-    events = repo.history(store, name="greet")
+    assert pointers.active_pointer(store, name="greet") == (1, c.generation)
+    events = audit.history(store, name="greet")
     started = [e for e in events if e.action == "canary_started"]
     assert len(started) == 1 and started[0].after["candidate"] == 2 and started[0].after["weight"] == 10
     assert before is None
@@ -80,11 +80,11 @@ def test_canary_needs_a_passed_version_and_an_active_one(store: Store) -> None:
     v1 = add_version(store, "v1")
     with pytest.raises(InvalidTransition, match="no active version"):
         cs.start_canary(store, name="greet", number=v1, actor="t", config=CONFIG, policy=POLICY)
-    repo.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
+    pointers.promote(store, name="greet", number=v1, actor="test", policy=POLICY)
     files = files_for("unevaluated")
     sub = SimpleNamespace(name="greet", files=files, manifest={"name": "greet", "entrypoint": "greet:run"},
                           content_hash=content_hash(files))
-    v2, _ = repo.create_version(store, submission=sub, actor="test")
+    v2, _ = versions.create_version(store, submission=sub, actor="test")
     with pytest.raises(InvalidTransition, match="no finished evaluation"):
         cs.start_canary(store, name="greet", number=v2.number, actor="t", config=CONFIG, policy=POLICY)
     with pytest.raises(InvalidTransition, match="1..99"):
@@ -99,14 +99,14 @@ def test_advance_promote_and_the_rollback_stack(store: Store) -> None:
     assert c.active == 2 and c.weight == 0 and c.state == "completed"
     assert cs.canary_routes(store, names=["greet"]) == {}
     # the full promotion is a normal move: a plain rollback goes back to v1
-    move = repo.rollback(store, name="greet", actor="t", reason="test")
+    move = pointers.rollback(store, name="greet", actor="t", reason="test")
     assert move.to_version == 1
 
 
 def test_a_manual_move_ends_the_candidate(store: Store) -> None:
     c = setup_canary(store)
     v3 = add_version(store, "v3")
-    repo.promote(store, name="greet", number=v3, actor="person", policy=POLICY)
+    pointers.promote(store, name="greet", number=v3, actor="person", policy=POLICY)
     assert cs.canary_routes(store, names=["greet"]) == {}
     with pytest.raises(Conflict, match="pointer moved"):
         cs.set_weight(store, name="greet", canary_id=c.id, weight=50, actor="t", evidence={})
@@ -118,7 +118,7 @@ def test_abort_drops_the_candidate_with_a_reason(store: Store) -> None:
         cs.drop_candidate(store, name="greet", actor="person", reason=None, evidence={}, automatic=False)
     c = cs.drop_candidate(store, name="greet", actor="person", reason="not today", evidence={}, automatic=False)
     assert c.state == "aborted" and c.weight == 0
-    assert [e.action for e in repo.history(store, name="greet")][-1] == "canary_aborted"
+    assert [e.action for e in audit.history(store, name="greet")][-1] == "canary_aborted"
     with pytest.raises(InvalidTransition, match="no canary"):
         cs.drop_candidate(store, name="greet", actor="person", reason="again", evidence={}, automatic=False)
 

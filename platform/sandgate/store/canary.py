@@ -3,7 +3,7 @@
 The pointer state of a skill is ``(active, candidate, weight)``, all in its
 ``skills`` row (migration 0006). Every change of it is one transaction that
 writes exactly one event and compare-and-sets ``skills.generation``, as
-``promote``/``rollback`` do (``repository._move``)::
+``promote``/``rollback`` do (``pointers._move``)::
 
     UPDATE skills SET candidate_version_id = ?, candidate_weight = ?, generation = generation + 1
      WHERE id = ? AND generation = ?
@@ -48,7 +48,17 @@ from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, InvalidTransition, NotFound
 from sandgate.policy.canary import StepCounts, VersionCounts
-from sandgate.store import repository as repo
+from sandgate.names import SKILL_NAME
+from sandgate.store._rows import (
+    _latest_conclusive,
+    _now,
+    _require_actor,
+    _require_reason,
+    _skill,
+    _utc,
+    _version,
+)
+from sandgate.store.pointers import _check_expected, _move, _rollback_in
 from sandgate.store.engine import Store
 from sandgate.store.models import ACTOR_LENGTH, Canary, Event, RuntimeCount, RuntimeSample, Skill, Version
 
@@ -120,8 +130,8 @@ def _record(s: Session, c: Canary, skill: Skill) -> CanaryRecord:
     return CanaryRecord(
         id=c.id, skill=skill.name, candidate=numbers[c.candidate_version_id],
         baseline=numbers[c.baseline_version_id], state=c.state, config=dict(c.config), steps=list(c.steps),
-        last_decision=c.last_decision, actor=c.actor, started_at=repo._utc(c.started_at),  # type: ignore[arg-type]
-        updated_at=repo._utc(c.updated_at), finished_at=repo._utc(c.finished_at),  # type: ignore[arg-type]
+        last_decision=c.last_decision, actor=c.actor, started_at=_utc(c.started_at),  # type: ignore[arg-type]
+        updated_at=_utc(c.updated_at), finished_at=_utc(c.finished_at),  # type: ignore[arg-type]
         active=numbers.get(skill.active_version_id) if skill.active_version_id else None,
         weight=skill.candidate_weight, generation=skill.generation,
     )
@@ -169,7 +179,7 @@ def _cas(s: Session, skill: Skill, *, candidate_id: int | None, weight: int) -> 
 def _event(s: Session, skill: Skill, *, version_id: int | None, actor: str, action: str, reason: str | None,
            before: dict[str, Any], after: dict[str, Any], evidence: dict[str, Any]) -> Event:
     event = Event(skill_id=skill.id, version_id=version_id, actor=actor, action=action, reason=reason,
-                  before=before, after=after, evidence=evidence, created_at=repo._now())
+                  before=before, after=after, evidence=evidence, created_at=_now())
     s.add(event)
     s.flush()
     return event
@@ -211,20 +221,20 @@ def start_canary(
     version has nothing to compare with: promote it normally), and no other
     canary may be running (abort it first).
     """
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     steps = [int(w) for w in config.get("steps", [10, 50]) if int(w) != 100]
     first = steps[0] if steps else 10
     weight = first if weight is None else int(weight)
     if not 0 < weight < 100:
         raise InvalidTransition(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
     if force:
-        reason = repo._require_reason(reason, "a forced canary")
+        reason = _require_reason(reason, "a forced canary")
     elif policy is None:
         raise ValueError("start_canary needs the current policy (or force=True)")
     with store.write() as s:
-        skill = repo._skill(s, name)
-        repo._check_expected(skill, expected_generation)
-        target = repo._version(s, skill, number, lock="share")
+        skill = _skill(s, name)
+        _check_expected(skill, expected_generation)
+        target = _version(s, skill, number, lock="share")
         ref = f"{name}@{number}"
         if skill.active_version_id is None:
             raise InvalidTransition(f"{name} has no active version to compare {ref} with: promote it normally",
@@ -242,7 +252,7 @@ def start_canary(
         evidence: dict[str, Any] = {"forced": force, "config": dict(config), "weight": weight}
         if policy is not None:
             evidence |= {"policy": policy.name, "policy_hash": policy.hash}
-            ev = repo._latest_conclusive(s, target.id, policy.hash)
+            ev = _latest_conclusive(s, target.id, policy.hash)
             if ev is not None:
                 evidence |= {"evaluation_id": ev.id, "verdict": ev.verdict}
             if not force and (ev is None or ev.verdict != "passed"):
@@ -256,7 +266,7 @@ def start_canary(
                after={**before, "candidate": number, "weight": weight, "generation": skill.generation + 1},
                evidence=evidence)
         generation = _cas(s, skill, candidate_id=target.id, weight=weight)
-        now = repo._now()
+        now = _now()
         canary = Canary(skill_id=skill.id, candidate_version_id=target.id, baseline_version_id=baseline_id,
                         state="running", config={**dict(config), "steps": steps or [weight]},
                         steps=[{"weight": weight, "generation": generation, "started_at": now.isoformat()}],
@@ -268,7 +278,7 @@ def start_canary(
 
 
 def _load(s: Session, name: str, canary_id: int, states: tuple[str, ...]) -> tuple[Skill, Canary]:
-    skill = repo._skill(s, name)
+    skill = _skill(s, name)
     canary = s.get(Canary, canary_id)
     if canary is None or canary.skill_id != skill.id:
         raise NotFound(f"no canary {canary_id} of {name}")
@@ -279,7 +289,7 @@ def _load(s: Session, name: str, canary_id: int, states: tuple[str, ...]) -> tup
 
 
 def _check_pointer(skill: Skill, canary: Canary, expected_generation: int | None) -> None:
-    repo._check_expected(skill, expected_generation)
+    _check_expected(skill, expected_generation)
     if skill.candidate_version_id != canary.candidate_version_id or skill.active_version_id != canary.baseline_version_id:
         raise Conflict(f"{skill.name}: the pointer moved since canary {canary.id} started "
                        "(promoted or rolled back by hand?)", code="canary_superseded")
@@ -288,7 +298,7 @@ def _check_pointer(skill: Skill, canary: Canary, expected_generation: int | None
 def set_weight(store: Store, *, name: str, canary_id: int, weight: int, actor: str, evidence: dict[str, Any],
                reason: str | None = None, expected_generation: int | None = None) -> CanaryRecord:
     """Advance: the candidate's weight becomes ``weight`` (one event ``canary_advanced``, one CAS)."""
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     if not 0 < weight < 100:
         raise InvalidTransition(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
     with store.write() as s:
@@ -300,7 +310,7 @@ def set_weight(store: Store, *, name: str, canary_id: int, weight: int, actor: s
                reason=reason, before=before, after={**before, "weight": weight, "generation": skill.generation + 1},
                evidence=evidence)
         generation = _cas(s, skill, candidate_id=canary.candidate_version_id, weight=weight)
-        now = repo._now()
+        now = _now()
         canary.steps = [*canary.steps, {"weight": weight, "generation": generation, "started_at": now.isoformat()}]
         canary.last_decision = evidence.get("decision")
         canary.updated_at = now
@@ -312,17 +322,17 @@ def set_weight(store: Store, *, name: str, canary_id: int, weight: int, actor: s
 def promote_candidate(store: Store, *, name: str, canary_id: int, actor: str, evidence: dict[str, Any],
                       reason: str | None = None, expected_generation: int | None = None) -> CanaryRecord:
     """Full promotion: the candidate becomes ``active`` (a normal ``promoted`` move); the bake window starts."""
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     with store.write() as s:
         skill, canary = _load(s, name, canary_id, ("running",))
         _check_pointer(skill, canary, expected_generation)
         target = s.get_one(Version, canary.candidate_version_id)
         if target.yanked_at is not None:
             raise InvalidTransition(f"{name}@{target.number} was yanked during its canary", code="yanked")
-        move = repo._move(s, skill, target=target, action="promoted", actor=actor, reason=reason,
+        move = _move(s, skill, target=target, action="promoted", actor=actor, reason=reason,
                           expected_generation=None, back_event_id=skill.pointer_event_id,
                           evidence={"forced": False, "canary": canary.id, **evidence})
-        now = repo._now()
+        now = _now()
         bake = float(canary.config.get("bake_seconds", 0) or 0)
         canary.state = "baking" if bake > 0 else "completed"
         canary.steps = [*canary.steps, {"weight": 100, "generation": move.generation, "started_at": now.isoformat()}]
@@ -339,11 +349,11 @@ def drop_candidate(store: Store, *, name: str, actor: str, reason: str | None, e
                    automatic: bool, canary_id: int | None = None,
                    expected_generation: int | None = None) -> CanaryRecord:
     """Drop the candidate: ``canary_rolled_back`` (automatic) or ``canary_aborted`` (a person)."""
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     if not automatic:
-        reason = repo._require_reason(reason, "aborting a canary")
+        reason = _require_reason(reason, "aborting a canary")
     with store.write() as s:
-        skill = repo._skill(s, name)
+        skill = _skill(s, name)
         if canary_id is None:
             canary = _running(s, skill)
             if canary is None:
@@ -358,7 +368,7 @@ def drop_candidate(store: Store, *, name: str, actor: str, reason: str | None, e
                before=before, after={**before, "candidate": None, "weight": 0, "generation": skill.generation + 1},
                evidence={"automatic": automatic, "canary": canary.id, **evidence})
         _cas(s, skill, candidate_id=None, weight=0)
-        now = repo._now()
+        now = _now()
         canary.state = "rolled_back" if automatic else "aborted"
         canary.last_decision = evidence.get("decision") or canary.last_decision
         canary.updated_at = canary.finished_at = now
@@ -370,16 +380,16 @@ def drop_candidate(store: Store, *, name: str, actor: str, reason: str | None, e
 def bake_rollback(store: Store, *, name: str, canary_id: int, actor: str, reason: str,
                   evidence: dict[str, Any]) -> CanaryRecord:
     """The bake window found a regression: roll ``active`` back to the baseline (a normal ``rolled_back`` move)."""
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     with store.write() as s:
         skill, canary = _load(s, name, canary_id, ("baking",))
         if skill.active_version_id != canary.candidate_version_id:
             raise Conflict(f"{name}: the pointer moved since canary {canary.id} was promoted",
                            code="canary_superseded")
         # the full promotion pushed the baseline's state: a plain rollback returns to it
-        repo._rollback_in(s, skill, to=None, actor=actor, reason=reason, expected_generation=None,
+        _rollback_in(s, skill, to=None, actor=actor, reason=reason, expected_generation=None,
                           evidence={"automatic": True, "canary": canary.id, **evidence})
-        now = repo._now()
+        now = _now()
         canary.state = "rolled_back"
         canary.last_decision = evidence.get("decision")
         canary.updated_at = canary.finished_at = now
@@ -393,14 +403,14 @@ def finish_canary(store: Store, *, name: str, canary_id: int, state: str, actor:
     """End a canary without a pointer move: ``completed`` (bake over) or ``superseded`` (moved by hand)."""
     if state not in ("completed", "superseded"):
         raise ValueError(f"finish_canary: state {state!r}")
-    actor = repo._require_actor(actor)
+    actor = _require_actor(actor)
     with store.write() as s:
         skill, canary = _load(s, name, canary_id, ACTIVE_STATES)
         numbers = _numbers(s, skill)
         state_now = _state(skill, numbers)
         _event(s, skill, version_id=canary.candidate_version_id, actor=actor, action=f"canary_{state}",
                reason=reason, before=state_now, after=state_now, evidence={"canary": canary.id, **evidence})
-        now = repo._now()
+        now = _now()
         canary.state = state
         canary.last_decision = evidence.get("decision") or canary.last_decision
         canary.updated_at = canary.finished_at = now
@@ -415,10 +425,10 @@ def record_decision(store: Store, *, name: str, canary_id: int, decision: dict[s
         previous = canary.last_decision or {}
         changed = previous.get("action") != decision.get("action") or previous.get("code") != decision.get("code")
         canary.last_decision = decision
-        canary.updated_at = repo._now()
+        canary.updated_at = _now()
         if changed:
             state_now = _state(skill, _numbers(s, skill))
-            _event(s, skill, version_id=canary.candidate_version_id, actor=repo._require_actor(actor),
+            _event(s, skill, version_id=canary.candidate_version_id, actor=_require_actor(actor),
                    action="canary_held", reason=decision.get("message"), before=state_now, after=state_now,
                    evidence={"canary": canary.id, "decision": decision})
         return changed
@@ -427,7 +437,7 @@ def record_decision(store: Store, *, name: str, canary_id: int, decision: dict[s
 def get_canary(store: Store, *, name: str) -> CanaryRecord | None:
     """The skill's latest canary (any state), None if it never had one."""
     with store.read() as s:
-        skill = repo._skill(s, name)
+        skill = _skill(s, name)
         canary = s.scalars(select(Canary).where(Canary.skill_id == skill.id).order_by(Canary.id.desc())
                            .limit(1)).first()
         return _record(s, canary, skill) if canary is not None else None
@@ -455,7 +465,7 @@ def _check_report(r: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(r, Mapping):
         raise InvalidTransition("runtime report: each report must be an object", code="invalid_report")
     skill = r.get("skill")
-    if not isinstance(skill, str) or not repo.SKILL_NAME.match(skill):
+    if not isinstance(skill, str) or not SKILL_NAME.match(skill):
         raise InvalidTransition(f"runtime report: bad skill name {skill!r}", code="invalid_report")
     calls = _int(r.get("calls"), "calls")
     errors = _int(r.get("errors"), "errors")
@@ -514,7 +524,7 @@ def record_runtime(store: Store, *, batch: Mapping[str, Any], consumer: str | No
             names = {r["skill"] for r in clean}
             rows = s.execute(select(Skill.name, Skill.id, Skill.generation).where(Skill.name.in_(names))).all()
             ids = {name: (sid, gen) for name, sid, gen in rows}
-            now = repo._now()
+            now = _now()
             for r in clean:
                 skill_id, generation = ids.get(r["skill"], (None, -1))
                 vid = None if skill_id is None else s.scalar(
@@ -559,9 +569,9 @@ def _rows(s: Session, version_id: int, low: int, high: int | None) -> list[Any]:
 def step_counts(store: Store, *, canary: CanaryRecord) -> list[StepCounts]:
     """The canary's counts per step below 100 % (candidate and baseline), oldest first."""
     with store.read() as s:
-        skill = repo._skill(s, canary.skill)
-        cand = repo._version(s, skill, canary.candidate).id
-        base = repo._version(s, skill, canary.baseline).id
+        skill = _skill(s, canary.skill)
+        cand = _version(s, skill, canary.candidate).id
+        base = _version(s, skill, canary.baseline).id
         steps = [st for st in canary.steps if int(st["weight"]) < 100]
         ends = [int(st["generation"]) for st in canary.steps[1:]] + [None]
         out = []
@@ -579,8 +589,8 @@ def consumers(store: Store, *, canary: CanaryRecord, limit: int = 20) -> dict[st
     them, so the event shows who that was.
     """
     with store.read() as s:
-        skill = repo._skill(s, canary.skill)
-        ids = [repo._version(s, skill, canary.candidate).id, repo._version(s, skill, canary.baseline).id]
+        skill = _skill(s, canary.skill)
+        ids = [_version(s, skill, canary.candidate).id, _version(s, skill, canary.baseline).id]
         start = int(canary.steps[0]["generation"]) if canary.steps else 0
         total = func.sum(RuntimeCount.calls)
         rows = s.execute(select(RuntimeCount.consumer, total).where(
@@ -593,17 +603,17 @@ def version_counts(store: Store, *, name: str, number: int, since_generation: in
                    until_generation: int | None = None) -> VersionCounts:
     """All counts of ``name@number`` reported at generations in ``[since, until)``."""
     with store.read() as s:
-        skill = repo._skill(s, name)
-        vid = repo._version(s, skill, number).id
+        skill = _skill(s, name)
+        vid = _version(s, skill, number).id
         return _counts(_rows(s, vid, since_generation, until_generation))
 
 
 def runtime_samples(store: Store, *, name: str, number: int, limit: int = 100) -> list[dict[str, Any]]:
     """The sampled calls of ``name@number``, oldest first."""
     with store.read() as s:
-        skill = repo._skill(s, name)
-        vid = repo._version(s, skill, number).id
+        skill = _skill(s, name)
+        vid = _version(s, skill, number).id
         rows = s.execute(select(RuntimeSample.sample, RuntimeSample.consumer, RuntimeSample.received_at)
                          .where(RuntimeSample.version_id == vid).order_by(RuntimeSample.id).limit(limit)).all()
-        return [{**dict(sample), "consumer": consumer, "received_at": repo._utc(at).isoformat()}  # type: ignore[union-attr]
+        return [{**dict(sample), "consumer": consumer, "received_at": _utc(at).isoformat()}  # type: ignore[union-attr]
                 for sample, consumer, at in rows]
