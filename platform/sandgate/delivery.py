@@ -143,10 +143,11 @@ def send_webhook(url: str, payload: dict[str, Any], *, timeout: float) -> dict[s
         response = httpx.post(url, json=payload, timeout=httpx.Timeout(timeout), follow_redirects=False)
         ok = 200 <= response.status_code < 300
         if not ok:
-            log.warning("canary webhook %s answered %d", url, response.status_code)
+            log.warning("canary webhook answered %d", response.status_code,
+                        extra={"webhook": url, "status": response.status_code})
         return {"url": url, "status": response.status_code, "ok": ok}
     except httpx.HTTPError as exc:
-        log.warning("canary webhook %s failed: %s", url, exc)
+        log.warning("canary webhook failed: %s", exc, extra={"webhook": url})
         return {"url": url, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
 
 
@@ -215,10 +216,12 @@ def run_canaries(store: Store, *, webhook: str | None = None, webhook_timeout: f
             decision = decide(store, record, now=now)
             result = _apply(store, record, decision, webhook=webhook, webhook_timeout=webhook_timeout)
         except (Conflict, InvalidTransition, NotFound) as exc:  # a person moved it meanwhile: next look
-            log.info("canary %s of %s: decision not applied: %s", record.id, record.skill, exc)
+            log.info("canary decision not applied: %s", exc, extra={"skill": record.skill, "canary": record.id})
             results.append({"skill": record.skill, "canary": record.id, "action": "skipped", "error": str(exc)})
             continue
         if result["action"] != "hold":
-            log.info("canary %s of %s: %s (%s)", record.id, record.skill, result["action"], result["message"])
+            log.info("canary %s: %s", result["action"], result["message"],
+                     extra={"skill": record.skill, "canary": record.id, "action": result["action"],
+                            "code": result.get("code")})
         results.append(result)
     return results

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sandgate import delivery
 from sandgate import report as reports
 from sandgate.config import get_settings
 from sandgate.errors import (
@@ -370,8 +371,6 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
 
 def _start_canary(store: Store, *, evaluation: Any, policy: Any, skill: Any) -> str:
     """Promotion mode ``canary``: the passed version becomes the candidate (sandgate.delivery)."""
-    from sandgate import delivery
-
     ref = f"{evaluation.skill}@{evaluation.version}"
     if skill.active_version > evaluation.version:
         return f"{evaluation.skill}@{skill.active_version} is active and newer: no canary of {ref}"

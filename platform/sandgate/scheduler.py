@@ -80,6 +80,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import func, select
 
+from sandgate import delivery
 from sandgate.config import get_settings
 from sandgate.errors import NotFound, SandgateError
 from sandgate.evaluation import evaluate, rules_files
@@ -414,8 +415,6 @@ JOBS: dict[str, tuple[str, Callable[[Store, SchedulerSettings, Any], Any]]] = {
 
 def run_canaries(store: Store, *, webhook: str | None = None, webhook_timeout: float = 5.0) -> list[dict[str, Any]]:
     """One look at every running canary (:func:`sandgate.delivery.run_canaries`), one scheduler at a time."""
-    from sandgate import delivery
-
     with _exclusive(store, "run_canaries") as mine:
         if not mine:
             return []

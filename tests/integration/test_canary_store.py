@@ -19,7 +19,7 @@ import pytest  # noqa: E402
 pytest.register_assert_rewrite("conftest_store")
 from conftest_store import make_policy, make_report  # noqa: E402
 
-from sandgate.errors import Conflict, InvalidTransition  # noqa: E402
+from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of  # noqa: E402
 from sandgate.registry import connect  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402
 from sandgate.store import Store  # noqa: E402
@@ -87,7 +87,7 @@ def test_canary_needs_a_passed_version_and_an_active_one(store: Store) -> None:
     v2, _ = versions.create_version(store, submission=sub, actor="test")
     with pytest.raises(InvalidTransition, match="no finished evaluation"):
         cs.start_canary(store, name="greet", number=v2.number, actor="t", config=CONFIG, policy=POLICY)
-    with pytest.raises(InvalidTransition, match="1..99"):
+    with pytest.raises(InvalidCanaryInput, match="1..99"):
         cs.start_canary(store, name="greet", number=v2.number, actor="t", config=CONFIG, policy=POLICY, weight=100)
 
 
@@ -141,9 +141,10 @@ def test_runtime_batches_are_idempotent_and_validated(store: Store) -> None:
     for bad, msg in [({**rep, "errors": 11}, "errors in"), ({**rep, "calls": -1}, "calls"),
                      ({**rep, "latency": {"80": 11}}, "latency counts"), ({**rep, "latency": {"x": 1}}, "bucket"),
                      ({**rep, "skill": "Bad Name"}, "skill name"), ({**rep, "calls": True}, "calls")]:
-        with pytest.raises(InvalidTransition, match=msg):
+        with pytest.raises(InvalidCanaryInput, match=msg) as exc:
             cs.record_runtime(store, batch=batch([bad]))
-    with pytest.raises(InvalidTransition, match="batch_id"):
+        assert exc.value.code == "invalid_report" and status_of(exc.value) == 422
+    with pytest.raises(InvalidCanaryInput, match="batch_id"):
         cs.record_runtime(store, batch={"batch_id": "x", "reports": []})
 
 

@@ -613,6 +613,8 @@ def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Pa
             return httpx.Response(200, json={"pointers": {"greet": {
                 "version": 1, "generation": 1, "content_hash": h, "entrypoint": "skill:run"}},
                 "last_event_id": 1})
+        if request.url.path == "/v1/canaries":  # the pointer moved: is there a candidate? (no)
+            return httpx.Response(200, json={"canaries": {}})
         if request.url.path == "/v1/skills/greet/versions/1/files":
             return httpx.Response(200, json=files_json("greet", 1, files, claimed_hash=h))
         return error(404, "not_found", "no route")
@@ -620,5 +622,5 @@ def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Pa
     b = mock_backend(handler)
     r = Registry(b, cache_dir=tmp_path, watch=False)
     assert r.call("greet") == "v1"
-    assert seen == ["/v1/pointers", "/v1/skills/greet/versions/1/files"]
+    assert seen == ["/v1/pointers", "/v1/canaries", "/v1/skills/greet/versions/1/files"]
     r.close()

@@ -29,6 +29,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import sandgate
+from sandgate.api.canary import router as canary_router
 from sandgate.api.auth import Authenticator
 from sandgate.api.deps import PolicyCache, StoreHolder
 from sandgate.api.errors import install_handlers
@@ -93,8 +94,6 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     install_handlers(app)
 
     app.include_router(router)
-    from sandgate.api.canary import router as canary_router
-
     app.include_router(canary_router)  # canary routes (api/canary.py)
     _ops_routes(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)

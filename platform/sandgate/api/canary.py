@@ -25,9 +25,11 @@ from fastapi import APIRouter, Path, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
 from sandgate.api.auth import REQUIRED_ROLE, Promoter, Reader
-from sandgate.api.deps import StoreDep, resolve_policy
+from sandgate.api.deps import StoreDep
 from sandgate.api.errors import ApiError
+from sandgate.api.routes import _names, _service
 from sandgate.api.schemas import SKILL_NAME_PATTERN, Generation, PolicyName, Text, Version
+from sandgate.store import canary as cs
 from sandgate.store.keys import role_allows
 
 __all__ = ["router"]
@@ -86,32 +88,25 @@ class RuntimeBatch(BaseModel):
 def start_canary(name: SkillName, body: CanaryRequest, key: Promoter, store: StoreDep,
                  request: Request) -> dict[str, Any]:
     """Make a passed version the candidate beside the active one, at ``weight`` % of calls."""
-    from sandgate import delivery
-
     if body.force and not role_allows(key.role, "admin"):
         raise ApiError(403, f"forcing a canary needs the admin role; key {key.name!r} has role {key.role}",
                        code="forbidden")
-    pol = resolve_policy(request, body.policy)
-    record = delivery.start(store, name=name, number=body.version, actor=key.actor, policy=pol,
-                            weight=body.weight, reason=body.reason, expected_generation=body.expected_generation,
-                            force=body.force)
+    record = _service(store, request).start_canary(
+        name, body.version, weight=body.weight, actor=key.actor, reason=body.reason, policy=body.policy,
+        expected_generation=body.expected_generation, force=body.force)
     return record.to_dict()
 
 
 @router.post("/skills/{name}/canary/abort", **_role("promoter"))
 def abort_canary(name: SkillName, body: AbortRequest, key: Promoter, store: StoreDep) -> dict[str, Any]:
     """Drop the candidate now: every call goes to the active version again."""
-    from sandgate import delivery
-
-    return delivery.abort(store, name=name, actor=key.actor, reason=body.reason).to_dict()
+    return _service(store).abort_canary(name, actor=key.actor, reason=body.reason).to_dict()
 
 
 @router.get("/skills/{name}/status", **_role("reader"))
 def canary_status(name: SkillName, key: Reader, store: StoreDep) -> dict[str, Any]:
     """Versions, weights, calls, error rates, latency, and the current decision with its reason."""
-    from sandgate import delivery
-
-    return delivery.status(store, name=name)
+    return _service(store).canary_status(name)
 
 
 @router.get("/canaries", **_role("reader"))
@@ -119,9 +114,6 @@ def canaries(key: Reader, store: StoreDep,
              names: Annotated[str, Query(max_length=64_000, description="comma-separated skill names")],
              ) -> dict[str, Any]:
     """The candidate, weight, fallback and sample size of those of ``names`` that have a candidate."""
-    from sandgate.api.routes import _names
-    from sandgate.store import canary as cs
-
     rows = cs.canary_routes(store, names=_names(names))
     return {"canaries": {n: {"candidate": c, "weight": w, "fallback": f, "sample_io": s}
                          for n, (c, w, f, s) in sorted(rows.items())}}
@@ -130,6 +122,4 @@ def canaries(key: Reader, store: StoreDep,
 @router.post("/runtime", **_role("reader"))
 def runtime(body: RuntimeBatch, key: Reader, store: StoreDep) -> dict[str, Any]:
     """Record one consumer batch of runtime counts (idempotent on ``batch_id``)."""
-    from sandgate.store import canary as cs
-
     return cs.record_runtime(store, batch=body.model_dump(mode="json"), consumer=f"key:{key.name}")

@@ -1,6 +1,7 @@
 """Canary commands: ``sandgate status NAME``, ``sandgate abort NAME`` (``promote N --canary W`` is in store.py).
 
-Embedded (the settings' store) or remote (``SANDGATE_URL``), like the store commands.
+Thin like the store commands: one call of the :class:`~sandgate.service.SkillService`
+(embedded over the settings' store, or remote with ``SANDGATE_URL``), then formatting.
 """
 
 from __future__ import annotations
@@ -9,17 +10,8 @@ from typing import Annotated, Any
 
 import typer
 
-from sandgate.cli.common import EXIT_ERROR, errors, fail_with
-from sandgate.cli.store import (
-    ActorOpt,
-    JsonOpt,
-    _console,
-    _echo_json,
-    _no_remote_actor,
-    _remote,
-    _store,
-    default_actor,
-)
+from sandgate.cli.common import errors
+from sandgate.cli.store import ActorOpt, JsonOpt, _console, _echo_json, _lit, _service
 
 __all__ = ["register", "start"]
 
@@ -27,31 +19,17 @@ __all__ = ["register", "start"]
 def start(*, name: str, number: int, weight: int, reason: str | None, force: bool, policy: str | None,
           expected_generation: int | None, actor: str | None, as_json: bool) -> None:
     """``sandgate promote NAME N --canary W``: the version becomes the candidate at W % of calls."""
-    from sandgate import delivery, lifecycle
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            if policy is not None:
-                fail_with("--policy with --canary is for embedded mode (the server uses its policy)", EXIT_ERROR)
-            with api:
-                record = api.start_canary(name, number, weight=weight, reason=reason, force=force,
-                                          expected_generation=expected_generation)
-        else:
-            pol = lifecycle.load_policy(policy)
-            with _store() as store:
-                record = delivery.start(store, name=name, number=number, actor=actor or default_actor(),
-                                        policy=pol, weight=weight, reason=reason,
-                                        expected_generation=expected_generation, force=force).to_dict()
+    with errors(), _service() as service:
+        record = service.start_canary(name, number, weight=weight, actor=actor, reason=reason, policy=policy,
+                                      expected_generation=expected_generation, force=force)
     if as_json:
-        _echo_json(record)
+        _echo_json(record.to_dict())
         return
-    steps = ", ".join(str(w) for w in record["config"].get("steps", [])) + ", 100"
-    _console().print(f"{name}@{record['candidate']}: canary at {record['weight']} % beside "
-                     f"{name}@{record['baseline']} (generation {record['generation']}; steps {steps} %, "
-                     f"min {record['config'].get('min_calls')} calls per step"
-                     f"{', fallback on' if record['config'].get('fallback') else ''})")
+    steps = ", ".join(str(w) for w in record.config.get("steps", [])) + ", 100"
+    _console().print(f"{name}@{record.candidate}: canary at {record.weight} % beside "
+                     f"{name}@{record.baseline} (generation {record.generation}; steps {steps} %, "
+                     f"min {record.config.get('min_calls')} calls per step"
+                     f"{', fallback on' if record.config.get('fallback') else ''})")
 
 
 def status(
@@ -59,16 +37,8 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Versions, weights, calls, error rates, latency, and the current canary decision with its reason."""
-    from sandgate import delivery
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            with api:
-                data = api.canary_status(name)
-        else:
-            with _store() as store:
-                data = delivery.status(store, name=name)
+    with errors(), _service() as service:
+        data = service.canary_status(name)
     if as_json:
         _echo_json(data)
         return
@@ -78,7 +48,8 @@ def status(
 def _fmt(counts: dict[str, Any]) -> str:
     p50, p95 = counts.get("p50_ms"), counts.get("p95_ms")
     lat = f"p50 {p50:.3f} ms, p95 {p95:.3f} ms" if p50 is not None and p95 is not None else "no latency yet"
-    types = ", ".join(f"{k} {v}" for k, v in (counts.get("error_types") or {}).items())
+    # error type names and consumer names come from the consumers: printed literally, never as markup
+    types = ", ".join(f"{_lit(k)} {v}" for k, v in (counts.get("error_types") or {}).items())
     return (f"{counts['calls']} calls, {counts['errors']} errors ({counts['error_rate']:.4%})"
             f"{' [' + types + ']' if types else ''}; {lat}")
 
@@ -103,13 +74,16 @@ def _print_status(data: dict[str, Any]) -> None:
     for number, counts in data.get("versions", {}).items():
         role = "candidate" if int(number) == canary["candidate"] else "baseline"
         out.print(f"  {name}@{number} ({role}): {_fmt(counts)}")
+    reporters = data.get("consumers") or {}
+    if reporters:
+        out.print("reported by: " + ", ".join(f"{_lit(c)} ({n} calls)" for c, n in reporters.items()))
     decision = data.get("decision")
     if decision:
         test = (decision.get("evidence") or {}).get("error_test") or {}
         stat = ""
         if test and decision["action"] != "rollback":  # a rollback's message already names it
             stat = f"; error test statistic {test['statistic']:.3g} (rolls back at {test['threshold']:g})"
-        out.print(f"decision: {decision['action']} ({decision['code']}): {decision['message']}{stat}")
+        out.print(f"decision: {decision['action']} ({decision['code']}): {_lit(decision['message'])}{stat}")
 
 
 def abort(
@@ -119,22 +93,13 @@ def abort(
     as_json: JsonOpt = False,
 ) -> None:
     """Drop the candidate of a running canary: every call goes to the active version again."""
-    from sandgate import delivery
-
-    with errors():
-        api = _remote()
-        if api is not None:
-            _no_remote_actor(actor)
-            with api:
-                record = api.abort_canary(name, reason=reason)
-        else:
-            with _store() as store:
-                record = delivery.abort(store, name=name, actor=actor or default_actor(), reason=reason).to_dict()
+    with errors(), _service() as service:
+        record = service.abort_canary(name, actor=actor, reason=reason)
     if as_json:
-        _echo_json(record)
+        _echo_json(record.to_dict())
         return
-    _console().print(f"{name}@{record['candidate']}: canary aborted; {name}@{record['active']} serves every call "
-                     f"(generation {record['generation']})")
+    _console().print(f"{name}@{record.candidate}: canary aborted; {name}@{record.active} serves every call "
+                     f"(generation {record.generation})")
 
 
 def register(app: typer.Typer) -> None:

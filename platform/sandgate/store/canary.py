@@ -38,7 +38,6 @@ the counts of a canary by the generation each step began at.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,8 +45,9 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from sandgate.errors import Conflict, InvalidTransition, NotFound
+from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, NotFound
 from sandgate.policy.canary import StepCounts, VersionCounts
+from sandgate.records import CanaryRecord
 from sandgate.names import SKILL_NAME
 from sandgate.store._rows import (
     _latest_conclusive,
@@ -91,36 +91,6 @@ MAX_SAMPLES_PER_VERSION = 1000
 MAX_REPORTS = 1000
 MAX_ERROR_TYPES = 50
 MAX_BUCKET = 400
-
-
-@dataclass(frozen=True)
-class CanaryRecord:
-    id: int
-    skill: str
-    candidate: int
-    baseline: int
-    state: str
-    config: dict[str, Any]
-    steps: list[dict[str, Any]]
-    last_decision: dict[str, Any] | None
-    actor: str
-    started_at: datetime
-    updated_at: datetime
-    finished_at: datetime | None
-    #: the skill's pointer state now
-    active: int | None
-    weight: int
-    generation: int
-
-    @property
-    def weight_now(self) -> int:
-        return int(self.steps[-1]["weight"]) if self.steps else 0
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for k in ("started_at", "updated_at", "finished_at"):
-            out[k] = out[k].isoformat() if out[k] is not None else None
-        return out
 
 
 def _record(s: Session, c: Canary, skill: Skill) -> CanaryRecord:
@@ -226,7 +196,7 @@ def start_canary(
     first = steps[0] if steps else 10
     weight = first if weight is None else int(weight)
     if not 0 < weight < 100:
-        raise InvalidTransition(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
+        raise InvalidCanaryInput(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
     if force:
         reason = _require_reason(reason, "a forced canary")
     elif policy is None:
@@ -300,7 +270,7 @@ def set_weight(store: Store, *, name: str, canary_id: int, weight: int, actor: s
     """Advance: the candidate's weight becomes ``weight`` (one event ``canary_advanced``, one CAS)."""
     actor = _require_actor(actor)
     if not 0 < weight < 100:
-        raise InvalidTransition(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
+        raise InvalidCanaryInput(f"a canary weight is a percentage in 1..99, got {weight}", code="bad_weight")
     with store.write() as s:
         skill, canary = _load(s, name, canary_id, ("running",))
         _check_pointer(skill, canary, expected_generation)
@@ -456,41 +426,40 @@ def running_canaries(store: Store) -> list[CanaryRecord]:
 
 def _int(value: Any, what: str, *, high: int = 2**53) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= high:
-        raise InvalidTransition(f"runtime report: {what} must be an integer in 0..{high}, got {value!r}",
-                                code="invalid_report")
+        raise InvalidCanaryInput(f"runtime report: {what} must be an integer in 0..{high}, got {value!r}")
     return value
 
 
 def _check_report(r: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(r, Mapping):
-        raise InvalidTransition("runtime report: each report must be an object", code="invalid_report")
+        raise InvalidCanaryInput("runtime report: each report must be an object")
     skill = r.get("skill")
     if not isinstance(skill, str) or not SKILL_NAME.match(skill):
-        raise InvalidTransition(f"runtime report: bad skill name {skill!r}", code="invalid_report")
+        raise InvalidCanaryInput(f"runtime report: bad skill name {skill!r}")
     calls = _int(r.get("calls"), "calls")
     errors = _int(r.get("errors"), "errors")
     if errors > calls:
-        raise InvalidTransition(f"runtime report: {errors} errors in {calls} calls", code="invalid_report")
+        raise InvalidCanaryInput(f"runtime report: {errors} errors in {calls} calls")
     types = r.get("error_types") or {}
     latency = r.get("latency") or {}
     if not isinstance(types, Mapping) or len(types) > MAX_ERROR_TYPES or not isinstance(latency, Mapping):
-        raise InvalidTransition("runtime report: error_types / latency must be small objects", code="invalid_report")
+        raise InvalidCanaryInput("runtime report: error_types / latency must be small objects")
     clean_types = {str(k)[:200]: _int(v, "an error type count") for k, v in types.items()}
     if sum(clean_types.values()) > errors:
-        raise InvalidTransition("runtime report: error types add up to more than errors", code="invalid_report")
+        raise InvalidCanaryInput("runtime report: error types add up to more than errors")
     clean_lat: dict[str, int] = {}
     for k, v in latency.items():
         try:
             bucket = int(k)
         except (TypeError, ValueError):
-            raise InvalidTransition(f"runtime report: bad latency bucket {k!r}", code="invalid_report") from None
+            raise InvalidCanaryInput(f"runtime report: bad latency bucket {k!r}") from None
         _int(bucket, "a latency bucket", high=MAX_BUCKET)
         clean_lat[str(bucket)] = _int(v, "a latency count")
     if sum(clean_lat.values()) > calls:
-        raise InvalidTransition("runtime report: latency counts add up to more than calls", code="invalid_report")
+        raise InvalidCanaryInput("runtime report: latency counts add up to more than calls")
     samples = r.get("samples") or []
     if not isinstance(samples, list):
-        raise InvalidTransition("runtime report: samples must be a list", code="invalid_report")
+        raise InvalidCanaryInput("runtime report: samples must be a list")
     return {"skill": skill, "version": _int(r.get("version"), "version"),
             "generation": _int(r.get("generation"), "generation"), "calls": calls, "errors": errors,
             "fallbacks": min(_int(r.get("fallbacks", 0), "fallbacks"), calls), "error_types": clean_types,
@@ -508,12 +477,10 @@ def record_runtime(store: Store, *, batch: Mapping[str, Any], consumer: str | No
     """
     batch_id = batch.get("batch_id")
     if not isinstance(batch_id, str) or not 8 <= len(batch_id) <= 64:
-        raise InvalidTransition("runtime report: batch_id must be a string of 8..64 characters",
-                                code="invalid_report")
+        raise InvalidCanaryInput("runtime report: batch_id must be a string of 8..64 characters")
     reports = batch.get("reports")
     if not isinstance(reports, list) or len(reports) > MAX_REPORTS:
-        raise InvalidTransition(f"runtime report: reports must be a list of at most {MAX_REPORTS}",
-                                code="invalid_report")
+        raise InvalidCanaryInput(f"runtime report: reports must be a list of at most {MAX_REPORTS}")
     clean = [_check_report(r) for r in reports]
     who = (consumer or str(batch.get("consumer") or "unknown"))[:ACTOR_LENGTH]
     out = {"stored": 0, "skipped": 0, "duplicate": 0, "samples": 0}
