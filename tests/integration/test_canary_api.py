@@ -21,7 +21,12 @@ from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_
 
 import sandgate  # noqa: E402
 from sandgate.client import SandgateClient  # noqa: E402
-from sandgate.errors import SandgateError  # noqa: E402
+from sandgate.errors import (  # noqa: E402
+    ApiError,
+    InvalidCanaryInput,
+    InvalidTransition,
+    SandgateError,
+)
 
 pytest_plugins = ["conftest_store"]
 
@@ -65,14 +70,17 @@ def world(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 def test_roles_and_validation(world: World) -> None:
     with world.api("reader") as reader:
-        with pytest.raises(SandgateError) as exc:
+        with pytest.raises(ApiError) as exc:
             reader.start_canary(SKILL, 2, weight=50)
-        assert getattr(exc.value, "status", 403) == 403 or "role" in str(exc.value)
-        with pytest.raises(SandgateError):
+        assert exc.value.status == 403 and "promoter" in str(exc.value)
+        with pytest.raises(ApiError, match="batch_id") as exc:
             reader._json("POST", "/v1/runtime", json={"batch_id": "short", "reports": []})
-        with pytest.raises(SandgateError):
+        assert exc.value.status == 422
+        # well-formed JSON that does not add up: refused by the store's checks, the error table's 422
+        with pytest.raises(InvalidCanaryInput, match="2 errors in 1 calls") as exc:
             reader._json("POST", "/v1/runtime", json={"batch_id": "x" * 16, "reports": [
                 {"skill": SKILL, "version": 1, "generation": 1, "calls": 1, "errors": 2}]})
+        assert exc.value.code == "invalid_report"
     with world.api() as ops, pytest.raises(SandgateError, match="1..99|less than or equal"):
         ops.start_canary(SKILL, 2, weight=100)
 
@@ -80,7 +88,7 @@ def test_roles_and_validation(world: World) -> None:
 def test_start_route_report_status_sse_abort(world: World, tmp_path: Path) -> None:
     with world.api() as ops:
         record = ops.start_canary(SKILL, 2, weight=50, reason="try v2 on half the calls")
-    assert (record["candidate"], record["baseline"], record["weight"]) == (2, 1, 50)
+    assert (record.candidate, record.baseline, record.weight, record.state) == (2, 1, 50, "running")
     with world.api("reader") as reader:
         assert reader._json("GET", "/v1/canaries", params={"names": f"{SKILL},other"}) == {
             "canaries": {SKILL: {"candidate": 2, "weight": 50, "fallback": False, "sample_io": 0}}}
@@ -112,10 +120,46 @@ def test_start_route_report_status_sse_abort(world: World, tmp_path: Path) -> No
         with world.api() as ops:
             t0 = time.monotonic()
             aborted = ops.abort_canary(SKILL, reason="enough")
-        assert aborted["state"] == "aborted"
+        assert aborted.state == "aborted" and aborted.finished_at is not None
         while registry.canary(SKILL) is not None and time.monotonic() - t0 < 4:
             time.sleep(0.01)
         assert registry.canary(SKILL) is None, "the abort did not reach the registry by push"
         assert {registry.call(SKILL, 0) for _ in range(200)} == {"v1:0"}
-    with world.api() as ops, pytest.raises(SandgateError, match="no canary"):
+    with world.api() as ops, pytest.raises(InvalidTransition, match="no canary") as exc:
         ops.abort_canary(SKILL, reason="again")
+    assert exc.value.code == "no_canary"  # rebuilt from the error table: 409 and the code
+
+
+def test_cli_in_remote_mode_uses_the_same_service(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``promote --canary``, ``status`` and ``abort`` with ``SANDGATE_URL``: the remote service, same output."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from sandgate.cli import canary as canary_cli
+    from sandgate.cli import store as store_cli
+
+    app = typer.Typer(pretty_exceptions_enable=False)
+    store_cli.register(app)
+    canary_cli.register(app)
+    monkeypatch.setenv("SANDGATE_URL", world.server.url)
+    monkeypatch.setenv("SANDGATE_API_KEY", world.tokens["ops"])
+    # proof that remote mode never opens a store
+    monkeypatch.setenv("SANDGATE_DATABASE_URL", "postgresql+psycopg://nobody@127.0.0.1:1/none")
+    runner = CliRunner()
+    r = runner.invoke(app, ["promote", SKILL, "2", "--canary", "30", "--reason", "remote canary"])
+    assert r.exit_code == 0, r.output
+    assert f"{SKILL}@2: canary at 30 % beside {SKILL}@1" in r.stdout
+    r = runner.invoke(app, ["promote", SKILL, "2", "--canary", "30", "--actor", "someone"])
+    assert r.exit_code == 2 and "--actor is for embedded mode" in r.output
+    assert runner.invoke(app, ["promote", SKILL, "2", "--canary", "30"]).exit_code == 1  # one at a time
+    data = json.loads(runner.invoke(app, ["status", SKILL, "--json"]).stdout)
+    assert (data["candidate"], data["weight"], data["canary"]["actor"]) == (2, 30, "key:ops")
+    r = runner.invoke(app, ["status", SKILL])
+    assert r.exit_code == 0 and f"candidate {SKILL}@2 (30 %)" in r.stdout
+    r = runner.invoke(app, ["abort", SKILL, "--reason", "remote abort"])
+    assert r.exit_code == 0 and f"canary aborted; {SKILL}@1 serves every call" in r.stdout
+    r = runner.invoke(app, ["abort", SKILL, "--reason", "again"])
+    assert r.exit_code == 1 and "no canary" in r.output
+    assert runner.invoke(app, ["status", "nope"]).exit_code == 1

@@ -187,6 +187,7 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
     results = []
     for proc, _, out in consumers[:2]:
         assert proc.wait(60) == 0, proc.stderr.read()[-3000:]
+        assert out.exists(), proc.stderr.read()[-3000:]
         results.append(json.loads(out.read_text()))
 
     # the automatic rollback and its evidence
