@@ -96,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--check", action="store_true")
     args = p.parse_args(argv)
+    # latency floor 0: the simulated latencies (~0.2 ms) stay under the latency limit's test in the A/A run
     config = CanaryConfig(steps=tuple(int(s) for s in args.steps.split(",")), min_calls=args.min_calls,
-                          alpha=args.alpha)
+                          alpha=args.alpha, latency_floor_ms=0.0)
     rnd = random.Random(args.seed)
     print(f"config: steps {list(config.steps)} then 100 %, min {config.min_calls} candidate calls per step, "
           f"alpha {config.alpha}, latency limit {config.max_latency_ratio}x p95; a look every {args.batch} calls")

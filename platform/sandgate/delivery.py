@@ -60,6 +60,7 @@ def config_of(record: cs.CanaryRecord) -> CanaryConfig:
         alpha=float(c.get("alpha", 0.01)),
         max_latency_ratio=float(c.get("max_latency_ratio", 2.0)),
         latency_min_calls=int(c.get("latency_min_calls", 200)),
+        latency_floor_ms=float(c.get("latency_floor_ms", 1.0)),
         bake_seconds=float(c.get("bake_seconds", 600.0)),
     )
 

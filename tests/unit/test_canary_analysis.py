@@ -148,6 +148,19 @@ def test_analyse_rolls_back_on_latency_only_with_enough_calls() -> None:
     assert d.evidence["latency"]["p95_ratio"] > 2
 
 
+def test_no_latency_rollback_below_the_floor() -> None:
+    """Microsecond skills: a p95 ratio of two timer-resolution numbers is noise, not a regression."""
+    cfg = CanaryConfig(steps=(10,), min_calls=100, latency_min_calls=100)
+    tiny = [StepCounts(10, vc(150, lat_ns=2_000), vc(1350, lat_ns=200))]  # 10x, but 2 us
+    d = analyse(cfg, tiny)
+    assert d.action != "rollback" and d.evidence["latency"]["p95_ratio"] > 2
+    assert d.evidence["latency"]["floor_ms"] == 1.0
+    assert analyse(CanaryConfig(steps=(10,), min_calls=100, latency_min_calls=100, latency_floor_ms=0.0),
+                   tiny).code == "latency"
+    with pytest.raises(ValueError, match="latency_floor_ms"):
+        CanaryConfig(latency_floor_ms=-1)
+
+
 def test_bake_rolls_back_a_regression_and_completes_otherwise() -> None:
     cfg = CanaryConfig(bake_seconds=60)
     previous = vc(20_000, 20)  # 0.1 %

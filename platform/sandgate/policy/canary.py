@@ -60,7 +60,10 @@ the canary, the candidate's p95 (from the histogram, ±12.5 %, see
 :func:`bucket_of`) over the baseline's p95 must stay at or below
 ``max_latency_ratio``. Repeated looks can trip a limit by chance; the
 minimum count and a ratio well above 1 (default 2.0) keep that rare (the A/A
-bench counts it among the false rollbacks).
+bench counts it among the false rollbacks). A candidate whose p95 is below
+``latency_floor_ms`` (default 1 ms) is never rolled back for latency: for
+skills that answer in microseconds the ratio of two p95s is timer noise and
+scheduling jitter, not a regression a caller could notice.
 
 The bake window
 ---------------
@@ -210,6 +213,8 @@ class CanaryConfig:
     max_latency_ratio: float = 2.0
     #: calls each version needs before the latency limit applies
     latency_min_calls: int = 200
+    #: the latency limit applies only once the candidate's p95 is at least this (milliseconds)
+    latency_floor_ms: float = 1.0
     #: seconds the new active version is watched after full promotion (0: no bake)
     bake_seconds: float = 600.0
 
@@ -224,6 +229,8 @@ class CanaryConfig:
             raise ValueError("alpha must be in (0, 0.5)")
         if not self.max_latency_ratio > 1:
             raise ValueError("max_latency_ratio must be > 1")
+        if not self.latency_floor_ms >= 0:
+            raise ValueError("latency_floor_ms must be >= 0")
 
 
 # --------------------------------------------------------------------------- the tests
@@ -359,7 +366,8 @@ def analyse(config: CanaryConfig, steps: Sequence[StepCounts]) -> Decision:
                  "baseline_calls": current.baseline.calls, "min_calls": config.min_calls},
         "error_test": test.to_dict(),
         "latency": {"p95_ratio": None if latency_ratio is None else round(latency_ratio, 4),
-                    "max_ratio": config.max_latency_ratio, "min_calls": config.latency_min_calls},
+                    "max_ratio": config.max_latency_ratio, "min_calls": config.latency_min_calls,
+                    "floor_ms": config.latency_floor_ms},
         "steps": [s.weight for s in steps],
     }
     nxt = next_weight(config, weight)
@@ -371,7 +379,8 @@ def analyse(config: CanaryConfig, steps: Sequence[StepCounts]) -> Decision:
             f"{test.statistic:.3g} >= {test.threshold:g} (alpha {config.alpha:g})",
             weight, None, evidence,
         )
-    enough_latency = cand.calls >= config.latency_min_calls and base.calls >= config.latency_min_calls
+    enough_latency = (cand.calls >= config.latency_min_calls and base.calls >= config.latency_min_calls
+                      and p95c is not None and p95c >= config.latency_floor_ms * 1e6)
     if latency_ratio is not None and enough_latency and latency_ratio > config.max_latency_ratio:
         return Decision(
             "rollback", "latency",

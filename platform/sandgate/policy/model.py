@@ -93,6 +93,8 @@ class CanaryPolicy(_Strict):
     max_latency_ratio: float = Field(default=2.0, gt=1)
     #: calls each version needs before the latency limit applies
     latency_min_calls: int = Field(default=200, ge=1)
+    #: the latency limit applies only once the candidate's p95 is at least this (milliseconds)
+    latency_floor_ms: float = Field(default=1.0, ge=0)
     #: seconds the new active version is watched after full promotion (0: no bake window)
     bake_seconds: float = Field(default=600.0, ge=0)
     #: default for every skill: retry a failed candidate call on the active version
