@@ -163,3 +163,24 @@ def test_cli_in_remote_mode_uses_the_same_service(world: World, monkeypatch: pyt
     r = runner.invoke(app, ["abort", SKILL, "--reason", "again"])
     assert r.exit_code == 1 and "no canary" in r.output
     assert runner.invoke(app, ["status", "nope"]).exit_code == 1
+
+
+def test_a_consumer_cannot_speak_for_another_or_for_the_future(world: World) -> None:
+    """Runtime counts are recorded under the sending key's name, whatever the batch claims about itself;
+    a report for a generation the pointer never had and a replayed batch are not counted."""
+    with world.api() as ops:
+        record = ops.start_canary(SKILL, 2, weight=20, reason="forgery test")
+    g = record.generation
+    forged = {"batch_id": "forged-batch-0001", "consumer": "scheduler:canary", "reports": [
+        {"skill": SKILL, "version": 2, "generation": g, "calls": 500, "errors": 0},
+        {"skill": SKILL, "version": 2, "generation": g + 1, "calls": 9999, "errors": 0},  # the next step, early
+        {"skill": SKILL, "version": 1, "generation": g, "calls": 100, "errors": 0}]}
+    with world.api("reader") as reader:
+        assert reader._json("POST", "/v1/runtime", json=forged) == {
+            "stored": 2, "skipped": 1, "duplicate": 0, "samples": 0}
+        assert reader._json("POST", "/v1/runtime", json=forged)["duplicate"] == 1  # replay: ignored
+        status = reader.canary_status(SKILL)
+    assert status["consumers"] == {"key:reader": 600}  # not "scheduler:canary"
+    assert status["versions"]["2"]["calls"] == 500
+    with world.api() as ops:
+        ops.abort_canary(SKILL, reason="forgery test done")
