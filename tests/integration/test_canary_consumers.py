@@ -28,14 +28,16 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-import pytest  # noqa: E402
 
 from sandgate import lifecycle  # noqa: E402
 from sandgate.policy import load_policy  # noqa: E402
 from sandgate.scheduler import SchedulerSettings, build_scheduler  # noqa: E402
-from sandgate.store import Store  # noqa: E402
+from sandgate.store import (  # noqa: E402
+    Store,  # noqa: E402
+    audit,
+    pointers,
+)
 from sandgate.store import canary as cs  # noqa: E402
-from sandgate.store import audit, pointers  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 
@@ -182,7 +184,7 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
         time.sleep(1.5)  # the consumers keep calling after the rollback
     finally:
         scheduler.shutdown(wait=True)
-        for proc, stop, _ in consumers[:2]:
+        for _, stop, _ in consumers[:2]:
             stop.write_text("")
     results = []
     for proc, _, out in consumers[:2]:
@@ -228,9 +230,8 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
     if store.dialect == "sqlite":
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
-    from sqlalchemy import func, select
-
     from sandgate.store.models import RuntimeCount
+    from sqlalchemy import func, select
 
     with store.read() as s:
         stored = s.scalar(select(func.coalesce(func.sum(RuntimeCount.calls), 0))

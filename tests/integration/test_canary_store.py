@@ -18,13 +18,17 @@ import pytest  # noqa: E402
 
 pytest.register_assert_rewrite("conftest_store")
 from conftest_store import make_policy, make_report  # noqa: E402
-
 from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of  # noqa: E402
 from sandgate.registry import connect  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402
-from sandgate.store import Store  # noqa: E402
+from sandgate.store import (  # noqa: E402
+    Store,  # noqa: E402
+    audit,
+    evaluations,
+    pointers,
+    versions,
+)
 from sandgate.store import canary as cs  # noqa: E402
-from sandgate.store import audit, evaluations, pointers, versions  # noqa: E402
 
 pytest_plugins = ["conftest_store"]
 

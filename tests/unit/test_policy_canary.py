@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from sandgate.errors import PolicyError
 from sandgate.policy import load_policy, parse_policy
 

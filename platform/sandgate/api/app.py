@@ -29,8 +29,8 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 
 import sandgate
-from sandgate.api.canary import router as canary_router
 from sandgate.api.auth import Authenticator
+from sandgate.api.canary import router as canary_router
 from sandgate.api.deps import PolicyCache, StoreHolder
 from sandgate.api.errors import install_handlers
 from sandgate.api.limits import RateLimiter

@@ -174,8 +174,8 @@ class VersionCounts:
         for k, v in other.error_types.items():
             types[k] = types.get(k, 0) + v
         lat = dict(self.latency)
-        for k, v in other.latency.items():
-            lat[k] = lat.get(k, 0) + v
+        for bucket, n in other.latency.items():
+            lat[bucket] = lat.get(bucket, 0) + n
         return VersionCounts(self.calls + other.calls, self.errors + other.errors, types, lat)
 
     def to_dict(self) -> dict[str, Any]:
@@ -382,10 +382,11 @@ def analyse(config: CanaryConfig, steps: Sequence[StepCounts]) -> Decision:
     enough_latency = (cand.calls >= config.latency_min_calls and base.calls >= config.latency_min_calls
                       and p95c is not None and p95c >= config.latency_floor_ms * 1e6)
     if latency_ratio is not None and enough_latency and latency_ratio > config.max_latency_ratio:
+        assert p95c is not None and p95b is not None  # a ratio needs both
         return Decision(
             "rollback", "latency",
             f"candidate p95 latency {p95c / 1e6:.3f} ms is {latency_ratio:.2f}x the baseline's "
-            f"{p95b / 1e6:.3f} ms (limit {config.max_latency_ratio:g}x)",  # type: ignore[operator]
+            f"{p95b / 1e6:.3f} ms (limit {config.max_latency_ratio:g}x)",
             weight, None, evidence,
         )
     if current.candidate.calls < config.min_calls:

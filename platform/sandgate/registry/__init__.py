@@ -144,6 +144,7 @@ __all__ = [
     "HttpBackend",
     "VersionInfo",
     "FetchedVersion",
+    "CanaryRoute",
     "ROOT_PACKAGE",
 ]
 

@@ -38,7 +38,6 @@ the counts of a canary by the generation each step began at.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -46,9 +45,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, NotFound
+from sandgate.names import SKILL_NAME
 from sandgate.policy.canary import StepCounts, VersionCounts
 from sandgate.records import CanaryRecord
-from sandgate.names import SKILL_NAME
 from sandgate.store._rows import (
     _latest_conclusive,
     _now,
@@ -58,9 +57,9 @@ from sandgate.store._rows import (
     _utc,
     _version,
 )
-from sandgate.store.pointers import _check_expected, _move, _rollback_in
 from sandgate.store.engine import Store
 from sandgate.store.models import ACTOR_LENGTH, Canary, Event, RuntimeCount, RuntimeSample, Skill, Version
+from sandgate.store.pointers import _check_expected, _move, _rollback_in
 
 __all__ = [
     "CanaryRecord",
@@ -123,8 +122,9 @@ def canary_routes(store: Store, *, names: Iterable[str]) -> dict[str, tuple[int,
         ).all()
         out: dict[str, tuple[int, int, bool, int]] = {}
         for name, number, weight, skill_id in rows:
-            config = s.scalar(select(Canary.config).where(Canary.skill_id == skill_id,
-                                                          Canary.state == "running").order_by(Canary.id.desc()).limit(1))
+            config = s.scalar(select(Canary.config)
+                              .where(Canary.skill_id == skill_id, Canary.state == "running")
+                              .order_by(Canary.id.desc()).limit(1))
             config = config or {}
             out[name] = (number, int(weight), bool(config.get("fallback", False)), int(config.get("sample_io", 0)))
         return out
@@ -217,7 +217,7 @@ def start_canary(
         running = _running(s, skill)
         if running is not None or skill.candidate_version_id is not None:
             raise InvalidTransition(f"{name} already has a canary running (candidate "
-                                    f"{_numbers(s, skill).get(skill.candidate_version_id)}): abort it first",
+                                    f"{_numbers(s, skill).get(skill.candidate_version_id or -1, '?')}): abort it first",
                                     code="canary_running")
         evidence: dict[str, Any] = {"forced": force, "config": dict(config), "weight": weight}
         if policy is not None:
@@ -260,7 +260,8 @@ def _load(s: Session, name: str, canary_id: int, states: tuple[str, ...]) -> tup
 
 def _check_pointer(skill: Skill, canary: Canary, expected_generation: int | None) -> None:
     _check_expected(skill, expected_generation)
-    if skill.candidate_version_id != canary.candidate_version_id or skill.active_version_id != canary.baseline_version_id:
+    if (skill.candidate_version_id != canary.candidate_version_id
+            or skill.active_version_id != canary.baseline_version_id):
         raise Conflict(f"{skill.name}: the pointer moved since canary {canary.id} started "
                        "(promoted or rolled back by hand?)", code="canary_superseded")
 
