@@ -12,6 +12,10 @@ printed before it runs, so the demo doubles as a tour of the CLI:
 4. submit a bad v3 (an off-by-one the tests catch): the gates stop it, v2 stays active
 5. roll back: v1 is active again, with no re-evaluation; the consumer follows
 6. the history: every move with who, what, when and why
+7. a canary: v4's tests pass but it raises on non-ASCII text; under the canary
+   policy it serves 10 % of a traffic process's calls, the scheduler's
+   sequential test sees its errors in the runtime counts and rolls it back by
+   itself (fallback on: the traffic sees no failure)
 """
 
 from __future__ import annotations
@@ -84,6 +88,39 @@ def run_store_steps(seen: list[str]) -> None:
     sandgate("history", "text_stats")
 
 
+def run_canary_steps() -> None:
+    step("7. a canary: v4's tests pass, but it raises on non-ASCII text (its tests never try any)")
+    print("   a traffic process calls text_stats through the registry (some texts are not ASCII)", flush=True)
+    traffic = subprocess.Popen(
+        [sys.executable, str(ROOT / "examples" / "traffic.py"), "text_stats", "--seconds", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=ROOT)
+    lines: list[str] = []
+
+    def echo() -> None:
+        assert traffic.stdout is not None
+        for line in traffic.stdout:
+            lines.append(line.rstrip())
+
+    reader = threading.Thread(target=echo, daemon=True)
+    reader.start()
+    try:
+        sandgate("submit", str(SKILLS / "text_stats_v4"), "--policy", "canary")
+        sandgate("status", "text_stats")
+        for _ in range(20):  # the scheduler's job (`sandgate scheduler` runs it every 5 s)
+            time.sleep(1.5)
+            out = sandgate("scheduler", "--once", "--job", "run_canaries")
+            if '"rollback"' in out or '"promote"' in out:
+                break
+        sandgate("status", "text_stats")
+        sandgate("history", "text_stats", "--limit", "4")
+    finally:
+        traffic.terminate()
+        traffic.wait(timeout=10)
+        reader.join(timeout=5)
+    for line in lines[-3:]:
+        print(f"    {line}", flush=True)
+
+
 def _runs(served: list[str]) -> list[str]:
     """Collapse consecutive repeats: [@1, @1, @2, @2, @1] -> [@1, @2, @1]."""
     out: list[str] = []
@@ -125,15 +162,17 @@ def main() -> int:
               and line.split(" -> ", 1)[1].split(":", 1)[0].endswith(("Error", "NotFound"))]
     print(f"\nthe consumer made {len(served)} calls without a restart ({len(failed)} failed); "
           f"the versions it used, in order: {' -> '.join(_runs(served))}")
+    run_canary_steps()
 
     if os.environ.get("SANDGATE_LLM_BASE_URL"):
-        step("7. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
+        step("8. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
         sandgate("generate", "slugify", "--description",
                  "Turn a title into a lowercase URL slug: letters and digits kept, runs of anything "
                  "else collapsed to a single '-', no leading or trailing '-'.", "--attempts", "3")
     else:
-        print("\n(step 7, generating a skill with an LLM, runs when SANDGATE_LLM_BASE_URL is set)")
-    print("\ndemo finished: v1 active again, v3 never went live, every move is in the audit log.")
+        print("\n(step 8, generating a skill with an LLM, runs when SANDGATE_LLM_BASE_URL is set)")
+    print("\ndemo finished: v1 active again, v3 never went live, v4 was rolled back by its canary, "
+          "every move is in the audit log.")
     return 0
 
 

@@ -60,6 +60,7 @@ from sandgate.errors import (
 )
 from sandgate.service import FileEntry, VersionDetail
 from sandgate.records import (
+    CanaryRecord,
     EvaluationRecord,
     EventRecord,
     FileDiff,
@@ -349,6 +350,26 @@ class SandgateClient:
         return record_from_dict(YankResult, data)
 
     # -- events --------------------------------------------------------------------
+
+    # -- canary (api/canary.py) ----------------------------------------------------
+
+    def start_canary(self, name: str, number: int, *, weight: int | None = None, reason: str | None = None,
+                     force: bool = False, expected_generation: int | None = None,
+                     policy: str | None = None) -> CanaryRecord:
+        """``name@number`` becomes the candidate at ``weight`` % (None: the policy's first step)."""
+        body = {"version": number, "weight": weight, "reason": reason, "force": force,
+                "expected_generation": expected_generation, "policy": policy}
+        data = self._json("POST", f"/v1/skills/{name}/canary", json={k: v for k, v in body.items() if v is not None})
+        return record_from_dict(CanaryRecord, data)
+
+    def abort_canary(self, name: str, *, reason: str) -> CanaryRecord:
+        """Drop the candidate of the running canary of ``name``."""
+        return record_from_dict(CanaryRecord, self._json("POST", f"/v1/skills/{name}/canary/abort",
+                                                         json={"reason": reason}))
+
+    def canary_status(self, name: str) -> dict[str, Any]:
+        """``GET /v1/skills/{name}/status``: pointer state, counts per version, the decision now (JSON)."""
+        return self._json("GET", f"/v1/skills/{name}/status")  # type: ignore[no-any-return]
 
     def watch(self, *, after: int | None = None, skills: Iterable[str] | None = None,
               actions: Iterable[str] | None = None,

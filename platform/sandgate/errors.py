@@ -14,7 +14,9 @@ the skill is refused; asking again unchanged gets the same answer) and
     ├── Refused                   the caller's to change                          exit 1
     │   ├── SubmissionError       invalid submission: verdict ``rejected``, nothing ran   422
     │   ├── InvalidRequest        the request is incomplete (``reason_required``,        422
-    │   │                         ``actor_required``, ``invalid_key``)
+    │   │   │                     ``actor_required``, ``invalid_key``)
+    │   │   └── InvalidCanaryInput  a canary weight or a consumer's runtime report     422
+    │   │                         that does not validate (``bad_weight``, ``invalid_report``)
     │   ├── NotFound              no such skill / version / evaluation / key             404
     │   ├── Conflict              a concurrent pointer move won (compare-and-set lost)   409
     │   └── InvalidTransition     the state forbids the move (``already_active``,        409
@@ -55,6 +57,7 @@ __all__ = [
     "SubmissionError",
     "InvalidRequest",
     "IncompleteRequest",
+    "InvalidCanaryInput",
     "InfrastructureError",
     "EngineUnavailable",
     "ImageMissing",
@@ -74,6 +77,7 @@ __all__ = [
     "HTTP_CODES",
     "REQUEST_CODES",
     "SUBMISSION_CODES",
+    "CANARY_INPUT_CODES",
     "meaning_of",
     "status_of",
     "exit_code_of",
@@ -87,6 +91,9 @@ EXIT_OK, EXIT_REFUSED, EXIT_ERROR = 0, 1, 2
 REQUEST_CODES = frozenset({"reason_required", "actor_required", "invalid_key"})
 #: the codes of an invalid submission the API answers with 422
 SUBMISSION_CODES = frozenset({"invalid_submission", "syntax_error", "name_mismatch"})
+
+#: the codes of a canary weight or a runtime report that does not validate (422)
+CANARY_INPUT_CODES = frozenset({"bad_weight", "invalid_report"})
 
 #: the error code of a bare HTTP status (an :class:`ApiError` without its own)
 HTTP_CODES = {
@@ -152,6 +159,10 @@ class SubmissionError(Refused):
 
 class InvalidRequest(Refused):
     """The request itself is incomplete or malformed (a missing reason, actor, a bad key setting)."""
+
+
+class InvalidCanaryInput(InvalidRequest):
+    """A canary weight outside 1..99, or a consumer's runtime report that does not add up (nothing stored)."""
 
 
 class NotFound(Refused):
@@ -258,6 +269,7 @@ class Meaning:
 MEANINGS: dict[type[SandgateError], Meaning] = {
     SubmissionError: Meaning(422, EXIT_REFUSED, "invalid_submission", SUBMISSION_CODES),
     IncompleteRequest: Meaning(422, EXIT_REFUSED, "invalid_transition", REQUEST_CODES),
+    InvalidCanaryInput: Meaning(422, EXIT_REFUSED, "invalid_report", CANARY_INPUT_CODES),
     InvalidRequest: Meaning(422, EXIT_REFUSED, "invalid_request"),
     NotFound: Meaning(404, EXIT_REFUSED, "not_found", frozenset({"not_found"})),
     Conflict: Meaning(409, EXIT_REFUSED, "conflict", frozenset({"conflict"})),

@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from sandgate import delivery
 from sandgate import report as reports
 from sandgate.config import get_settings
 from sandgate.errors import (
@@ -167,7 +168,7 @@ class SubmitResult:
     #: True when a finished evaluation of this content under this policy was reused
     reused_evaluation: bool
     #: "auto" | "manual": the policy's promotion mode for this skill
-    promotion_mode: Literal["auto", "manual"]
+    promotion_mode: Literal["auto", "manual", "canary"]
     #: the pointer move made by auto-promotion, if any
     promoted: PointerMove | None = None
     #: why a promotion that was due did not happen (lost race, yanked, ...), or a note
@@ -381,8 +382,15 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     version (workers finish out of order); a lost race is a note, not an error.
     Shared by :func:`submit` and the workers.
     """
-    if evaluation.verdict != "passed" or policy.promotion.mode_for(evaluation.skill) != "auto":
+    mode = policy.promotion.mode_for(evaluation.skill)
+    if evaluation.verdict != "passed" or mode not in ("auto", "canary"):
         return None, None
+    if mode == "canary":
+        skill = versions.get_skill(store, name=evaluation.skill)
+        if skill.active_version is not None:  # the first version has nothing to compare with: promoted as auto
+            if skill.active_version == evaluation.version:
+                return None, None
+            return None, _start_canary(store, evaluation=evaluation, policy=policy, skill=skill)
     try:
         # one transaction: the newer-active check and the compare-and-set see the same pointer
         move = pointers.promote(
@@ -403,6 +411,20 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     except Conflict as exc:
         return None, f"auto-promotion did not happen: {exc}"
     return move, None
+
+
+def _start_canary(store: Store, *, evaluation: Any, policy: Any, skill: Any) -> str:
+    """Promotion mode ``canary``: the passed version becomes the candidate (sandgate.delivery)."""
+    ref = f"{evaluation.skill}@{evaluation.version}"
+    if skill.active_version > evaluation.version:
+        return f"{evaluation.skill}@{skill.active_version} is active and newer: no canary of {ref}"
+    try:
+        record = delivery.start(store, name=evaluation.skill, number=evaluation.version, actor=policy_actor(policy),
+                                policy=policy, reason=f"canary: passed {policy.name}",
+                                expected_generation=skill.generation)
+    except (Conflict, InvalidTransition) as exc:
+        return f"canary did not start: {exc}"
+    return f"canary started: {ref} at {record.weight} % beside {evaluation.skill}@{record.baseline}"
 
 
 # --------------------------------------------------------------------------- pointer moves

@@ -20,6 +20,7 @@ __all__ = [
     "YankResult",
     "FileDiff",
     "FlagResult",
+    "CanaryRecord",
 ]
 
 
@@ -171,3 +172,28 @@ class FlagResult(_Record):
     rollback: PointerMove | None = None
     #: why a requested quarantine did not happen (e.g. nothing to roll back to)
     note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryRecord(_Record):
+    """A canary run (``sandgate promote N --canary W``) and the skill's pointer state now."""
+
+    id: int
+    skill: str
+    candidate: int
+    baseline: int
+    #: running | baking | completed | rolled_back | aborted
+    state: str
+    #: the policy's ``[promotion.canary]`` settings for this skill, as the run started
+    config: dict[str, Any]
+    #: ``{weight, generation, started_at}`` per step, oldest first
+    steps: list[dict[str, Any]]
+    last_decision: dict[str, Any] | None
+    actor: str
+    started_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    #: the skill's pointer state now: active version, candidate weight, generation
+    active: int | None
+    weight: int
+    generation: int

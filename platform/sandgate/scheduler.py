@@ -33,6 +33,10 @@ job                    what it does
                        ``blocked_severities``) → a ``flagged`` event with the findings, the
                        rules' fingerprint and the sandbox facts; with ``rescan_action =
                        "quarantine"`` the skill is also rolled back in the same transaction.
+``run_canaries``       one look at every running canary (:mod:`sandgate.delivery`): the
+                       sequential test on the consumers' runtime counts decides advance,
+                       promote fully, roll back automatically (+ the optional webhook) or
+                       hold; each decision is one event with its evidence.
 =====================  ====================================================================
 
 Settings (environment only, ``SANDGATE_SCHEDULER_*``; see :class:`SchedulerSettings`):
@@ -76,6 +80,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 from sqlalchemy import func, select
 
+from sandgate import delivery
 from sandgate.config import EnvSettings, get_settings
 from sandgate.errors import NotFound, SandgateError
 from sandgate.evaluation import evaluate, rules_files
@@ -99,6 +104,7 @@ __all__ = [
     "reap_orphans",
     "apply_retention",
     "rescan_active",
+    "run_canaries",
     "rules_fingerprint",
     "max_policy_timeout",
     "build_scheduler",
@@ -137,6 +143,13 @@ class SchedulerSettings(EnvSettings):
     retention_days: float = Field(default=30.0, gt=0)
     #: what a re-scan does with an active version whose findings are now blocked
     rescan_action: Literal["flag", "quarantine"] = "flag"
+    # -- canary (sandgate.delivery) --
+    #: seconds between two looks at the running canaries
+    canary_seconds: float = Field(default=5.0, gt=0)
+    #: POSTed a JSON body on every automatic rollback (None: no webhook)
+    canary_webhook: str | None = None
+    #: timeout of one webhook call (seconds)
+    canary_webhook_timeout_seconds: float = Field(default=5.0, gt=0)
 
 
 # --------------------------------------------------------------------------- one scheduler at a time
@@ -396,7 +409,21 @@ JOBS: dict[str, tuple[str, Callable[[Store, SchedulerSettings, Any], Any]]] = {
         "rescan_seconds",
         lambda store, ss, s: rescan_active(store, settings=s, action=ss.rescan_action),
     ),
+    "run_canaries": (
+        "canary_seconds",
+        lambda store, ss, _s: run_canaries(
+            store, webhook=ss.canary_webhook, webhook_timeout=ss.canary_webhook_timeout_seconds
+        ),
+    ),
 }
+
+
+def run_canaries(store: Store, *, webhook: str | None = None, webhook_timeout: float = 5.0) -> list[dict[str, Any]]:
+    """One look at every running canary (:func:`sandgate.delivery.run_canaries`), one scheduler at a time."""
+    with _exclusive(store, "run_canaries") as mine:
+        if not mine:
+            return []
+        return delivery.run_canaries(store, webhook=webhook, webhook_timeout=webhook_timeout)
 
 
 def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], Any]:

@@ -261,12 +261,14 @@ def test_rescan_reports_infrastructure_errors_without_flagging(store, tmp_path):
 
 
 def test_build_scheduler_wires_every_job_at_its_interval(store):
-    ss = SchedulerSettings(lease_recovery_seconds=7, reap_seconds=11, retention_seconds=13, rescan_seconds=17)
+    ss = SchedulerSettings(lease_recovery_seconds=7, reap_seconds=11, retention_seconds=13, rescan_seconds=17,
+                           canary_seconds=3)
     scheduler = build_scheduler(store, scheduler_settings=ss)
     jobs = {j.id: j for j in scheduler.get_jobs()}
     assert set(jobs) == set(JOBS)
     assert {k: j.trigger.interval.total_seconds() for k, j in jobs.items()} == {
         "recover_leases": 7, "reap_orphans": 11, "apply_retention": 13, "rescan_active": 17,
+        "run_canaries": 3,
     }  # fmt: skip
     assert all(j.max_instances == 1 and j.coalesce for j in jobs.values())
 

@@ -408,7 +408,9 @@ def test_registry_follows_moves_by_push_and_verifies_bytes(fake: FakeSandgate, t
     backend = r.backend
     assert isinstance(backend, HttpBackend) and backend.wait_push(5)
     assert fake.watch_requests[0]["skills"] == "greet"
-    assert fake.watch_requests[0]["actions"] == "promoted,rolled_back"
+    from sandgate.registry.backends import _MOVES
+
+    assert fake.watch_requests[0]["actions"] == ",".join(_MOVES)  # pointer moves and canary changes
     assert fake.watch_requests[0]["last_event_id"] == "1"  # the pointers answer's last_event_id
 
     t0 = time.monotonic()
@@ -611,6 +613,8 @@ def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Pa
             return httpx.Response(200, json={"pointers": {"greet": {
                 "version": 1, "generation": 1, "content_hash": h, "entrypoint": "skill:run"}},
                 "last_event_id": 1})
+        if request.url.path == "/v1/canaries":  # the pointer moved: is there a candidate? (no)
+            return httpx.Response(200, json={"canaries": {}})
         if request.url.path == "/v1/skills/greet/versions/1/files":
             return httpx.Response(200, json=files_json("greet", 1, files, claimed_hash=h))
         return error(404, "not_found", "no route")
@@ -618,5 +622,5 @@ def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Pa
     b = mock_backend(handler)
     r = Registry(b, cache_dir=tmp_path, watch=False)
     assert r.call("greet") == "v1"
-    assert seen == ["/v1/pointers", "/v1/skills/greet/versions/1/files"]
+    assert seen == ["/v1/pointers", "/v1/canaries", "/v1/skills/greet/versions/1/files"]
     r.close()

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 import sandgate
 from sandgate.api.auth import Authenticator
+from sandgate.api.canary import router as canary_router
 from sandgate.api.deps import PolicyCache, StoreHolder
 from sandgate.api.errors import install_handlers
 from sandgate.api.limits import RateLimiter
@@ -97,6 +98,7 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     install_handlers(app)
 
     app.include_router(router)
+    app.include_router(canary_router)  # canary routes (api/canary.py)
     _ops_routes(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]

@@ -58,6 +58,11 @@ log = logging.getLogger("sandgate.api")
 
 ALL_ACTIONS = ("submitted", "evaluated", "promoted", "rolled_back", "yanked", "flagged")
 DEFAULT_ACTIONS = ("evaluated", "promoted", "rolled_back", "yanked")
+#: canary decisions (sandgate.store.canary): in the default stream too, one event per decision
+CANARY_ACTIONS = ("canary_started", "canary_advanced", "canary_held", "canary_rolled_back", "canary_aborted",
+                  "canary_completed", "canary_superseded")
+ALL_ACTIONS += CANARY_ACTIONS
+DEFAULT_ACTIONS += CANARY_ACTIONS
 RETRY_MS = 2000
 
 

@@ -89,7 +89,7 @@ def _say_where() -> None:
 
 
 def _register() -> None:
-    from sandgate.cli import engine, evaluate, generate, keys, mcp, serve, settings, store, worker
+    from sandgate.cli import canary, engine, evaluate, generate, keys, mcp, serve, settings, store, worker
 
     engine.register(app)
     evaluate.register(app)
@@ -98,6 +98,7 @@ def _register() -> None:
     serve.register(app)
     keys.register(app)
     worker.register(app)
+    canary.register(app)
     mcp.register(app)
     settings.register(app)
 

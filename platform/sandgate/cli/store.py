@@ -284,8 +284,18 @@ def promote(
     expected_generation: ExpectedGenerationOpt = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
+    canary: Annotated[
+        int | None,
+        typer.Option("--canary", min=1, max=99, help="Start a canary at this weight (percent) instead: the "
+                     "version serves that share of calls beside the active one until the scheduler decides."),
+    ] = None,
 ) -> None:
-    """Make a version active (it must have passed under the current policy)."""
+    """Make a version active (it must have passed under the current policy), or a canary with --canary."""
+    if canary is not None:
+        from sandgate.cli.canary import start
+
+        return start(ctx, name=name, number=number, weight=canary, reason=reason, force=force, policy=policy,
+                     expected_generation=expected_generation, actor=actor, as_json=as_json)
     with errors(), _service(ctx) as service:
         move = service.promote(name, number, actor=actor, reason=reason, policy=policy,
                                expected_generation=expected_generation, force=force)
@@ -354,6 +364,12 @@ def history(
                 change += " forced"
         elif e.action == "evaluated" and e.evidence:
             change = f"{e.evidence.get('verdict')} ({e.evidence.get('policy')})"
+        elif e.action.startswith("canary_") and e.after:  # canary decisions (sandgate.delivery)
+            cand = e.after.get("candidate")
+            change = f"candidate {cand} at {e.after.get('weight')} %" if cand is not None else "no candidate"
+            decision = (e.evidence or {}).get("decision") or {}
+            if decision.get("code"):
+                change += f" [{decision['code']}]"
         table.add_row(
             str(e.id),
             _when(e.created_at),

@@ -32,6 +32,8 @@ __all__ = [
     "Mutation",
     "OracleLimits",
     "Promotion",
+    "CanaryPolicy",
+    "CanarySkill",
     "Policy",
     "parse_policy",
     "load_policy",
@@ -40,7 +42,7 @@ __all__ = [
 Severity = Literal["info", "low", "medium", "high", "critical"]
 #: lowest to highest; the same words as :class:`sandgate.report.Finding`
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
-PromotionMode = Literal["auto", "manual"]
+PromotionMode = Literal["auto", "manual", "canary"]
 
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
@@ -114,12 +116,73 @@ class OracleLimits(_Strict):
     max_calls: int = Field(default=600, gt=0, le=10000)
 
 
+class CanarySkill(_Strict):
+    """Per-skill canary settings (``[promotion.canary.skills.NAME]``)."""
+
+    #: retry a failed candidate call on the active version (only for skills safe to call twice)
+    fallback: bool | None = None
+    #: JSON input/output samples kept per version (0: none)
+    sample_io: int | None = Field(default=None, ge=0, le=1000)
+
+
+class CanaryPolicy(_Strict):
+    """``[promotion.canary]``: how a candidate is stepped up and judged (:mod:`sandgate.policy.canary`)."""
+
+    #: candidate weights in percent, increasing, below 100 (full promotion follows the last)
+    steps: list[int] = Field(default_factory=lambda: [10, 50], min_length=1, max_length=10)
+    #: candidate calls each step needs before it can advance
+    min_calls: int = Field(default=200, ge=1)
+    #: false-rollback bound of the error test over the whole canary
+    alpha: float = Field(default=0.01, gt=0, lt=0.5)
+    #: roll back when candidate p95 latency / baseline p95 exceeds this
+    max_latency_ratio: float = Field(default=2.0, gt=1)
+    #: calls each version needs before the latency limit applies
+    latency_min_calls: int = Field(default=200, ge=1)
+    #: the latency limit applies only once the candidate's p95 is at least this (milliseconds)
+    latency_floor_ms: float = Field(default=1.0, ge=0)
+    #: seconds the new active version is watched after full promotion (0: no bake window)
+    bake_seconds: float = Field(default=600.0, ge=0)
+    #: default for every skill: retry a failed candidate call on the active version
+    fallback: bool = False
+    #: default for every skill: JSON input/output samples kept per version (0: none)
+    sample_io: int = Field(default=0, ge=0, le=1000)
+    skills: dict[str, CanarySkill] = Field(default_factory=dict)
+
+    @field_validator("steps")
+    @classmethod
+    def _steps(cls, value: list[int]) -> list[int]:
+        if any(not 0 < w < 100 for w in value) or value != sorted(set(value)):
+            raise ValueError("steps must be increasing percentages in 1..99 (full promotion follows the last)")
+        return value
+
+    @field_validator("skills")
+    @classmethod
+    def _skill_names(cls, value: dict[str, CanarySkill]) -> dict[str, CanarySkill]:
+        for name in value:
+            if not SKILL_NAME.match(name):
+                raise ValueError(f"{name!r} is not a skill name ({SKILL_NAME_PATTERN})")
+        return dict(sorted(value.items()))
+
+    def for_skill(self, skill: str) -> dict[str, Any]:
+        """The settings for ``skill`` as stored with a canary run (JSON)."""
+        own = self.skills.get(skill) or CanarySkill()
+        data = self.model_dump(mode="json", exclude={"skills"})
+        data["fallback"] = self.fallback if own.fallback is None else own.fallback
+        data["sample_io"] = self.sample_io if own.sample_io is None else own.sample_io
+        return data
+
+
 class Promotion(_Strict):
-    """Whether a passing version becomes ``active`` by itself or waits for a human."""
+    """Whether a passing version becomes ``active`` by itself, waits for a human, or goes through a canary."""
 
     mode: PromotionMode = "auto"
     #: per-skill override of ``mode``
     skills: dict[str, PromotionMode] = Field(default_factory=dict)
+    #: the canary's parameters (``mode = "canary"``, ``sandgate promote --canary``); None: the defaults
+    canary: CanaryPolicy | None = None
+
+    def canary_for(self, skill: str) -> dict[str, Any]:
+        return (self.canary or CanaryPolicy()).for_skill(skill)
 
     @field_validator("skills")
     @classmethod
@@ -148,6 +211,8 @@ class Policy(_Strict):
     def canonical_json(self) -> str:
         """The validated content (everything but ``name``) as canonical JSON."""
         data = self.model_dump(mode="json", exclude={"name"})
+        if data["promotion"].get("canary") is None:  # a policy without [promotion.canary] keeps its hash
+            data["promotion"].pop("canary", None)
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
     @property

@@ -36,6 +36,15 @@ returns a :class:`Registry`:
 * ``acall``: ``async def`` entrypoints are awaited on the loop; plain ones run
   in a worker thread (``asyncio.to_thread``). ``call`` refuses async
   entrypoints (``TypeError``).
+* Canary: while a skill has a *candidate* (``sandgate promote N --canary W``),
+  ``call`` sends ``W`` % of calls to it, at random; ``call_keyed(name, key,
+  *args)`` routes by a stable hash of ``key`` instead (sticky). With the
+  policy's ``fallback`` a failed candidate call is retried on the active
+  version. ``canary(name)`` shows the split this process applies.
+* Runtime evidence: every call is counted per version (calls, exceptions by
+  type, a latency histogram) and sent in batches to the store or the API by a
+  background thread (:mod:`sandgate.registry.evidence`; ``report=False`` to
+  keep it local, ``runtime_stats()`` / ``flush_evidence()``).
 
 Latency: a move reaches callers within about one ``poll_interval`` plus the
 load (``bench/bench_registry.py``: p99 ≈ 65 ms at 50 ms polling, SQLite or
@@ -113,6 +122,7 @@ from typing import Any
 from sandgate.errors import ConfigError
 from sandgate.registry.backends import (
     HTTP_POLL_INTERVAL,
+    CanaryRoute,
     FetchedVersion,
     HttpBackend,
     RegistryBackend,
@@ -134,6 +144,7 @@ __all__ = [
     "HttpBackend",
     "VersionInfo",
     "FetchedVersion",
+    "CanaryRoute",
     "ROOT_PACKAGE",
 ]
 
@@ -149,6 +160,8 @@ def connect(
     on_event: Callable[[RegistryEvent], Any] | None = None,
     skills: Iterable[str] = (),
     watch: bool = True,
+    report: bool = True,
+    report_interval: float = 1.0,
 ) -> Registry:
     """A :class:`Registry` following the store at ``url`` (default: ``$SANDGATE_URL``, else the settings' store).
 
@@ -164,6 +177,10 @@ def connect(
     :meth:`Registry.refresh` moves the snapshot (tools and tests). ``on_event``
     is called from the watcher thread (or the thread that called
     ``refresh``/made the first call); its exceptions are logged and ignored.
+    ``report``: send runtime counts (calls, errors, latency per version) to the
+    store or the API every ``report_interval`` seconds from a background
+    thread (:mod:`sandgate.registry.evidence`; ``report=False`` keeps them in
+    this process, ``runtime_stats()``).
     """
     import os
 
@@ -196,6 +213,8 @@ def connect(
         on_event=on_event,
         skills=skills,
         watch=watch,
+        report=report,
+        report_interval=report_interval,
     )
     if isinstance(backend, HttpBackend):  # close() must not wait out a long poll interval in watch()
         backend.bind_stop(getattr(registry, "_stop", None))

@@ -84,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "VersionInfo",
     "FetchedVersion",
+    "CanaryRoute",
     "RegistryBackend",
     "StoreBackend",
     "HttpBackend",
@@ -106,6 +107,18 @@ class FetchedVersion(NamedTuple):
     files: Mapping[str, bytes]
 
 
+class CanaryRoute(NamedTuple):
+    """A skill's candidate (optional backend method ``canaries(names) -> {name: CanaryRoute}``)."""
+
+    candidate: int
+    #: percent of calls routed to the candidate
+    weight: int
+    #: retry a failed candidate call on the active version
+    fallback: bool = False
+    #: JSON input/output samples a consumer may take per version and generation (0: none)
+    sample_io: int = 0
+
+
 @runtime_checkable
 class RegistryBackend(Protocol):
     """What a registry needs from its source of truth (see the module docstring)."""
@@ -121,8 +134,8 @@ class RegistryBackend(Protocol):
 
 #: the default poll interval of an HTTP registry (seconds): the safety net under push
 HTTP_POLL_INTERVAL = 1.0
-#: what the push stream asks for: pointer moves only
-_MOVES = ("promoted", "rolled_back")
+#: what the push stream asks for: pointer moves (and canary changes, which move the candidate)
+_MOVES = ("promoted", "rolled_back", "canary_started", "canary_advanced", "canary_rolled_back", "canary_aborted")
 #: above this many characters of names, the stream is not filtered by the server (URL length)
 _MAX_SKILLS_PARAM = 4000
 #: how often a waiting watch() looks at the registry's stop event (seconds)
@@ -267,6 +280,30 @@ class HttpBackend:
             return FetchedVersion(str(data["content_hash"]), entrypoint, dict(data["files"]))
         except (KeyError, TypeError, AttributeError) as exc:
             raise StoreError(f"unexpected answer fetching {name}@{number}: {exc!r}", code="bad_answer") from exc
+
+    # -- canary (sandgate.registry.evidence, api/canary.py) --
+
+    def canaries(self, names: Iterable[str]) -> dict[str, CanaryRoute]:
+        """``GET /v1/canaries?names=…``: the candidates of those of ``names`` that have one."""
+        wanted = sorted(set(names))
+        if not wanted or getattr(self, "_no_canaries", False):
+            return {}
+        try:
+            data = self._call("read the canaries", lambda: self._client._json(
+                "GET", "/v1/canaries", params={"names": ",".join(wanted)}))
+        except NotFound:  # a server without canary support: nothing is ever split
+            self._no_canaries = True
+            return {}
+        try:
+            return {n: CanaryRoute(int(c["candidate"]), int(c["weight"]), bool(c.get("fallback", False)),
+                                   int(c.get("sample_io", 0)))
+                    for n, c in data["canaries"].items() if n in wanted}
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"unexpected /v1/canaries answer from {self.url}: {exc!r}", code="bad_answer") from exc
+
+    def report_runtime(self, batch: Mapping[str, Any]) -> Any:
+        """``POST /v1/runtime``: one batch of runtime counts (the evidence collector's thread only)."""
+        return self._call("send runtime counts", lambda: self._client._json("POST", "/v1/runtime", json=batch))
 
     def watch(self, timeout: float) -> bool:
         """True as soon as the stream reports a move of a followed skill; False after ``timeout``.
@@ -587,6 +624,20 @@ class StoreBackend:
             v = versions.get_version(self.store, name=name, number=number)
             files = versions.get_version_files(self.store, name=name, number=number)
         return FetchedVersion(v.content_hash, _entrypoint(v.manifest, f"{name}@{number}"), files)
+
+    # -- canary (sandgate.store.canary) --
+
+    def canaries(self, names: Iterable[str]) -> dict[str, CanaryRoute]:
+        from sandgate.store import canary
+
+        with _store_errors(self.store):
+            return {n: CanaryRoute(*row) for n, row in canary.canary_routes(self.store, names=names).items()}
+
+    def report_runtime(self, batch: Mapping[str, Any]) -> Any:
+        from sandgate.store import canary
+
+        with _store_errors(self.store):
+            return canary.record_runtime(self.store, batch=batch)
 
     def close(self) -> None:
         if self._owned:

@@ -25,15 +25,33 @@ Concurrency design (the hot path takes no lock):
   the flag (and retries with the active version, which is never evicted).
 * Handles from :meth:`Registry.get` *pin* their version (a second counter)
   until they are released or garbage collected.
+
+Canary routing and runtime evidence (see :mod:`sandgate.registry.evidence`):
+
+* every call is counted against its version's :class:`~sandgate.registry.evidence.Recorder`
+  (``v.rec``; one per version and pointer generation): one ``next()`` on an
+  ``itertools.count`` (atomic); one call in :data:`TIME_EVERY` also reads the
+  clock twice and appends its latency bucket;
+* while a skill has a *candidate* (a canary), the active ``_Loaded`` carries a
+  ``route`` (the loaded candidate, its weight, ``fallback``); a call picks the
+  candidate with probability ``weight`` % (random), or by a stable hash of
+  the caller's routing key (:meth:`Registry.call_keyed`: the same key always
+  lands on the same side, and a key on the candidate at 10 % stays on it at
+  50 %). ``route`` is replaced by single assignment, like ``_active``;
+* ``fallback``: an exception in the candidate is counted as the candidate's
+  failure, then the call runs again on the active version and the caller gets
+  that answer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import threading
 import time
 import weakref
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -44,6 +62,7 @@ from sandgate.errors import NotFound, SandgateError
 from sandgate.names import SKILL_NAME as _SKILL_NAME
 from sandgate.names import SKILL_NAME_PATTERN
 from sandgate.registry.backends import FetchedVersion, RegistryBackend, VersionInfo
+from sandgate.registry.evidence import Evidence, Recorder
 from sandgate.registry.loader import (
     LoadedModule,
     LoadFailed,
@@ -59,7 +78,9 @@ log = logging.getLogger("sandgate.registry")
 #: longest wait between polls after repeated backend failures (seconds)
 MAX_BACKOFF = 5.0
 
-EventKind = Literal["loaded", "swapped", "rolled_back", "load_failed", "unloaded", "backend_error"]
+EventKind = Literal[
+    "loaded", "swapped", "rolled_back", "load_failed", "unloaded", "backend_error", "canary", "canary_ended"
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +99,10 @@ class RegistryEvent:
     * ``unloaded`` — an old version ``old`` was evicted (``max_loaded``);
     * ``backend_error`` — the backend failed (first failure of a streak; the
       watcher keeps retrying with backoff); ``name`` is None.
+    * ``canary`` — calls are now split between ``old`` (active) and ``new``
+      (the candidate) at the pointer's weight (:meth:`Registry.canary`);
+    * ``canary_ended`` — the candidate ``old`` no longer gets calls
+      (rolled back, aborted, or now the active version ``new``).
     """
 
     kind: EventKind
@@ -98,6 +123,10 @@ class RegistryEvent:
             text = f"{ref}@{self.new}: load failed ({keep}): {self.error}"
         elif self.kind == "unloaded":
             text = f"{ref}@{self.old}: unloaded"
+        elif self.kind == "canary":
+            text = f"{ref}: candidate {self.new} beside active {self.old}"
+        elif self.kind == "canary_ended":
+            text = f"{ref}: candidate {self.old} no longer routed ({self.new} active)"
         else:
             text = f"backend error: {self.error}"
         return text
@@ -120,9 +149,11 @@ class _Loaded:
         "unloading",
         "unloaded",
         "orphaned",
+        "rec",
+        "route",
     )
 
-    def __init__(self, m: LoadedModule) -> None:
+    def __init__(self, m: LoadedModule, rec: Recorder | None = None) -> None:
         self.name = m.name
         self.number = m.number
         self.content_hash = m.content_hash
@@ -137,6 +168,10 @@ class _Loaded:
         self.unloaded = False
         #: the registry closed while this version was pinned: unload on the last unpin
         self.orphaned = False
+        #: where this version's calls are counted (replaced when the pointer's generation moves)
+        self.rec = rec if rec is not None else Recorder(m.name, m.number, 0)
+        #: set on the *active* version while the skill has a candidate (a canary)
+        self.route: _Route | None = None
 
     def try_unload(self) -> bool:
         """Unload unless a call is in flight or a handle pins it (see the module docstring)."""
@@ -149,6 +184,66 @@ class _Loaded:
         self.unloaded = True
         unload_version(self.module)
         return True
+
+
+class _Route:
+    """A canary: the loaded candidate beside the active version, and how calls are split."""
+
+    __slots__ = ("candidate", "weight", "fallback", "generation")
+
+    def __init__(self, candidate: _Loaded, weight: int, fallback: bool, generation: int) -> None:
+        self.candidate = candidate
+        #: percent of calls that go to the candidate
+        self.weight = weight
+        self.fallback = fallback
+        self.generation = generation
+
+
+_ns = time.perf_counter_ns
+#: every call is counted; one in ``TIME_EVERY`` is timed for the latency histogram (two clock reads
+#: cost more than the rest of the hot path together on some machines)
+TIME_EVERY = 8
+TIME_EVERY_MASK = TIME_EVERY - 1
+
+
+def _run(v: _Loaded, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Call ``v`` (whose in-flight count the caller holds) and count the call (as ``Registry.call`` does)."""
+    rec = v.rec
+    if next(rec.calls) & TIME_EVERY_MASK and not rec.sample_left:
+        try:
+            return v.fn(*args, **kwargs)
+        except Exception as exc:
+            rec.err.append(type(exc).__qualname__)
+            raise
+    return _timed(rec, v.fn, args, kwargs)
+
+
+def _timed(rec: Recorder, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """One call in ``TIME_EVERY``: its latency goes into the histogram (and a sample, if wanted)."""
+    t0 = _ns()
+    try:
+        out = fn(*args, **kwargs)
+    except Exception as exc:
+        rec.err.append(type(exc).__qualname__)
+        _latency(rec, _ns() - t0)
+        if rec.sample_left:
+            rec.sample(args, kwargs, error=exc)
+        raise
+    _latency(rec, _ns() - t0)
+    if rec.sample_left:
+        rec.sample(args, kwargs, out)
+    return out
+
+
+def _latency(rec: Recorder, d: int) -> None:
+    n = d.bit_length()  # sandgate.policy.canary.bucket_of, inlined
+    rec.lat.append((n << 2) | ((d >> (n - 3)) & 3) if n > 2 else n)
+
+
+def _key_slot(key: Any) -> int:
+    """A routing key's stable slot in 0..9999 (the same in every process)."""
+    data = key if isinstance(key, bytes) else str(key).encode("utf-8", "surrogatepass")
+    return zlib.crc32(data) % 10_000
 
 
 def _sync_refusal(m: LoadedModule) -> Callable[..., Any]:
@@ -198,7 +293,7 @@ class SkillHandle:
         return v
 
     def call(self, *args: Any, **kwargs: Any) -> Any:
-        return self._live().fn(*args, **kwargs)
+        return _run(self._live(), args, kwargs)  # counted like a registry call
 
     async def acall(self, *args: Any, **kwargs: Any) -> Any:
         v = self._live()
@@ -235,6 +330,8 @@ class Registry:
         skills: Iterable[str] = (),
         watch: bool = True,
         owns_backend: bool = True,
+        report: bool = True,
+        report_interval: float = 1.0,
     ) -> None:
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
@@ -262,6 +359,15 @@ class Registry:
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
         self._closed = False
+        # -- canary routing and runtime evidence (sandgate.registry.evidence) --
+        sink = getattr(backend, "report_runtime", None) if report else None
+        self._evidence = Evidence(sink, interval=report_interval)
+        #: name -> (the active version carrying the route, the route)
+        self._routes: dict[str, tuple[_Loaded, _Route]] = {}
+        #: name -> the canary state of the last pointer read (CanaryRoute or None)
+        self._canary_info: dict[str, Any] = {}
+        #: names whose candidate could not be loaded (retried at the next poll)
+        self._route_retry: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
@@ -284,19 +390,77 @@ class Registry:
             v = self._active[name]
         except KeyError:
             v = self._miss(name)
+        if v.route is not None:
+            return self._routed(name, v, None, args, kwargs)
         inflight = v.inflight
         inflight.append(None)
         try:
             if v.unloading:
                 return self._call_again(name, args, kwargs)
-            return v.fn(*args, **kwargs)
+            rec = v.rec
+            if next(rec.calls) & TIME_EVERY_MASK and not rec.sample_left:  # counted, not timed
+                try:
+                    return v.fn(*args, **kwargs)
+                except Exception as exc:
+                    rec.err.append(type(exc).__qualname__)
+                    raise
+            return _timed(rec, v.fn, args, kwargs)
         finally:
             inflight.pop()
+
+    def call_keyed(self, name: str, routing_key: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """``call``, routed by ``routing_key`` during a canary: the same key always gets the same version.
+
+        (``str(routing_key)`` is hashed, CRC-32 modulo 10000 against ``weight`` x 100, so
+        raising the weight only moves keys onto the candidate, never off it.)
+        """
+        try:
+            v = self._active[name]
+        except KeyError:
+            v = self._miss(name)
+        if v.route is not None:
+            return self._routed(name, v, routing_key, args, kwargs)
+        return self.call(name, *args, **kwargs)
+
+    def _routed(self, name: str, v: _Loaded, key: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        route = v.route
+        if route is None:
+            return self.call(name, *args, **kwargs)
+        if key is None:
+            to_candidate = random.random() * 100 < route.weight
+        else:
+            to_candidate = _key_slot(key) < route.weight * 100
+        if not to_candidate:
+            return self._run_on(name, v, args, kwargs)
+        c = route.candidate
+        c.inflight.append(None)
+        try:
+            if c.unloading:  # the canary ended under us: the active version answers
+                return self.call(name, *args, **kwargs)
+            try:
+                return _run(c, args, kwargs)
+            except Exception:
+                if not route.fallback:
+                    raise
+                c.rec.fallbacks.append(None)
+                log.debug("%s@%d failed; falling back to %s@%d", name, c.number, name, v.number, exc_info=True)
+        finally:
+            c.inflight.pop()
+        return self._run_on(name, v, args, kwargs)
+
+    def _run_on(self, name: str, v: _Loaded, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        v.inflight.append(None)
+        try:
+            if v.unloading:
+                return self._call_again(name, args, kwargs)
+            return _run(v, args, kwargs)
+        finally:
+            v.inflight.pop()
 
     def _call_again(self, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         v = self._acquire(name)
         try:
-            return v.fn(*args, **kwargs)
+            return _run(v, args, kwargs)
         finally:
             v.inflight.pop()
 
@@ -324,11 +488,44 @@ class Registry:
             await asyncio.to_thread(self._miss, name)
         v = self._acquire(name)
         try:
-            if v.is_async:
-                return await v.target(*args, **kwargs)
-            return await asyncio.to_thread(v.target, *args, **kwargs)
+            route = v.route
+            if route is not None and random.random() * 100 < route.weight:
+                c = route.candidate
+                c.inflight.append(None)
+                try:
+                    if not c.unloading:
+                        try:
+                            return await self._acall_on(c, args, kwargs)
+                        except Exception:
+                            if not route.fallback:
+                                raise
+                            c.rec.fallbacks.append(None)
+                finally:
+                    c.inflight.pop()
+            return await self._acall_on(v, args, kwargs)
         finally:
             v.inflight.pop()
+
+    @staticmethod
+    async def _acall_on(v: _Loaded, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        rec = v.rec
+        next(rec.calls)
+        t0 = _ns()  # async calls are always timed (their cost dwarfs two clock reads)
+        try:
+            if v.is_async:
+                out = await v.target(*args, **kwargs)
+            else:
+                out = await asyncio.to_thread(v.target, *args, **kwargs)
+        except Exception as exc:
+            rec.err.append(type(exc).__qualname__)
+            _latency(rec, _ns() - t0)
+            if rec.sample_left:
+                rec.sample(args, kwargs, error=exc)
+            raise
+        _latency(rec, _ns() - t0)
+        if rec.sample_left:
+            rec.sample(args, kwargs, out)
+        return out
 
     def get(self, name: str) -> SkillHandle:
         """A handle pinned to the version active now (``.version``, ``.content_hash``, ``.call``)."""
@@ -384,6 +581,13 @@ class Registry:
         if not names:
             return []
         pointers = self.backend.pointers(names)
+        # canary state is read only for skills whose pointer generation moved (every canary change bumps it)
+        changed = [
+            n for n in names
+            if n in pointers and (self._pointers.get(n) != (int(pointers[n][0]), int(pointers[n][1]))
+                                  or n in self._route_retry)
+        ]
+        canaries = self._read_canaries(changed)
         events: list[RegistryEvent] = []
         for name in names:
             ptr = pointers.get(name)
@@ -404,7 +608,7 @@ class Registry:
             if failed is not None and failed[:2] == ptr:
                 continue
             try:
-                new = self._obtain(name, number)
+                new = self._obtain(name, number, generation=generation)
             except LoadFailed as exc:
                 events.extend(self._load_failed(name, current, ptr, exc))
                 continue
@@ -421,7 +625,90 @@ class Registry:
             log.info("%s (generation %d)", event, generation)
             events.append(event)
             self._changed.notify_all()
+        for name in changed:
+            events.extend(self._apply_route(name, canaries.get(name)))
         return events
+
+    # ------------------------------------------------------------------ canary routing
+
+    def _read_canaries(self, names: list[str]) -> dict[str, Any]:
+        """``{name: CanaryRoute}`` from the backend (optional ``canaries``); raises like ``pointers``."""
+        fn = getattr(self.backend, "canaries", None)
+        if fn is None or not names:
+            return {}
+        return dict(fn(names))
+
+    def _apply_route(self, name: str, info: Any) -> list[RegistryEvent]:
+        """Bring ``name``'s route (and its recorders' generation) in line with ``info`` (caller holds the lock)."""
+        active, ptr = self._active.get(name), self._pointers.get(name)
+        if active is None or ptr is None or active.number != ptr[0]:
+            return []  # the new active version did not load: the old one keeps serving as it was
+        number, generation = ptr
+        self._route_retry.discard(name)
+        self._canary_info[name] = info
+        sample = int(getattr(info, "sample_io", 0) or 0)
+        self._new_recorder(active, generation, sample)
+        old = self._routes.pop(name, None)
+        if old is not None and old[0] is not active:
+            old[0].route = None
+        wanted = getattr(info, "candidate", None)
+        if wanted is None or wanted == number or int(getattr(info, "weight", 0)) <= 0:
+            active.route = None
+            if old is not None:
+                self._retire_candidate(name, old[1].candidate, active)
+                return [RegistryEvent("canary_ended", name, old[1].candidate.number, number, generation=generation)]
+            return []
+        cand = None
+        if old is not None:
+            if old[1].candidate.number == wanted and not old[1].candidate.unloaded:
+                cand = old[1].candidate
+            else:
+                self._retire_candidate(name, old[1].candidate, active)
+        if cand is None:
+            try:
+                cand = self._obtain(name, wanted, generation=generation)
+            except LoadFailed as exc:
+                active.route = None  # every call goes to the active version until it loads
+                self._route_retry.add(name)
+                event = RegistryEvent("load_failed", name, number, wanted, error=exc, generation=generation)
+                log.error("%s (candidate)", event, exc_info=exc.__cause__ or exc)
+                return [event]
+        self._new_recorder(cand, generation, sample)
+        route = _Route(cand, int(info.weight), bool(getattr(info, "fallback", False)), generation)
+        active.route = route  # the atomic switch of the split
+        self._routes[name] = (active, route)
+        event = RegistryEvent("canary", name, number, wanted, generation=generation)
+        log.info("%s: candidate %s@%d at %d %% (generation %d)", name, name, wanted, route.weight, generation)
+        return [event]
+
+    def _new_recorder(self, v: _Loaded, generation: int, sample: int) -> None:
+        """Count ``v``'s calls under ``generation`` from now on (the old recorder is drained, then dropped)."""
+        old = v.rec
+        if old.generation == generation and old.sample_left == sample and not old.samples and not sample:
+            return
+        v.rec = self._evidence.recorder(v.name, v.number, generation, sample)
+        self._evidence.retire(old)
+
+    def _retire_candidate(self, name: str, cand: _Loaded, active: _Loaded) -> None:
+        if cand is not active and cand not in self._retired.get(name, []):
+            self._retired.setdefault(name, []).append(cand)
+
+    def canary(self, name: str) -> dict[str, Any] | None:
+        """The split this registry applies to ``name`` now: ``{active, candidate, weight, fallback, generation}``."""
+        v = self._active.get(name)
+        route = v.route if v is not None else None
+        if v is None or route is None:
+            return None
+        return {"active": v.number, "candidate": route.candidate.number, "weight": route.weight,
+                "fallback": route.fallback, "generation": route.generation}
+
+    def runtime_stats(self) -> dict[str, Any]:
+        """What the evidence collector sent, holds and dropped, and this process's totals per version."""
+        return self._evidence.stats()
+
+    def flush_evidence(self, timeout: float = 5.0) -> bool:
+        """Send the runtime counts now (True: nothing left unsent)."""
+        return self._evidence.flush(timeout)
 
     def _load_failed(
         self, name: str, current: _Loaded | None, ptr: tuple[int, int], exc: LoadFailed
@@ -439,8 +726,11 @@ class Registry:
         log.error("%s", event, exc_info=exc.__cause__ or exc)
         return [event]
 
-    def _obtain(self, name: str, number: int) -> _Loaded:
+    def _obtain(self, name: str, number: int, *, generation: int = 0) -> _Loaded:
         """Version ``number`` of ``name``: an old one still loaded, or a fresh load."""
+        routed = self._routes.get(name)
+        if routed is not None and routed[1].candidate.number == number and not routed[1].candidate.unloaded:
+            return routed[1].candidate  # a candidate promoted fully: already loaded
         retired = self._retired.get(name, [])
         for v in retired:
             if v.number == number and not v.unloaded:
@@ -475,7 +765,7 @@ class Registry:
         module = load_version(
             name=name, number=number, content_hash=info.content_hash, entrypoint=info.entrypoint, files=data, root=root
         )
-        return _Loaded(module)
+        return _Loaded(module, self._evidence.recorder(name, number, generation))
 
     def _evict(self) -> list[RegistryEvent]:
         """Unload old versions beyond ``max_loaded`` per skill, oldest first, idle ones only."""
@@ -573,6 +863,9 @@ class Registry:
             versions = list(self._active.values())
             for retired in self._retired.values():
                 versions.extend(retired)
+            for _owner, route in self._routes.values():
+                versions.append(route.candidate)
+            self._routes.clear()
             self._active.clear()
             self._retired.clear()
             self._changed.notify_all()
@@ -586,6 +879,7 @@ class Registry:
             v.orphaned = True
             if not v.try_unload() and v.inflight:
                 log.warning("%s@%d still running after close(): left loaded", v.name, v.number)
+        self._evidence.close(timeout=min(timeout, 1.0))  # the last counts, before the backend goes
         if self._owns_backend:
             try:
                 self.backend.close()

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from sandgate.records import (
+    CanaryRecord,
     EvaluationRecord,
     EventRecord,
     FileDiff,
@@ -106,6 +107,23 @@ class SkillService(Protocol):
              rollback: bool) -> YankResult: ...
 
     def history(self, name: str, *, limit: int | None = None) -> list[EventRecord]: ...
+
+    # -- canary (sandgate.delivery) --
+
+    def start_canary(self, name: str, number: int, *, weight: int | None, actor: str | None,
+                     reason: str | None, policy: str | None, expected_generation: int | None,
+                     force: bool) -> CanaryRecord:
+        """``name@number`` becomes the candidate beside the active version at ``weight`` % of calls
+        (None: the policy's first step)."""
+        ...
+
+    def abort_canary(self, name: str, *, actor: str | None, reason: str) -> CanaryRecord:
+        """Drop the candidate of the running canary: every call goes to the active version again."""
+        ...
+
+    def canary_status(self, name: str) -> dict[str, Any]:
+        """Pointer state, the canary, counts per version and the decision now (``sandgate status``)."""
+        ...
 
     def diff(self, name: str, a: int, b: int) -> list[FileDiff]: ...
 

@@ -21,10 +21,11 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from sandgate import lifecycle
+from sandgate import delivery, lifecycle
 from sandgate.config import get_settings, sqlite_path
 from sandgate.errors import NotFound
 from sandgate.records import (
+    CanaryRecord,
     EventRecord,
     FileDiff,
     PointerMove,
@@ -192,6 +193,22 @@ class EmbeddedService:
              rollback: bool) -> YankResult:
         return lifecycle.yank(self.store, name=name, number=number, actor=self._actor(actor),
                               reason=reason, rollback=rollback)
+
+    # -- canary ----------------------------------------------------------------------
+
+    def start_canary(self, name: str, number: int, *, weight: int | None, actor: str | None,
+                     reason: str | None, policy: str | None, expected_generation: int | None,
+                     force: bool) -> CanaryRecord:
+        pol = self._load_policy(policy)
+        return delivery.start(self.store, name=name, number=number, actor=self._actor(actor), policy=pol,
+                              weight=weight, reason=reason, expected_generation=expected_generation,
+                              force=force)
+
+    def abort_canary(self, name: str, *, actor: str | None, reason: str) -> CanaryRecord:
+        return delivery.abort(self.store, name=name, actor=self._actor(actor), reason=reason)
+
+    def canary_status(self, name: str) -> dict[str, Any]:
+        return delivery.status(self.store, name=name)
 
 
 # --------------------------------------------------------------------------- read queries

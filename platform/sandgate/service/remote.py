@@ -15,6 +15,7 @@ from sandgate.client import SandgateClient, from_env, record_from_dict
 from sandgate.errors import ConfigError, NotFound
 from sandgate.service import VersionDetail
 from sandgate.records import (
+    CanaryRecord,
     EvaluationRecord,
     EventRecord,
     FileDiff,
@@ -126,3 +127,19 @@ class RemoteService:
              rollback: bool) -> YankResult:
         _no_actor(actor)
         return self.client.yank(name, number, reason=reason, rollback=rollback)
+
+    # -- canary ----------------------------------------------------------------------
+
+    def start_canary(self, name: str, number: int, *, weight: int | None, actor: str | None,
+                     reason: str | None, policy: str | None, expected_generation: int | None,
+                     force: bool) -> CanaryRecord:
+        _no_actor(actor)
+        return self.client.start_canary(name, number, weight=weight, reason=reason, force=force,
+                                        expected_generation=expected_generation, policy=policy)
+
+    def abort_canary(self, name: str, *, actor: str | None, reason: str) -> CanaryRecord:
+        _no_actor(actor)
+        return self.client.abort_canary(name, reason=reason)
+
+    def canary_status(self, name: str) -> dict[str, Any]:
+        return self.client.canary_status(name)

@@ -51,6 +51,9 @@ __all__ = [
     "VersionFile",
     "Evaluation",
     "Event",
+    "Canary",
+    "RuntimeCount",
+    "RuntimeSample",
     "JSONType",
     "BigIntPK",
     "NAMING_CONVENTION",
@@ -102,6 +105,11 @@ class Skill(Base):
     pointer_event_id: Mapped[int | None] = mapped_column(
         BigIntPK, ForeignKey("events.id", use_alter=True)
     )
+    # -- canary (0006): the pointer state is (active, candidate, weight), one CAS-protected row --
+    #: a passed version serving ``candidate_weight`` % of calls beside ``active`` (NULL: no canary)
+    candidate_version_id: Mapped[int | None] = mapped_column(BigIntPK)
+    #: percent of calls routed to the candidate (0 when there is none)
+    candidate_weight: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Version(Base):
@@ -204,3 +212,67 @@ class Event(Base):
     #: No foreign key: retention deletes old evaluations, never events.
     evaluation_id: Mapped[str | None] = mapped_column(String(36))
     created_at: Mapped[datetime]
+
+
+# --------------------------------------------------------------------------- canary (0006)
+
+
+class Canary(Base):
+    """One canary run: a candidate beside the active version, stepped up by the scheduler."""
+
+    __tablename__ = "canaries"
+    __table_args__ = (Index(None, "skill_id", "id"), Index(None, "state"))
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    skill_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("skills.id"))
+    candidate_version_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("versions.id"))
+    #: the version active when the canary started (the comparison's baseline)
+    baseline_version_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("versions.id"))
+    #: running | baking | completed | rolled_back | aborted | superseded
+    state: Mapped[str] = mapped_column(String(16))
+    #: the policy's canary parameters at the start (steps, min_calls, alpha, ...)
+    config: Mapped[dict[str, Any]]
+    #: ``[{"weight", "generation", "started_at"}]``: the generation each step began at
+    steps: Mapped[list[Any]]
+    last_decision: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    actor: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    started_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+
+
+class RuntimeCount(Base):
+    """What one consumer batch counted for one version at one pointer generation."""
+
+    __tablename__ = "runtime_counts"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "version_id", "generation"),
+        Index(None, "version_id", "generation"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    skill_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("skills.id"))
+    version_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("versions.id"))
+    generation: Mapped[int] = mapped_column(Integer)
+    consumer: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime]
+    calls: Mapped[int] = mapped_column(BigInteger)
+    errors: Mapped[int] = mapped_column(BigInteger)
+    fallbacks: Mapped[int] = mapped_column(BigInteger)
+    error_types: Mapped[dict[str, Any]]
+    #: histogram bucket (sandgate.policy.canary.bucket_of, as a string) -> calls
+    latency: Mapped[dict[str, Any]]
+
+
+class RuntimeSample(Base):
+    """One sampled call (JSON input and output or error) of a skill whose policy opts in."""
+
+    __tablename__ = "runtime_samples"
+    __table_args__ = (Index(None, "version_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
+    version_id: Mapped[int] = mapped_column(BigIntPK, ForeignKey("versions.id"))
+    consumer: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
+    received_at: Mapped[datetime]
+    sample: Mapped[dict[str, Any]]

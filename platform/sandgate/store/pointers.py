@@ -159,6 +159,9 @@ def _move(
             active_version_id=target.id,
             generation=Skill.generation + 1,
             pointer_event_id=event.id,
+            # canary (store/canary.py): every move of the active pointer ends a candidate
+            candidate_version_id=None,
+            candidate_weight=0,
         )
         .execution_options(synchronize_session=False)
     ).rowcount
