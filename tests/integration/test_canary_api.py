@@ -3,30 +3,31 @@ and an HTTP registry that routes by weight and reports its counts with ``POST /v
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store", "api_harness")
-import sandgate  # noqa: E402
-from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files, sse_events  # noqa: E402
-from sandgate.client import SandgateClient  # noqa: E402
-from sandgate.errors import (  # noqa: E402
+import pytest
+import sandgate
+from sandgate.client import SandgateClient
+from sandgate.errors import (
     ApiError,
     InvalidCanaryInput,
     InvalidTransition,
     SandgateError,
 )
 
-pytest_plugins = ["conftest_store"]
+from tests.integration.api_harness import (
+    ApiServer,
+    drain_queue,
+    fake_evaluate,
+    make_keys,
+    skill_files,
+    sse_events,
+)
+
+pytest_plugins = ["tests.integration.conftest_store"]
 
 SKILL = "greet"
 

@@ -24,22 +24,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-
-from sandgate import lifecycle  # noqa: E402
-from sandgate.policy import load_policy  # noqa: E402
-from sandgate.scheduler import SchedulerSettings, build_scheduler  # noqa: E402
-from sandgate.store import (  # noqa: E402
-    Store,  # noqa: E402
+from sandgate import lifecycle
+from sandgate.policy import load_policy
+from sandgate.scheduler import SchedulerSettings, build_scheduler
+from sandgate.store import (
+    Store,
     audit,
     pointers,
 )
-from sandgate.store import canary as cs  # noqa: E402
+from sandgate.store import canary as cs
 
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 ROOT = Path(__file__).resolve().parents[2]
 SKILL = "shout"
@@ -82,6 +77,15 @@ def test_run():
 
 def test_short():
     assert run("x")["upper"] == "X"
+
+
+def test_every_field_up_to_three_words():  # strong enough for the mutation gate; never tries four words
+    answer = run("Ab c D")
+    if "words" in answer:
+        assert answer == {"version": 2, "upper": "AB C D", "lower": "ab c d", "words": 3}
+        assert run("")["words"] == 0
+    else:
+        assert answer == {"version": 1, "upper": "AB C D"}
 '''
 CONSUMER = textwrap.dedent('''
     import json, os, random, sys, time

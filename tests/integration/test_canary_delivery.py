@@ -3,36 +3,29 @@
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_report  # noqa: E402
-from sandgate import delivery  # noqa: E402
-from sandgate.policy import parse_policy  # noqa: E402
-from sandgate.registry.loader import content_hash  # noqa: E402
-from sandgate.store import (  # noqa: E402
-    Store,  # noqa: E402
+import pytest
+from sandgate import delivery
+from sandgate.policy import parse_policy
+from sandgate.registry.loader import content_hash
+from sandgate.store import (
+    Store,
     audit,
     evaluations,
     pointers,
     versions,
 )
-from sandgate.store import canary as cs  # noqa: E402
+from sandgate.store import canary as cs
 
-pytest_plugins = ["conftest_store"]
+from tests.integration.conftest_store import make_report
+
+pytest_plugins = ["tests.integration.conftest_store"]
 
 POLICY = parse_policy("""
 [promotion]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 import uuid
 from collections import Counter
@@ -10,27 +9,22 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import pytest  # noqa: E402
-
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_policy, make_report  # noqa: E402
-from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of  # noqa: E402
-from sandgate.registry import connect  # noqa: E402
-from sandgate.registry.loader import content_hash  # noqa: E402
-from sandgate.store import (  # noqa: E402
-    Store,  # noqa: E402
+import pytest
+from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of
+from sandgate.registry import connect
+from sandgate.registry.loader import content_hash
+from sandgate.store import (
+    Store,
     audit,
     evaluations,
     pointers,
     versions,
 )
-from sandgate.store import canary as cs  # noqa: E402
+from sandgate.store import canary as cs
 
-pytest_plugins = ["conftest_store"]
+from tests.integration.conftest_store import make_policy, make_report
+
+pytest_plugins = ["tests.integration.conftest_store"]
 
 POLICY = make_policy()
 CONFIG = {"steps": [10, 50], "min_calls": 50, "alpha": 0.01, "max_latency_ratio": 3.0, "latency_min_calls": 50,

@@ -21,31 +21,25 @@ decision's evidence, see ``tests/integration/test_canary_api.py``).
 
 from __future__ import annotations
 
-import sys
 import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-_INTEGRATION = str(Path(__file__).resolve().parents[1] / "integration")
-if _INTEGRATION not in sys.path:
-    sys.path.insert(0, _INTEGRATION)
+import pytest
+from sandgate import delivery
+from sandgate.evaluation import evaluate
+from sandgate.policy import load_policy, parse_policy
+from sandgate.registry import connect
+from sandgate.registry.loader import content_hash
+from sandgate.report import EvaluationReport, Verdict
+from sandgate.store import Store, audit, evaluations, pointers, versions
+from sandgate.store import canary as cs
+from sandgate.submission import submission_from_files
 
-import pytest  # noqa: E402
+from tests.integration.conftest_store import make_report
 
-pytest.register_assert_rewrite("conftest_store")
-from conftest_store import make_report  # noqa: E402
-from sandgate import delivery  # noqa: E402
-from sandgate.evaluation import evaluate  # noqa: E402
-from sandgate.policy import load_policy, parse_policy  # noqa: E402
-from sandgate.registry import connect  # noqa: E402
-from sandgate.registry.loader import content_hash  # noqa: E402
-from sandgate.report import EvaluationReport, Verdict  # noqa: E402
-from sandgate.store import Store, audit, evaluations, pointers, versions  # noqa: E402
-from sandgate.store import canary as cs  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
-
-pytest_plugins = ["conftest_store"]
+pytest_plugins = ["tests.integration.conftest_store"]
 
 MANIFEST = 'name = "shout"\ndescription = "shout"\nentrypoint = "shout:run"\nrequirements = []\n'
 HONEST_TEST = 'from shout import run\n\n\ndef test_run():\n    assert run("a b") == "A B"\n'

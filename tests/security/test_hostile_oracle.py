@@ -29,7 +29,10 @@ ROOT = Path(__file__).resolve().parents[2]
 def policy(runtime: str = "runc", call_timeout: float = 1.0, **gates):
     data = load_policy("default").model_dump(mode="json", exclude={"name"})
     data["limits"].update(runtime=runtime, timeout_seconds=20)
-    data["gates"].update(blocked_severities=[], **gates)  # the oracle decides here, not the scan
+    # the oracle decides here, not the scan or the mutants (the mutation gate has its own hostile tests)
+    data["gates"].update(blocked_severities=[], min_mutation_score=0.0, null_entrypoint_must_be_killed=False,
+                         **gates)
+    data["mutation"].update(max_mutants=0)
     data["oracle"].update(call_timeout_seconds=call_timeout, timeout_seconds=15)
     return parse_policy({k: v for k, v in data.items() if v is not None}, name=f"oracle-{runtime}")
 

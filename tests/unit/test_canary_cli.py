@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import uuid
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,15 +10,14 @@ from typing import Any
 
 import pytest
 import typer
+from sandgate import lifecycle
+from sandgate.cli import canary as canary_cli
+from sandgate.cli import store as store_cli
+from sandgate.config import get_settings
+from sandgate.policy import parse_policy
 from typer.testing import CliRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sandgate import lifecycle  # noqa: E402
-from sandgate.cli import canary as canary_cli  # noqa: E402
-from sandgate.cli import store as store_cli  # noqa: E402
-from sandgate.config import get_settings  # noqa: E402
-from sandgate.policy import parse_policy  # noqa: E402
-from test_store_cli import _Evaluator, _load_dir  # noqa: E402
+from tests.unit.test_store_cli import _Evaluator, _load_dir
 
 app = typer.Typer(pretty_exceptions_enable=False)
 store_cli.register(app)

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import ast
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
-
-from sandgate.errors import PolicyError  # noqa: E402
-from sandgate.evaluation.parse import _mutation  # noqa: E402
-from sandgate.policy import decide, load_policy, parse_policy  # noqa: E402
-from sandgate.report import (  # noqa: E402
+from sandgate.errors import PolicyError
+from sandgate.evaluation.parse import _mutation
+from sandgate.policy import decide, load_policy, parse_policy
+from sandgate.report import (
     CoverageSummary,
     EvaluationReport,
     MutationSummary,
@@ -25,8 +21,8 @@ from sandgate.report import (  # noqa: E402
     TestSummary,
     Verdict,
 )
-from sandgate_harness.__main__ import mutation_skip  # noqa: E402
-from sandgate_harness.mutation import (  # noqa: E402
+from sandgate_harness.__main__ import mutation_skip
+from sandgate_harness.mutation import (
     covered_lines,
     decision,
     generate,

@@ -9,25 +9,21 @@ import os
 import random
 import socket
 import struct
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "sandbox_images" / "harness"))
-
-from sandgate.errors import SubmissionError  # noqa: E402
-from sandgate.evaluation import oracle_types as ot  # noqa: E402
-from sandgate.evaluation.oracle import Baseline, OraclePhase  # noqa: E402
-from sandgate.examples import same_value  # noqa: E402
-from sandgate.oracle_report import BehaviourChange, OracleCall, OracleSummary  # noqa: E402
-from sandgate.policy import decide, load_policy, parse_policy  # noqa: E402
-from sandgate.report import EvaluationReport, ReasonCode, Verdict  # noqa: E402
-from sandgate.sandbox.serve import CallOutcome, ServedSkill, _Demux, encode_frame  # noqa: E402
-from sandgate.submission import submission_from_files  # noqa: E402
-from sandgate_harness import serve as server  # noqa: E402
+from sandgate.errors import SubmissionError
+from sandgate.evaluation import oracle_types as ot
+from sandgate.evaluation.oracle import Baseline, OraclePhase
+from sandgate.examples import same_value
+from sandgate.oracle_report import BehaviourChange, OracleCall, OracleSummary
+from sandgate.policy import decide, load_policy, parse_policy
+from sandgate.report import EvaluationReport, ReasonCode, Verdict
+from sandgate.sandbox.serve import CallOutcome, ServedSkill, _Demux, encode_frame
+from sandgate.submission import submission_from_files
+from sandgate_harness import serve as server
 
 # -- the type language ----------------------------------------------------------
 
@@ -586,7 +582,6 @@ def test_control_characters_in_served_answers_are_escaped_in_the_human_report() 
     # a served skill chooses its exception messages and its example names: a terminal escape
     # or a bidi override must reach the reader as text, never as a control sequence
     from rich.console import Console
-
     from sandgate.cli.evaluate import render_report
 
     o = OracleSummary(status="ran", calls={"example": 1}, note="active says \x1b[2J",
