@@ -58,7 +58,6 @@ from sandgate.errors import (
     SubmissionError,
     error_from_status,
 )
-from sandgate.service import FileEntry, VersionDetail
 from sandgate.records import (
     CanaryRecord,
     EvaluationRecord,
@@ -69,6 +68,7 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.service import VersionDetail
 
 __all__ = ["SandgateClient", "ApiError", "URL_ENV", "KEY_ENV", "from_env", "record_from_dict"]
 

@@ -16,8 +16,9 @@ if _HERE not in sys.path:
 import pytest  # noqa: E402
 
 pytest.register_assert_rewrite("conftest_store", "api_harness")
-import sandgate  # noqa: E402
 from api_harness import ApiServer, drain_queue, fake_evaluate, make_keys, skill_files, sse_events  # noqa: E402
+
+import sandgate  # noqa: E402
 from sandgate.client import SandgateClient  # noqa: E402
 from sandgate.errors import (  # noqa: E402
     ApiError,
@@ -133,9 +134,10 @@ def test_cli_in_remote_mode_uses_the_same_service(world: World, monkeypatch: pyt
     import json
 
     import typer
+    from typer.testing import CliRunner
+
     from sandgate.cli import canary as canary_cli
     from sandgate.cli import store as store_cli
-    from typer.testing import CliRunner
 
     app = typer.Typer(pretty_exceptions_enable=False)
     store_cli.register(app)

@@ -20,6 +20,7 @@ import pytest  # noqa: E402
 
 pytest.register_assert_rewrite("conftest_store")
 from conftest_store import make_report  # noqa: E402
+
 from sandgate import delivery  # noqa: E402
 from sandgate.policy import parse_policy  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402

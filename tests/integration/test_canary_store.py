@@ -18,6 +18,7 @@ import pytest  # noqa: E402
 
 pytest.register_assert_rewrite("conftest_store")
 from conftest_store import make_policy, make_report  # noqa: E402
+
 from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of  # noqa: E402
 from sandgate.registry import connect  # noqa: E402
 from sandgate.registry.loader import content_hash  # noqa: E402

@@ -35,6 +35,7 @@ import pytest  # noqa: E402
 
 pytest.register_assert_rewrite("conftest_store")
 from conftest_store import make_report  # noqa: E402
+
 from sandgate import delivery  # noqa: E402
 from sandgate.evaluation import evaluate  # noqa: E402
 from sandgate.policy import load_policy, parse_policy  # noqa: E402

@@ -14,12 +14,13 @@ import typer
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_store_cli import _Evaluator, _load_dir  # noqa: E402
+
 from sandgate import lifecycle  # noqa: E402
 from sandgate.cli import canary as canary_cli  # noqa: E402
 from sandgate.cli import store as store_cli  # noqa: E402
 from sandgate.config import get_settings  # noqa: E402
 from sandgate.policy import parse_policy  # noqa: E402
-from test_store_cli import _Evaluator, _load_dir  # noqa: E402
 
 app = typer.Typer(pretty_exceptions_enable=False)
 store_cli.register(app)

@@ -463,6 +463,7 @@ def test_human_report_prints_survivors_literally() -> None:
     import io
 
     from rich.console import Console
+
     from sandgate.cli.evaluate import render_report
 
     buffer = io.StringIO()

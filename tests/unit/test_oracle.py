@@ -565,6 +565,7 @@ def test_oracle_gates_are_validated(key: str, value: Any, message: str) -> None:
 
 def test_failing_calls_print_as_a_table_literally() -> None:
     from rich.console import Console
+
     from sandgate.cli.evaluate import render_report
 
     o = OracleSummary(status="ran", calls={"example": 3}, passed={"example": 2},

@@ -142,7 +142,7 @@ class EdgeMiddleware:
 
         try:
             await asyncio.wait_for(drain(), timeout=DRAIN_SECONDS)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
     async def _too_large(self, send: Send, ctx: dict[str, Any], what: str) -> None:

@@ -137,7 +137,7 @@ class EventHub:
             async with self._cond:
                 await asyncio.wait_for(
                     self._cond.wait_for(lambda: self.tick != seen_tick or self.closing), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
         return self.tick
 

@@ -17,8 +17,8 @@ from sandgate.generation.parse import MAX_TEST_FILES, render_files
 from sandgate.oracle_report import call_input
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
+    from sandgate.report import EvaluationReport
 
 __all__ = [
     "system_prompt",
