@@ -87,11 +87,12 @@ __all__ = [
 
 
 class EvaluateFn(Protocol):
-    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport: ...
+    # submission is passed by position (implementations name it as they like)
+    def __call__(self, submission: Any, /, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport: ...
 
 
 #: loads a policy by name (None: the configured one)
-PolicyLoader = Callable[[str | None], Any]
+PolicyLoader = Callable[[str | None], "Policy"]
 
 
 def default_evaluate(
@@ -313,6 +314,7 @@ def run_claimed(
     if nothing_ran is not None:
         finished = evaluations.finish_evaluation(store, evaluation_id=c.id, report=nothing_ran, owner=owner)
         return ClaimedRun(finished, policy_hash=policy.hash if policy is not None else None)
+    assert policy is not None  # a policy that did not load ended the run above
     record = run_evaluation(
         store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
     )

@@ -110,8 +110,9 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
         render_mutation(report, out)
     if report.findings:
         table = Table("severity", "rule", "where", "message", title="findings")
-        for f in report.findings:
-            table.add_row(_line(f.severity), _line(f.rule_id), _line(f"{f.path}:{f.line}"), _line(f.message))
+        for finding in report.findings:
+            table.add_row(_line(finding.severity), _line(finding.rule_id), _line(f"{finding.path}:{finding.line}"),
+                          _line(finding.message))
         out.print(table)
     # oracle_render imports literal() from this module: loaded here, after it
     from sandgate.cli.oracle_render import render_oracle

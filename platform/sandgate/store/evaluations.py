@@ -38,9 +38,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, StoreError
@@ -55,6 +55,7 @@ from sandgate.store._rows import (
     _evaluation_with_owner,
     _latest_conclusive,
     _now,
+    _rowcount,
     _skill,
     _utc,
     _version,
@@ -173,12 +174,12 @@ def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     now = _now()
     with store.write() as s:
         ev, version, skill = _evaluation_with_owner(s, evaluation_id)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
             .values(status="running", started_at=now)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(ev)
         if rc != 1:
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
@@ -215,12 +216,12 @@ def begin_evaluation(
         if not start and pending is not None:
             return _evaluation_record(pending, skill.name, version.number), False
         if pending is not None and pending.status == "queued":
-            rc = s.execute(
+            rc = _rowcount(s.execute(
                 update(Evaluation)
                 .where(Evaluation.id == pending.id, Evaluation.status == "queued")
                 .values(status="running", started_at=now)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             s.refresh(pending)
             if rc == 1:
                 return _evaluation_record(pending, skill.name, version.number), False
@@ -265,7 +266,7 @@ def finish_evaluation(
             q = q.where(Evaluation.status.in_(("queued", "running")))
         else:
             q = q.where(Evaluation.status == "running", Evaluation.lease_owner == owner)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             q.values(
                 status="done",
                 verdict=verdict,
@@ -276,7 +277,7 @@ def finish_evaluation(
                 finished_at=now,
                 lease_expires_at=None,
             ).execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(ev)
         if rc != 1:
             if owner is not None:
@@ -286,7 +287,7 @@ def finish_evaluation(
                     code="lease_lost",
                 )
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
-        extra = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
+        extra: dict[str, Any] | None = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
         if owner is not None:
             extra = {**(extra or {}), "worker": owner, "attempt": ev.attempts}
         _apply_verdict(s, version, skill, ev, now, extra)
@@ -486,7 +487,7 @@ def heartbeat(
     with store.write() as s:
         now = _db_now(s)
         expires = now + timedelta(seconds=lease_seconds)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(
                 Evaluation.id == evaluation_id,
@@ -495,7 +496,7 @@ def heartbeat(
             )
             .values(lease_expires_at=expires)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if rc != 1:
             row = s.execute(
                 select(Evaluation.status, Evaluation.lease_owner).where(Evaluation.id == evaluation_id)
@@ -512,7 +513,7 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
     (stopping a worker is not the job's fault). False: it was not ``owner``'s.
     """
     with store.write() as s:
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(
                 Evaluation.id == evaluation_id,
@@ -529,7 +530,7 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
                 else func.greatest(Evaluation.attempts - 1, 0),
             )
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         return rc == 1
 
 
@@ -658,10 +659,12 @@ def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
                 newest_conclusive[key] = (rank, eid)
         keep = {eid for _, eid in newest.values()} | {eid for _, eid in newest_conclusive.values()}
         cutoff = _utc(before)
-        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(finished) < cutoff]  # type: ignore[operator]
+        # a done evaluation always has finished_at (every way to 'done' sets it)
+        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(cast(datetime, finished)) < cutoff]
         drop = [eid for eid in old if eid not in keep]
         for start in range(0, len(drop), 500):
-            s.execute(Evaluation.__table__.delete().where(Evaluation.id.in_(drop[start : start + 500])))
+            # a declared model's __table__ is a Table
+            s.execute(cast(Table, Evaluation.__table__).delete().where(Evaluation.id.in_(drop[start : start + 500])))
         dropped = 0
         kept_old = [eid for eid in old if eid in keep]
         for start in range(0, len(kept_old), 500):
