@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
 
-.PHONY: setup engine image demo test test-fast bench clean
+.PHONY: setup engine image demo test test-fast lint bench clean
 
 $(BIN)/sandgate: pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -37,6 +37,11 @@ test: image
 ## test-fast: the unit tests, which need neither a Docker engine nor PostgreSQL (the engine is pointed nowhere)
 test-fast: setup
 	DOCKER_HOST=unix:///nonexistent/docker.sock $(BIN)/pytest -q -m "not docker and not postgres" --durations=5 tests/unit
+
+## lint: ruff (style, imports, bugbear, pyupgrade) and mypy (the package), as CI runs them
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## bench: the benchmarks (ratios against floors measured in the same run)
 bench: image

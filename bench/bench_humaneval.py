@@ -98,10 +98,10 @@ def main() -> int:
     args = parser.parse_args()
 
     sys.path.insert(0, str(ROOT / "platform"))
-    from sandgate.evaluation import evaluate
-    from sandgate.report import Verdict
     from sandgate.errors import SubmissionError
+    from sandgate.evaluation import evaluate
     from sandgate.policy import load_policy
+    from sandgate.report import Verdict
     from sandgate.submission import submission_from_files
 
     policy = load_policy(args.policy)

@@ -60,7 +60,8 @@ SKILL = ROOT / "examples" / "skills" / "text_stats"
 CPU_PROBE = r"""
 import resource
 def _cg_usage():
-    for path, scale in (("/sys/fs/cgroup/cpuacct/cpuacct.usage", 1e-9), ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", 1e-9)):
+    for path, scale in (("/sys/fs/cgroup/cpuacct/cpuacct.usage", 1e-9),
+                        ("/sys/fs/cgroup/cpu,cpuacct/cpuacct.usage", 1e-9)):
         try:
             return int(open(path).read()) * scale
         except OSError:
@@ -120,9 +121,15 @@ def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[
     files["config.json"] = json.dumps({"tests": submission.test_files()}).encode()
     payload = make_payload(files)
     limits = policy.limits
+
     def once() -> dict[str, Any]:
-        run = run_sandbox(client, image=settings.image, payload=payload, limits=limits,
-                          entrypoint=["python3", "-I", "-c", floor_script])
+        run = run_sandbox(
+            client,
+            image=settings.image,
+            payload=payload,
+            limits=limits,
+            entrypoint=["python3", "-I", "-c", floor_script],
+        )
         lines = run.harness["stdout"].strip().splitlines()
         work, cpu = json.loads(lines[-2]), json.loads(lines[-1])
         assert work["scan_rc"] == 0 and work["pytest_rc"] == 0 and work["cov_rc"] == 0, work
@@ -282,21 +289,33 @@ def main() -> int:
     parser.add_argument("--submissions", type=int, default=200)
     parser.add_argument("--quick", action="store_true", help="20 submissions, 1 floor run")
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
-    parser.add_argument("--concurrency", type=int, default=None,
-                        help="evaluations per worker (default: the worker's own default)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="evaluations per worker (default: the worker's own default)"
+    )
     parser.add_argument("--lease-seconds", type=float, default=30.0)
     parser.add_argument("--floor-runs", type=int, default=5)
-    parser.add_argument("--floor-load", type=int, default=40,
-                        help="bare floor runs at the workers' total concurrency, for the engine's own "
-                             "throughput (0: skip)")
-    parser.add_argument("--database-url", default=None,
-                        help="default: a throwaway PostgreSQL (tests/pg.py), else a temporary SQLite file")
+    parser.add_argument(
+        "--floor-load",
+        type=int,
+        default=40,
+        help="bare floor runs at the workers' total concurrency, for the engine's own throughput (0: skip)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=None,
+        help="default: a throwaway PostgreSQL (tests/pg.py), else a temporary SQLite file",
+    )
     parser.add_argument("--url", default=None, help="post through the HTTP API (not implemented yet)")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
-    parser.add_argument("--quiet-limit", type=float, default=0.10,
-                        help="wait until other tenants use less than this share of the CPUs (default 0.10)")
-    parser.add_argument("--quiet-patience", type=float, default=120.0,
-                        help="seconds to wait for that before measuring anyway")
+    parser.add_argument(
+        "--quiet-limit",
+        type=float,
+        default=0.10,
+        help="wait until other tenants use less than this share of the CPUs (default 0.10)",
+    )
+    parser.add_argument(
+        "--quiet-patience", type=float, default=120.0, help="seconds to wait for that before measuring anyway"
+    )
     args = parser.parse_args()
     if args.url:
         parser.error("--url (posting through sandgate serve) is not implemented yet; use the library path")
@@ -312,21 +331,31 @@ def main() -> int:
 
     cores = os.cpu_count() or 1
     before = wait_for_quiet(args.quiet_limit, args.quiet_patience)
-    print(f"machine: {cores} cores, background load {before:.0%}; measuring the floor ({args.floor_runs} runs + 1 warm-up) ...", flush=True)
+    print(
+        f"machine: {cores} cores, background load {before:.0%}; "
+        f"measuring the floor ({args.floor_runs} runs + 1 warm-up) ...",
+        flush=True,
+    )
     per_worker = args.concurrency or default_concurrency(load_policy("default"))
     width = per_worker * args.workers
     floor = measure_floor(args.floor_runs, parallel_runs=args.floor_load, width=width)
     ceiling_per_min = cores / floor["cpu_seconds"] * 60
     engine_ceiling_per_min = cores / floor["host_cpu_seconds"] * 60
-    print(f"floor: {floor['cpu_seconds']:.3f} CPU-s per evaluation ({floor['source']}; "
-          f"rusage {', '.join(f'{x:.3f}' for x in floor['rusage_cpu_seconds'])}), "
-          f"wall {floor['wall_seconds']:.3f}s", flush=True)
-    print(f"ceiling: {cores} cores / {floor['cpu_seconds']:.3f} CPU-s = {ceiling_per_min:.1f} evaluations/min",
-          flush=True)
-    print(f"engine-inclusive: {floor['host_cpu_seconds']:.3f} host CPU-s per floor run (engine + kernel too) "
-          f"-> {engine_ceiling_per_min:.1f}/min"
-          + (f"; bare floor {width} at a time: {floor['parallel_per_min']:.1f}/min"
-             if floor["parallel_per_min"] else ""), flush=True)
+    print(
+        f"floor: {floor['cpu_seconds']:.3f} CPU-s per evaluation ({floor['source']}; "
+        f"rusage {', '.join(f'{x:.3f}' for x in floor['rusage_cpu_seconds'])}), "
+        f"wall {floor['wall_seconds']:.3f}s",
+        flush=True,
+    )
+    print(
+        f"ceiling: {cores} cores / {floor['cpu_seconds']:.3f} CPU-s = {ceiling_per_min:.1f} evaluations/min", flush=True
+    )
+    print(
+        f"engine-inclusive: {floor['host_cpu_seconds']:.3f} host CPU-s per floor run (engine + kernel too) "
+        f"-> {engine_ceiling_per_min:.1f}/min"
+        + (f"; bare floor {width} at a time: {floor['parallel_per_min']:.1f}/min" if floor["parallel_per_min"] else ""),
+        flush=True,
+    )
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sandgate-load-")))
@@ -343,13 +372,16 @@ def main() -> int:
         policy = load_policy("default")
         subs = submissions(args.submissions)
         backend = url.split(":", 1)[0]
-        print(f"store: {backend}; {args.workers} worker process(es) x concurrency {per_worker}; "
-              f"{args.submissions} submissions", flush=True)
+        print(
+            f"store: {backend}; {args.workers} worker process(es) x concurrency {per_worker}; "
+            f"{args.submissions} submissions",
+            flush=True,
+        )
 
         procs = start_workers(url, args.workers, args.concurrency, args.lease_seconds, tmp)
 
         def stop_workers() -> None:
-            for p, log in procs:
+            for p, _log in procs:
                 if p.poll() is None:
                     p.send_signal(signal.SIGTERM)
             for p, log in procs:
@@ -367,8 +399,11 @@ def main() -> int:
         sandboxes0, engine0 = _docker_cgroup_cpu_seconds(), _cpu_by_command(ENGINE_PROCESSES)
         t0 = time.time()
         with ThreadPoolExecutor(8) as pool:
-            results = list(pool.map(
-                lambda s: lifecycle.submit(store, submission=s, policy=policy, actor="bench", wait=False), subs))
+            results = list(
+                pool.map(
+                    lambda s: lifecycle.submit(store, submission=s, policy=policy, actor="bench", wait=False), subs
+                )
+            )
         posted = time.time() - t0
         ids = [r.evaluation.id for r in results]
         assert len(set(ids)) == len(ids), "distinct submissions must queue distinct evaluations"
@@ -430,7 +465,8 @@ def main() -> int:
         for p, _ in procs:
             controller = f"{os.uname().nodename}:{p.pid}"
             leftovers += client.api.containers(
-                all=True, filters={"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"]})
+                all=True, filters={"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"]}
+            )
             reap(client, controller=controller)
 
     n = len(finished)
@@ -455,7 +491,8 @@ def main() -> int:
         "host_cpu_seconds_per_evaluation": round(busy / max(n, 1), 3),
         "worker_cpu_seconds_per_evaluation": round(workers_cpu / max(n, 1), 3),
         "sandbox_cpu_seconds_per_evaluation": (
-            round(sandboxes_cpu / max(n, 1), 3) if sandboxes_cpu is not None else None),
+            round(sandboxes_cpu / max(n, 1), 3) if sandboxes_cpu is not None else None
+        ),
         "engine_cpu_seconds_per_evaluation": {k: round(v / max(n, 1), 3) for k, v in engine_cpu.items()},
         "floor_cpu_seconds": round(floor["cpu_seconds"], 3),
         "floor_wall_seconds": round(floor["wall_seconds"], 3),
@@ -467,36 +504,55 @@ def main() -> int:
         "ratio_engine_inclusive": round(throughput / engine_ceiling_per_min, 3),
         "floor_parallel_per_min": round(floor["parallel_per_min"], 1) if floor["parallel_per_min"] else None,
         "ratio_to_parallel_floor": (
-            round(throughput / floor["parallel_per_min"], 3) if floor["parallel_per_min"] else None),
+            round(throughput / floor["parallel_per_min"], 3) if floor["parallel_per_min"] else None
+        ),
         "leftover_containers": len(leftovers),
         "background_load_before": round(before, 3),
         "background_load_after": round(after, 3),
     }
     mib = 1024 * 1024
-    print(f"finished {n}/{args.submissions} in {span:.1f}s: {throughput:.1f} evaluations/min "
-          f"(verdicts {verdicts}, retried {retried}, unfinished {len(unfinished)})")
+    print(
+        f"finished {n}/{args.submissions} in {span:.1f}s: {throughput:.1f} evaluations/min "
+        f"(verdicts {verdicts}, retried {retried}, unfinished {len(unfinished)})"
+    )
     print(f"submit -> verdict: p50 {out['latency_p50_seconds']}s, p95 {out['latency_p95_seconds']}s")
-    print(f"peak worker RSS: {', '.join(f'{b / mib:.0f} MiB' for b in out['peak_rss_bytes_per_worker'])} "
-          f"(total {out['peak_rss_bytes_total'] / mib:.0f} MiB)")
-    print(f"CPU actually spent per evaluation: host {out['host_cpu_seconds_per_evaluation']}s = "
-          f"sandboxes {out['sandbox_cpu_seconds_per_evaluation']}s (floor {out['floor_cpu_seconds']}s) + "
-          f"workers {out['worker_cpu_seconds_per_evaluation']}s + "
-          + " + ".join(f"{k} {v}s" for k, v in out["engine_cpu_seconds_per_evaluation"].items())
-          + " + kernel/runc/shims/other tenants")
+    print(
+        f"peak worker RSS: {', '.join(f'{b / mib:.0f} MiB' for b in out['peak_rss_bytes_per_worker'])} "
+        f"(total {out['peak_rss_bytes_total'] / mib:.0f} MiB)"
+    )
+    print(
+        f"CPU actually spent per evaluation: host {out['host_cpu_seconds_per_evaluation']}s = "
+        f"sandboxes {out['sandbox_cpu_seconds_per_evaluation']}s (floor {out['floor_cpu_seconds']}s) + "
+        f"workers {out['worker_cpu_seconds_per_evaluation']}s + "
+        + " + ".join(f"{k} {v}s" for k, v in out["engine_cpu_seconds_per_evaluation"].items())
+        + " + kernel/runc/shims/other tenants"
+    )
     print(f"ratio throughput/ceiling: {ratio:.3f}  (target >= 0.8)")
-    print(f"  engine-inclusive ceiling ratio: {out['ratio_engine_inclusive']}"
-          + (f"; vs the bare floor at the same concurrency: {out['ratio_to_parallel_floor']}"
-             if out["ratio_to_parallel_floor"] else ""))
+    print(
+        f"  engine-inclusive ceiling ratio: {out['ratio_engine_inclusive']}"
+        + (
+            f"; vs the bare floor at the same concurrency: {out['ratio_to_parallel_floor']}"
+            if out["ratio_to_parallel_floor"]
+            else ""
+        )
+    )
     print(f"leftover containers: {len(leftovers)}")
-    print(f"background load from other tenants: {before:.0%} before, {after:.0%} after"
-          + ("  (NOISY: the numbers above are not trustworthy)" if max(before, after) > args.quiet_limit else ""))
+    print(
+        f"background load from other tenants: {before:.0%} before, {after:.0%} after"
+        + ("  (NOISY: the numbers above are not trustworthy)" if max(before, after) > args.quiet_limit else "")
+    )
     if problems:
         print(f"worker warnings/errors ({len(problems)}):")
         for line in problems[:20]:
             print("  " + line)
-    print("slowest: " + "; ".join(
-        f"{r.skill}@{r.version} queued {(r.started_at - r.created_at).total_seconds():.1f}s, "
-        f"ran {(r.finished_at - r.started_at).total_seconds():.1f}s, attempts {r.attempts}" for r in slowest))
+    print(
+        "slowest: "
+        + "; ".join(
+            f"{r.skill}@{r.version} queued {(r.started_at - r.created_at).total_seconds():.1f}s, "
+            f"ran {(r.finished_at - r.started_at).total_seconds():.1f}s, attempts {r.attempts}"
+            for r in slowest
+        )
+    )
     if args.json:
         print(json.dumps(out))
     ok = not unfinished and verdicts.get("error", 0) == 0 and not leftovers and verdicts.get("passed") == n

@@ -29,9 +29,9 @@ sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 import anyio  # noqa: E402
 from mcp import Client, StdioServerParameters  # noqa: E402
+from mcp_store import add, new_store  # noqa: E402
 
 import sandgate  # noqa: E402
-from mcp_store import add, new_store  # noqa: E402
 
 ADD = "def run(a: int, b: int) -> int:\n    return a + b\n"
 

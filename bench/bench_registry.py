@@ -62,8 +62,7 @@ from typing import Any
 
 from sandgate.registry import RegistryEvent, connect
 from sandgate.registry.loader import content_hash
-from sandgate.store import Store, open_store
-from sandgate.store import evaluations, pointers, versions
+from sandgate.store import Store, evaluations, open_store, pointers, versions
 
 NAME = "bench_swap"
 POLICY = SimpleNamespace(name="bench", hash="sha256:bench-policy")

@@ -39,8 +39,7 @@ from typing import Any
 
 from sqlalchemy import insert, text
 
-from sandgate.store import Store, open_store
-from sandgate.store import audit, pointers, versions
+from sandgate.store import Store, audit, open_store, pointers, versions
 from sandgate.store.models import Evaluation, Event, Skill, Version, VersionFile
 
 POLICY = SimpleNamespace(name="bench", hash="sha256:bench-policy")
@@ -189,13 +188,13 @@ def _floor(store: Store) -> Callable[[], Any]:
     return select_one
 
 
-def measure_stage(store: Store, population: int, m: int, lookups: int, moves: int, rnd: random.Random) -> dict[str, tuple[float, float]]:
+def measure_stage(
+    store: Store, population: int, m: int, lookups: int, moves: int, rnd: random.Random
+) -> dict[str, tuple[float, float]]:
     res: dict[str, tuple[float, float]] = {}
     res["floor: SELECT 1"] = _measure(_floor(store), lookups)
     pick = lambda: _name(rnd.randint(1, population))  # noqa: E731
-    res["get_version"] = _measure(
-        lambda: versions.get_version(store, name=pick(), number=rnd.randint(1, m)), lookups
-    )
+    res["get_version"] = _measure(lambda: versions.get_version(store, name=pick(), number=rnd.randint(1, m)), lookups)
     res["active_pointer (one skill)"] = _measure(lambda: pointers.active_pointer(store, name=pick()), lookups)
     res["list_versions (one skill)"] = _measure(lambda: versions.list_versions(store, name=pick()), lookups)
     res["get_skill"] = _measure(lambda: versions.get_skill(store, name=pick()), lookups)
@@ -224,7 +223,9 @@ def measure_stage(store: Store, population: int, m: int, lookups: int, moves: in
 LOOKUPS = ("get_version", "active_pointer (one skill)", "list_versions (one skill)", "get_skill", "history (one skill)")
 
 
-def report(small: dict[str, tuple[float, float]], large: dict[str, tuple[float, float]], n: int, max_ratio: float) -> bool:
+def report(
+    small: dict[str, tuple[float, float]], large: dict[str, tuple[float, float]], n: int, max_ratio: float
+) -> bool:
     floor_small, floor_large = small["floor: SELECT 1"][0], large["floor: SELECT 1"][0]
     head = (
         f"{'operation':<28} {'p50@' + str(SMALL):>10} {'p50@' + str(n):>11} {'ratio':>6} "
@@ -240,10 +241,7 @@ def report(small: dict[str, tuple[float, float]], large: dict[str, tuple[float, 
         if op in LOOKUPS or op in ("promote", "rollback"):
             flag = "ok" if ratio <= max_ratio else "GROWS"
             ok &= ratio <= max_ratio or op not in LOOKUPS
-        print(
-            f"{op:<28} {s50:>8.0f}us {l50:>9.0f}us {ratio:>6.2f} {l99:>9.0f}us "
-            f"{l50 / floor_large:>7.1f}x {flag}"
-        )
+        print(f"{op:<28} {s50:>8.0f}us {l50:>9.0f}us {ratio:>6.2f} {l99:>9.0f}us {l50 / floor_large:>7.1f}x {flag}")
     print(f"(floor = bare SELECT 1 in a store transaction: {floor_small:.0f}us at {SMALL}, {floor_large:.0f}us at {n})")
     return ok
 

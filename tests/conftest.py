@@ -17,7 +17,7 @@ pytest.register_assert_rewrite(
     "tests.integration.conftest_store",
 )
 
-from sandgate.config import Settings
+from sandgate.config import Settings  # noqa: E402  (after the assert-rewrite registration)
 
 
 @pytest.fixture(scope="session")

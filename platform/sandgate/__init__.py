@@ -30,9 +30,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from sandgate.config import Settings, get_settings
     from sandgate.errors import SandgateError
     from sandgate.evaluation import evaluate
-    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy, load_policy
     from sandgate.registry import connect
+    from sandgate.report import EvaluationReport
     from sandgate.submission import Submission, load_submission
 
 

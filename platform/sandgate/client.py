@@ -58,7 +58,6 @@ from sandgate.errors import (
     SubmissionError,
     error_from_status,
 )
-from sandgate.service import FileEntry, VersionDetail
 from sandgate.records import (
     CanaryRecord,
     EvaluationRecord,
@@ -69,6 +68,7 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.service import VersionDetail
 
 __all__ = ["SandgateClient", "ApiError", "URL_ENV", "KEY_ENV", "from_env", "record_from_dict"]
 
@@ -123,7 +123,8 @@ def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
     the record class's field types.
     """
     kwargs: dict[str, Any] = {}
-    for name, nested, is_time in _fields_of(cls):
+    record_type: type = cls  # mypy does not see a type[R] as Hashable (the cache's key); a plain type it does
+    for name, nested, is_time in _fields_of(record_type):
         if name not in data:
             continue
         value = data[name]
@@ -209,7 +210,7 @@ class SandgateClient:
     # -- reads ---------------------------------------------------------------------
 
     def whoami(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/whoami")  # type: ignore[no-any-return]
+        return self._json("GET", "/v1/whoami")
 
     def list_skills(self, *, prefix: str | None = None, limit: int | None = None) -> list[SkillRecord]:
         params = {k: v for k, v in (("prefix", prefix), ("limit", limit)) if v is not None}
@@ -239,7 +240,7 @@ class SandgateClient:
 
     def get_evaluation_status(self, evaluation_id: str) -> dict[str, Any]:
         """The raw evaluation answer, including ``promoted`` (the move that cites it)."""
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}")  # type: ignore[no-any-return]
+        return self._json("GET", f"/v1/evaluations/{evaluation_id}")
 
     def wait_evaluation(self, evaluation_id: str, *, timeout: float = 600.0,
                         poll: float = 0.5) -> dict[str, Any]:
@@ -281,10 +282,10 @@ class SandgateClient:
             if not wanted:
                 return {"pointers": {}, "last_event_id": 0}
             params["names"] = ",".join(wanted)
-        return self._json("GET", "/v1/pointers", params=params)  # type: ignore[no-any-return]
+        return self._json("GET", "/v1/pointers", params=params)
 
     def healthz(self) -> dict[str, Any]:
-        return self._json("GET", "/healthz")  # type: ignore[no-any-return]
+        return self._json("GET", "/healthz")
 
     # -- writes --------------------------------------------------------------------
 
@@ -300,7 +301,7 @@ class SandgateClient:
         if provenance is not None:
             body["provenance"] = dict(provenance)
         name = _manifest_name(files)
-        return self._json("POST", f"/v1/skills/{name}/versions", json=body)  # type: ignore[no-any-return]
+        return self._json("POST", f"/v1/skills/{name}/versions", json=body)
 
     def submit_archive(self, name: str, archive: bytes, *, filename: str = "skill.tar.gz",
                        policy: str | None = None,
@@ -312,7 +313,7 @@ class SandgateClient:
         if provenance is not None:
             data["provenance"] = json.dumps(dict(provenance))
         files = {"archive": (filename, io.BytesIO(archive), "application/octet-stream")}
-        return self._json("POST", f"/v1/skills/{name}/versions", files=files,  # type: ignore[no-any-return]
+        return self._json("POST", f"/v1/skills/{name}/versions", files=files,
                           data=data)
 
     def submit_path(self, path: str | os.PathLike[str], *, policy: str | None = None,
@@ -369,7 +370,7 @@ class SandgateClient:
 
     def canary_status(self, name: str) -> dict[str, Any]:
         """``GET /v1/skills/{name}/status``: pointer state, counts per version, the decision now (JSON)."""
-        return self._json("GET", f"/v1/skills/{name}/status")  # type: ignore[no-any-return]
+        return self._json("GET", f"/v1/skills/{name}/status")
 
     def watch(self, *, after: int | None = None, skills: Iterable[str] | None = None,
               actions: Iterable[str] | None = None,
@@ -416,7 +417,9 @@ class SandgateClient:
 
 
 def _parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, int | None, Any]]:
-    event, event_id, data = "message", None, []
+    event: str = "message"
+    event_id: int | None = None
+    data: list[str] = []
     for line in lines:
         if line == "":
             if data:

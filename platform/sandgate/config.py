@@ -257,7 +257,7 @@ class EnvSettings(BaseSettings):
         return (init_settings, env_settings)
 
     @classmethod
-    def load(cls, **overrides: object) -> Self:
+    def load(cls, **overrides: Any) -> Self:  # values of any type: validated by pydantic
         prefix = str(cls.model_config.get("env_prefix", "")).upper()
         known = {f"{prefix}{name.upper()}" for name in cls.model_fields}
         unknown = sorted(k for k in os.environ if k.upper().startswith(prefix) and k.upper() not in known
@@ -266,7 +266,7 @@ class EnvSettings(BaseSettings):
             raise ConfigError(f"unknown {cls.area} setting(s) {', '.join(unknown)}; known: "
                               f"{', '.join(sorted(known))}")
         try:
-            return cls(**overrides)  # type: ignore[arg-type]
+            return cls(**overrides)
         except ValidationError as exc:
             lines = []
             for err in exc.errors(include_url=False):

@@ -28,8 +28,8 @@ Judgement calls:
   running is not waited for — a second evaluation runs.
 
 Collaborators are parameters: ``evaluate=`` (default :func:`default_evaluate`,
-the sandbox, given the oracle's replay baseline read from the store) and ``policy_loader=`` (default :func:`load_policy`, the
-configured policies); a lease ``owner=`` makes storing the report a
+the sandbox, given the oracle's replay baseline read from the store) and
+``policy_loader=`` (default :func:`load_policy`, the configured policies); a lease ``owner=`` makes storing the report a
 compare-and-set on that worker's lease. Tests pass fakes; nothing here is
 meant to be patched.
 """
@@ -87,17 +87,19 @@ __all__ = [
 
 
 class EvaluateFn(Protocol):
-    def __call__(
-        self, submission: Any, *, policy: Any, evaluation_id: str | None = None
-    ) -> EvaluationReport: ...
+    # submission is passed by position (implementations name it as they like)
+    def __call__(self, submission: Any, /, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport: ...
 
 
 #: loads a policy by name (None: the configured one)
-PolicyLoader = Callable[[str | None], Any]
+PolicyLoader = Callable[[str | None], "Policy"]
 
 
 def default_evaluate(
-    submission: Submission, *, policy: Policy, evaluation_id: str | None = None,
+    submission: Submission,
+    *,
+    policy: Policy,
+    evaluation_id: str | None = None,
     baseline: Baseline | None = None,
 ) -> EvaluationReport:
     """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs).
@@ -141,8 +143,7 @@ def load_baseline(store: Store, *, skill: str, content_hash: str | None = None) 
             active_files = files
     if active is None or active_files is None:
         return Baseline(history_inputs=tuple(inputs))
-    return Baseline(active_version=active.number, active_files=active_files,
-                    history_inputs=tuple(inputs))
+    return Baseline(active_version=active.number, active_files=active_files, history_inputs=tuple(inputs))
 
 
 def load_policy(name: str | None = None) -> Policy:
@@ -295,8 +296,11 @@ def run_claimed(
         policy = policy_loader(c.policy_name)
         submission = stored_submission(store, name=c.skill, number=c.version)
     except SandgateError as exc:
-        ids = {"skill": c.skill, "policy": c.policy_name,
-               "policy_hash": policy.hash if policy is not None else c.policy_hash}
+        ids = {
+            "skill": c.skill,
+            "policy": c.policy_name,
+            "policy_hash": policy.hash if policy is not None else c.policy_hash,
+        }
         if policy is None:
             nothing_ran = reports.infrastructure_error(
                 f"policy {c.policy_name!r} cannot be loaded: {exc}", evaluation_id=c.id, **ids
@@ -310,6 +314,7 @@ def run_claimed(
     if nothing_ran is not None:
         finished = evaluations.finish_evaluation(store, evaluation_id=c.id, report=nothing_ran, owner=owner)
         return ClaimedRun(finished, policy_hash=policy.hash if policy is not None else None)
+    assert policy is not None  # a policy that did not load ended the run above
     record = run_evaluation(
         store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
     )
@@ -331,9 +336,7 @@ def submit(
 
     ``wait=False`` only queues the evaluation (status ``queued``) for a worker.
     """
-    version, created = versions.create_version(
-        store, submission=submission, actor=actor, provenance=provenance
-    )
+    version, created = versions.create_version(store, submission=submission, actor=actor, provenance=provenance)
     mode = policy.promotion.mode_for(version.skill)
     base = {"version": version, "created": created, "promotion_mode": mode}
     if version.yanked:
@@ -419,9 +422,15 @@ def _start_canary(store: Store, *, evaluation: Any, policy: Any, skill: Any) -> 
     if skill.active_version > evaluation.version:
         return f"{evaluation.skill}@{skill.active_version} is active and newer: no canary of {ref}"
     try:
-        record = delivery.start(store, name=evaluation.skill, number=evaluation.version, actor=policy_actor(policy),
-                                policy=policy, reason=f"canary: passed {policy.name}",
-                                expected_generation=skill.generation)
+        record = delivery.start(
+            store,
+            name=evaluation.skill,
+            number=evaluation.version,
+            actor=policy_actor(policy),
+            policy=policy,
+            reason=f"canary: passed {policy.name}",
+            expected_generation=skill.generation,
+        )
     except (Conflict, InvalidTransition) as exc:
         return f"canary did not start: {exc}"
     return f"canary started: {ref} at {record.weight} % beside {evaluation.skill}@{record.baseline}"

@@ -48,13 +48,13 @@ class Limits(BaseModel):
 def _request_fields() -> dict[str, Any]:
     fields: dict[str, Any] = {}
     for name, info in Limits.model_fields.items():
-        inner = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+        inner: Any = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
         fields[name] = (inner | None, None)
     return fields
 
 
 #: ``[sandbox]`` in ``skill.toml``: every field of :class:`Limits`, optional (None: not asked)
-LimitsRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
+LimitsRequest: type[BaseModel] = create_model(
     "LimitsRequest",
     __config__=_STRICT,
     __doc__=(

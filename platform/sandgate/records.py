@@ -21,7 +21,14 @@ __all__ = [
     "FileDiff",
     "FlagResult",
     "CanaryRecord",
+    "MoveAction",
+    "FileChange",
 ]
+
+#: what moved a pointer (:attr:`PointerMove.action`)
+MoveAction = Literal["promoted", "rolled_back"]
+#: how a file differs between two versions (:attr:`FileDiff.change`)
+FileChange = Literal["added", "removed", "modified"]
 
 
 def _jsonable(value: Any) -> Any:
@@ -40,7 +47,7 @@ class _Record:
     __slots__ = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(self)  # type: ignore[no-any-return]
+        return _jsonable(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +142,7 @@ class PointerMove(_Record):
     """The result of a promote or rollback: one event, one generation step."""
 
     skill: str
-    action: Literal["promoted", "rolled_back"]
+    action: MoveAction
     from_version: int | None
     to_version: int
     #: the generation after the move
@@ -155,7 +162,7 @@ class YankResult(_Record):
 @dataclass(frozen=True, slots=True)
 class FileDiff(_Record):
     path: str
-    change: Literal["added", "removed", "modified"]
+    change: FileChange
     #: unified diff text ("" for binary files; see ``binary``)
     diff: str
     binary: bool = False

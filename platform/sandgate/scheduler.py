@@ -64,6 +64,7 @@ Decisions
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -461,7 +462,7 @@ def build_scheduler(
     for name in jobs or list(JOBS):
         interval_key, runner = JOBS[name]
         scheduler.add_job(
-            _guarded(name, lambda runner=runner: runner(store, ss, s)),
+            _guarded(name, functools.partial(runner, store, ss, s)),
             IntervalTrigger(seconds=float(getattr(ss, interval_key)), timezone=UTC),
             id=name,
             name=name,
@@ -483,7 +484,7 @@ def run_jobs_once(
     """Run each job once now, in order (``sandgate scheduler --once``)."""
     ss = scheduler_settings or SchedulerSettings.load()
     s = settings or get_settings()
-    return {name: _guarded(name, lambda n=name: JOBS[n][1](store, ss, s))() for name in jobs or list(JOBS)}
+    return {name: _guarded(name, functools.partial(JOBS[name][1], store, ss, s))() for name in jobs or list(JOBS)}
 
 
 def run_scheduler(

@@ -259,7 +259,7 @@ class Manifest(BaseModel):
     requirements: list[str] = Field(default_factory=list)
     #: a tests directory, a test file or a glob (``**`` spans directories); default: see module doc
     tests: str | None = None
-    sandbox: LimitsRequest | None = None  # type: ignore[valid-type]
+    sandbox: LimitsRequest | None = None
     #: ``[[examples]]``: calls with known answers for the oracle (validated by
     #: :mod:`sandgate.examples` at intake)
     examples: list[dict[str, Any]] = Field(default_factory=list)
@@ -781,10 +781,14 @@ def _tar_type_problem(member: tarfile.TarInfo) -> str | None:
 def _read_tar(handle: IO[bytes], collector: _Collector, *, compressed: bool) -> None:
     limits = collector.limits
     packed = _CountingReader(handle)
-    source: Any = gzip.GzipFile(fileobj=packed, mode="rb") if compressed else packed
+    source: Any = packed
+    if compressed:
+        # typeshed's fileobj must also seek(), which GzipFile needs only to rewind; reading forward never does
+        source = gzip.GzipFile(fileobj=packed, mode="rb")  # type: ignore[call-overload]  # read() is all it uses
     stream = _TarStream(source, packed, limits)
     try:
-        with tarfile.open(fileobj=stream, mode="r|",  # type: ignore[call-overload]
+        # typeshed's fileobj must also write/tell/seek/close; stream mode "r|" only reads it
+        with tarfile.open(fileobj=stream, mode="r|",  # type: ignore[call-overload]  # read() is all "r|" uses
                           encoding="utf-8", errors="surrogateescape") as tar:
             for member in tar:
                 stream.members += 1

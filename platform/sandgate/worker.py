@@ -77,7 +77,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from sandgate import lifecycle
 from sandgate.errors import Conflict, SandgateError
@@ -167,6 +167,15 @@ class JobOutcome:
         return {f: getattr(self, f) for f in self.__dataclass_fields__}
 
 
+class _JobIds(TypedDict):
+    """The fields of a :class:`JobOutcome` that name the job."""
+
+    evaluation_id: str
+    skill: str
+    version: int
+    attempt: int
+
+
 @dataclass(eq=False)
 class _Job:
     claimed: EvaluationRecord
@@ -200,7 +209,7 @@ class Worker:
         evaluate: lifecycle.EvaluateFn | None = None,
         max_attempts: int = evaluations.DEFAULT_MAX_ATTEMPTS,
         drain_seconds: float = 25.0,
-        load_policy: Callable[[str], Policy] | None = None,
+        load_policy: lifecycle.PolicyLoader | None = None,
         reap_interval: float = REAP_INTERVAL_SECONDS,
         docker_client: Any = None,
     ) -> None:
@@ -374,7 +383,7 @@ class Worker:
 
     def _run(self, job: _Job) -> JobOutcome:
         c = job.claimed
-        base = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
+        base: _JobIds = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
         try:
             run = lifecycle.run_claimed(
                 self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader
@@ -395,7 +404,7 @@ class Worker:
                                     promoted=promoted, note=note),
             )
         except Conflict as exc:
-            status = "released" if job.released.is_set() else "lost"
+            status: Literal["released", "lost"] = "released" if job.released.is_set() else "lost"
             outcome = JobOutcome(**base, status=status, note=str(exc),
                                  seconds=round(time.monotonic() - job.started, 3))
             log.warning("result discarded (%s): %s", status, exc, extra=job.log_extra(self.owner))

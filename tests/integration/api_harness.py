@@ -178,9 +178,8 @@ def drain_queue(db_url: str, *, evaluate: Callable[..., Any] | None = None,
     """Run every queued evaluation like a worker; the finished records."""
     from sandgate import lifecycle
     from sandgate.errors import Conflict, InvalidTransition
-    from sandgate.store import open_store
     from sandgate.report import gave_up
-    from sandgate.store import evaluations, versions
+    from sandgate.store import evaluations, open_store, versions
     from sandgate.submission import submission_from_files
 
     store = open_store(db_url)

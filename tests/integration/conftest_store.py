@@ -19,9 +19,9 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.store import Store, open_store
-
 from tests import pg as pg_helper
 
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]

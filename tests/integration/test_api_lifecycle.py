@@ -210,8 +210,9 @@ class _InProcess:
 
     def __init__(self, env: dict[str, str | None]) -> None:
         import typer
-        from sandgate.cli import store as store_cli
         from typer.testing import CliRunner
+
+        from sandgate.cli import store as store_cli
 
         self.app = typer.Typer(pretty_exceptions_enable=False)
         store_cli.register(self.app)

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 import sandgate
 from sandgate.client import SandgateClient
 from sandgate.errors import (
@@ -17,7 +18,6 @@ from sandgate.errors import (
     InvalidTransition,
     SandgateError,
 )
-
 from tests.integration.api_harness import (
     ApiServer,
     drain_queue,
@@ -134,9 +134,10 @@ def test_cli_in_remote_mode_uses_the_same_service(world: World, monkeypatch: pyt
     import json
 
     import typer
+    from typer.testing import CliRunner
+
     from sandgate.cli import canary as canary_cli
     from sandgate.cli import store as store_cli
-    from typer.testing import CliRunner
 
     app = typer.Typer(pretty_exceptions_enable=False)
     store_cli.register(app)

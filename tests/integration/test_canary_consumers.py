@@ -234,8 +234,9 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
     if store.dialect == "sqlite":
         with store.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA integrity_check").scalar() == "ok"
-    from sandgate.store.models import RuntimeCount
     from sqlalchemy import func, select
+
+    from sandgate.store.models import RuntimeCount
 
     with store.read() as s:
         stored = s.scalar(select(func.coalesce(func.sum(RuntimeCount.calls), 0))

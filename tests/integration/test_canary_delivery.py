@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from sandgate import delivery
 from sandgate.policy import parse_policy
 from sandgate.registry.loader import content_hash
@@ -22,7 +23,6 @@ from sandgate.store import (
     versions,
 )
 from sandgate.store import canary as cs
-
 from tests.integration.conftest_store import make_report
 
 pytest_plugins = ["tests.integration.conftest_store"]

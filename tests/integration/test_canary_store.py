@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from sandgate.errors import Conflict, InvalidCanaryInput, InvalidTransition, status_of
 from sandgate.registry import connect
 from sandgate.registry.loader import content_hash
@@ -21,7 +22,6 @@ from sandgate.store import (
     versions,
 )
 from sandgate.store import canary as cs
-
 from tests.integration.conftest_store import make_policy, make_report
 
 pytest_plugins = ["tests.integration.conftest_store"]

@@ -12,8 +12,8 @@ import pytest
 
 from sandgate.config import Settings
 from sandgate.evaluation import evaluate, evaluate_path
-from sandgate.report import EvaluationReport, ReasonCode, Verdict
 from sandgate.policy import load_policy, parse_policy
+from sandgate.report import EvaluationReport, ReasonCode, Verdict
 from sandgate.submission import submission_from_files
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,8 @@ pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftovers")
 
 MANIFEST = b'name = "adder"\ndescription = "adds"\nentrypoint = "adder:add"\n'
 MODULE = b"def add(a, b):\n    if a < 0:\n        return 0\n    return a + b\n"
-GOOD_TESTS = b"from adder import add\n\ndef test_add():\n    assert add(1, 2) == 3\n\ndef test_negative():\n    assert add(-1, 2) == 0\n"
+GOOD_TESTS = (b"from adder import add\n\ndef test_add():\n    assert add(1, 2) == 3\n\n"
+              b"def test_negative():\n    assert add(-1, 2) == 0\n")
 
 
 def skill(tests: bytes = GOOD_TESTS, module: bytes = MODULE, **extra: bytes):
@@ -57,8 +58,10 @@ def test_passing_skill_report_is_complete(runtime: str) -> None:
     assert report.verdict is Verdict.passed, report.reasons
     assert report.reasons == []
     assert report.tests.collected == 2 and report.tests.passed == 2
-    assert {c.nodeid for c in report.tests.cases} == {"tests/test_adder.py::test_add",
-                                                      "tests/test_adder.py::test_negative"}
+    assert {c.nodeid for c in report.tests.cases} == {
+        "tests/test_adder.py::test_add",
+        "tests/test_adder.py::test_negative",
+    }
     assert all(c.outcome == "passed" and c.duration_seconds >= 0 for c in report.tests.cases)
     assert report.coverage.line_percent == 100.0 and report.coverage.branch_percent == 100.0
     assert report.sandbox.runtime == runtime
@@ -86,8 +89,10 @@ def test_low_coverage_fails_with_missed_lines() -> None:
 
 
 def test_skipped_and_xfail_never_count_as_passed() -> None:
-    tests = (b"import pytest\nfrom adder import add\n\n@pytest.mark.skip\ndef test_a():\n    assert add(1, 2) == 3\n\n"
-             b"@pytest.mark.xfail\ndef test_b():\n    assert add(1, 2) == 4\n")
+    tests = (
+        b"import pytest\nfrom adder import add\n\n@pytest.mark.skip\ndef test_a():\n    assert add(1, 2) == 3\n\n"
+        b"@pytest.mark.xfail\ndef test_b():\n    assert add(1, 2) == 4\n"
+    )
     report = evaluate(skill(tests=tests), policy=policy(min_line_coverage=0.0))
     assert report.verdict is Verdict.failed
     assert report.tests.passed == 0 and report.tests.skipped == 1 and report.tests.xfailed == 1
@@ -101,7 +106,11 @@ def test_no_tests_collected_fails() -> None:
 
 
 def test_blocked_finding_fails_with_policy_violation_and_nosemgrep_is_ignored() -> None:
-    module = MODULE + b"\nimport subprocess  # nosemgrep\n\ndef shell(cmd):\n    return subprocess.run(cmd, shell=True)  # nosemgrep\n"
+    module = (
+        MODULE
+        + b"\nimport subprocess  # nosemgrep\n\n"
+        + b"def shell(cmd):\n    return subprocess.run(cmd, shell=True)  # nosemgrep\n"
+    )
     report = evaluate(skill(module=module), policy=policy(min_line_coverage=0.0))
     assert report.verdict is Verdict.failed
     assert ReasonCode.policy_violation.value in codes(report)
@@ -129,8 +138,13 @@ def test_unreachable_engine_is_an_error_not_a_failure(monkeypatch: pytest.Monkey
 
 
 def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sandgate", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sandgate", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=300,
+    )
 
 
 def test_cli_json_contract_and_exit_codes(tmp_path: Path) -> None:
@@ -139,8 +153,16 @@ def test_cli_json_contract_and_exit_codes(tmp_path: Path) -> None:
     report = json.loads(ok.stdout)
     for key in ("verdict", "reasons", "skill", "content_hash", "tests", "coverage", "findings", "sandbox", "timings"):
         assert key in report
-    for key in ("runtime", "image", "exit_code", "timed_out", "oom_killed", "wall_seconds",
-                "peak_memory_bytes", "output_truncated"):
+    for key in (
+        "runtime",
+        "image",
+        "exit_code",
+        "timed_out",
+        "oom_killed",
+        "wall_seconds",
+        "peak_memory_bytes",
+        "output_truncated",
+    ):
         assert key in report["sandbox"]
     assert report["verdict"] == "passed"
 

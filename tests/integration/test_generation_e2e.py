@@ -10,9 +10,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 from sandgate.policy import load_policy
-
 from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FAILING_NODEID,

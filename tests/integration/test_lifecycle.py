@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from sqlalchemy import text
+
 from sandgate import lifecycle
 from sandgate.errors import EngineUnavailable, SubmissionError
 from sandgate.report import gave_up
 from sandgate.store import audit, evaluations, pointers
-from sqlalchemy import text
-
 from tests.integration.conftest_store import FakeEvaluate, make_policy, variant
 
 pytest_plugins = ["tests.integration.conftest_store"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from sandgate.evaluation import evaluate, evaluate_path
 from sandgate.policy import load_policy, parse_policy
 from sandgate.report import EvaluationReport, ReasonCode, Verdict

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from sandgate_harness.pyrules import RULES
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = REPO_ROOT / "tests" / "fixtures" / "pyrules"
 RULES_DIR = REPO_ROOT / "policies" / "semgrep"
-
-from sandgate_harness.pyrules import RULES
 
 pytestmark = pytest.mark.docker
 
@@ -81,7 +81,9 @@ def annotations(text: str) -> tuple[dict[int, set[str]], dict[int, set[str]]]:
 
 @pytest.fixture(scope="module")
 def fixture_files() -> dict[str, bytes]:
-    return {str(p.relative_to(FIXTURES)): p.read_bytes() for p in sorted(FIXTURES.rglob("*.py")) if p.name != "conftest.py"}
+    return {
+        str(p.relative_to(FIXTURES)): p.read_bytes() for p in sorted(FIXTURES.rglob("*.py")) if p.name != "conftest.py"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -136,16 +138,18 @@ def test_findings_carry_the_report_fields(scanned) -> None:
 
 def test_a_target_above_semgreps_default_cap_is_scanned_to_its_end(sandbox_image) -> None:
     # comments: cheap for the engine, so no rule times out (a timeout is a finding of its own)
-    padding = b"".join(b"# padding line %07d of a file past semgrep's default cap\n" % i
-                       for i in range(17_000))  # ~1.02 MB
+    padding = b"".join(
+        b"# padding line %07d of a file past semgrep's default cap\n" % i for i in range(17_000)
+    )  # ~1.02 MB
     tail = b"import os\n\n\ndef run(cmd):\n    return os.system(cmd)\n"
     source = padding + tail
     assert 1_000_000 < len(source) <= 1024 * 1024
     result = static_phase({"big.py": source})
     assert result["ran"] and result["scanned"] == ["big.py"], result.get("scanned")
     line = source.count(b"\n")  # os.system is on the last line
-    assert any(f["rule_id"] == "os-command-execution" and f["line"] == line
-               for f in result["findings"]), [(f["rule_id"], f["line"]) for f in result["findings"]][:20]
+    assert any(f["rule_id"] == "os-command-execution" and f["line"] == line for f in result["findings"]), [
+        (f["rule_id"], f["line"]) for f in result["findings"]
+    ][:20]
     assert not [f for f in result["findings"] if f["rule_id"] == "static-scan-incomplete"]
 
 
@@ -155,7 +159,6 @@ def test_a_rule_timeout_fails_closed(sandbox_image) -> None:
     silently trusted."""
     source = b"".join(b"PAD_%07d = %d\n" % (i, i) for i in range(52_000)) + b"import os\n"
     result = static_phase({"big.py": source})
-    assert any(e.startswith("big.py: Timeout") or "timed out" in e for e in result["errors"]), \
-        result["errors"][:3]
+    assert any(e.startswith("big.py: Timeout") or "timed out" in e for e in result["errors"]), result["errors"][:3]
     incomplete = [f for f in result["findings"] if f["rule_id"] == "static-scan-incomplete"]
     assert incomplete and incomplete[0]["severity"] == "critical" and incomplete[0]["path"] == "big.py"

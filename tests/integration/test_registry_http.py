@@ -21,11 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import sandgate
 from sandgate.client import SandgateClient
 from sandgate.errors import ConfigError, StoreError
 from sandgate.registry import HttpBackend, Registry, RegistryEvent
-
 from tests.integration import api_harness
 from tests.integration.api_harness import (
     ApiServer,

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from sandgate.errors import NotFound
 from sandgate.registry import LoadFailed, Registry, RegistryEvent, connect
 from sandgate.registry.loader import content_hash
 from sandgate.store import Store, evaluations, pointers, versions
-
 from tests.integration.conftest_store import make_policy, make_report
 
 pytest_plugins = ["tests.integration.conftest_store"]
@@ -35,7 +35,7 @@ POLICY = make_policy()
 
 
 def files_for(tag: str, body: str | None = None) -> dict[str, bytes]:
-    module = body if body is not None else f"import helper\n\ndef run(*args):\n    return helper.TAG\n"
+    module = body if body is not None else "import helper\n\ndef run(*args):\n    return helper.TAG\n"
     return {
         "greet.py": module.encode(),
         "helper.py": f"TAG = {tag!r}\n".encode(),

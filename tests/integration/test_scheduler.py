@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select, update
+
 from sandgate import lifecycle
 from sandgate.config import Settings
 from sandgate.policy import load_policy
@@ -39,8 +41,6 @@ from sandgate.scheduler import (
 from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.models import Evaluation
 from sandgate.submission import submission_from_files
-from sqlalchemy import func, select, update
-
 from tests.integration.conftest_store import (
     make_policy,
     make_report,

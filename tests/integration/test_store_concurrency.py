@@ -21,10 +21,10 @@ import threading
 import time
 
 import pytest
+
 from sandgate.errors import Conflict, InvalidTransition
 from sandgate.store import audit, open_store, pointers, versions
 from sandgate.store.models import Version, VersionFile
-
 from tests.integration.conftest_store import passed_version, variant
 
 pytest_plugins = ["tests.integration.conftest_store"]

@@ -6,13 +6,13 @@ import json
 import multiprocessing
 
 import pytest
+from sqlalchemy import inspect, text
+
 from sandgate.errors import StoreError
 from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.engine import _make_engine
 from sandgate.store.migrate import current_revision, head_revision, upgrade
 from sandgate.store.models import Base
-from sqlalchemy import inspect, text
-
 from tests.integration.conftest_store import make_policy, variant
 
 pytest_plugins = ["tests.integration.conftest_store"]
@@ -206,7 +206,6 @@ def test_migration_0005_backfills_event_evaluation_ids(empty_url):
 def test_new_events_carry_their_evaluation_id(store):
     """evaluated events and the auto-promotion that cites the evaluation are found by the column."""
     from sandgate import lifecycle
-
     from tests.integration.conftest_store import FakeEvaluate
 
     r = lifecycle.submit(store, submission=variant("greet", 1), policy=make_policy(mode="auto"), actor="a",

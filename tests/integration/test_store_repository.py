@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+
 from sandgate.errors import Conflict, InvalidTransition, NotFound, StoreError
 from sandgate.report import gave_up
 from sandgate.store import audit, evaluations, pointers, versions
-
 from tests.integration.conftest_store import (
     make_policy,
     make_report,

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sandgate import lifecycle
 from sandgate.policy import load_policy
 from sandgate.sandbox.runner import CONTROLLER_LABEL, MANAGED_LABEL, reap
@@ -202,7 +203,9 @@ def test_kill_9_mid_evaluation_is_reclaimed_and_completed_once(pg_store, workers
 def test_restart_loses_nothing(pg_store, workers, docker_client, tmp_path):
     policy = load_policy("default")
     ids = [
-        lifecycle.submit(pg_store, submission=text_stats(100 + i), policy=policy, actor="test", wait=False).evaluation.id
+        lifecycle.submit(
+            pg_store, submission=text_stats(100 + i), policy=policy, actor="test", wait=False
+        ).evaluation.id
         for i in range(5)
     ]
     first = WorkerProcess(pg_store.url, tmp_path / "first.log", "--concurrency", "1", "--drain-seconds", "0")
@@ -211,8 +214,12 @@ def test_restart_loses_nothing(pg_store, workers, docker_client, tmp_path):
     def statuses() -> Counter[str]:
         return Counter(evaluations.get_evaluation(pg_store, evaluation_id=e).status for e in ids)
 
-    wait_for(lambda: statuses()["done"] >= 1 and statuses()["running"] == 1, 60,
-             "one evaluation done and the next one running", workers)
+    wait_for(
+        lambda: statuses()["done"] >= 1 and statuses()["running"] == 1,
+        60,
+        "one evaluation done and the next one running",
+        workers,
+    )
     assert first.stop() == 0, first.tail()  # SIGTERM mid-evaluation: the running one is handed back
     after_stop = statuses()
     assert after_stop["running"] == 0 and after_stop["done"] + after_stop["queued"] == len(ids)

@@ -8,6 +8,8 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import inspect, text, update
+
 from sandgate import lifecycle
 from sandgate.errors import Conflict
 from sandgate.report import gave_up
@@ -15,8 +17,6 @@ from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.engine import _make_engine
 from sandgate.store.migrate import current_revision, head_revision, upgrade
 from sandgate.store.models import Evaluation
-from sqlalchemy import inspect, text, update
-
 from tests.integration.conftest_store import (
     make_policy,
     make_report,
@@ -59,7 +59,9 @@ def test_claim_leases_the_oldest_and_counts_attempts(store):
     assert a.lease_owner == "host:1:a" and a.lease_expires_at > datetime.now(UTC) + timedelta(seconds=20)
     b = evaluations.claim_evaluation(store, give_up=gave_up, owner="host:2:b", lease_seconds=30)
     assert b.id == second.id
-    assert evaluations.claim_evaluation(store, give_up=gave_up, owner="host:3:c", lease_seconds=30) is None  # live leases
+    assert (
+        evaluations.claim_evaluation(store, give_up=gave_up, owner="host:3:c", lease_seconds=30) is None
+    )  # live leases
 
 
 def test_a_lapsed_lease_is_claimed_again_before_queued_work(store):
@@ -94,9 +96,7 @@ def test_lease_cas_a_taken_over_worker_cannot_finish(store):
             owner="A",
         )  # fmt: skip
     assert _evaluated(store) == [] and versions.get_version(store, name="greet", number=1).status == "pending"
-    done = evaluations.finish_evaluation(
-        store, evaluation_id=ev.id, report=make_report("passed", ev.id), owner="B"
-    )
+    done = evaluations.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed", ev.id), owner="B")
     assert done.status == "done" and done.verdict == "passed" and done.lease_expires_at is None
     with pytest.raises(Conflict, match="lease lost"):
         evaluations.finish_evaluation(store, evaluation_id=ev.id, report=make_report("passed"), owner="B")
@@ -115,7 +115,9 @@ def test_heartbeat_extends_a_lapsed_lease_nobody_took(store):
 def test_max_attempts_ends_as_error_never_failed(store):
     ev = _queue(store)
     for attempt in (1, 2, 3):
-        got = evaluations.claim_evaluation(store, give_up=gave_up, owner=f"w{attempt}", lease_seconds=30, max_attempts=3)
+        got = evaluations.claim_evaluation(
+            store, give_up=gave_up, owner=f"w{attempt}", lease_seconds=30, max_attempts=3
+        )
         assert got.id == ev.id and got.attempts == attempt
         _lapse(store, ev.id)
     assert evaluations.claim_evaluation(store, give_up=gave_up, owner="w4", lease_seconds=30, max_attempts=3) is None
@@ -263,7 +265,10 @@ def test_retention_never_touches_active_or_ever_active_versions(store):
     assert exists(other_ev.id).report["output"] == "o"  # recent
     assert exists(v3_recent.id).status == "queued"
     # decisions unchanged: v3 is still promotable on its latest conclusive evaluation
-    assert evaluations.latest_evaluation(store, name="greet", number=3, conclusive=True, policy_hash=policy.hash).id == v3_old_passed
+    assert (
+        evaluations.latest_evaluation(store, name="greet", number=3, conclusive=True, policy_hash=policy.hash).id
+        == v3_old_passed
+    )
     with store.read() as s:
         assert s.scalar(text("SELECT count(*) FROM versions")) == before_versions
         assert s.scalar(text("SELECT count(*) FROM events")) == before_events
@@ -285,9 +290,12 @@ def test_flag_dedupes_and_quarantine_rolls_back(store):
         store, name="greet", number=2, actor="scheduler:rescan", reason="new rule", evidence=evidence
     )
     assert flag.rollback is None and flag.note is None
-    assert pointers.flag_version(
-        store, name="greet", number=2, actor="scheduler:rescan", reason="new rule", evidence=evidence
-    ) is None  # same findings: not again
+    assert (
+        pointers.flag_version(
+            store, name="greet", number=2, actor="scheduler:rescan", reason="new rule", evidence=evidence
+        )
+        is None
+    )  # same findings: not again
     q = pointers.flag_version(
         store, name="greet", number=2, actor="scheduler:rescan", reason="new rule",
         evidence={**evidence, "fingerprint": "sha256:f2"}, quarantine=True,
@@ -315,6 +323,7 @@ def test_flag_dedupes_and_quarantine_rolls_back(store):
 def test_migration_0004_on_existing_queue(empty_url):
     """A store with queued/running/done evaluations upgrades in place; the queue keeps working."""
     from alembic.script import ScriptDirectory
+
     from sandgate.store.migrate import alembic_config
 
     before_0004 = ScriptDirectory.from_config(alembic_config()).get_revision("0004").down_revision
@@ -325,18 +334,30 @@ def test_migration_0004_on_existing_queue(empty_url):
         assert "attempts" not in {c["name"] for c in inspect(conn).get_columns("evaluations")}
         conn.rollback()
         with conn.begin():
-            conn.execute(text("INSERT INTO skills (id, name, created_at, generation) VALUES (1, 'greet', :t, 0)"),
-                         {"t": "2025-01-01 10:00:00+00:00"})
-            conn.execute(text(
-                "INSERT INTO versions (id, skill_id, number, content_hash, manifest, file_count, total_bytes,"
-                " created_at, created_by, status) VALUES (1, 1, 1, 'sha256:x', '{}', 1, 1, :t, 'old', 'pending')"),
-                {"t": "2025-01-01 10:00:00+00:00"})
+            conn.execute(
+                text("INSERT INTO skills (id, name, created_at, generation) VALUES (1, 'greet', :t, 0)"),
+                {"t": "2025-01-01 10:00:00+00:00"},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO versions (id, skill_id, number, content_hash, manifest, file_count, total_bytes,"
+                    " created_at, created_by, status) VALUES (1, 1, 1, 'sha256:x', '{}', 1, 1, :t, 'old', 'pending')"
+                ),
+                {"t": "2025-01-01 10:00:00+00:00"},
+            )
             for eid, status in (("q", "queued"), ("r", "running"), ("d", "done")):
-                conn.execute(text(
-                    "INSERT INTO evaluations (id, version_id, policy_name, policy_hash, status, created_at,"
-                    " started_at) VALUES (:id, 1, 'default', 'sha256:p', :st, :t, :s)"),
-                    {"id": eid, "st": status, "t": "2025-01-01 10:00:00+00:00",
-                     "s": "2025-01-01 10:00:00+00:00" if status == "running" else None})
+                conn.execute(
+                    text(
+                        "INSERT INTO evaluations (id, version_id, policy_name, policy_hash, status, created_at,"
+                        " started_at) VALUES (:id, 1, 'default', 'sha256:p', :st, :t, :s)"
+                    ),
+                    {
+                        "id": eid,
+                        "st": status,
+                        "t": "2025-01-01 10:00:00+00:00",
+                        "s": "2025-01-01 10:00:00+00:00" if status == "running" else None,
+                    },
+                )
     engine.dispose()
     store = open_store(empty_url)
     try:

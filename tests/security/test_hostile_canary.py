@@ -27,6 +27,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+
 from sandgate import delivery
 from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy, parse_policy
@@ -36,7 +37,6 @@ from sandgate.report import EvaluationReport, Verdict
 from sandgate.store import Store, audit, evaluations, pointers, versions
 from sandgate.store import canary as cs
 from sandgate.submission import submission_from_files
-
 from tests.integration.conftest_store import make_report
 
 pytest_plugins = ["tests.integration.conftest_store"]

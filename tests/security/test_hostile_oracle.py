@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from sandgate.config import Settings
 from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy, parse_policy

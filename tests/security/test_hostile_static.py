@@ -18,10 +18,10 @@ from collections.abc import Mapping
 
 import pytest
 
-from sandgate.evaluation import evaluate
-from sandgate.report import EvaluationReport, Verdict
 from sandgate.errors import SubmissionError
+from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy
+from sandgate.report import EvaluationReport, Verdict
 from sandgate.submission import submission_from_files
 
 pytestmark = pytest.mark.docker

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import pytest
+
 from sandgate.evaluation import evaluate, evaluate_path
 from sandgate.policy import Policy, load_policy
 from sandgate.report import EvaluationReport, Verdict
 from sandgate.submission import submission_from_files
-
 from tests.security import verdict_skills as skills
 
 pytestmark = pytest.mark.docker

@@ -31,6 +31,7 @@ mutation phase itself; the shipped default policy fails them as well.
 from __future__ import annotations
 
 import pytest
+
 from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy, parse_policy
 from sandgate.report import ReasonCode, Verdict

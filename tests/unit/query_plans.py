@@ -16,7 +16,7 @@ from sqlalchemy import event
 from sandgate.store import Store
 
 TABLES = ("skills", "versions", "version_files", "evaluations", "events")
-SCAN = re.compile(r"\bSCAN (%s)\b" % "|".join(TABLES))
+SCAN = re.compile(rf"\bSCAN ({'|'.join(TABLES)})\b")
 POLICY = SimpleNamespace(name="p", hash="sha256:p")
 
 

@@ -21,7 +21,6 @@ import pytest
 from sandgate.api.errors import ApiError, status_for
 from sandgate.api.limits import RateLimiter
 from sandgate.api.observability import Metrics
-from sandgate.logs import JsonFormatter
 from sandgate.api.settings import ApiSettings
 from sandgate.errors import (
     ConfigError,
@@ -35,6 +34,7 @@ from sandgate.errors import (
     StoreError,
     SubmissionError,
 )
+from sandgate.logs import JsonFormatter
 from sandgate.store import keys, open_store
 
 with warnings.catch_warnings():
@@ -494,9 +494,9 @@ def test_every_record_field_is_declared_by_its_response_schema():
     """Responses are records: a field a record gains must be declared (no extra="allow" pass-through)."""
     import dataclasses
 
+    from sandgate import records
     from sandgate.api import schemas
     from sandgate.service import FileEntry
-    from sandgate import records
 
     pairs = [(records.SkillRecord, schemas.SkillOut), (records.VersionRecord, schemas.VersionOut),
              (records.EvaluationRecord, schemas.EvaluationOut), (records.EventRecord, schemas.EventOut),

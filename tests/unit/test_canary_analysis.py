@@ -6,6 +6,7 @@ import math
 import random
 
 import pytest
+
 from sandgate.policy.canary import (
     CanaryConfig,
     StepCounts,

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import typer
+from typer.testing import CliRunner
+
 from sandgate import lifecycle
 from sandgate.cli import canary as canary_cli
 from sandgate.cli import store as store_cli
 from sandgate.config import get_settings
 from sandgate.policy import parse_policy
-from typer.testing import CliRunner
-
 from tests.unit.test_store_cli import _Evaluator, _load_dir
 
 app = typer.Typer(pretty_exceptions_enable=False)

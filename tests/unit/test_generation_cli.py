@@ -9,12 +9,11 @@ from typing import Any
 
 import pytest
 import typer
-from sandgate import lifecycle
+from typer.testing import CliRunner
+
 from sandgate.cli import generate as generate_cli
 from sandgate.cli.common import Collaborators
 from sandgate.config import get_settings
-from typer.testing import CliRunner
-
 from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FakeOpenAIServer,

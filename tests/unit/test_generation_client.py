@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 
 import pytest
+
 from sandgate.errors import ConfigError, InfrastructureError
 from sandgate.generation import (
     Budget,
@@ -21,7 +22,6 @@ from sandgate.generation import (
     LLMUnavailable,
 )
 from sandgate.generation.client import backoff_delay, parse_retry_after
-
 from tests.fakes.openai_server import FakeOpenAIServer, Reply, closed_port, fake_llm  # noqa: F401
 
 SECRET = "sk-test-SECRET-0123456789abcdef"

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sandgate.errors import EngineUnavailable
 from sandgate.generation import (
     Budget,
@@ -35,7 +36,6 @@ from sandgate.report import (
     TestSummary,
     Verdict,
 )
-
 from tests.fakes.openai_server import (  # noqa: F401
     CLAMP_TESTS_WRONG,
     FAILING_NODEID,

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
+
 from sandgate.generation.errors import MalformedOutput
 from sandgate.generation.parse import parse_output, render_files
 from sandgate.generation.prompt import format_lines, suggested_module, system_prompt
 from sandgate.policy import load_policy
 from sandgate.submission import submission_from_files
-
 from tests.fakes.openai_server import MALFORMED_REPLY, clamp_files, skill_reply
 
 

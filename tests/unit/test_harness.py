@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+
 from sandgate_harness.__main__ import defined_tests, parse_frames, unreported_tests
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
 from sandgate_harness.runner import frame, function_body_lines

@@ -7,6 +7,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from sandgate.errors import PolicyError
 from sandgate.evaluation.parse import _mutation
 from sandgate.policy import decide, load_policy, parse_policy
@@ -459,6 +460,7 @@ def test_human_report_prints_survivors_literally() -> None:
     import io
 
     from rich.console import Console
+
     from sandgate.cli.evaluate import render_report
 
     buffer = io.StringIO()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from sandgate.errors import SubmissionError
 from sandgate.evaluation import oracle_types as ot
 from sandgate.evaluation.oracle import Baseline, OraclePhase
@@ -561,6 +562,7 @@ def test_oracle_gates_are_validated(key: str, value: Any, message: str) -> None:
 
 def test_failing_calls_print_as_a_table_literally() -> None:
     from rich.console import Console
+
     from sandgate.cli.evaluate import render_report
 
     o = OracleSummary(status="ran", calls={"example": 3}, passed={"example": 2},
@@ -582,6 +584,7 @@ def test_control_characters_in_served_answers_are_escaped_in_the_human_report() 
     # a served skill chooses its exception messages and its example names: a terminal escape
     # or a bidi override must reach the reader as text, never as a control sequence
     from rich.console import Console
+
     from sandgate.cli.evaluate import render_report
 
     o = OracleSummary(status="ran", calls={"example": 1}, note="active says \x1b[2J",

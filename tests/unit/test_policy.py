@@ -10,18 +10,6 @@ import pytest
 
 from sandgate.errors import PolicyError, SubmissionError
 from sandgate.oracle_report import OracleSummary
-from sandgate.report import (
-    CoverageSummary,
-    EvaluationReport,
-    EntrypointCheck,
-    Finding,
-    Reason,
-    ReasonCode,
-    SandboxInfo,
-    TestCase,
-    TestSummary,
-    Verdict,
-)
 from sandgate.policy import (
     Gates,
     Limits,
@@ -32,6 +20,18 @@ from sandgate.policy import (
     effective_limits,
     load_policy,
     parse_policy,
+)
+from sandgate.report import (
+    CoverageSummary,
+    EntrypointCheck,
+    EvaluationReport,
+    Finding,
+    Reason,
+    ReasonCode,
+    SandboxInfo,
+    TestCase,
+    TestSummary,
+    Verdict,
 )
 
 POLICIES_DIR = Path(__file__).resolve().parents[2] / "policies"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from sandgate.errors import PolicyError
 from sandgate.policy import load_policy, parse_policy
 

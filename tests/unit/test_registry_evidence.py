@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from sandgate.registry.core import TIME_EVERY, _Loaded, _run
 from sandgate.registry.evidence import MAX_SAMPLE_BYTES, Evidence
 

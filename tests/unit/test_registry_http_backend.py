@@ -219,7 +219,8 @@ class FakeSandgate:
             cursor = after
             while True:
                 with self.cond:
-                    self.cond.wait_for(lambda: len(self.events) > cursor or self.epoch != epoch, timeout=0.5)
+                    self.cond.wait_for(lambda cursor=cursor: len(self.events) > cursor or self.epoch != epoch,
+                                       timeout=0.5)
                     if self.epoch != epoch or self.server is None:
                         break
                     new = self.events[cursor:]

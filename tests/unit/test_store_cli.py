@@ -17,7 +17,6 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sandgate import lifecycle
 from sandgate.cli import store as store_cli
 from sandgate.cli.common import Collaborators
 from sandgate.config import get_settings

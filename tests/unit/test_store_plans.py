@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+
 from sandgate.report import EvaluationReport, Verdict, gave_up
 from sandgate.store import Store, audit, evaluations, open_store, pointers, versions
-
 from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 

@@ -25,16 +25,14 @@ from sqlalchemy import update
 
 from sandgate import lifecycle
 from sandgate.errors import PolicyError
-from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
-from sandgate.policy import Policy, parse_policy
-from sandgate.store import Store, open_store
-from sandgate.report import gave_up
-from sandgate.store import audit, evaluations, pointers, versions
-from sandgate.store.models import Evaluation
+from sandgate.logs import JsonFormatter, configure_logging
 from sandgate.names import controller_alive
 from sandgate.names import owner_id as make_owner_id
+from sandgate.policy import Policy, parse_policy
+from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict, gave_up
+from sandgate.store import Store, audit, evaluations, open_store, pointers, versions
+from sandgate.store.models import Evaluation
 from sandgate.submission import submission_from_files
-from sandgate.logs import JsonFormatter, configure_logging
 from sandgate.worker import (
     Worker,
     default_concurrency,

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import select, update
+
 from sandgate.report import EvaluationReport, Verdict, gave_up
 from sandgate.store import Store, evaluations, open_store, pointers, versions
 from sandgate.store.models import Evaluation
-from sqlalchemy import select, update
-
 from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 
@@ -62,21 +62,27 @@ def _running_id(store: Store) -> str:
 
 
 CALLS = {
-    "claim_evaluation(lapsed first)": lambda s, rid: evaluations.claim_evaluation(s, give_up=gave_up, owner="x", lease_seconds=30),
+    "claim_evaluation(lapsed first)": lambda s, rid: evaluations.claim_evaluation(
+        s, give_up=gave_up, owner="x", lease_seconds=30
+    ),
     "heartbeat": lambda s, rid: evaluations.heartbeat(s, evaluation_id=rid, owner="w1", lease_seconds=30),
     "release_evaluation": lambda s, rid: evaluations.release_evaluation(s, evaluation_id=rid, owner="w1"),
     "finish_evaluation(owner)": lambda s, rid: evaluations.finish_evaluation(
-        s, evaluation_id=rid, owner="w1", report=EvaluationReport(evaluation_id="x", verdict=Verdict.passed)),
+        s, evaluation_id=rid, owner="w1", report=EvaluationReport(evaluation_id="x", verdict=Verdict.passed)
+    ),
     "recover_leases": lambda s, rid: evaluations.recover_leases(s, give_up=gave_up, stale_seconds=60),
     "prune_evaluations": lambda s, rid: evaluations.prune_evaluations(s, before=datetime.now(UTC) - timedelta(days=30)),
     "flag_version": lambda s, rid: pointers.flag_version(
-        s, name="skill_3", number=1, actor="t", reason="r", evidence={"fingerprint": "f"}, quarantine=True),
+        s, name="skill_3", number=1, actor="t", reason="r", evidence={"fingerprint": "f"}, quarantine=True
+    ),
 }
 
 
 def test_prune_fixture_has_work(store: Store) -> None:
     assert evaluations.prune_evaluations(store, before=datetime.now(UTC) - timedelta(days=30)) == {
-        "deleted": 1, "outputs_dropped": 0}
+        "deleted": 1,
+        "outputs_dropped": 0,
+    }
 
 
 @pytest.mark.parametrize("op", list(CALLS))

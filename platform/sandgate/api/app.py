@@ -101,7 +101,7 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     app.include_router(canary_router)  # canary routes (api/canary.py)
     _ops_routes(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)
-    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
     return app
 
 
@@ -159,8 +159,8 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             extra_codes = dict(common)
             if "{name}" in path or "{evaluation_id}" in path or "{job_id}" in path:
                 extra_codes["404"] = "no such skill, version, evaluation or job"
-            for code, text in extra_codes.items():
-                responses.setdefault(code, {"description": text, "content": {
+            for code, meaning in extra_codes.items():
+                responses.setdefault(code, {"description": meaning, "content": {
                     "application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
     app.openapi_schema = schema
     return schema
@@ -234,7 +234,7 @@ async def _checks(app: FastAPI) -> dict[str, dict[str, Any]]:
         try:
             return await asyncio.wait_for(run_in_threadpool(fn),
                                           timeout=api.ready_engine_timeout_seconds + 2)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             return {"ok": False, "required": True, "reason": "the check timed out"}
 
     async def both() -> dict[str, dict[str, Any]]:
@@ -271,4 +271,4 @@ async def _store_samples(app: FastAPI) -> list[tuple[str, str, str, dict[str, st
     async def run() -> Any:
         return await run_in_threadpool(compute)
 
-    return await _cached(app, "store_samples", 2.0, run)  # type: ignore[no-any-return]
+    return await _cached(app, "store_samples", 2.0, run)

@@ -27,7 +27,7 @@ import logging
 import re
 import time
 import uuid
-from typing import Any
+from typing import Any, TypedDict
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,6 +46,12 @@ _STREAMING_ROUTES = frozenset({"/v1/watch"})
 #: how long an oversized body is drained at most before the 413 goes out
 DRAIN_SECONDS = 2.0
 
+
+
+class _ResponseState(TypedDict):
+    #: the response's status once it started (None: not yet)
+    status: int | None
+    started: bool
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
@@ -70,7 +76,7 @@ class EdgeMiddleware:
         ctx: dict[str, Any] = {"request_id": request_id, "log": {}}
         scope["sandgate"] = ctx
         start = time.perf_counter()
-        state = {"status": None, "started": False}
+        state: _ResponseState = {"status": None, "started": False}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -142,7 +148,7 @@ class EdgeMiddleware:
 
         try:
             await asyncio.wait_for(drain(), timeout=DRAIN_SECONDS)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
 
     async def _too_large(self, send: Send, ctx: dict[str, Any], what: str) -> None:

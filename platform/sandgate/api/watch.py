@@ -56,8 +56,8 @@ __all__ = ["EventHub", "DEFAULT_ACTIONS", "ALL_ACTIONS", "event_stream", "format
 
 log = logging.getLogger("sandgate.api")
 
-ALL_ACTIONS = ("submitted", "evaluated", "promoted", "rolled_back", "yanked", "flagged")
-DEFAULT_ACTIONS = ("evaluated", "promoted", "rolled_back", "yanked")
+ALL_ACTIONS: tuple[str, ...] = ("submitted", "evaluated", "promoted", "rolled_back", "yanked", "flagged")
+DEFAULT_ACTIONS: tuple[str, ...] = ("evaluated", "promoted", "rolled_back", "yanked")
 #: canary decisions (sandgate.store.canary): in the default stream too, one event per decision
 CANARY_ACTIONS = ("canary_started", "canary_advanced", "canary_held", "canary_rolled_back", "canary_aborted",
                   "canary_completed", "canary_superseded")
@@ -137,7 +137,7 @@ class EventHub:
             async with self._cond:
                 await asyncio.wait_for(
                     self._cond.wait_for(lambda: self.tick != seen_tick or self.closing), timeout)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             pass
         return self.tick
 
@@ -167,7 +167,7 @@ async def event_stream(
         last_write = time.monotonic()
         while not hub.closing:
             rows = await run_in_threadpool(
-                lambda c=cursor: queries.events_after(store(), after=c, limit=batch))
+                lambda c: queries.events_after(store(), after=c, limit=batch), cursor)
             held = False
             for ev in rows:
                 if ev.id != cursor + 1:

@@ -16,20 +16,41 @@ from sandgate.cli.store import ActorOpt, JsonOpt, _console, _echo_json, _lit, _s
 __all__ = ["register", "start"]
 
 
-def start(ctx: typer.Context, *, name: str, number: int, weight: int, reason: str | None, force: bool, policy: str | None,
-          expected_generation: int | None, actor: str | None, as_json: bool) -> None:
+def start(
+    ctx: typer.Context,
+    *,
+    name: str,
+    number: int,
+    weight: int,
+    reason: str | None,
+    force: bool,
+    policy: str | None,
+    expected_generation: int | None,
+    actor: str | None,
+    as_json: bool,
+) -> None:
     """``sandgate promote NAME N --canary W``: the version becomes the candidate at W % of calls."""
     with errors(), _service(ctx) as service:
-        record = service.start_canary(name, number, weight=weight, actor=actor, reason=reason, policy=policy,
-                                      expected_generation=expected_generation, force=force)
+        record = service.start_canary(
+            name,
+            number,
+            weight=weight,
+            actor=actor,
+            reason=reason,
+            policy=policy,
+            expected_generation=expected_generation,
+            force=force,
+        )
     if as_json:
         _echo_json(record.to_dict())
         return
     steps = ", ".join(str(w) for w in record.config.get("steps", [])) + ", 100"
-    _console().print(f"{name}@{record.candidate}: canary at {record.weight} % beside "
-                     f"{name}@{record.baseline} (generation {record.generation}; steps {steps} %, "
-                     f"min {record.config.get('min_calls')} calls per step"
-                     f"{', fallback on' if record.config.get('fallback') else ''})")
+    _console().print(
+        f"{name}@{record.candidate}: canary at {record.weight} % beside "
+        f"{name}@{record.baseline} (generation {record.generation}; steps {steps} %, "
+        f"min {record.config.get('min_calls')} calls per step"
+        f"{', fallback on' if record.config.get('fallback') else ''})"
+    )
 
 
 def status(
@@ -51,8 +72,10 @@ def _fmt(counts: dict[str, Any]) -> str:
     lat = f"p50 {p50:.3f} ms, p95 {p95:.3f} ms" if p50 is not None and p95 is not None else "no latency yet"
     # error type names and consumer names come from the consumers: printed literally, never as markup
     types = ", ".join(f"{_lit(k)} {v}" for k, v in (counts.get("error_types") or {}).items())
-    return (f"{counts['calls']} calls, {counts['errors']} errors ({counts['error_rate']:.4%})"
-            f"{' [' + types + ']' if types else ''}; {lat}")
+    return (
+        f"{counts['calls']} calls, {counts['errors']} errors ({counts['error_rate']:.4%})"
+        f"{' [' + types + ']' if types else ''}; {lat}"
+    )
 
 
 def _print_status(data: dict[str, Any]) -> None:
@@ -70,8 +93,10 @@ def _print_status(data: dict[str, Any]) -> None:
         for number, counts in data.get("versions", {}).items():
             out.print(f"  {name}@{number}: {_fmt(counts)}")
         return
-    out.print(f"canary {canary['id']}: {name}@{canary['candidate']} vs {name}@{canary['baseline']}, "
-              f"state {canary['state']}, steps " + " → ".join(str(s["weight"]) for s in canary["steps"]) + " %")
+    out.print(
+        f"canary {canary['id']}: {name}@{canary['candidate']} vs {name}@{canary['baseline']}, "
+        f"state {canary['state']}, steps " + " → ".join(str(s["weight"]) for s in canary["steps"]) + " %"
+    )
     for number, counts in data.get("versions", {}).items():
         role = "candidate" if int(number) == canary["candidate"] else "baseline"
         out.print(f"  {name}@{number} ({role}): {_fmt(counts)}")
@@ -100,8 +125,10 @@ def abort(
     if as_json:
         _echo_json(record.to_dict())
         return
-    _console().print(f"{name}@{record.candidate}: canary aborted; {name}@{record.active} serves every call "
-                     f"(generation {record.generation})")
+    _console().print(
+        f"{name}@{record.candidate}: canary aborted; {name}@{record.active} serves every call "
+        f"(generation {record.generation})"
+    )
 
 
 def register(app: typer.Typer) -> None:

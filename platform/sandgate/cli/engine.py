@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -37,8 +37,10 @@ def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] 
 
 @image_app.command("build")
 def image_build(
-    base: Annotated[Optional[str], typer.Option(help="Base image with python3 (default: an offline debootstrap base).")] = None,
-    tag: Annotated[Optional[str], typer.Option(help="Image tag (default: settings.image).")] = None,
+    base: Annotated[
+        str | None, typer.Option(help="Base image with python3 (default: an offline debootstrap base).")
+    ] = None,
+    tag: Annotated[str | None, typer.Option(help="Image tag (default: settings.image).")] = None,
 ) -> None:
     """Build the sandbox image offline (cached: a rebuild with no change takes seconds)."""
     from sandgate.sandbox.image import build_image
@@ -47,8 +49,10 @@ def image_build(
         info = build_image(base=base, tag=tag, say=lambda m: console.print(f"[dim]{m}[/]"))
     except Exception as exc:  # noqa: BLE001 - translated at the edge
         fail(exc)
-    console.print(f"{info.tag} {info.id[7:19]} {info.size_bytes / 1e6:.0f} MB "
-                  + " ".join(f"{k}={v}" for k, v in sorted(info.toolchain.items())))
+    console.print(
+        f"{info.tag} {info.id[7:19]} {info.size_bytes / 1e6:.0f} MB "
+        + " ".join(f"{k}={v}" for k, v in sorted(info.toolchain.items()))
+    )
 
 
 def reap() -> None:

@@ -6,7 +6,7 @@ Exit code 0 passed, 1 failed or rejected, 2 error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -23,7 +23,7 @@ EXIT = {Verdict.passed: 0, Verdict.failed: 1, Verdict.rejected: 1, Verdict.error
 
 def evaluate(
     path: Annotated[Path, typer.Argument(help="A skill directory, .tar.gz or .zip.")],
-    policy: Annotated[Optional[str], typer.Option(help="Policy name in policies/ or a path.")] = None,
+    policy: Annotated[str | None, typer.Option(help="Policy name in policies/ or a path.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
 ) -> None:
     """Evaluate a skill in a fresh sandbox and print its report and verdict."""
@@ -110,8 +110,9 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
         render_mutation(report, out)
     if report.findings:
         table = Table("severity", "rule", "where", "message", title="findings")
-        for f in report.findings:
-            table.add_row(_line(f.severity), _line(f.rule_id), _line(f"{f.path}:{f.line}"), _line(f.message))
+        for finding in report.findings:
+            table.add_row(_line(finding.severity), _line(finding.rule_id), _line(f"{finding.path}:{finding.line}"),
+                          _line(finding.message))
         out.print(table)
     # oracle_render imports literal() from this module: loaded here, after it
     from sandgate.cli.oracle_render import render_oracle

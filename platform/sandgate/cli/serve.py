@@ -57,7 +57,8 @@ def serve(
         access_log=False,  # the API logs every request itself, with its request id
         proxy_headers=False,
         server_header=False,
-        timeout_graceful_shutdown=api.graceful_shutdown_seconds,
+        # uvicorn annotates int, but only hands the value to asyncio.wait_for, which takes float seconds
+        timeout_graceful_shutdown=api.graceful_shutdown_seconds,  # type: ignore[arg-type]  # a float works
         lifespan="on",
     )
     server = _server_class()(config)

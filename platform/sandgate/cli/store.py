@@ -217,7 +217,9 @@ def versions(
 
 def show(
     ctx: typer.Context,
-    ref: Annotated[str, typer.Argument(metavar="NAME[@N]", help="Skill, optionally @version (default: active, else latest).")],
+    ref: Annotated[
+        str, typer.Argument(metavar="NAME[@N]", help="Skill, optionally @version (default: active, else latest).")
+    ],
     as_json: JsonOpt = False,
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
@@ -278,27 +280,47 @@ def promote(
         bool, typer.Option("--force", help="Promote without a passed evaluation (needs --reason).")
     ] = False,
     reason: ReasonOpt = None,
-    policy: Annotated[
-        str | None, typer.Option("--policy", help="Current policy (default: settings.policy).")
-    ] = None,
+    policy: Annotated[str | None, typer.Option("--policy", help="Current policy (default: settings.policy).")] = None,
     expected_generation: ExpectedGenerationOpt = None,
     actor: ActorOpt = None,
     as_json: JsonOpt = False,
     canary: Annotated[
         int | None,
-        typer.Option("--canary", min=1, max=99, help="Start a canary at this weight (percent) instead: the "
-                     "version serves that share of calls beside the active one until the scheduler decides."),
+        typer.Option(
+            "--canary",
+            min=1,
+            max=99,
+            help="Start a canary at this weight (percent) instead: the "
+            "version serves that share of calls beside the active one until the scheduler decides.",
+        ),
     ] = None,
 ) -> None:
     """Make a version active (it must have passed under the current policy), or a canary with --canary."""
     if canary is not None:
         from sandgate.cli.canary import start
 
-        return start(ctx, name=name, number=number, weight=canary, reason=reason, force=force, policy=policy,
-                     expected_generation=expected_generation, actor=actor, as_json=as_json)
+        return start(
+            ctx,
+            name=name,
+            number=number,
+            weight=canary,
+            reason=reason,
+            force=force,
+            policy=policy,
+            expected_generation=expected_generation,
+            actor=actor,
+            as_json=as_json,
+        )
     with errors(), _service(ctx) as service:
-        move = service.promote(name, number, actor=actor, reason=reason, policy=policy,
-                               expected_generation=expected_generation, force=force)
+        move = service.promote(
+            name,
+            number,
+            actor=actor,
+            reason=reason,
+            policy=policy,
+            expected_generation=expected_generation,
+            force=force,
+        )
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -313,8 +335,7 @@ def rollback(
 ) -> None:
     """Go back to what was active before the last move (again: further back). No re-evaluation."""
     with errors(), _service(ctx) as service:
-        move = service.rollback(name, to=to, actor=actor, reason=reason,
-                                expected_generation=expected_generation)
+        move = service.rollback(name, to=to, actor=actor, reason=reason, expected_generation=expected_generation)
     _echo_json(move.to_dict()) if as_json else _console().print(_move_line(move))
 
 
@@ -421,4 +442,3 @@ def register(app: typer.Typer) -> None:
     """Add this module's commands to ``app``."""
     for name, fn in _COMMANDS:
         app.command(name)(fn)
-

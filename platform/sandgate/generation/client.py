@@ -368,7 +368,8 @@ class ChatClient:
             raise LLMResponseInvalid(f"the LLM at {self.host} answered 200 without choices{why}",
                                      status=200, requests=requests)
         choice = choices[0]
-        message = choice.get("message") if isinstance(choice.get("message"), dict) else {}
+        raw_message = choice.get("message")
+        message = raw_message if isinstance(raw_message, dict) else {}
         content = _content_text(message.get("content"))
         if content is None:
             raise LLMResponseInvalid(
@@ -435,8 +436,8 @@ def _content_text(content: Any) -> str | None:
     if isinstance(content, str):
         return content
     if isinstance(content, list):  # content parts: [{"type": "text", "text": "..."}]
-        texts = [p.get("text") for p in content
-                 if isinstance(p, dict) and isinstance(p.get("text"), str)]
+        texts: list[str] = [p["text"] for p in content
+                            if isinstance(p, dict) and isinstance(p.get("text"), str)]
         return "".join(texts) if texts else None
     return None
 

@@ -483,7 +483,7 @@ def _run_attempt(attempt: Attempt, result: GenerationResult, *, name: str, descr
     attempt.verdict = report.verdict.value
     attempt.reason_codes = [r.code.value for r in report.reasons]
     attempt.evaluation_id = report.evaluation_id
-    attempt.outcome = report.verdict.value  # type: ignore[assignment]
+    attempt.outcome = report.verdict.value
     if report.verdict.value == "error":
         attempt.error = "; ".join(r.message for r in report.reasons)[:2000] or "verdict error"
     elif report.verdict.value != "passed":

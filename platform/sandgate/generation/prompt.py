@@ -17,8 +17,8 @@ from sandgate.generation.parse import MAX_TEST_FILES, render_files
 from sandgate.oracle_report import call_input
 
 if TYPE_CHECKING:  # pragma: no cover
-    from sandgate.report import EvaluationReport
     from sandgate.policy import Policy
+    from sandgate.report import EvaluationReport
 
 __all__ = [
     "system_prompt",
@@ -237,11 +237,12 @@ def format_lines(lines: Iterable[int]) -> str:
     """``[3, 4, 5, 9]`` → ``"3-5, 9"``."""
     ranges: list[str] = []
     items = sorted(set(lines))
-    start = prev = None
+    start: int | None = None
+    prev = 0  # set with start, read only once start is set
     for n in items:
         if start is None:
             start = prev = n
-        elif n == prev + 1:  # type: ignore[operator]
+        elif n == prev + 1:
             prev = n
         else:
             ranges.append(f"{start}-{prev}" if start != prev else f"{start}")
@@ -321,8 +322,9 @@ def repair_prompt(report: EvaluationReport, policy: Policy, *, attempt: int) -> 
     if report.findings:
         out += ["", "Static findings (blocked severities: "
                 f"{', '.join(g.blocked_severities) or 'none'}):"]
-        for f in report.findings[:MAX_FINDINGS]:
-            out.append(f"- {f.rule_id} ({f.severity}) at {f.path}:{f.line}: {_tail(f.message, 400)}")
+        for finding in report.findings[:MAX_FINDINGS]:
+            out.append(f"- {finding.rule_id} ({finding.severity}) at {finding.path}:{finding.line}: "
+                       f"{_tail(finding.message, 400)}")
         if len(report.findings) > MAX_FINDINGS:
             out.append(f"- … and {len(report.findings) - MAX_FINDINGS} more")
 

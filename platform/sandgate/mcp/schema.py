@@ -229,7 +229,7 @@ def build_definition(
     config = ConfigDict(extra="allow" if var_keyword else "forbid", arbitrary_types_allowed=True)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = create_model(f"{name}_arguments", __config__=config, **fields)  # type: ignore[call-overload]
+        model = create_model(f"{name}_arguments", __config__=config, **fields)
         input_schema = model.model_json_schema(by_alias=True)
     input_schema.pop("title", None)
     input_schema.setdefault("type", "object")

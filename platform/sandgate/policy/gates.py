@@ -97,6 +97,7 @@ Order of reasons
 from __future__ import annotations
 
 from sandgate.oracle_report import OracleCall, OracleSummary
+from sandgate.policy.model import SEVERITIES, Gates, Limits, Policy
 from sandgate.report import (
     CoverageSummary,
     EntrypointCheck,
@@ -109,7 +110,6 @@ from sandgate.report import (
     TestSummary,
     Verdict,
 )
-from sandgate.policy.model import SEVERITIES, Gates, Limits, Policy
 
 __all__ = ["decide", "POLICY_DEPENDENT_CODES", "REASON_ORDER"]
 

@@ -44,6 +44,11 @@ Severity = Literal["info", "low", "medium", "high", "critical"]
 SEVERITIES: tuple[str, ...] = ("info", "low", "medium", "high", "critical")
 PromotionMode = Literal["auto", "manual", "canary"]
 
+
+def _default_blocked_severities() -> list[Severity]:
+    return ["critical", "high"]
+
+
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
 
 
@@ -71,7 +76,7 @@ class Gates(_Strict):
     #: skipped, xfailed and xpassed tests are tolerated (never counted); false → ``skipped_tests``
     allow_skips: bool = False
     #: findings of these severities fail the evaluation with ``policy_violation``
-    blocked_severities: list[Severity] = Field(default_factory=lambda: ["critical", "high"])
+    blocked_severities: list[Severity] = Field(default_factory=_default_blocked_severities)
     # -- the oracle phase (evidence judged by the controller) --
     #: a wrong answer to a declared example or to the operator's acceptance set fails the gate
     examples_must_pass: bool = True

@@ -204,7 +204,7 @@ def connect(
 
         cache_dir = get_settings().home / "registry-cache"
     if backend is None:
-        backend = HttpBackend(url, api_key=api_key) if remote else StoreBackend(url)
+        backend = HttpBackend(url, api_key=api_key) if remote and url is not None else StoreBackend(url)
     registry = Registry(
         backend,
         cache_dir=cache_dir,

@@ -536,7 +536,7 @@ class _PushStream:
                 self._read(names, cursor)
                 error, ended = "the server ended the stream", True
             except Exception as exc:  # the stream is down: polling carries on alone meanwhile
-                if getattr(exc, "status", None) is not None:  # an HTTP refusal (client.ApiError)
+                if isinstance(exc, ApiError):  # an HTTP refusal
                     exc = _api_error(exc, what="watch pointer moves", url=self.url)
                 error = f"{type(exc).__name__}: {exc}"
                 fatal = isinstance(exc, ConfigError)  # 401/403: the key will not get better soon

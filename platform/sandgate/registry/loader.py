@@ -350,7 +350,8 @@ class _SkillLoader(importlib.abc.InspectLoader):
         pkg_dir = self.source.root if fullname == self.source.prefix else self.source.root.joinpath(
             *fullname[len(self.source.prefix) + 1 :].split(".")
         )
-        return FileReader(_PathHolder(str(pkg_dir / "__init__.py")))
+        # typeshed asks for a FileLoader; FileReader reads only its ``path``
+        return FileReader(_PathHolder(str(pkg_dir / "__init__.py")))  # type: ignore[arg-type]  # .path is all it reads
 
 
 @dataclass

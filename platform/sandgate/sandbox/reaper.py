@@ -28,8 +28,10 @@ from sandgate.sandbox.runner import (
     CONTROLLER_LABEL,
     EVALUATION_LABEL,
     MANAGED_LABEL,
-    reap as remove_labelled,
     remove_container,
+)
+from sandgate.sandbox.runner import (
+    reap as remove_labelled,
 )
 
 __all__ = ["Sandbox", "Reaped", "AliveFn", "sandboxes", "remove", "reap"]

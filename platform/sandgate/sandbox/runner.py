@@ -242,7 +242,10 @@ def run_sandbox(
             remove_container(api, container_id)
             timings["remove"] = time.monotonic() - t
 
-    static, tampered = None, False
+    static: dict[str, Any] | None = None
+    tampered = False
+    harness: dict[str, Any] | None
+    problem: str | None
     if entrypoint is not None:
         harness, problem = {"stdout": logs.decode("utf-8", "replace")}, None
     else:

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from sandgate.client import SandgateClient, from_env, record_from_dict
 from sandgate.errors import ConfigError, NotFound
-from sandgate.service import VersionDetail
 from sandgate.records import (
     CanaryRecord,
     EvaluationRecord,
@@ -24,6 +23,7 @@ from sandgate.records import (
     VersionRecord,
     YankResult,
 )
+from sandgate.service import VersionDetail
 
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.lifecycle import SubmitResult

@@ -8,8 +8,9 @@ Private to :mod:`sandgate.store`: the rooms (:mod:`~sandgate.store.versions`,
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any, cast, overload
 
-from sqlalchemy import func, select
+from sqlalchemy import CursorResult, Result, func, select
 from sqlalchemy.orm import Session
 
 from sandgate.errors import InvalidTransition, NotFound
@@ -25,11 +26,22 @@ _MAX_WALK = 10_000
 def _now() -> datetime:
     return datetime.now(UTC)
 
+@overload
+def _utc(value: datetime) -> datetime: ...
+@overload
+def _utc(value: None) -> None: ...
+@overload
+def _utc(value: datetime | None) -> datetime | None: ...
 def _utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; everything stored is UTC."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+def _rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE matched: ``Session.execute`` is typed to return a plain ``Result``, but for
+    an UPDATE or DELETE without RETURNING it is a ``CursorResult``, which counts them."""
+    return cast(CursorResult[Any], result).rowcount
 
 def _hook(point: str, session: Session) -> None:
     """Run the store's test hook for ``point``, if any (see :attr:`Store.hooks`)."""
@@ -82,7 +94,7 @@ def _version_record(v: Version, skill: Skill) -> VersionRecord:
         manifest=dict(v.manifest or {}),
         file_count=v.file_count,
         total_bytes=v.total_bytes,
-        created_at=_utc(v.created_at),  # type: ignore[arg-type]
+        created_at=_utc(v.created_at),
         created_by=v.created_by,
         status=v.status,
         yanked_at=_utc(v.yanked_at),
@@ -102,7 +114,7 @@ def _evaluation_record(e: Evaluation, skill_name: str, number: int) -> Evaluatio
         verdict=e.verdict,
         reasons=list(e.reasons or []),
         report=e.report,
-        created_at=_utc(e.created_at),  # type: ignore[arg-type]
+        created_at=_utc(e.created_at),
         started_at=_utc(e.started_at),
         finished_at=_utc(e.finished_at),
         attempts=e.attempts or 0,
@@ -121,7 +133,7 @@ def _event_record(e: Event, skill_name: str, number: int | None) -> EventRecord:
         before=e.before,
         after=e.after,
         evidence=e.evidence,
-        created_at=_utc(e.created_at),  # type: ignore[arg-type]
+        created_at=_utc(e.created_at),
     )
 
 def _skill_record(s: Session, skill: Skill) -> SkillRecord:
@@ -133,7 +145,7 @@ def _skill_record(s: Session, skill: Skill) -> SkillRecord:
     latest = s.scalar(select(func.max(Version.number)).where(Version.skill_id == skill.id))
     return SkillRecord(
         name=skill.name,
-        created_at=_utc(skill.created_at),  # type: ignore[arg-type]
+        created_at=_utc(skill.created_at),
         active_version=active,
         generation=skill.generation,
         latest_version=latest,

@@ -53,6 +53,7 @@ from sandgate.store._rows import (
     _now,
     _require_actor,
     _require_reason,
+    _rowcount,
     _skill,
     _utc,
     _version,
@@ -99,8 +100,8 @@ def _record(s: Session, c: Canary, skill: Skill) -> CanaryRecord:
     return CanaryRecord(
         id=c.id, skill=skill.name, candidate=numbers[c.candidate_version_id],
         baseline=numbers[c.baseline_version_id], state=c.state, config=dict(c.config), steps=list(c.steps),
-        last_decision=c.last_decision, actor=c.actor, started_at=_utc(c.started_at),  # type: ignore[arg-type]
-        updated_at=_utc(c.updated_at), finished_at=_utc(c.finished_at),  # type: ignore[arg-type]
+        last_decision=c.last_decision, actor=c.actor, started_at=_utc(c.started_at),
+        updated_at=_utc(c.updated_at), finished_at=_utc(c.finished_at),
         active=numbers.get(skill.active_version_id) if skill.active_version_id else None,
         weight=skill.candidate_weight, generation=skill.generation,
     )
@@ -133,12 +134,12 @@ def canary_routes(store: Store, *, names: Iterable[str]) -> dict[str, tuple[int,
 def _cas(s: Session, skill: Skill, *, candidate_id: int | None, weight: int) -> int:
     """Compare-and-set the candidate part of the pointer; returns the new generation."""
     generation = skill.generation
-    rc = s.execute(
+    rc = _rowcount(s.execute(
         update(Skill)
         .where(Skill.id == skill.id, Skill.generation == generation)
         .values(candidate_version_id=candidate_id, candidate_weight=weight, generation=Skill.generation + 1)
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if rc != 1:
         now = s.scalar(select(Skill.generation).where(Skill.id == skill.id))
         raise Conflict(f"skill {skill.name} moved concurrently: expected generation {generation}, now {now}")
@@ -583,5 +584,5 @@ def runtime_samples(store: Store, *, name: str, number: int, limit: int = 100) -
         vid = _version(s, skill, number).id
         rows = s.execute(select(RuntimeSample.sample, RuntimeSample.consumer, RuntimeSample.received_at)
                          .where(RuntimeSample.version_id == vid).order_by(RuntimeSample.id).limit(limit)).all()
-        return [{**dict(sample), "consumer": consumer, "received_at": _utc(at).isoformat()}  # type: ignore[union-attr]
+        return [{**dict(sample), "consumer": consumer, "received_at": _utc(at).isoformat()}
                 for sample, consumer, at in rows]

@@ -38,9 +38,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Table, func, select, update
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, StoreError
@@ -55,6 +55,7 @@ from sandgate.store._rows import (
     _evaluation_with_owner,
     _latest_conclusive,
     _now,
+    _rowcount,
     _skill,
     _utc,
     _version,
@@ -173,12 +174,12 @@ def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     now = _now()
     with store.write() as s:
         ev, version, skill = _evaluation_with_owner(s, evaluation_id)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(Evaluation.id == evaluation_id, Evaluation.status == "queued")
             .values(status="running", started_at=now)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(ev)
         if rc != 1:
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
@@ -215,12 +216,12 @@ def begin_evaluation(
         if not start and pending is not None:
             return _evaluation_record(pending, skill.name, version.number), False
         if pending is not None and pending.status == "queued":
-            rc = s.execute(
+            rc = _rowcount(s.execute(
                 update(Evaluation)
                 .where(Evaluation.id == pending.id, Evaluation.status == "queued")
                 .values(status="running", started_at=now)
                 .execution_options(synchronize_session=False)
-            ).rowcount
+            ))
             s.refresh(pending)
             if rc == 1:
                 return _evaluation_record(pending, skill.name, version.number), False
@@ -243,8 +244,8 @@ def finish_evaluation(
 ) -> EvaluationRecord:
     """Store the report of a queued or running evaluation: → ``done``, one ``evaluated`` event.
 
-    With a lease ``owner`` (a worker's) it is a compare-and-set on the lease: only a ``running`` evaluation still held by
-    that owner is finished. A worker whose lease lapsed and was taken over gets
+    With a lease ``owner`` (a worker's) it is a compare-and-set on the lease: only a
+    ``running`` evaluation still held by that owner is finished. A worker whose lease lapsed and was taken over gets
     :class:`Conflict` (code ``lease_lost``) and its result is discarded, so a job
     is never completed twice. Without an owner (the embedded path) any queued or
     running evaluation is finished.
@@ -265,7 +266,7 @@ def finish_evaluation(
             q = q.where(Evaluation.status.in_(("queued", "running")))
         else:
             q = q.where(Evaluation.status == "running", Evaluation.lease_owner == owner)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             q.values(
                 status="done",
                 verdict=verdict,
@@ -276,22 +277,22 @@ def finish_evaluation(
                 finished_at=now,
                 lease_expires_at=None,
             ).execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         s.refresh(ev)
         if rc != 1:
             if owner is not None:
                 holder = f", held by {ev.lease_owner}" if ev.status == "running" else ""
                 raise Conflict(
-                    f"evaluation {evaluation_id}: lease lost (it is {ev.status}{holder}); "
-                    "result discarded",
+                    f"evaluation {evaluation_id}: lease lost (it is {ev.status}{holder}); result discarded",
                     code="lease_lost",
                 )
             raise Conflict(f"evaluation {evaluation_id} is already {ev.status}")
-        extra = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
+        extra: dict[str, Any] | None = {"queued_policy_hash": queued_hash} if used_hash != queued_hash else None
         if owner is not None:
             extra = {**(extra or {}), "worker": owner, "attempt": ev.attempts}
         _apply_verdict(s, version, skill, ev, now, extra)
         return _evaluation_record(ev, skill.name, version.number)
+
 
 def record_evaluation(
     store: Store,
@@ -325,6 +326,7 @@ def record_evaluation(
         s.flush()
         _apply_verdict(s, version, skill, ev, now)
         return _evaluation_record(ev, skill.name, version.number)
+
 
 def _give_up(
     s: Session,
@@ -417,6 +419,7 @@ def claim_evaluation(
             return _evaluation_record(ev, skill.name, version.number)
     return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
 
+
 def _pending(s: Session, version_id: int, policy_hash: str) -> Evaluation | None:
     """The newest queued or running evaluation of a version under a policy hash."""
     return s.scalars(
@@ -436,6 +439,7 @@ def get_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
         ev, version, skill = _evaluation_with_owner(s, evaluation_id)
         return _evaluation_record(ev, skill.name, version.number)
 
+
 def latest_evaluation(
     store: Store,
     *,
@@ -452,27 +456,23 @@ def latest_evaluation(
     with store.read() as s:
         skill = _skill(s, name)
         version = _version(s, skill, number)
-        q = select(Evaluation).where(
-            Evaluation.version_id == version.id, Evaluation.status == "done"
-        )
+        q = select(Evaluation).where(Evaluation.version_id == version.id, Evaluation.status == "done")
         if policy_hash is not None:
             q = q.where(Evaluation.policy_hash == policy_hash)
         if conclusive:
             q = q.where(Evaluation.verdict.in_(CONCLUSIVE))
-        ev = s.scalars(
-            q.order_by(Evaluation.finished_at.desc(), Evaluation.created_at.desc()).limit(1)
-        ).first()
+        ev = s.scalars(q.order_by(Evaluation.finished_at.desc(), Evaluation.created_at.desc()).limit(1)).first()
         return None if ev is None else _evaluation_record(ev, skill.name, version.number)
 
-def pending_evaluation(
-    store: Store, *, name: str, number: int, policy_hash: str
-) -> EvaluationRecord | None:
+
+def pending_evaluation(store: Store, *, name: str, number: int, policy_hash: str) -> EvaluationRecord | None:
     """The newest queued or running evaluation of ``name@number`` under a policy."""
     with store.read() as s:
         skill = _skill(s, name)
         version = _version(s, skill, number)
         ev = _pending(s, version.id, policy_hash)
         return None if ev is None else _evaluation_record(ev, skill.name, version.number)
+
 
 def heartbeat(
     store: Store, *, evaluation_id: str, owner: str, lease_seconds: float = DEFAULT_LEASE_SECONDS
@@ -487,7 +487,7 @@ def heartbeat(
     with store.write() as s:
         now = _db_now(s)
         expires = now + timedelta(seconds=lease_seconds)
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(
                 Evaluation.id == evaluation_id,
@@ -496,7 +496,7 @@ def heartbeat(
             )
             .values(lease_expires_at=expires)
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         if rc != 1:
             row = s.execute(
                 select(Evaluation.status, Evaluation.lease_owner).where(Evaluation.id == evaluation_id)
@@ -505,6 +505,7 @@ def heartbeat(
             raise Conflict(f"evaluation {evaluation_id}: lease lost ({state})", code="lease_lost")
         return expires
 
+
 def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
     """Hand a running evaluation back to the queue (a worker shutting down).
 
@@ -512,7 +513,7 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
     (stopping a worker is not the job's fault). False: it was not ``owner``'s.
     """
     with store.write() as s:
-        rc = s.execute(
+        rc = _rowcount(s.execute(
             update(Evaluation)
             .where(
                 Evaluation.id == evaluation_id,
@@ -529,8 +530,9 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
                 else func.greatest(Evaluation.attempts - 1, 0),
             )
             .execution_options(synchronize_session=False)
-        ).rowcount
+        ))
         return rc == 1
+
 
 def recover_leases(
     store: Store,
@@ -588,6 +590,7 @@ def recover_leases(
         s.flush()
     return out
 
+
 def _protected(s: Session, version_ids: set[int]) -> set[int]:
     """Those of ``version_ids`` that are active now or ever were (a move event names them)."""
     if not version_ids:
@@ -595,13 +598,10 @@ def _protected(s: Session, version_ids: set[int]) -> set[int]:
     skill_ids = set(s.scalars(select(Version.skill_id).where(Version.id.in_(version_ids))))
     active = set(s.scalars(select(Skill.active_version_id).where(Skill.id.in_(skill_ids)))) & version_ids
     moved = set(
-        s.scalars(
-            select(Event.version_id)
-            .where(Event.version_id.in_(version_ids), Event.action.in_(MOVES))
-            .distinct()
-        )
+        s.scalars(select(Event.version_id).where(Event.version_id.in_(version_ids), Event.action.in_(MOVES)).distinct())
     )
     return {int(v) for v in active | moved if v is not None}
+
 
 def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
     """Retention: shrink old evaluations of versions that were never active.
@@ -655,18 +655,16 @@ def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
             key, rank = (vid, phash), (_utc(finished), _utc(created), eid)
             if key not in newest or rank > newest[key][0]:
                 newest[key] = (rank, eid)
-            if verdict in CONCLUSIVE and (
-                key not in newest_conclusive or rank > newest_conclusive[key][0]
-            ):
+            if verdict in CONCLUSIVE and (key not in newest_conclusive or rank > newest_conclusive[key][0]):
                 newest_conclusive[key] = (rank, eid)
         keep = {eid for _, eid in newest.values()} | {eid for _, eid in newest_conclusive.values()}
         cutoff = _utc(before)
-        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(finished) < cutoff]  # type: ignore[operator]
+        # a done evaluation always has finished_at (every way to 'done' sets it)
+        old = [eid for eid, _v, _h, _vd, finished, _c in rows if _utc(cast(datetime, finished)) < cutoff]
         drop = [eid for eid in old if eid not in keep]
         for start in range(0, len(drop), 500):
-            s.execute(
-                Evaluation.__table__.delete().where(Evaluation.id.in_(drop[start : start + 500]))
-            )
+            # a declared model's __table__ is a Table
+            s.execute(cast(Table, Evaluation.__table__).delete().where(Evaluation.id.in_(drop[start : start + 500])))
         dropped = 0
         kept_old = [eid for eid in old if eid in keep]
         for start in range(0, len(kept_old), 500):

@@ -138,7 +138,7 @@ def _record(k: ApiKey) -> KeyRecord:
         name=k.name,
         key_id=k.key_id,
         role=k.role,
-        created_at=_utc(k.created_at),  # type: ignore[arg-type]
+        created_at=_utc(k.created_at),
         created_by=k.created_by,
         revoked_at=_utc(k.revoked_at),
         revoked_by=k.revoked_by,

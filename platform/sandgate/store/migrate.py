@@ -70,7 +70,8 @@ def scripted_head() -> str:
     Every open takes the fast path with this; Alembic is imported only when a
     migration has to run. A test pins it to :func:`head_revision`.
     """
-    revisions, downs = set(), set()
+    revisions: set[str] = set()
+    downs: set[str] = set()
     for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
         for down, value in _REVISION.findall(path.read_text(encoding="utf-8")):
             (downs if down else revisions).add(value)

@@ -70,7 +70,7 @@ from sqlalchemy import Select, select, update
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, InvalidTransition, NotFound
-from sandgate.records import FlagResult, PointerMove, YankResult
+from sandgate.records import FlagResult, MoveAction, PointerMove, YankResult
 from sandgate.store._rows import (
     _MAX_WALK,
     MOVES,
@@ -79,6 +79,7 @@ from sandgate.store._rows import (
     _now,
     _require_actor,
     _require_reason,
+    _rowcount,
     _short,
     _skill,
     _version,
@@ -122,7 +123,7 @@ def _move(
     skill: Skill,
     *,
     target: Version,
-    action: str,
+    action: MoveAction,
     actor: str,
     reason: str | None,
     expected_generation: int | None,
@@ -152,7 +153,7 @@ def _move(
     s.add(event)
     s.flush()
     _hook("move.before_cas", s)
-    rc = s.execute(
+    rc = _rowcount(s.execute(
         update(Skill)
         .where(Skill.id == skill.id, Skill.generation == generation)
         .values(
@@ -164,7 +165,7 @@ def _move(
             candidate_weight=0,
         )
         .execution_options(synchronize_session=False)
-    ).rowcount
+    ))
     if rc != 1:
         now_generation = s.scalar(select(Skill.generation).where(Skill.id == skill.id))
         raise Conflict(
@@ -174,7 +175,7 @@ def _move(
     s.expire(skill)
     return PointerMove(
         skill=skill.name,
-        action=action,  # type: ignore[arg-type]
+        action=action,
         from_version=from_number,
         to_version=target.number,
         generation=generation + 1,

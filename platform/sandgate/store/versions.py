@@ -11,14 +11,14 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
 
 from sandgate.errors import InvalidTransition, StoreError
 from sandgate.names import SKILL_NAME
-from sandgate.records import FileDiff, SkillRecord, VersionRecord
+from sandgate.records import FileChange, FileDiff, SkillRecord, VersionRecord
 from sandgate.store._rows import (
     _hook,
     _now,
@@ -153,7 +153,7 @@ def _create_version_once(
         s.add(version)
         s.flush()
         s.execute(
-            VersionFile.__table__.insert(),
+            cast(Table, VersionFile.__table__).insert(),  # a declared model's __table__ is a Table
             [
                 {
                     "version_id": version.id,
@@ -209,7 +209,7 @@ def list_skills(store: Store, *, prefix: str | None = None, limit: int | None = 
         return [
             SkillRecord(
                 name=row[0],
-                created_at=_utc(row[1]),  # type: ignore[arg-type]
+                created_at=_utc(row[1]),
                 active_version=row[2],
                 generation=row[3],
                 latest_version=row[4],
@@ -273,11 +273,11 @@ def diff(store: Store, *, name: str, a: int, b: int) -> list[FileDiff]:
         before, after = old.get(path), new.get(path)
         if before == after:
             continue
-        change = "added" if before is None else "removed" if after is None else "modified"
+        change: FileChange = "added" if before is None else "removed" if after is None else "modified"
         text_a = "" if before is None else _decode(before)
         text_b = "" if after is None else _decode(after)
         if text_a is None or text_b is None:
-            out.append(FileDiff(path=path, change=change, diff="", binary=True))  # type: ignore[arg-type]
+            out.append(FileDiff(path=path, change=change, diff="", binary=True))
             continue
         lines = difflib.unified_diff(
             text_a.splitlines(keepends=True),
@@ -286,5 +286,5 @@ def diff(store: Store, *, name: str, a: int, b: int) -> list[FileDiff]:
             tofile=f"b/{path}" if after is not None else "/dev/null",
         )
         text = "".join(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines)
-        out.append(FileDiff(path=path, change=change, diff=text))  # type: ignore[arg-type]
+        out.append(FileDiff(path=path, change=change, diff=text))
     return out

@@ -164,7 +164,8 @@ def check_stream(frames: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, s
             case = body.get("case")
             nodeid = case.get("nodeid") if isinstance(case, dict) else None
             if collected is None or nodeid not in collected:
-                return None, f"an outcome arrived for a test that was never collected: {str(nodeid)[:200]!r} (tampering)"
+                return None, (f"an outcome arrived for a test that was never collected: "
+                              f"{str(nodeid)[:200]!r} (tampering)")
             if nodeid in cases:
                 return None, f"two outcomes arrived for one test: {str(nodeid)[:200]!r} (tampering)"
             cases[nodeid] = case
@@ -182,13 +183,14 @@ def check_stream(frames: list[dict[str, Any]]) -> tuple[dict[str, Any] | None, s
         if reported:
             return None, "the final result reports tests that were never collected (tampering)"
         return final, None
-    if not isinstance(reported, list) or len(reported) != len(cases) or any(
-            not isinstance(c, dict) or cases.get(c.get("nodeid")) != c for c in reported):
-        return None, ("the final result disagrees with the outcomes streamed while the tests ran "
-                      "(tampering)")
+    if (
+        not isinstance(reported, list)
+        or len(reported) != len(cases)
+        or any(not isinstance(c, dict) or cases.get(c.get("nodeid")) != c for c in reported)
+    ):
+        return None, ("the final result disagrees with the outcomes streamed while the tests ran (tampering)")
     if final.get("collected") != len(collected):
-        return None, ("the final result's number of collected tests disagrees with the collected "
-                      "test ids (tampering)")
+        return None, ("the final result's number of collected tests disagrees with the collected test ids (tampering)")
     return final, None
 
 
@@ -222,8 +224,11 @@ def defined_tests(skill_dir: str, tests: list[str]) -> list[tuple[str, str]]:
 def unreported_tests(result: dict[str, Any], required: list[tuple[str, str]]) -> list[str]:
     """Tests defined in the files that the result never mentions (collection errors and
     module-level skips excuse their whole file)."""
-    excused = {str(e.get("nodeid", "")) for e in (result.get("collect_errors") or []) + (
-        result.get("collect_skipped") or []) if isinstance(e, dict)}
+    excused = {
+        str(e.get("nodeid", ""))
+        for e in (result.get("collect_errors") or []) + (result.get("collect_skipped") or [])
+        if isinstance(e, dict)
+    }
     if "<collection>" in excused or "" in excused:
         return []
     seen: set[tuple[str, str]] = set()
@@ -232,8 +237,7 @@ def unreported_tests(result: dict[str, Any], required: list[tuple[str, str]]) ->
         path, sep, rest = nodeid.partition("::")
         if sep:
             seen.add((path, rest.split("[", 1)[0]))
-    return [f"{path}::{name}" for path, name in required
-            if path not in excused and (path, name) not in seen]
+    return [f"{path}::{name}" for path, name in required if path not in excused and (path, name) not in seen]
 
 
 def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
@@ -241,8 +245,12 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
     key_r, key_w = os.pipe()
     res_r, res_w = os.pipe()
     out_r, out_w = os.pipe()
-    runner_config = {"skill_dir": SKILL_DIR, "tests": config["tests"],
-                     "sources": config.get("sources"), "entrypoint": config.get("entrypoint")}
+    runner_config = {
+        "skill_dir": SKILL_DIR,
+        "tests": config["tests"],
+        "sources": config.get("sources"),
+        "entrypoint": config.get("entrypoint"),
+    }
     required = defined_tests(SKILL_DIR, config["tests"])  # read before any submitted code runs
     env = {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
@@ -264,10 +272,15 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
 
     started = time.monotonic()
     proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "sandgate_harness.runner", str(key_r), str(res_w),
-         json.dumps(runner_config)],
-        cwd=SKILL_DIR, env=env, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
-        pass_fds=(key_r, res_w), start_new_session=True, preexec_fn=preexec,
+        [sys.executable, "-I", "-m", "sandgate_harness.runner", str(key_r), str(res_w), json.dumps(runner_config)],
+        cwd=SKILL_DIR,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=out_w,
+        stderr=out_w,
+        pass_fds=(key_r, res_w),
+        start_new_session=True,
+        preexec_fn=preexec,
     )
     os.close(key_r)
     os.close(res_w)
@@ -319,7 +332,8 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
             listed = ", ".join(missing[:5]) + (f", and {len(missing) - 5} more" if len(missing) > 5 else "")
             problem = (
                 f"tests defined in the test files were never reported (removed from the run, "
-                f"or not collectable): {listed}")
+                f"or not collectable): {listed}"
+            )
     return {
         "ran": True,
         "result": result,
@@ -352,15 +366,16 @@ def mutation_skip(config: dict[str, Any], dynamic: dict[str, Any]) -> str | None
         return "the dynamic phase did not pass"
     if "passed" not in outcomes or not all(o in ("passed", "skipped", "xfailed", "xpassed") for o in outcomes):
         return "the dynamic phase did not pass"
-    if not settings.get("allow_skips", False) and (result.get("collect_skipped") or any(
-            o != "passed" for o in outcomes)):
+    if not settings.get("allow_skips", False) and (
+        result.get("collect_skipped") or any(o != "passed" for o in outcomes)
+    ):
         return "tests were skipped and the policy does not allow it"
-    if any(c.get("outcome") == "passed" and (not c.get("assertions") or c.get("failed_assertions"))
-           for c in cases):
+    if any(c.get("outcome") == "passed" and (not c.get("assertions") or c.get("failed_assertions")) for c in cases):
         return "vacuous tests"
     entry = result.get("entrypoint")
-    if config.get("entrypoint") and (not isinstance(entry, dict) or not entry.get("resolved")
-                                     or not entry.get("tested_by")):
+    if config.get("entrypoint") and (
+        not isinstance(entry, dict) or not entry.get("resolved") or not entry.get("tested_by")
+    ):
         return "the entrypoint did not resolve or no passing test executed it"
     minimum = float(settings.get("min_line_coverage") or 0.0)
     totals = (result.get("coverage") or {}).get("totals") if isinstance(result.get("coverage"), dict) else None
@@ -374,8 +389,9 @@ def mutation_skip(config: dict[str, Any], dynamic: dict[str, Any]) -> str | None
     return None
 
 
-def run_mutation(config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any],
-                 deadline: float) -> dict[str, Any]:
+def run_mutation(
+    config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any], deadline: float
+) -> dict[str, Any]:
     """The mutation server (``sandgate_harness.mutation``) in its own session; see that module.
 
     The server receives the skill's files as the harness received them (never
@@ -406,15 +422,24 @@ def run_mutation(config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[
     }
     res_r, res_w = os.pipe()
     env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": "/tmp/home", "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONHASHSEED": "0",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp/home",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
         "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
     }
     os.makedirs("/tmp/home", exist_ok=True)
     proc = subprocess.Popen(
         [sys.executable, "-I", "-m", "sandgate_harness.mutation", str(res_w)],
-        cwd=WORK, env=env, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL, pass_fds=(res_w,), start_new_session=True,
+        cwd=WORK,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        pass_fds=(res_w,),
+        start_new_session=True,
     )
     os.close(res_w)
     reader = _CappedReader(res_r, MAX_RESULT, _kill_everything_else)
@@ -479,8 +504,8 @@ def main() -> int:
         files = read_payload(sys.stdin.buffer)
         config = json.loads(files.pop("config.json"))
         key = bytes.fromhex(config.pop("channel_key"))
-        skill = {k[len("skill/"):]: v for k, v in files.items() if k.startswith("skill/")}
-        rules = {k[len("rules/"):]: v for k, v in files.items() if k.startswith("rules/")}
+        skill = {k[len("skill/") :]: v for k, v in files.items() if k.startswith("skill/")}
+        rules = {k[len("rules/") :]: v for k, v in files.items() if k.startswith("rules/")}
         write_tree(SKILL_DIR, skill)
         write_tree(RULES_DIR, rules)
     except (PayloadError, KeyError, ValueError, OSError) as exc:
@@ -493,8 +518,9 @@ def main() -> int:
 
     if config.get("static", True):
         targets = sorted(p for p in skill if p.endswith(".py"))
-        out["static"] = run_static(SKILL_DIR, RULES_DIR, targets,
-                                   timeout=max(1.0, min(30.0, deadline - time.monotonic())))
+        out["static"] = run_static(
+            SKILL_DIR, RULES_DIR, targets, timeout=max(1.0, min(30.0, deadline - time.monotonic()))
+        )
         out["timings"]["static"] = out["static"]["seconds"]
         # Sent now, before any submitted code runs: if the sandbox dies later,
         # the findings still reach the report.
@@ -522,8 +548,11 @@ def main() -> int:
             try:
                 out["mutation"] = run_mutation(config, skill, out["dynamic"], deadline)
             except Exception as exc:  # noqa: BLE001 - the harness's fault, never the skill's
-                out["mutation"] = {"ran": False, "skipped_reason": "the harness failed",
-                                   "internal_error": f"{type(exc).__name__}: {exc}"[:500]}
+                out["mutation"] = {
+                    "ran": False,
+                    "skipped_reason": "the harness failed",
+                    "internal_error": f"{type(exc).__name__}: {exc}"[:500],
+                }
             else:
                 out["timings"]["mutation"] = out["mutation"]["wall_seconds"]
                 for name in ("generate_seconds", "children_seconds"):

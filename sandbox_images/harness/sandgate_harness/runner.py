@@ -330,7 +330,8 @@ def check_entrypoint(entrypoint: str, skill_dir: str, sources: list[str], data: 
             if code is not None:
                 break
     if code is None:
-        code = getattr(getattr(target, "__call__", None), "__code__", None)
+        # the code of a callable instance's __call__ (not a callability test)
+        code = getattr(getattr(target, "__call__", None), "__code__", None)  # noqa: B004
     result["resolved"] = True
     if code is None:
         result["problem"] = "the entrypoint is not a Python function: the harness cannot tell it ran"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from csv_summary import parse_number, summarise
 
 SALES = """region,units,price,note

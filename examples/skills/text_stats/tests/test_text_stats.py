@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from text_stats import analyse, count_lines, top_words, words
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from unit_convert import convert, dimension_of, units
 
 
