@@ -10,19 +10,18 @@ from typing import Any
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
-from sandgate import lifecycle
 from sandgate.cli import canary as canary_cli
 from sandgate.cli import store as store_cli
+from sandgate.cli.common import Collaborators
 from sandgate.config import get_settings
 from sandgate.policy import parse_policy
-from tests.unit.test_store_cli import _Evaluator, _load_dir
+from tests.unit.test_store_cli import _Evaluator, _load_dir, _Runner
 
 app = typer.Typer(pretty_exceptions_enable=False)
 store_cli.register(app)
 canary_cli.register(app)
-runner = CliRunner()
+runner = _Runner()
 POLICY = parse_policy('[promotion]\nmode = "manual"\n[promotion.canary]\nsteps = [10, 50]\nmin_calls = 50\n',
                       name="default")
 
@@ -35,9 +34,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> SimpleNamespace:
     monkeypatch.setenv("SANDGATE_ACTOR", "tester")
     get_settings.cache_clear()
     _Evaluator.verdict, _Evaluator.calls = "passed", 0
-    monkeypatch.setattr(lifecycle, "load_submission", _load_dir)
-    monkeypatch.setattr(lifecycle, "load_policy", lambda name=None: POLICY)
-    monkeypatch.setattr(lifecycle, "default_evaluate", _Evaluator())
+    runner.obj = Collaborators(load_submission=_load_dir, load_policy=lambda name=None: POLICY,
+                               evaluate=_Evaluator())
 
     def skill(body: str) -> Path:
         d = tmp_path / "src" / body / "greet"
