@@ -84,7 +84,7 @@ class _Redirect(Exception):
 
 def _headers() -> dict[str, str]:
     return {"Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
-            "Referrer-Policy": "no-referrer", "X-Frame-Options": "DENY",
+            "Referrer-Policy": "same-origin", "X-Frame-Options": "DENY",
             "Cache-Control": "no-store"}
 
 
