@@ -6,7 +6,7 @@ The driver is started with explicit paths, so Selenium never downloads anything.
 ::
 
     with chromium() as driver: ...
-    shot(driver, "skills")           # a PNG, into docs/console/ when SANDGATE_CONSOLE_SCREENSHOTS=1
+    shot(driver, "skills")           # a PNG, into docs/console/ when CONSOLE_SCREENSHOTS=1
     unlabelled(driver)               # visible form controls without a label (should be [])
     tab_to(driver, "confirm")        # press Tab until that element has the focus
 """
@@ -27,6 +27,8 @@ CHROMEDRIVER = "/usr/bin/chromedriver"
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--window-size=1400,1000")
 SHOTS = REPO / "docs" / "console"
+#: the whole page is captured, up to this many pixels high
+MAX_SHOT_HEIGHT = 3200
 
 
 @contextmanager
@@ -54,10 +56,17 @@ def shot(driver: Any, name: str, out: Path) -> Path:
     """A screenshot of the page as ``name.png`` in ``out`` (and in docs/console/ when asked)."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.png"
-    assert driver.save_screenshot(str(path)), f"no screenshot of {name}"
+    size = driver.get_window_size()
+    height = driver.execute_script("return Math.max(document.body.scrollHeight, document.documentElement.scrollHeight)")
+    driver.set_window_size(size["width"], min(max(int(height) + 120, size["height"]), MAX_SHOT_HEIGHT))
+    try:
+        driver.execute_script("window.scrollTo(0, 0)")
+        assert driver.save_screenshot(str(path)), f"no screenshot of {name}"
+    finally:
+        driver.set_window_size(size["width"], size["height"])
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f"{name}.png is not a real screenshot"
-    if os.environ.get("SANDGATE_CONSOLE_SCREENSHOTS") == "1":
+    if os.environ.get("CONSOLE_SCREENSHOTS") == "1":
         SHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SHOTS / path.name)
     return path

@@ -8,7 +8,7 @@ the sandbox, is under test): hostile text stays inert, every control is labelled
 the feed updates without a reload, a key never lands in a URL or a log.
 
 The screenshots in docs/console/ come from these tests:
-``SANDGATE_CONSOLE_SCREENSHOTS=1 .venv/bin/pytest tests/integration/test_console_browser.py``.
+``CONSOLE_SCREENSHOTS=1 .venv/bin/pytest tests/integration/test_console_browser.py``.
 """
 
 from __future__ import annotations
