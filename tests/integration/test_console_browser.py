@@ -228,8 +228,9 @@ def hostile_evaluate(submission: Any, *, policy: Any, evaluation_id: str | None 
 
 
 def hostile_files(name: str, n: int = 1) -> dict[str, Any]:
+    description = HOSTILE.replace(chr(34), chr(39))
     return {"files": {
-        "skill.toml": f'name = "{name}"\ndescription = "{HOSTILE.replace(chr(34), chr(39))}"\nentrypoint = "{name}:run"\n',
+        "skill.toml": f'name = "{name}"\ndescription = "{description}"\nentrypoint = "{name}:run"\n',
         f"{name}.py": f"def run(x):\n    return '{HOSTILE.replace(chr(39), chr(34))}'\n",
         f"tests/test_{name}.py": f"from {name} import run\n\n\ndef test_run():\n    assert run({n})\n",
     }, "provenance": {"agent": HOSTILE}}
