@@ -14,6 +14,7 @@ The screenshots in docs/console/ come from these tests:
 from __future__ import annotations
 
 import base64
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -327,8 +328,6 @@ def test_actions_refuse_a_cross_site_post(world):
         cookie = r.headers["set-cookie"]
         assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower()
         page = c.get("/console/skills/greet").text
-        import re
-
         csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
         evil = c.post("/console/skills/greet/rollback", data={"csrf": csrf, "reason": "x"},
                       headers={"Origin": "http://attacker.example"})

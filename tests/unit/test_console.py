@@ -126,6 +126,15 @@ def test_sign_in_sets_a_strict_httponly_cookie_and_a_wrong_key_is_refused(env):
     assert env.tokens["promoter"] not in page.text
 
 
+def test_the_cookie_is_secure_over_https(env):
+    from fastapi.testclient import TestClient
+
+    with TestClient(env.client.app, base_url="https://console.example") as c:
+        r = c.post("/console/login", data={"api_key": env.tokens["reader"]},
+                   headers={"Origin": "https://console.example"}, follow_redirects=False)
+        assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
+
+
 def test_sign_in_from_another_origin_is_refused(env):
     r = env.client.post("/console/login", data={"api_key": env.tokens["reader"]},
                         headers={"Origin": "http://evil.example"}, follow_redirects=False)
@@ -159,6 +168,8 @@ def test_hostile_report_text_is_escaped_and_missed_lines_marked(env):
     assert re.search(r'<tr class="line missed" data-line="4"', page)
     assert not re.search(r'<tr class="line missed" data-line="3"', page)
     assert 'class="finding low"' in page and "<progress" in page
+    live = env.client.get("/console/live").text
+    assert "submitted" in live and "evaluated" in live and "<script>alert" not in live
 
 
 def test_reader_cannot_act_and_actions_need_csrf_and_origin(env):
@@ -241,3 +252,45 @@ def test_annotate_marks_missed_lines_and_places_findings():
     lines = annotate("a\nb\nc\n", missed=[2], findings=[{"line": 3, "message": "m"}, {"line": 99, "message": "x"}])
     assert [line.coverage for line in lines] == ["", "missed", ""]
     assert [f["message"] for f in lines[2].findings] == ["m"] and [f["message"] for f in lines[0].findings] == ["x"]
+
+
+def test_yank_and_abort_a_canary_through_their_confirmation_pages(env):
+    from sandgate.service.embedded import EmbeddedService
+
+    env.submit("greet")
+    env.submit("greet", body="b")
+    env.submit("greet", body="c")  # v3 active; v2 becomes the canary's candidate below
+    env.client.cookies.clear()
+    env.sign_in("promoter")
+    form = env.client.get("/console/skills/greet/confirm/yank?version=1")
+    assert form.status_code == 200 and 'id="rollback"' in form.text
+    csrf = env.csrf()
+    r = env.client.post("/console/skills/greet/yank", data={"csrf": csrf, "version": "1", "reason": "leaks"},
+                        headers={"Origin": ORIGIN}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = env.client.get(r.headers["location"]).text
+    assert "yanked: leaks" in page and 'class="event yanked highlight"' in page
+
+    EmbeddedService(env.store).start_canary("greet", 2, weight=10, actor="t", reason="try v2", policy="canary",
+                                            expected_generation=None, force=True)
+    page = env.client.get("/console/skills/greet").text
+    assert 'id="canary">v2 at 10%' in page and 'id="action-abort"' in page
+    assert "v2 at 10%" in env.client.get("/console/skills").text
+    assert "v2 (10% of calls)" in env.client.get("/console/skills/greet/confirm/abort").text
+    r = env.client.post("/console/skills/greet/abort", data={"csrf": csrf, "reason": "errors up"},
+                        headers={"Origin": ORIGIN}, follow_redirects=False)
+    assert r.status_code == 303, r.text
+    page = env.client.get(r.headers["location"]).text
+    assert 'class="event canary_aborted highlight"' in page and 'id="action-abort"' not in page
+
+
+def test_a_refused_action_is_an_error_page_with_the_reason(env):
+    env.submit("greet")
+    env.sign_in("promoter")
+    csrf = env.csrf()
+    r = env.client.post("/console/skills/greet/rollback", data={"csrf": csrf, "reason": "x"},
+                        headers={"Origin": ORIGIN})
+    assert r.status_code == 409 and 'id="problem"' in r.text
+    r = env.client.post("/console/skills/greet/promote", data={"csrf": csrf, "version": "x1"},
+                        headers={"Origin": ORIGIN})
+    assert r.status_code == 422 and "not a version number" in r.text

@@ -42,6 +42,7 @@ from sandgate.console.session import COOKIE, IDLE_SECONDS, Session, Sessions, sa
 from sandgate.errors import InvalidRequest, NotFound, SandgateError, status_of
 from sandgate.names import SKILL_NAME_PATTERN
 from sandgate.oracle_report import call_input
+from sandgate.service import embedded as queries
 from sandgate.service.embedded import EmbeddedService
 from sandgate.store import canary as canary_store
 from sandgate.store import keys as key_store
@@ -63,6 +64,8 @@ ACTIONS: dict[str, dict[str, Any]] = {
 #: what the live pages listen to (submissions too: a new version shows at once)
 LIVE_ACTIONS: tuple[str, ...] = ALL_ACTIONS
 MAX_REASON = 2000
+#: events the live page shows from before it opened
+RECENT_EVENTS = 50
 
 _env = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
@@ -118,6 +121,9 @@ def _session(request: Request) -> Session | None:
         sessions.drop(session.id)
         return None
     session.role = key.role
+    ctx = request.scope.get("sandgate")
+    if isinstance(ctx, dict):
+        ctx["key"] = session.key_name  # the access log names the key, as for the API
     return session
 
 
@@ -334,7 +340,11 @@ async def diff(request: Request, name: str, a: int | None = None, b: int | None 
 async def live(request: Request) -> Response:
     def render() -> Response:
         session = _require(request)
-        return _page(request, "live.html", session=session, live=True)
+        store = request.app.state.stores.get()
+        latest = queries.latest_event_id(store)
+        recent = list(reversed(queries.events_after(store, after=max(0, latest - RECENT_EVENTS),
+                                                    limit=RECENT_EVENTS)))
+        return _page(request, "live.html", session=session, live=True, recent=recent)
 
     return await _guard(request, render)
 
