@@ -132,6 +132,9 @@ def assert_inert(driver: Any) -> None:
 @pytest.mark.docker
 def test_operator_flow_with_the_real_sandbox(world, browser, sandbox_image, tmp_path, no_leftovers):
     d = browser
+    d.get(f"{world.url}/console/skills")
+    assert d.current_url.endswith("/console/login"), "a page answered without a session"
+    shot(d, "login", tmp_path)
     sign_in(d, world)
     shot(d, "skills-empty", tmp_path)
 

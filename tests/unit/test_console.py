@@ -163,6 +163,8 @@ def test_hostile_report_text_is_escaped_and_missed_lines_marked(env):
         page = env.client.get(path)
         assert page.status_code == 200, page.text
         assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    skill_page = env.client.get("/console/skills/greet").text
+    assert f'href="/console/evaluations/{result.evaluation.id}">report</a>' in skill_page
     page = env.client.get("/console/skills/greet/versions/1").text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert re.search(r'<tr class="line missed" data-line="4"', page)
