@@ -345,3 +345,23 @@ def test_actions_refuse_a_cross_site_post(world):
         assert ok.status_code == 303
         assert world.api("viewer").get("/v1/skills/greet").json()["active_version"] == 1
         assert c.get("/console/skills").headers["content-security-policy"].startswith("default-src 'self'")
+
+
+def test_the_event_stream_ends_when_the_session_does(world):
+    """An open ``/console/events`` stream stops within seconds of the sign-out (keepalives every 2 s here)."""
+    with httpx.Client(base_url=world.url, timeout=10) as c:
+        assert c.get("/console/events").status_code == 401
+        r = c.post("/console/login", data={"api_key": world.tokens["viewer"]}, headers={"Origin": world.url})
+        assert r.status_code == 303
+        csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/console/skills").text).group(1)
+        with c.stream("GET", "/console/events", timeout=httpx.Timeout(5.0, read=30.0)) as stream:
+            assert stream.status_code == 200
+            lines = stream.iter_lines()
+            assert any(line.startswith("event: ready") for line, _ in zip(lines, range(10), strict=False))
+            with httpx.Client(base_url=world.url, timeout=10, cookies=c.cookies) as other:
+                out = other.post("/console/logout", data={"csrf": csrf}, headers={"Origin": world.url})
+                assert out.status_code in (200, 303)
+            started = time.monotonic()
+            for _ in lines:  # keepalives, then the end of the stream
+                assert time.monotonic() - started < 25, "the stream outlived its session"
+            assert time.monotonic() - started < 25

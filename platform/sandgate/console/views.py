@@ -23,7 +23,8 @@ event it caused (and a reload does not repeat it).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -64,6 +65,8 @@ ACTIONS: dict[str, dict[str, Any]] = {
 #: what the live pages listen to (submissions too: a new version shows at once)
 LIVE_ACTIONS: tuple[str, ...] = ALL_ACTIONS
 MAX_REASON = 2000
+#: how often an open event stream checks that its session still holds
+SESSION_RECHECK_SECONDS = 5.0
 #: events the live page shows from before it opened
 RECENT_EVENTS = 50
 
@@ -366,7 +369,22 @@ async def events(request: Request, skills: str | None = None) -> Response:
                           actions=set(LIVE_ACTIONS), keepalive=api.watch_keepalive_seconds,
                           gap_grace=api.watch_gap_grace_seconds, batch=api.watch_batch,
                           is_disconnected=request.is_disconnected)
-    return StreamingResponse(stream, media_type="text/event-stream",
+
+    async def while_signed_in() -> AsyncIterator[str]:
+        """The stream, ended once the session is (sign-out, revoked or rotated key): checked between writes."""
+        checked = time.monotonic()
+        try:
+            async for chunk in stream:
+                if time.monotonic() - checked >= SESSION_RECHECK_SECONDS:
+                    checked = time.monotonic()
+                    if await run_in_threadpool(_session, request) is None:
+                        return
+                yield chunk
+        finally:
+            if isinstance(stream, AsyncGenerator):  # end the inner stream now, not at garbage collection
+                await stream.aclose()
+
+    return StreamingResponse(while_signed_in(), media_type="text/event-stream",
                              headers={**_headers(), "X-Accel-Buffering": "no"})
 
 
