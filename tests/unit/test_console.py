@@ -135,6 +135,28 @@ def test_the_cookie_is_secure_over_https(env):
         assert r.status_code == 303 and "Secure" in r.headers["set-cookie"]
 
 
+def test_same_origin_rules():
+    from starlette.requests import Request
+
+    from sandgate.console.session import same_origin, secure_request
+
+    def req(scheme: str, **headers: str) -> Request:
+        return Request({"type": "http", "scheme": scheme, "method": "POST", "path": "/", "server": ("h", 80),
+                        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+
+    assert same_origin(req("http", Host="h:8080", Origin="http://h:8080"))
+    assert same_origin(req("http", Host="h:8080", Origin="https://h:8080"))  # TLS terminated in front
+    assert not same_origin(req("https", Host="h", Origin="http://h"))  # never a downgrade
+    assert not same_origin(req("http", Host="h:8080", Origin="http://h:8081"))
+    assert not same_origin(req("http", Host="h:8080", Origin="null"))
+    assert not same_origin(req("http", Host="h:8080", Origin="http://h:8080.evil.example"))
+    assert same_origin(req("http", Host="h:8080", Referer="http://h:8080/console/skills"))
+    assert not same_origin(req("http", Host="h:8080", Referer="http://h:8080.evil.example/x"))
+    assert not same_origin(req("http", Host="h:8080"))
+    assert not same_origin(req("http", Origin="http://h:8080"))
+    assert secure_request(req("http", Origin="https://h")) and not secure_request(req("http", Origin="http://h"))
+
+
 def test_sign_in_from_another_origin_is_refused(env):
     r = env.client.post("/console/login", data={"api_key": env.tokens["reader"]},
                         headers={"Origin": "http://evil.example"}, follow_redirects=False)

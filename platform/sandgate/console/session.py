@@ -6,7 +6,8 @@
   keeps the key's *name*, id and role, never the token. So the key never appears
   in a URL, a cookie or a log line.
 * The cookie is an opaque random id (``secrets.token_urlsafe(32)``), ``HttpOnly``,
-  ``SameSite=Strict``, ``Path=/console``, and ``Secure`` when the request came over https.
+  ``SameSite=Strict``, ``Path=/console``, and ``Secure`` when the browser came over https (the request's
+  scheme, or an https ``Origin`` in front of a TLS-terminating proxy).
 * Every request re-reads the key: a revoked or rotated key ends its sessions at once.
 * Every state-changing form carries the session's CSRF token (checked in constant
   time), and every POST must come from this origin (``Origin``, else ``Referer``).
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 from starlette.requests import Request
 
-__all__ = ["COOKIE", "IDLE_SECONDS", "MAX_AGE_SECONDS", "Session", "Sessions", "same_origin"]
+__all__ = ["COOKIE", "IDLE_SECONDS", "MAX_AGE_SECONDS", "Session", "Sessions", "same_origin", "secure_request"]
 
 COOKIE = "sandgate_console"
 IDLE_SECONDS = 8 * 3600
@@ -96,15 +97,25 @@ class Sessions:
 
 
 def same_origin(request: Request) -> bool:
-    """Whether a POST comes from a page of this server (``Origin``, else ``Referer``; neither: no)."""
+    """Whether a POST comes from a page of this server (``Origin``, else ``Referer``; neither: no).
+
+    The origin's host and port must be the ``Host`` the request was sent to, and its scheme the
+    request's — or https where the server saw http (TLS terminated in front of it).
+    """
     host = request.headers.get("host")
     if not host:
         return False
-    expected = f"{request.url.scheme}://{host}"
     origin = request.headers.get("origin")
-    if origin is not None:
-        return origin == expected
-    referer = request.headers.get("referer")
-    if referer is not None:
-        return referer == expected or referer.startswith(expected + "/")
-    return False
+    if origin is None:
+        referer = request.headers.get("referer")
+        if referer is None:
+            return False
+        scheme, sep, rest = referer.partition("://")
+        origin = f"{scheme}://{rest.split('/', 1)[0]}" if sep else ""
+    schemes = {request.url.scheme, "https"} if request.url.scheme == "http" else {request.url.scheme}
+    return any(origin == f"{scheme}://{host}" for scheme in schemes)
+
+
+def secure_request(request: Request) -> bool:
+    """Whether the browser reached the console over https (directly, or through a TLS-terminating proxy)."""
+    return request.url.scheme == "https" or (request.headers.get("origin") or "").startswith("https://")

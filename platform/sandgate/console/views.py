@@ -39,7 +39,7 @@ from sandgate.api.limits import RateLimiter
 from sandgate.api.watch import ALL_ACTIONS, event_stream
 from sandgate.console import CSP, PREFIX
 from sandgate.console.present import ago, annotate, pretty_json, side_by_side
-from sandgate.console.session import COOKIE, IDLE_SECONDS, Session, Sessions, same_origin
+from sandgate.console.session import COOKIE, IDLE_SECONDS, Session, Sessions, same_origin, secure_request
 from sandgate.errors import InvalidRequest, NotFound, SandgateError, status_of
 from sandgate.names import SKILL_NAME_PATTERN
 from sandgate.oracle_report import call_input
@@ -65,6 +65,9 @@ ACTIONS: dict[str, dict[str, Any]] = {
 #: what the live pages listen to (submissions too: a new version shows at once)
 LIVE_ACTIONS: tuple[str, ...] = ALL_ACTIONS
 MAX_REASON = 2000
+#: events that move a skill's pointer, and how many of a skill's newest events the list looks through
+MOVES = frozenset({"promoted", "rolled_back", "canary_completed", "canary_rolled_back"})
+MOVE_LOOKBACK = 200
 #: how often an open event stream checks that its session still holds
 SESSION_RECHECK_SECONDS = 5.0
 #: events the live page shows from before it opened
@@ -209,7 +212,7 @@ async def login(request: Request) -> Response:
         ctx["key"] = key.name
     response = RedirectResponse(f"{PREFIX}/skills", status_code=303, headers=_headers())
     response.set_cookie(COOKIE, session.id, max_age=IDLE_SECONDS, path=PREFIX, httponly=True,
-                        samesite="strict", secure=request.url.scheme == "https")
+                        samesite="strict", secure=secure_request(request))
     return response
 
 
@@ -223,7 +226,7 @@ async def logout(request: Request) -> Response:
         _sessions(request).drop(session.id)
     response = RedirectResponse(f"{PREFIX}/login", status_code=303, headers=_headers())
     response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict",
-                           secure=request.url.scheme == "https")
+                           secure=secure_request(request))
     return response
 
 
@@ -244,10 +247,10 @@ async def skills(request: Request, q: str = "") -> Response:
         for record in records:
             versions = service.list_versions(record.name)
             latest = versions[-1] if versions else None
-            moves = [e for e in service.history(record.name, limit=200)
-                     if e.action in ("promoted", "rolled_back", "canary_completed", "canary_rolled_back")]
+            moves = [e for e in service.history(record.name, limit=MOVE_LOOKBACK) if e.action in MOVES]
             route = routes.get(record.name)
             rows.append({"skill": record, "latest": latest, "last_move": moves[-1] if moves else None,
+                         "moved_long_ago": not moves and record.generation > 0,
                          "candidate": route[0] if route else None, "weight": route[1] if route else None})
         return _page(request, "skills.html", session=session, rows=rows, q=q, live=True)
 
