@@ -152,7 +152,8 @@ def test_operator_flow_with_the_real_sandbox(world, browser, sandbox_image, tmp_
     # the report page of v2 is open while it is pending; a worker runs it; the page updates itself
     d.get(f"{world.url}/console/skills/text_stats/versions/2")
     live_ready(d)
-    assert css(d, "#verdict")[0].text.lower() == "pending"
+    assert css(d, "#verdict")[0].text.lower() == "queued"
+    shot(d, "report-queued", tmp_path)
     d.execute_script("window.__sameDocument = 'yes'")
     assert [o["verdict"] for o in run_worker(world.server.db_url, world.home)] == ["passed"]
     wait_for(lambda: css(d, "#verdict")[0].text.lower() == "passed", "the verdict to arrive live")

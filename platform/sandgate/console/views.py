@@ -46,6 +46,7 @@ from sandgate.oracle_report import call_input
 from sandgate.service import embedded as queries
 from sandgate.service.embedded import EmbeddedService
 from sandgate.store import canary as canary_store
+from sandgate.store import evaluations as evaluation_store
 from sandgate.store import keys as key_store
 from sandgate.store.keys import role_allows
 
@@ -306,8 +307,13 @@ async def version_report(request: Request, name: str, number: int) -> Response:
         session = _require(request)
         service = _service(request)
         detail = service.show(_name(name), number)
+        evaluation = detail.evaluation
+        if evaluation is None:  # not finished: the one queued or running under the server's policy, if any
+            policy = resolve_policy(request, None)
+            evaluation = evaluation_store.pending_evaluation(service.store, name=name, number=number,
+                                                             policy_hash=policy.hash)
         return _page(request, "report.html", session=session, live=True, skill_name=name,
-                     **_report_context(service, name, number, detail.evaluation))
+                     **_report_context(service, name, number, evaluation))
 
     return await _guard(request, render)
 
