@@ -25,6 +25,8 @@
 
   function addToFeed(ev) {
     if (!feed) { return; }
+    var empty = document.getElementById("feed-empty");
+    if (empty) { empty.remove(); }
     var li = document.createElement("li");
     li.className = "event " + ev.action;
     li.setAttribute("data-event-id", String(ev.id));
