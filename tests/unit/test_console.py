@@ -55,7 +55,8 @@ def hostile_evaluate(submission: Any, *, policy: Any, evaluation_id: str | None 
             TestCase(nodeid=f"tests/test_x.py::test_{HOSTILE}", outcome="passed", duration_seconds=0.01,
                      message=HOSTILE)]),
         coverage=CoverageSummary(line_percent=75.0, statements=4, covered_lines=3, files=[
-            FileCoverage(path=module, statements=4, missed_lines=[4], line_percent=75.0)]),
+            FileCoverage(path=module, statements=4, missed_lines=[4], line_percent=75.0, branches=2,
+                         missed_branches=1, missed_branch_lines=[2])]),
         findings=[Finding(rule_id="r1", severity="low", path=module, line=2, message=HOSTILE)],
         timings={"static": 0.5, "dynamic": 1.5, "total": 2.0},
         output=HOSTILE,
@@ -191,6 +192,7 @@ def test_hostile_report_text_is_escaped_and_missed_lines_marked(env):
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     assert re.search(r'<tr class="line missed" data-line="4"', page)
     assert not re.search(r'<tr class="line missed" data-line="3"', page)
+    assert re.search(r'<tr class="line partial" data-line="2"', page)
     assert 'class="finding low"' in page and "<progress" in page
     live = env.client.get("/console/live").text
     assert "submitted" in live and "evaluated" in live and "<script>alert" not in live
@@ -273,8 +275,9 @@ def test_side_by_side_pairs_removals_with_additions():
 
 
 def test_annotate_marks_missed_lines_and_places_findings():
-    lines = annotate("a\nb\nc\n", missed=[2], findings=[{"line": 3, "message": "m"}, {"line": 99, "message": "x"}])
-    assert [line.coverage for line in lines] == ["", "missed", ""]
+    lines = annotate("a\nb\nc\n", missed=[2], partial=[3],
+                     findings=[{"line": 3, "message": "m"}, {"line": 99, "message": "x"}])
+    assert [line.coverage for line in lines] == ["", "missed", "partial"]
     assert [f["message"] for f in lines[2].findings] == ["m"] and [f["message"] for f in lines[0].findings] == ["x"]
 
 

@@ -88,21 +88,25 @@ def side_by_side(unified: str) -> list[SideRow]:
 class SourceLine:
     number: int
     text: str
-    #: covered | missed | "" (not a statement, or no coverage for this file)
+    #: missed | partial (a branch never taken) | "" (run, not a statement, or no coverage for this file)
     coverage: str = ""
     findings: list[Mapping[str, Any]] = field(default_factory=list)
     survivors: list[Mapping[str, Any]] = field(default_factory=list)
 
 
-def annotate(text: str, *, missed: Iterable[int] = (),
+def annotate(text: str, *, missed: Iterable[int] = (), partial: Iterable[int] = (),
              findings: Iterable[Mapping[str, Any]] = (),
              survivors: Iterable[Mapping[str, Any]] = ()) -> list[SourceLine]:
-    """The file's lines with what the report says about each (missed lines, findings, survivors)."""
+    """The file's lines with what the report says about each (missed lines, lines with a branch
+    never taken, findings, survivors)."""
     missed_set = set(missed)
+    partial_set = set(partial)
     lines = [SourceLine(i, t) for i, t in enumerate(text.splitlines()[:MAX_SOURCE_LINES], start=1)]
     for line in lines:
         if line.number in missed_set:
             line.coverage = "missed"
+        elif line.number in partial_set:
+            line.coverage = "partial"
     by_line = {line.number: line for line in lines}
     for f in findings:
         target = by_line.get(int(f.get("line") or 0)) or (lines[0] if lines else None)

@@ -293,6 +293,7 @@ def _report_context(service: EmbeddedService, name: str, number: int, evaluation
             cov = coverage.get(path)
             sources.append({"path": path, "coverage": cov, "present": data is not None,
                             "lines": annotate(text, missed=cov.missed_lines if cov else (),
+                                              partial=cov.missed_branch_lines if cov else (),
                                               findings=findings.get(path, ()),
                                               survivors=survivors.get(path, ()))})
     timings = report.timings if report is not None else {}
