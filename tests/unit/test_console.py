@@ -253,7 +253,7 @@ def test_diff_is_side_by_side(env):
 def test_bad_names_and_numbers_are_clear_errors(env):
     env.sign_in("reader")
     r = env.client.get("/console/skills/NoSuch")
-    assert r.status_code == 404 and "no skill" in r.text
+    assert r.status_code == 404 and "no skill" in r.text and 'id="sign-out"' in r.text  # still signed in
     assert env.client.get("/console/skills/nosuch/versions/3").status_code == 404
 
 

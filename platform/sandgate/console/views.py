@@ -165,9 +165,10 @@ async def _guard(request: Request, fn: Callable[[], Response], *, session: Sessi
     except _Redirect as r:
         return RedirectResponse(r.to, status_code=303, headers=_headers())
     except SandgateForbidden as exc:
-        return _error(request, 403, str(exc), session)
+        return _error(request, 403, str(exc), session or _sessions(request).get(request.cookies.get(COOKIE)))
     except SandgateError as exc:
-        return _error(request, status_of(exc), str(exc), session)
+        return _error(request, status_of(exc), str(exc),
+                      session or _sessions(request).get(request.cookies.get(COOKIE)))
 
 
 # --------------------------------------------------------------------------- sign-in
@@ -404,7 +405,7 @@ async def events(request: Request, skills: str | None = None) -> Response:
 @router.get("/skills/{name}/confirm/{op}")
 async def confirm(request: Request, name: str, op: str, version: int | None = None) -> Response:
     def render() -> Response:
-        session = _require(request, "promoter")
+        session = _require(request, ACTIONS[op]["role"] if op in ACTIONS else "promoter")
         if op not in ACTIONS:
             raise NotFound(f"no action {op[:40]!r}: use {', '.join(ACTIONS)}")
         service = _service(request)
@@ -426,7 +427,7 @@ async def act(request: Request, name: str, op: str) -> Response:
     form = await request.form()
 
     def run() -> Response:
-        session = _require(request, "promoter")
+        session = _require(request, ACTIONS[op]["role"] if op in ACTIONS else "promoter")
         if not same_origin(request) or not session.csrf_ok(form.get("csrf")):
             return _error(request, 403, "the form is stale or not from this server (CSRF check failed): "
                                         "reload the page and try again", session)
