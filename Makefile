@@ -29,9 +29,10 @@ image: setup engine
 demo: image
 	$(BIN)/python examples/demo.py
 
-## test: the whole suite against a real Docker engine and a real PostgreSQL (prints the 15 slowest tests)
+## test: the whole suite against a real Docker engine, a real PostgreSQL and a headless Chromium (prints the 15 slowest tests)
 test: image
 	@bash tests/ensure_postgres.sh
+	@bash tests/ensure_browser.sh
 	$(BIN)/pytest --durations=15
 
 ## test-fast: the unit tests, which need neither a Docker engine nor PostgreSQL (the engine is pointed nowhere)

@@ -140,6 +140,8 @@ class FileCoverage(_Model):
     branches: int = 0
     missed_branches: int = 0
     line_percent: float = 100.0
+    #: lines with a branch never taken (empty in reports from before the harness named them)
+    missed_branch_lines: list[int] = Field(default_factory=list)
 
 
 class CoverageSummary(_Model):

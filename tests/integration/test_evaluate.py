@@ -86,6 +86,8 @@ def test_low_coverage_fails_with_missed_lines() -> None:
     assert report.verdict is Verdict.failed
     assert codes(report) == {ReasonCode.coverage_below_threshold.value}
     assert report.coverage.files[0].missed_lines == [3]
+    # the branch of line 2 that returns 0 was never taken: the harness names the line
+    assert report.coverage.files[0].missed_branches == 1 and report.coverage.files[0].missed_branch_lines == [2]
 
 
 def test_skipped_and_xfail_never_count_as_passed() -> None:

@@ -10,8 +10,9 @@ Unversioned operational endpoints (no key needed): ``/healthz`` (the process
 answers), ``/readyz`` (database, and the Docker engine unless
 ``SANDGATE_API_READY_REQUIRES_ENGINE=false``: 503 with the reasons),
 ``/metrics`` (Prometheus text; set ``SANDGATE_API_METRICS_PUBLIC=false`` to
-require a reader key), ``/openapi.json`` and ``/docs``. Everything else is
-under ``/v1`` (:mod:`sandgate.api.routes`).
+require a reader key), ``/openapi.json`` and ``/docs``. The web console is
+under ``/console`` (:mod:`sandgate.console`). Everything else is under ``/v1``
+(:mod:`sandgate.api.routes`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     app.include_router(router)
     app.include_router(canary_router)  # canary routes (api/canary.py)
     _ops_routes(app)
+    from sandgate.console import install as install_console  # the web console: /console (same auth, same calls)
+
+    install_console(app)
     app.add_middleware(EdgeMiddleware, max_body_bytes=api.max_body_bytes, metrics=metrics)
     app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]  # FastAPI's documented way to customise the schema
     return app

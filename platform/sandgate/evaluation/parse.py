@@ -51,6 +51,7 @@ def _coverage(data: Any) -> CoverageSummary | None:
             branches=int(summary.get("num_branches", 0)),
             missed_branches=int(summary.get("missing_branches", 0)),
             line_percent=_pct(int(summary.get("covered_lines", 0)), int(summary.get("num_statements", 0))),
+            missed_branch_lines=[int(x) for x in item.get("missing_branch_lines", [])][:1000],
         ))
     statements, covered = int(totals.get("num_statements", 0)), int(totals.get("covered_lines", 0))
     branches, covered_b = int(totals.get("num_branches", 0)), int(totals.get("covered_branches", 0))

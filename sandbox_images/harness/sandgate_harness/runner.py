@@ -282,7 +282,9 @@ def measure(data: Any, skill_dir: str, sources: list[str], passed: set[str]) -> 
             "missing_branches": len(possible) - len(hit),
         }
         summary["percent_covered"] = (100.0 * len(covered) / len(statements)) if statements else 100.0
-        files[rel] = {"summary": summary, "missing_lines": sorted(statements - executed)}
+        files[rel] = {"summary": summary, "missing_lines": sorted(statements - executed),
+                      # the lines where a branch was never taken (each missed arc's source line)
+                      "missing_branch_lines": sorted({arc[0] for arc in possible - hit})}
         for key in totals:
             totals[key] += summary[key]
         by_line: dict[str, list[str]] = {}
