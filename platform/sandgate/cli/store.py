@@ -206,7 +206,7 @@ def versions(
             "*" if v.active else "",
             str(v.number),
             _short_hash(v.content_hash),
-            v.status,
+            v.display_status,
             str(v.file_count),
             _when(v.created_at),
             _lit(v.created_by),
