@@ -107,9 +107,17 @@ def test_without_a_worker_readyz_and_a_waiting_submit_say_so(tmp_path: Path) -> 
                                and b["checks"]["workers"]["running"] == 0 else None)(_readyz(server).json()))
         assert body and body["status"] == "ready" and body["checks"]["workers"]["alive"] == 1
         assert body["checks"]["workers"]["kinds"] == ["worker"]
+        # the compose file's worker healthcheck
+        check_env = base_env(url, tmp_path / "home")
+        alive = subprocess.run(sandgate_argv("worker", "--check"), cwd=str(REPO), env=check_env,
+                               capture_output=True, text=True, timeout=60)
+        assert alive.returncode == 0 and "1 worker(s) alive on " in alive.stdout, alive.stdout + alive.stderr
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0
         assert _readyz(server).json()["checks"]["workers"]["alive"] == 0  # a clean stop removes its beat
+        gone = subprocess.run(sandgate_argv("worker", "--check"), cwd=str(REPO), env=check_env,
+                              capture_output=True, text=True, timeout=60)
+        assert gone.returncode == 1 and "no worker alive on " in gone.stderr, gone.stdout + gone.stderr
         r = run(tmp_path, "versions", "text_stats", env=_remote_env(tmp_path, server, token))
         assert "│ error " in r.stdout, r.stdout
     finally:

@@ -712,11 +712,15 @@ def worker_gone(store: Store, *, owner: str) -> None:
         s.execute(delete(WorkerBeat).where(WorkerBeat.owner == owner))
 
 
-def worker_liveness(store: Store, *, within: float = WORKER_ALIVE_SECONDS) -> dict[str, Any]:
-    """``{"alive": workers, "slots": their concurrency, "queued": n, "running": n, "kinds": [...]}``."""
+def worker_liveness(store: Store, *, within: float = WORKER_ALIVE_SECONDS, host: str | None = None) -> dict[str, Any]:
+    """``{"alive": workers, "slots": their concurrency, "queued": n, "running": n, "kinds": [...]}``
+    (``host``: only the workers on that host, by their owner id ``host:pid:random``)."""
     with store.read() as s:
         cutoff = _db_now(s) - timedelta(seconds=within)
-        rows = s.execute(select(WorkerBeat.kind, WorkerBeat.concurrency).where(WorkerBeat.heartbeat_at >= cutoff))
+        q = select(WorkerBeat.kind, WorkerBeat.concurrency).where(WorkerBeat.heartbeat_at >= cutoff)
+        if host is not None:
+            q = q.where(WorkerBeat.owner.startswith(f"{host}:", autoescape=True))
+        rows = s.execute(q)
         beats = list(rows)
         counts = dict(
             s.execute(
