@@ -27,7 +27,7 @@ def test_a_submit_that_ended_in_error_shows_error_in_versions(tmp_path: Path) ->
     assert v["status"] == "pending" and v["latest_verdict"] == "error"  # stored status unchanged
 
 
-def _on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
+def on_a_terminal(argv: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> tuple[int, str]:
     """Run ``argv`` with stdin/stdout/stderr on a pseudo-terminal; its exit code and everything it wrote."""
     import os
     import pty
@@ -65,12 +65,12 @@ def test_progress_shows_on_a_terminal_and_not_when_piped(tmp_path: Path) -> None
     assert piped.returncode == 2 and piped.stderr == ""  # piped: nothing but the result on stdout
     assert "\r" not in piped.stdout and "\x1b[2K" not in piped.stdout
 
-    code, seen = _on_a_terminal([SANDGATE, "submit", str(SKILL)], env, tmp_path)
+    code, seen = on_a_terminal([SANDGATE, "submit", str(SKILL)], env, tmp_path)
     assert code == 2 and "verdict: error" in seen
     # the progress line (phase, elapsed), rewritten in place, then erased before the result
     assert "\r\x1b[2Ksubmit text_stats: starting  0 s" in seen, repr(seen)
     assert "\r\x1b[2Ksubmit text_stats: sandbox  " in seen, repr(seen)
     assert seen.index("\r\x1b[2Ksubmit text_stats") < seen.index("verdict: error")
 
-    code, seen = _on_a_terminal([SANDGATE, "evaluate", str(SKILL)], env, tmp_path)
+    code, seen = on_a_terminal([SANDGATE, "evaluate", str(SKILL)], env, tmp_path)
     assert code == 2 and "evaluate text_stats: intake  " in seen and "evaluate text_stats: sandbox  " in seen

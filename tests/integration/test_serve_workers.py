@@ -24,7 +24,8 @@ import httpx
 import pytest
 
 from tests.integration.api_harness import REPO, ApiServer, base_env, free_port, make_key, sandgate_argv
-from tests.integration.test_cli_user_errors import SKILL, clean_env, one_error_line, run
+from tests.integration.test_cli_user_errors import SANDGATE, SKILL, clean_env, one_error_line, run
+from tests.integration.test_cli_waits import on_a_terminal
 
 pytest_plugins = ["tests.integration.conftest_store"]
 
@@ -67,6 +68,18 @@ def test_serve_on_sqlite_evaluates_out_of_the_box(tmp_path: Path) -> None:
         r = run(tmp_path, "versions", "text_stats", env=_remote_env(tmp_path, server, token))
         assert "│ error " in r.stdout, r.stdout
         assert _readyz(server).status_code == 200
+        # on a terminal, a remote submit that waits shows the evaluation's status and the seconds
+        (tmp_path / "again").mkdir()
+        for f in SKILL.rglob("*"):
+            if f.is_file() and "__pycache__" not in f.parts:
+                dest = tmp_path / "again" / f.relative_to(SKILL)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(f.read_bytes() + (b"\n# again\n" if f.name == "text_stats.py" else b""))
+        code, seen = on_a_terminal([SANDGATE, "submit", str(tmp_path / "again")],
+                                    _remote_env(tmp_path, server, token), tmp_path)
+        assert code == 2 and "verdict: error" in seen, seen
+        assert "\r\x1b[2Ksubmit again: " in seen and (
+            "again: queued  " in seen or "again: running  " in seen or "again: done  " in seen), repr(seen)
     finally:
         assert server.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises the signal after shutdown
     lines = [line.get("message") for line in server.log_lines()]

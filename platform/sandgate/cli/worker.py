@@ -143,10 +143,11 @@ def register(app: typer.Typer) -> None:
 
 def _check_alive() -> None:
     """``worker --check``: one line on stdout, exit 0 when a worker on this host beats, else 1."""
-    from sandgate.names import controller_id
+    import socket
+
     from sandgate.store import evaluations, open_store
 
-    host = controller_id().rsplit(":", 1)[0]
+    host = socket.gethostname()  # a worker's owner id is host:pid:random (sandgate.names.owner_id)
     try:
         store = open_store()
         try:
