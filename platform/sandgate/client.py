@@ -44,7 +44,7 @@ import os
 import time
 import tomllib
 import typing
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -76,6 +76,8 @@ URL_ENV = "SANDGATE_URL"
 KEY_ENV = "SANDGATE_API_KEY"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_TIMEOUT = 60.0
+#: a waiting submit asks `/readyz` this often whether any worker is alive (and gives up when none is)
+NO_WORKER_AFTER_SECONDS = 3.0
 
 R = TypeVar("R")
 
@@ -242,21 +244,47 @@ class SandgateClient:
         """The raw evaluation answer, including ``promoted`` (the move that cites it)."""
         return self._json("GET", f"/v1/evaluations/{evaluation_id}")
 
-    def wait_evaluation(self, evaluation_id: str, *, timeout: float = 600.0,
-                        poll: float = 0.5) -> dict[str, Any]:
-        """Poll until the evaluation is ``done``; the raw answer. Raises InfrastructureError on timeout."""
-        deadline = time.monotonic() + timeout
+    def wait_evaluation(self, evaluation_id: str, *, timeout: float = 600.0, poll: float = 0.5,
+                        progress: Callable[[str], None] | None = None,
+                        no_worker_after: float = NO_WORKER_AFTER_SECONDS) -> dict[str, Any]:
+        """Poll until the evaluation is ``done``; the raw answer. Raises InfrastructureError on timeout,
+        and early (after ``no_worker_after`` seconds, code ``no_worker``) when it is still queued and the
+        server's ``/readyz`` says no worker is alive. ``progress`` is told each status it sees."""
+        started = time.monotonic()
+        deadline = started + timeout
         delay = min(poll, 0.1)
+        next_worker_check = started + no_worker_after
         while True:
             data = self.get_evaluation_status(evaluation_id)
-            if data.get("status") == "done":
+            status = str(data.get("status"))
+            if progress is not None:
+                progress(status)
+            if status == "done":
                 return data
-            if time.monotonic() >= deadline:
+            now = time.monotonic()
+            if status == "queued" and now >= next_worker_check:
+                next_worker_check = now + no_worker_after
+                if self.workers_alive() == 0:
+                    raise InfrastructureError(
+                        f"evaluation {evaluation_id} is still queued after {now - started:.0f} s and no worker "
+                        "is alive: start `sandgate worker` against the server's database (or run `sandgate serve` "
+                        "with --workers > 0); it stays queued and runs when a worker starts", code="no_worker")
+            if now >= deadline:
                 raise InfrastructureError(
-                    f"evaluation {evaluation_id} is still {data.get('status')} after {timeout:g} s "
+                    f"evaluation {evaluation_id} is still {status} after {timeout:g} s "
                     "(is a worker running?)", code="timeout")
             time.sleep(delay)
             delay = min(poll, delay * 2)
+
+    def workers_alive(self) -> int | None:
+        """Live queue workers as the server's ``/readyz`` counts them (None: it does not say)."""
+        try:
+            r = self._http.get("/readyz")
+            workers = r.json().get("checks", {}).get("workers", {})
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        alive = workers.get("alive") if isinstance(workers, dict) else None
+        return alive if isinstance(alive, int) else None
 
     def history(self, name: str, *, limit: int | None = None) -> list[EventRecord]:
         params = {"limit": limit} if limit is not None else {}

@@ -101,16 +101,21 @@ def default_evaluate(
     policy: Policy,
     evaluation_id: str | None = None,
     baseline: Baseline | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> EvaluationReport:
     """``sandgate.evaluation.evaluate``: the sandbox (which imports Docker only when it runs).
+    ``progress`` is told each phase as it begins (the CLI's progress line).
 
     ``baseline`` (the active version and earlier examples) enables the oracle's
     differential replay; :func:`run_evaluation` loads it from the store.
     """
-    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+    if progress is None:
+        return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+    return _sandbox_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline,
+                             progress=progress)
 
 
-def _default_run(store: Store) -> EvaluateFn:
+def _default_run(store: Store, progress: Callable[[str], None] | None = None) -> EvaluateFn:
     """:func:`default_evaluate` with the replay baseline read from ``store``."""
 
     def run(submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
@@ -118,9 +123,16 @@ def _default_run(store: Store) -> EvaluateFn:
             baseline = load_baseline(store, skill=submission.name, content_hash=submission.content_hash)
         except StoreError as exc:
             raise InfrastructureError(f"the oracle's replay baseline could not be read: {exc}") from exc
-        return default_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline)
+        return default_evaluate(submission, policy=policy, evaluation_id=evaluation_id, baseline=baseline,
+                                progress=progress)
 
     return run
+
+
+def store_evaluate(store: Store, *, progress: Callable[[str], None] | None = None) -> EvaluateFn:
+    """The default evaluator of a submit into ``store`` (replay baseline from the store), telling
+    ``progress`` each phase as it begins."""
+    return _default_run(store, progress)
 
 
 def load_baseline(store: Store, *, skill: str, content_hash: str | None = None) -> Baseline:

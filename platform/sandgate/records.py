@@ -80,6 +80,16 @@ class VersionRecord(_Record):
     provenance: dict[str, Any] | None
     #: whether this is the skill's active version (at the time it was read)
     active: bool
+    #: verdict of the version's latest finished evaluation under any policy, ``error`` included
+    #: (None: never evaluated, or not read: only listings fill it)
+    latest_verdict: str | None = None
+
+    @property
+    def display_status(self) -> str:
+        """``status``, except ``error`` when the latest evaluation ended in error (stored: pending)."""
+        if self.status == "pending" and self.latest_verdict == "error":
+            return "error"
+        return self.status
 
     @property
     def yanked(self) -> bool:

@@ -43,6 +43,10 @@ Decisions
   order; a passed ``v3`` is not auto-promoted when ``v4`` is already active
   (the result says why). The promotion is a compare-and-set on the generation
   read just before, so a concurrent move wins and is reported, never raised.
+* **Liveness.** While :meth:`Worker.run_forever` runs, a thread refreshes the
+  worker's row in ``worker_beats`` every ``beat_seconds`` (5 s); a clean stop
+  deletes it. ``/readyz`` and a waiting remote ``submit`` count the rows fresher
+  than ``evaluations.WORKER_ALIVE_SECONDS`` to say "no worker is alive".
 * **Graceful stop.** SIGTERM/SIGINT: stop claiming, let running jobs finish
   for up to ``drain_seconds``, then hand the rest back to the queue
   (``release_evaluation``: the attempt is not counted) and remove their
@@ -212,6 +216,8 @@ class Worker:
         load_policy: lifecycle.PolicyLoader | None = None,
         reap_interval: float = REAP_INTERVAL_SECONDS,
         docker_client: Any = None,
+        kind: str = "worker",
+        beat_seconds: float = evaluations.WORKER_BEAT_SECONDS,
     ) -> None:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be positive")
@@ -243,6 +249,10 @@ class Worker:
         self._client_lock = threading.Lock()
         self._last_reap = 0.0
         self._extra = {"worker": self.owner}
+        #: ``worker`` or ``serve``: recorded with the liveness beat (``/readyz`` reads it)
+        self.kind = kind
+        self.beat_seconds = float(beat_seconds)
+        self._beats_done = threading.Event()
 
     # ------------------------------------------------------------------ public
 
@@ -253,6 +263,8 @@ class Worker:
             "worker started",
             extra={**self._extra, "concurrency": self.concurrency, "lease_seconds": self.lease_seconds},
         )
+        beats = threading.Thread(target=self._beat, name="sandgate-worker-beat", daemon=True)
+        beats.start()
         try:
             self.reap_dead_controllers()
             while not self._stop.is_set():
@@ -267,6 +279,12 @@ class Worker:
                 self._wake.clear()
         finally:
             self._drain()
+            self._beats_done.set()
+            beats.join(timeout=5)
+            try:
+                evaluations.worker_gone(self.store, owner=self.owner)
+            except Exception as exc:  # the row goes stale on its own
+                log.warning("could not remove the liveness record: %s", exc, extra=self._extra)
             restore()
             log.info("worker stopped", extra=self._extra)
 
@@ -358,6 +376,19 @@ class Worker:
         ).start()
         job.future = self._pool.submit(self._run, job)
         return job
+
+    def _beat(self) -> None:
+        """The worker's liveness record (``worker_beats``), every ``beat_seconds`` until stopped."""
+        first = True
+        while True:
+            try:
+                evaluations.worker_beat(self.store, owner=self.owner, concurrency=self.concurrency,
+                                        kind=self.kind, first=first)
+                first = False
+            except Exception as exc:  # the store is down: claims fail too, and say so
+                log.warning("liveness beat failed: %s", exc, extra=self._extra)
+            if self._beats_done.wait(self.beat_seconds):
+                return
 
     # ------------------------------------------------------------------ one job
 

@@ -64,24 +64,30 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def base_env(db_url: str, home: Path, **extra: str) -> dict[str, str]:
+def base_env(db_url: str, home: Path, **extra: str | None) -> dict[str, str]:
+    """The server's environment; an ``extra`` value of None removes the variable."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith(("SANDGATE_API_", "SANDGATE_URL", "SANDGATE_LLM_"))}
     env.update({
         "SANDGATE_DATABASE_URL": db_url,
         "SANDGATE_HOME": str(home),
         "SANDGATE_API_READY_REQUIRES_ENGINE": "false",
+        "SANDGATE_API_WORKERS": "0",  # tests drain the queue themselves (see run_worker, drain_queue)
         "SANDGATE_API_WATCH_POLL_SECONDS": "0.1",
         "SANDGATE_API_WATCH_KEEPALIVE_SECONDS": "2",
         "PYTHONUNBUFFERED": "1",
     })
     env.pop("SANDGATE_API_KEY", None)
-    env.update(extra)
+    for key, value in extra.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
 class ApiServer:
-    def __init__(self, db_url: str, *, home: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, db_url: str, *, home: Path, env: Mapping[str, str | None] | None = None) -> None:
         self.db_url = db_url
         self.home = home
         self.extra_env = dict(env or {})

@@ -38,7 +38,8 @@ def main(pg_server, pg_template, tmp_path_factory):
     keys.revoke_key(store, name="revoked", actor="test")
     store.close()
     server = ApiServer(url, home=tmp_path_factory.mktemp("api-auth"),
-                       env={"SANDGATE_API_AUTH_FAILURES_PER_MINUTE": "100000"}).start()
+                       env={"SANDGATE_API_AUTH_FAILURES_PER_MINUTE": "100000",
+                            "SANDGATE_API_READY_CACHE_SECONDS": "0"}).start()
     with server.client(tokens["admin"]) as c:
         r = c.post("/v1/skills/greet/versions", json={"files": skill_files("greet", "a")})
         assert r.status_code == 202, r.text
@@ -111,7 +112,10 @@ def test_every_route_enforces_its_role(main):
         assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
     with s.client(main.tokens["admin"]) as c:
         assert c.post("/v1/skills/greet/promote", json=body).status_code not in (401, 403)
-    # unauthenticated operational endpoints
+    # unauthenticated operational endpoints; /readyz is not ready while the submits above are
+    # queued and no worker runs (this server has none), so they are run first
+    assert httpx.get(f"{s.url}/readyz").status_code == 503
+    drain_queue(main.url, evaluate=fake_evaluate("passed"))
     for path in ("/healthz", "/readyz", "/metrics", "/openapi.json", "/docs"):
         assert httpx.get(f"{s.url}{path}").status_code == 200, path
 
@@ -306,6 +310,7 @@ def test_readyz_reports_why_not_ready(tmp_path):
 
 
 def test_readyz_ready_with_database_and_engine(main, docker_client):
+    drain_queue(main.url, evaluate=fake_evaluate("passed"))  # queued without a worker: not ready
     r = httpx.get(f"{main.server.url}/readyz")
     assert r.status_code == 200
     assert r.json()["checks"]["database"] == {"ok": True, "required": True}

@@ -7,8 +7,9 @@
     app = create_app(settings, api=ApiSettings(rate_per_second=0), store=store)   # tests
 
 Unversioned operational endpoints (no key needed): ``/healthz`` (the process
-answers), ``/readyz`` (database, and the Docker engine unless
-``SANDGATE_API_READY_REQUIRES_ENGINE=false``: 503 with the reasons),
+answers), ``/readyz`` (database, the Docker engine unless
+``SANDGATE_API_READY_REQUIRES_ENGINE=false``, and a live queue worker while
+evaluations are queued: 503 with the reasons),
 ``/metrics`` (Prometheus text; set ``SANDGATE_API_METRICS_PUBLIC=false`` to
 require a reader key), ``/openapi.json`` and ``/docs``. The web console is
 under ``/console`` (:mod:`sandgate.console`). Everything else is under ``/v1``
@@ -44,6 +45,7 @@ from sandgate.api.settings import ApiSettings
 from sandgate.api.watch import EventHub
 from sandgate.config import get_settings
 from sandgate.service import embedded as queries
+from sandgate.store import evaluations
 
 __all__ = ["create_app"]
 
@@ -179,7 +181,8 @@ def _ops_routes(app: FastAPI) -> None:
     @app.get("/readyz", tags=["operations"],
              responses={503: {"description": "not ready: the reasons are in checks"}})
     async def readyz(request: Request) -> JSONResponse:
-        """Ready for traffic: the database answers (and the Docker engine, if required)."""
+        """Ready for traffic: the database answers (and the Docker engine, if required), and a queue
+        worker is alive unless nothing is queued (`checks.workers`: alive, slots, queued, running)."""
         checks = await _checks(request.app)
         ready = all(c["ok"] or not c["required"] for c in checks.values())
         body = {"status": "ready" if ready else "not_ready", "checks": checks}
@@ -241,12 +244,25 @@ async def _checks(app: FastAPI) -> dict[str, dict[str, Any]]:
         except TimeoutError:
             return {"ok": False, "required": True, "reason": "the check timed out"}
 
-    async def both() -> dict[str, dict[str, Any]]:
-        db, eng = await asyncio.gather(run(database), run(engine))
-        eng["required"] = api.ready_requires_engine
-        return {"database": db, "engine": eng}
+    def workers() -> dict[str, Any]:
+        try:
+            live = evaluations.worker_liveness(app.state.stores.get())
+        except Exception as exc:  # the database check says why
+            return {"ok": False, "required": False, "reason": " ".join(str(exc).split())[:500]}
+        out: dict[str, Any] = {"ok": live["alive"] > 0 or live["queued"] == 0, "required": True, **live}
+        if not out["ok"]:
+            out["reason"] = (f"no worker is alive and {live['queued']} evaluation(s) are queued: start "
+                             "`sandgate worker` (or `sandgate serve` with --workers > 0)")
+        elif live["alive"] == 0:
+            out["note"] = "no worker is alive: submitted evaluations will wait for one"
+        return out
 
-    return await _cached(app, "checks", api.ready_cache_seconds, both)
+    async def all_checks() -> dict[str, dict[str, Any]]:
+        db, eng, wk = await asyncio.gather(run(database), run(engine), run(workers))
+        eng["required"] = api.ready_requires_engine
+        return {"database": db, "engine": eng, "workers": wk}
+
+    return await _cached(app, "checks", api.ready_cache_seconds, all_checks)
 
 
 async def _store_samples(app: FastAPI) -> list[tuple[str, str, str, dict[str, str], float]]:

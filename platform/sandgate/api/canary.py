@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sandgate.api.auth import REQUIRED_ROLE, Promoter, Reader
 from sandgate.api.deps import StoreDep
 from sandgate.api.errors import ApiError
-from sandgate.api.routes import _names, _service
+from sandgate.api.routes import _errors, _names, _service
 from sandgate.api.schemas import SKILL_NAME_PATTERN, Generation, PolicyName, Text, Version
 from sandgate.store import canary as cs
 from sandgate.store.keys import role_allows
@@ -84,7 +84,9 @@ class RuntimeBatch(BaseModel):
     reports: list[RuntimeReport] = Field(max_length=1000)
 
 
-@router.post("/skills/{name}/canary", **_role("promoter"))
+@router.post("/skills/{name}/canary", **_role("promoter"),
+             responses=_errors(e400="a policy this server does not offer",
+                               e409="a concurrent move won, or the state forbids it (not passed, a canary runs)"))
 def start_canary(name: SkillName, body: CanaryRequest, key: Promoter, store: StoreDep,
                  request: Request) -> dict[str, Any]:
     """Make a passed version the candidate beside the active one, at ``weight`` % of calls."""

@@ -29,7 +29,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -107,18 +107,50 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
                       details=details[:50])
 
 
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     detail = exc.detail if isinstance(exc.detail, str) else "request refused"
     if status == 404 and detail == "Not Found":
         detail = f"no such endpoint: {request.method} {request.url.path}"
     elif status == 405:
+        allowed = allowed_methods(request)
+        if request.method == "OPTIONS" and allowed:
+            return Response(status_code=204, headers={"Allow": ", ".join(allowed)})
         detail = f"method {request.method} is not allowed on {request.url.path}"
+        if allowed:
+            exc.headers = {**(exc.headers or {}), "Allow": ", ".join(allowed)}
     elif status == 400 and "parsing the body" in detail:
         detail = "the request body could not be parsed"
     return json_error(status, HTTP_CODES.get(status, "error"), _one_line(detail),
                       request_id=request_id_of(request), headers=getattr(exc, "headers", None))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the application answers on this path (and OPTIONS), sorted.
+
+    Starlette's 405 names only the methods of the first route matching the path; a path with
+    one route per method (``GET`` and ``POST /v1/skills/{name}/versions``) has several.
+    """
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    scope = {**request.scope, "method": "GET"}
+    for route in _leaf_routes(request.app.router.routes):
+        match, _ = route.matches(scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods | {"OPTIONS"}) if methods else []
+
+
+def _leaf_routes(routes: Any) -> Any:
+    """The routes themselves: FastAPI keeps an included router as one entry (``original_router``)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _leaf_routes(inner.routes)
+        else:
+            yield route
 
 
 async def _operational_error(request: Request, exc: Exception) -> JSONResponse:

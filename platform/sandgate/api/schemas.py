@@ -199,6 +199,8 @@ class VersionOut(_Out):
     yank_reason: str | None
     provenance: dict[str, Any] | None
     active: bool
+    #: verdict of the latest finished evaluation (any policy; ``error`` included), in listings
+    latest_verdict: str | None = None
 
 
 class EvaluationOut(_Out):

@@ -23,6 +23,9 @@ variable                                   meaning
 ``SANDGATE_API_METRICS_PUBLIC``            ``/metrics`` without a key, default true
 ``SANDGATE_API_LOG_LEVEL``                 ``debug`` | ``info`` | ``warning`` | ``error``
 ``SANDGATE_API_GRACEFUL_SHUTDOWN_SECONDS`` how long open requests get on shutdown, default 5
+``SANDGATE_API_WORKERS``                   evaluation slots of ``serve``'s in-process worker; 0: none;
+                                           unset: sized like ``sandgate worker`` on SQLite, 0 on
+                                           PostgreSQL (run ``sandgate worker`` processes there)
 =========================================  =================================================
 """
 
@@ -85,6 +88,10 @@ class ApiSettings(EnvSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: how long open requests get on shutdown
     graceful_shutdown_seconds: float = Field(default=5.0, ge=0)
+
+    #: evaluation slots of the in-process worker of `sandgate serve` (0: none, queued evaluations wait
+    #: for `sandgate worker`); unset: sized like `sandgate worker` on SQLite, 0 on PostgreSQL
+    workers: int | None = Field(default=None, ge=0)
 
     @field_validator("policies", mode="before")
     @classmethod

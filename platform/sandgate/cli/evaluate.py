@@ -40,10 +40,10 @@ def evaluate(
         report = evaluate_path(path, policy=chosen, settings=settings)
         typer.echo(report.model_dump_json(indent=2))
     else:
-        err = Console(stderr=True)
-        with err.status("intake") as status:
-            report = evaluate_path(path, policy=chosen, settings=settings,
-                                   progress=lambda phase: status.update(f"{phase} …"))
+        from sandgate.cli.progress import Progress
+
+        with Progress(f"evaluate {path.name}") as progress:
+            report = evaluate_path(path, policy=chosen, settings=settings, progress=progress.phase)
         render_report(report)
     raise typer.Exit(EXIT[report.verdict])
 

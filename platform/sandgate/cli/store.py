@@ -137,10 +137,13 @@ def submit(
     ] = 600.0,
 ) -> None:
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
-    with errors(), _service(ctx) as service:
+    from sandgate.cli.progress import Progress
+
+    with errors(), _service(ctx) as service, Progress(f"submit {path.name}") as progress:
         result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
                                              wait_timeout=wait_timeout,
-                                             provenance={"client": "cli", "path": str(path)})
+                                             provenance={"client": "cli", "path": str(path)},
+                                             progress=progress.phase if progress.enabled else None)
     verdict = result.verdict
     if as_json:
         _echo_json(result.to_dict())
@@ -206,7 +209,7 @@ def versions(
             "*" if v.active else "",
             str(v.number),
             _short_hash(v.content_hash),
-            v.status,
+            v.display_status,
             str(v.file_count),
             _when(v.created_at),
             _lit(v.created_by),

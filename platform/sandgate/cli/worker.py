@@ -55,11 +55,18 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--with-scheduler", help="Also run the periodic jobs in this process.")
         ] = False,
         log_level: LogLevelOpt = "info",
+        check: Annotated[
+            bool, typer.Option("--check", help="Healthcheck: exit 0 if a worker on this host is alive "
+                                               "(its heartbeat is fresh), else 1. Starts no worker.")
+        ] = False,
     ) -> None:
         """Run queued evaluations (until SIGTERM/SIGINT, or once with --once)."""
         from sandgate.store import open_store
         from sandgate.worker import Worker
 
+        if check:
+            _check_alive()
+            return
         configure_logging(log_level)
         try:
             store = open_store()
@@ -132,3 +139,25 @@ def register(app: typer.Typer) -> None:
             run_scheduler(store)
         finally:
             store.close()
+
+
+def _check_alive() -> None:
+    """``worker --check``: one line on stdout, exit 0 when a worker on this host beats, else 1."""
+    import socket
+
+    from sandgate.store import evaluations, open_store
+
+    host = socket.gethostname()  # a worker's owner id is host:pid:random (sandgate.names.owner_id)
+    try:
+        store = open_store()
+        try:
+            live = evaluations.worker_liveness(store, host=host)
+        finally:
+            store.close()
+    except SandgateError as exc:
+        fail(exc)
+    if live["alive"] == 0:
+        typer.echo(f"no worker alive on {host} (no heartbeat in {evaluations.WORKER_ALIVE_SECONDS:g} s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"{live['alive']} worker(s) alive on {host}, {live['slots']} slot(s); "
+               f"{live['queued']} queued, {live['running']} running")

@@ -93,8 +93,10 @@ class SkillService(Protocol):
         ...
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
-               wait_timeout: float, provenance: Mapping[str, Any]) -> tuple[SubmitResult, str]:
-        """The result and the name of the policy that judged (or will judge) it."""
+               wait_timeout: float, provenance: Mapping[str, Any],
+               progress: Callable[[str], None] | None = None) -> tuple[SubmitResult, str]:
+        """The result and the name of the policy that judged (or will judge) it. ``progress`` is told
+        the phase (``sandbox``, ``static``, ... locally; ``queued``/``running`` remotely) as it changes."""
         ...
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,

@@ -164,17 +164,22 @@ class EmbeddedService:
     # -- writes ----------------------------------------------------------------------
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
-               wait_timeout: float = 0.0, provenance: Mapping[str, Any]) -> tuple[Any, str]:
+               wait_timeout: float = 0.0, provenance: Mapping[str, Any],
+               progress: Callable[[str], None] | None = None) -> tuple[Any, str]:
         submission = self._load_submission(path)
         pol = self._load_policy(policy)
         return self.submit_submission(submission, policy=pol, actor=actor, wait=wait,
-                                      provenance=provenance), pol.name
+                                      provenance=provenance, progress=progress), pol.name
 
     def submit_submission(self, submission: Any, *, policy: Any, actor: str | None, wait: bool,
-                          provenance: Mapping[str, Any]) -> Any:
+                          provenance: Mapping[str, Any], progress: Callable[[str], None] | None = None) -> Any:
         """Submit an already-read submission under an already-loaded policy."""
-        return lifecycle.submit(self.ensure_store(), submission=submission, policy=policy,
-                                actor=self._actor(actor), evaluate=self._evaluate, wait=wait,
+        store = self.ensure_store()
+        evaluate = self._evaluate
+        if evaluate is None and progress is not None:
+            evaluate = lifecycle.store_evaluate(store, progress=progress)
+        return lifecycle.submit(store, submission=submission, policy=policy,
+                                actor=self._actor(actor), evaluate=evaluate, wait=wait,
                                 provenance=dict(provenance))
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,

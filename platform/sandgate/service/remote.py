@@ -7,7 +7,7 @@ actor, so an explicit ``actor`` is refused; ``submit`` uploads and, with
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -84,7 +84,8 @@ class RemoteService:
     # -- writes ----------------------------------------------------------------------
 
     def submit(self, path: Path, *, policy: str | None, actor: str | None, wait: bool,
-               wait_timeout: float, provenance: Mapping[str, Any]) -> tuple[SubmitResult, str]:
+               wait_timeout: float, provenance: Mapping[str, Any],
+               progress: Callable[[str], None] | None = None) -> tuple[SubmitResult, str]:
         # lazy: the lifecycle (and with it the store) is imported only to build the result type
         from sandgate.lifecycle import SubmitResult
 
@@ -94,7 +95,7 @@ class RemoteService:
         name, number = data["skill"], data["version"]
         status = api.get_evaluation_status(data["evaluation_id"]) if data.get("evaluation_id") else None
         if status is not None and wait and status.get("status") != "done":
-            status = api.wait_evaluation(data["evaluation_id"], timeout=wait_timeout)
+            status = api.wait_evaluation(data["evaluation_id"], timeout=wait_timeout, progress=progress)
         evaluation = record_from_dict(EvaluationRecord, status) if status is not None else None
         moved = (status or {}).get("promoted")
         promoted = None

@@ -85,7 +85,7 @@ def _version(s: Session, skill: Skill, number: int, *, lock: str | None = None) 
         raise NotFound(f"{skill.name}@{number} does not exist ({hint})")
     return v
 
-def _version_record(v: Version, skill: Skill) -> VersionRecord:
+def _version_record(v: Version, skill: Skill, latest_verdict: str | None = None) -> VersionRecord:
     return VersionRecord(
         id=v.id,
         skill=skill.name,
@@ -101,6 +101,7 @@ def _version_record(v: Version, skill: Skill) -> VersionRecord:
         yank_reason=v.yank_reason,
         provenance=v.provenance,
         active=skill.active_version_id == v.id,
+        latest_verdict=latest_verdict,
     )
 
 def _evaluation_record(e: Evaluation, skill_name: str, number: int) -> EvaluationRecord:

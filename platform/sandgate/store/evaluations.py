@@ -40,7 +40,7 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, func, select, update
+from sqlalchemy import Table, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from sandgate.errors import Conflict, StoreError
@@ -61,7 +61,7 @@ from sandgate.store._rows import (
     _version,
 )
 from sandgate.store.engine import Store
-from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version
+from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version, WorkerBeat
 
 __all__ = [
     "GiveUp",
@@ -80,6 +80,11 @@ __all__ = [
     "get_evaluation",
     "latest_evaluation",
     "pending_evaluation",
+    "WORKER_BEAT_SECONDS",
+    "WORKER_ALIVE_SECONDS",
+    "worker_beat",
+    "worker_gone",
+    "worker_liveness",
 ]
 
 #: a worker's lease on a running evaluation, unless it heartbeats
@@ -674,3 +679,55 @@ def prune_evaluations(store: Store, *, before: datetime) -> dict[str, int]:
                     dropped += 1
         s.flush()
         return {"deleted": len(drop), "outputs_dropped": dropped}
+
+
+# --------------------------------------------------------------------------- worker liveness
+
+#: how often a running worker refreshes its row in ``worker_beats``
+WORKER_BEAT_SECONDS = 5.0
+#: a worker whose row is older than this is not alive (three missed beats and a margin)
+WORKER_ALIVE_SECONDS = 20.0
+#: rows of workers silent this long are deleted when a worker starts
+_WORKER_FORGET = timedelta(days=1)
+
+
+def worker_beat(store: Store, *, owner: str, concurrency: int, kind: str = "worker", first: bool = False) -> None:
+    """Record that worker ``owner`` is alive now (``first``: it just started; forget stale rows)."""
+    with store.write() as s:
+        now = _db_now(s)
+        if first:
+            s.execute(delete(WorkerBeat).where(WorkerBeat.heartbeat_at < now - _WORKER_FORGET))
+        updated = s.execute(
+            update(WorkerBeat).where(WorkerBeat.owner == owner)
+            .values(heartbeat_at=now, concurrency=concurrency)
+        )
+        if _rowcount(updated) == 0:
+            s.add(WorkerBeat(owner=owner[:ACTOR_LENGTH], concurrency=concurrency, kind=kind,
+                             started_at=now, heartbeat_at=now))
+
+
+def worker_gone(store: Store, *, owner: str) -> None:
+    """Worker ``owner`` stopped cleanly: it is no longer counted as alive."""
+    with store.write() as s:
+        s.execute(delete(WorkerBeat).where(WorkerBeat.owner == owner))
+
+
+def worker_liveness(store: Store, *, within: float = WORKER_ALIVE_SECONDS, host: str | None = None) -> dict[str, Any]:
+    """``{"alive": workers, "slots": their concurrency, "queued": n, "running": n, "kinds": [...]}``
+    (``host``: only the workers on that host, by their owner id ``host:pid:random``)."""
+    with store.read() as s:
+        cutoff = _db_now(s) - timedelta(seconds=within)
+        q = select(WorkerBeat.kind, WorkerBeat.concurrency).where(WorkerBeat.heartbeat_at >= cutoff)
+        if host is not None:
+            q = q.where(WorkerBeat.owner.startswith(f"{host}:", autoescape=True))
+        rows = s.execute(q)
+        beats = list(rows)
+        counts = dict(
+            s.execute(
+                select(Evaluation.status, func.count())
+                .where(Evaluation.status.in_(("queued", "running")))
+                .group_by(Evaluation.status)
+            ).all()
+        )
+    return {"alive": len(beats), "slots": sum(c for _, c in beats), "kinds": sorted({k for k, _ in beats}),
+            "queued": int(counts.get("queued", 0)), "running": int(counts.get("running", 0))}

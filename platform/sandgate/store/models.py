@@ -54,6 +54,7 @@ __all__ = [
     "Canary",
     "RuntimeCount",
     "RuntimeSample",
+    "WorkerBeat",
     "JSONType",
     "BigIntPK",
     "NAMING_CONVENTION",
@@ -276,3 +277,23 @@ class RuntimeSample(Base):
     consumer: Mapped[str] = mapped_column(String(ACTOR_LENGTH))
     received_at: Mapped[datetime]
     sample: Mapped[dict[str, Any]]
+
+
+class WorkerBeat(Base):
+    """A running queue worker's liveness record (added in 0007): one row per worker process.
+
+    The worker writes it on start and every few seconds (``heartbeat_at``) and deletes it on a
+    clean stop; a killed worker's row simply goes stale. Not history: rows of workers silent
+    for a day are deleted by the next worker that starts.
+    """
+
+    __tablename__ = "worker_beats"
+
+    #: the worker's owner id, ``host:pid:random`` (the same as its leases' ``lease_owner``)
+    owner: Mapped[str] = mapped_column(String(ACTOR_LENGTH), primary_key=True)
+    #: evaluation slots the worker runs at once
+    concurrency: Mapped[int] = mapped_column(Integer)
+    #: ``worker`` (``sandgate worker``) or ``serve`` (the in-process worker of ``sandgate serve``)
+    kind: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

@@ -15,6 +15,7 @@ from typing import Any, Protocol, cast
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from sandgate.errors import InvalidTransition, StoreError
 from sandgate.names import SKILL_NAME
@@ -30,7 +31,7 @@ from sandgate.store._rows import (
     _version_record,
 )
 from sandgate.store.engine import Store
-from sandgate.store.models import HASH_LENGTH, PATH_LENGTH, Event, Skill, Version, VersionFile
+from sandgate.store.models import HASH_LENGTH, PATH_LENGTH, Evaluation, Event, Skill, Version, VersionFile
 
 __all__ = [
     "SubmissionLike",
@@ -220,10 +221,24 @@ def list_skills(store: Store, *, prefix: str | None = None, limit: int | None = 
 def list_versions(store: Store, *, name: str) -> list[VersionRecord]:
     with store.read() as s:
         skill = _skill(s, name)
-        versions = s.scalars(
+        versions = list(s.scalars(
             select(Version).where(Version.skill_id == skill.id).order_by(Version.number)
-        )
-        return [_version_record(v, skill) for v in versions]
+        ))
+        latest = _latest_verdicts(s, [v.id for v in versions])
+        return [_version_record(v, skill, latest.get(v.id)) for v in versions]
+
+
+def _latest_verdicts(s: Session, version_ids: list[int]) -> dict[int, str]:
+    """version id -> verdict of its latest finished evaluation (any policy, ``error`` included)."""
+    if not version_ids:
+        return {}
+    rows = s.execute(
+        select(Evaluation.version_id, Evaluation.verdict)
+        .where(Evaluation.version_id.in_(version_ids), Evaluation.status == "done")
+        .order_by(Evaluation.version_id, Evaluation.finished_at, Evaluation.created_at)
+    )
+    return {vid: verdict for vid, verdict in rows if verdict is not None}
+
 
 def get_version(store: Store, *, name: str, number: int) -> VersionRecord:
     with store.read() as s:
