@@ -13,7 +13,6 @@ Exit codes: 0 stopped cleanly; 2 bad configuration or the port is taken.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated, Any
 
 import typer
@@ -80,6 +79,8 @@ def _server_class() -> Any:
     uvicorn waits for open connections before the application's lifespan ends;
     an SSE stream never finishes on its own, so the hub is told at the signal.
     """
+    import asyncio
+
     import uvicorn
 
     class Server(uvicorn.Server):
