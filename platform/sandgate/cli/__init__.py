@@ -72,7 +72,7 @@ def _main(
     from sandgate.cli.common import errors
 
     with errors():
-        from sandgate.config import check_environment
+        from sandgate.environ import check_environment  # names only: no pydantic for a short command
 
         check_environment()  # a misspelt SANDGATE_* variable is refused, not ignored
         if verbose:

@@ -100,7 +100,7 @@ def generate(
     from rich.markup import escape
 
     from sandgate import lifecycle  # the store, the sandbox, the LLM client: only for this command
-    from sandgate.config import remote_url
+    from sandgate.environ import remote_url
     from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 
     remote = remote_url()

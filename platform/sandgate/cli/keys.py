@@ -52,7 +52,7 @@ def _store(*, create: bool = False) -> Iterator[Any]:
     cannot (a key is not made over the API it guards), so they refuse rather than
     write keys into a local store the server never reads.
     """
-    from sandgate.config import remote_url
+    from sandgate.environ import remote_url
 
     url = remote_url()
     if url:
