@@ -170,3 +170,43 @@ def test_an_embedded_read_loads_the_store_and_nothing_of_the_lifecycle(tmp_path:
     assert code == (0 if args == ("skills",) else 1), out  # greet is not there: refused
     assert "sandgate.store" in modules  # it did read the store
     assert _under(modules, (HEAVY - {"sqlalchemy", "pydantic_settings"}) | PLATFORM) == []
+
+
+def test_each_command_is_registered_by_the_module_the_table_names() -> None:
+    """``sandgate NAME`` imports only COMMAND_MODULES[NAME]: the table must say where every command lives."""
+    import importlib
+
+    import typer
+
+    from sandgate import cli
+
+    found: dict[str, str] = {}
+    for module in cli._MODULES:
+        app = typer.Typer()
+        importlib.import_module(f"sandgate.cli.{module}").register(app)
+        names = [c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands]
+        names += [g.name or "" for g in app.registered_groups]
+        for name in names:
+            assert name not in found, f"{name} is registered by both {found[name]} and {module}"
+            found[name] = module
+    assert found == cli.COMMAND_MODULES
+
+
+@pytest.mark.parametrize(("argv", "command"), [
+    (["skills"], "skills"), (["-v", "versions", "x"], "versions"), (["--verbose", "show", "--json", "x"], "show"),
+    (["--help"], None), ([], None), (["--json"], None), (["nosuch"], "nosuch"),
+])
+def test_the_command_is_found_after_the_apps_own_options(argv: list[str], command: str | None,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandgate.cli import _command_in
+
+    assert _command_in(argv) == command
+    monkeypatch.setenv("_SANDGATE_COMPLETE", "complete_bash")  # completing: every command is registered
+    assert _command_in(argv) is None
+
+
+def test_an_unknown_command_still_gets_the_suggestions_of_all(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "sandgate", "skils"], env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 2
+    assert "skils" in done.stderr and "skills" in done.stderr  # "No such command 'skils'. Did you mean 'skills'?"

@@ -91,24 +91,46 @@ def _say_where() -> None:
     typer.echo(f"store: {store}", err=True)
 
 
-def _register() -> None:
-    from sandgate.cli import canary, engine, evaluate, generate, keys, mcp, serve, settings, store, worker
+#: the command modules, in the order ``sandgate --help`` lists their commands
+_MODULES = ("engine", "evaluate", "store", "generate", "serve", "keys", "worker", "canary", "mcp", "settings")
+#: which module registers each top-level command (tests/unit/test_cli_imports.py checks it against the modules)
+COMMAND_MODULES = {
+    "doctor": "engine", "reap": "engine", "image": "engine", "evaluate": "evaluate",
+    "submit": "store", "skills": "store", "versions": "store", "show": "store", "promote": "store",
+    "rollback": "store", "yank": "store", "history": "store", "diff": "store", "generate": "generate",
+    "serve": "serve", "keys": "keys", "worker": "worker", "scheduler": "worker", "status": "canary",
+    "abort": "canary", "mcp": "mcp", "settings": "settings",
+}
+#: the options of the app itself (none takes a value): they may come before the command's name
+_APP_OPTIONS = {"--version", "--verbose", "-v", "--help", "--install-completion", "--show-completion"}
 
-    engine.register(app)
-    evaluate.register(app)
-    store.register(app)
-    generate.register(app)
-    serve.register(app)
-    keys.register(app)
-    worker.register(app)
-    canary.register(app)
-    mcp.register(app)
-    settings.register(app)
+
+def _register(command: str | None = None) -> None:
+    """Register the commands on :data:`app`: every command, or only the module of ``command``.
+
+    A short command pays for its own module only (typer builds, and inspects the
+    signature of, every registered command when it runs one); ``--help``, an
+    unknown name and shell completion get them all."""
+    from importlib import import_module
+
+    module = COMMAND_MODULES.get(command or "")
+    for name in (module,) if module else _MODULES:
+        import_module(f"sandgate.cli.{name}").register(app)
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The command named on a command line (``sandgate -v skills --json`` → ``skills``), None for none."""
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):  # shell completion: all
+        return None
+    for arg in args:
+        if arg not in _APP_OPTIONS:
+            return None if arg.startswith("-") else arg
+    return None
 
 
 def main() -> None:
     try:
-        _register()
+        _register(_command_in(sys.argv[1:]))
         app()
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)
