@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperOption
@@ -129,6 +129,9 @@ def _command_in(args: list[str]) -> str | None:
 
 
 def main() -> None:
+    # httpx imports its own command line (click, pygments, rich.syntax: a fifth of its import time) when
+    # they are installed; this process is sandgate's, and never runs httpx's CLI (httpx.main becomes its stub)
+    sys.modules.setdefault("httpx._main", cast(Any, None))  # None in sys.modules: "not importable"
     try:
         _register(_command_in(sys.argv[1:]))
         app()
