@@ -21,9 +21,11 @@ temporary ``SANDGATE_HOME`` (a few skills and versions, submitted with
 ``SANDGATE_URL`` against a ``sandgate serve`` the benchmark starts on
 127.0.0.1 over that store, with an admin key it creates.
 
-A third floor is the framework's own: a typer app with one command and one
-flag, run (typer 0.29 coerces every parameter through a pydantic TypeAdapter,
-so any command pays for pydantic). ``evaluate`` runs on a submission that
+Two more floors are the framework's own: a typer app with one command and
+one flag, run (typer 0.29 coerces every parameter through a pydantic
+TypeAdapter, so any command pays for pydantic; column ``x app``), and the
+same app's ``--help`` (typer's help renderer loads rich, markdown-it and
+pygments). ``evaluate`` runs on a submission that
 intake rejects (a syntax error: no sandbox, no Docker engine needed) beside
 the same library call in a plain script (``evaluate_path``); the difference
 of their p50s is the CLI's overhead.
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         (bad / "tests" / "test_broken.py").write_text("from broken import f\n\n\ndef test_f():\n    assert f\n")
 
         floors = {"python -c pass": [PY, "-c", "pass"], "python -c 'import typer'": [PY, "-c", "import typer"],
-                  "typer app, one command": [PY, "-c", TYPER_APP]}
+                  "typer app, one command": [PY, "-c", TYPER_APP],
+                  "typer app --help": [PY, "-c", TYPER_APP.replace("app(['skills', '--json'])", "app(['--help'])")]}
         commands = {
             "--help": ["--help"], "skills": ["skills"], "versions": ["versions", skill],
             "history": ["history", skill], "show": ["show", f"{skill}@1"],

@@ -105,17 +105,25 @@ COMMAND_MODULES = {
 _APP_OPTIONS = {"--version", "--verbose", "-v", "--help", "--install-completion", "--show-completion"}
 
 
-def _register(command: str | None = None) -> None:
-    """Register the commands on :data:`app`: every command, or only the module of ``command``.
-
-    A short command pays for its own module only (typer builds, and inspects the
-    signature of, every registered command when it runs one); ``--help``, an
-    unknown name and shell completion get them all."""
+def _register() -> None:
+    """Register every command on :data:`app`."""
     from importlib import import_module
 
-    module = COMMAND_MODULES.get(command or "")
-    for name in (module,) if module else _MODULES:
+    for name in _MODULES:
         import_module(f"sandgate.cli.{name}").register(app)
+
+
+def _register_for(command: str | None) -> None:
+    """Register only the module of ``command``: a short command pays for its own module (typer builds,
+    and inspects the signature of, every registered command when it runs one). ``--help``, no command,
+    an unknown name and shell completion get them all (:func:`_register`)."""
+    module = COMMAND_MODULES.get(command or "")
+    if module is None:
+        _register()
+        return
+    from importlib import import_module
+
+    import_module(f"sandgate.cli.{module}").register(app)
 
 
 def _command_in(args: list[str]) -> str | None:
@@ -133,7 +141,7 @@ def main() -> None:
     # they are installed; this process is sandgate's, and never runs httpx's CLI (httpx.main becomes its stub)
     sys.modules.setdefault("httpx._main", cast(Any, None))  # None in sys.modules: "not importable"
     try:
-        _register(_command_in(sys.argv[1:]))
+        _register_for(_command_in(sys.argv[1:]))
         app()
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)
