@@ -128,6 +128,13 @@ def _register_for(command: str | None) -> None:
     from importlib import import_module
 
     import_module(f"sandgate.cli.{module}").register(app)
+    # and of that module's commands only NAME (typer would build the other eight of `store`, too)
+    app.registered_commands = [c for c in app.registered_commands if _name_of(c) == command]
+
+
+def _name_of(info: Any) -> str:
+    """A registered command's name, as typer derives it (the function's name, ``_`` as ``-``)."""
+    return str(info.name or info.callback.__name__.replace("_", "-"))
 
 
 def _command_in(args: list[str]) -> str | None:
