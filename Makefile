@@ -10,11 +10,12 @@ $(BIN)/sandgate: pyproject.toml requirements.lock
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements.lock
-	$(BIN)/uv pip install -q --python $(BIN)/python --no-deps -e .
+	$(BIN)/uv pip sync -q --compile-bytecode --python $(BIN)/python requirements.lock
+	$(BIN)/uv pip install -q --compile-bytecode --python $(BIN)/python --no-deps -e .
+	$(BIN)/python -m compileall -q platform/sandgate
 	@touch $@
 
-## setup: the virtual environment from the lock file
+## setup: the virtual environment from the lock file, compiled to bytecode (PYTHONDONTWRITEBYTECODE=1 writes none)
 setup: $(BIN)/sandgate
 
 ## engine: a Docker engine that answers (installs and starts one on Debian as root)
@@ -47,6 +48,7 @@ lint: setup
 ## bench: the benchmarks (ratios against floors measured in the same run)
 bench: image
 	$(BIN)/python bench/bench_evaluate.py
+	$(BIN)/python bench/bench_cli.py
 
 clean:
 	rm -rf $(VENV) .sandgate .pytest_cache

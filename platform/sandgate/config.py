@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from difflib import get_close_matches
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -23,6 +21,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from sandgate.environ import AREA_PREFIXES, OTHER_VARIABLES, SETTINGS_FIELDS, check_environment, remote_url
 from sandgate.errors import ConfigError
 
 __all__ = [
@@ -91,56 +90,14 @@ class Settings(BaseSettings):
         return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=_config_file()))
 
 
-#: ``SANDGATE_*`` variables read outside :class:`Settings` (name → meaning)
-OTHER_VARIABLES: dict[str, str] = {
-    "SANDGATE_CONFIG": "path of the settings file (default ./sandgate.toml)",
-    "SANDGATE_URL": "a `sandgate serve` to talk to: the CLI's remote mode",
-    "SANDGATE_API_KEY": "the API key sent to SANDGATE_URL",
-    "SANDGATE_ACTOR": "who is acting, recorded in events (default cli:<user>)",
-    "SANDGATE_ENGINE_WAIT_SECONDS": "how long `make engine` waits for a started engine (default 60)",
-    "SANDGATE_ENGINE_LOG": "where `make engine` writes the engine's log",
-    "SANDGATE_DB_PASSWORD": "docker-compose.yml: the PostgreSQL password",
-    "SANDGATE_TRACEBACK": "set: the CLI shows the traceback of an unexpected error",
-}
-#: prefixes of the areas whose settings classes check their own variables
-#: (:class:`EnvSettings` subclasses: the API server, generation, the scheduler)
-AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SCHEDULER_", "SANDGATE_MCP_")
-
-
-def remote_url() -> str | None:
-    """``$SANDGATE_URL`` (the server the CLI talks to instead of a store), or None when unset or blank."""
-    return os.environ.get("SANDGATE_URL", "").strip() or None
+if tuple(Settings.model_fields) != SETTINGS_FIELDS:  # pragma: no cover - a field added on one side only
+    raise RuntimeError(f"sandgate.environ.SETTINGS_FIELDS {SETTINGS_FIELDS} must list the fields of "
+                       f"Settings {tuple(Settings.model_fields)}: the CLI checks the environment from it")
 
 
 def settings_variables() -> dict[str, str]:
     """The ``SANDGATE_*`` variable of every :class:`Settings` field, with its meaning."""
     return {f"SANDGATE_{name.upper()}": meaning for name, meaning in field_meanings(Settings).items()}
-
-
-def check_environment(environ: Mapping[str, str] | None = None) -> None:
-    """Refuse a ``SANDGATE_*`` variable no part of sandgate reads (a misspelling would be ignored).
-
-    Variables of an area (``SANDGATE_API_*``, ``SANDGATE_LLM_*``, ``SANDGATE_SCHEDULER_*``)
-    are checked by that area's settings when it loads them.
-    """
-    env = os.environ if environ is None else environ
-    known = set(settings_variables()) | set(OTHER_VARIABLES)
-    unknown = sorted(
-        k for k in env
-        if k.upper().startswith("SANDGATE_") and k.upper() not in known
-        and not k.upper().startswith(AREA_PREFIXES)
-    )
-    if not unknown:
-        return
-    hints = []
-    for name in unknown:
-        close = get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
-        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
-    raise ConfigError(
-        f"unknown setting(s) in the environment: {', '.join(hints)}; sandgate reads "
-        f"{', '.join(sorted(known))} and the SANDGATE_API_*, SANDGATE_LLM_*, SANDGATE_SCHEDULER_*, SANDGATE_MCP_* "
-        f"variables of their areas"
-    )
 
 
 def field_meanings(cls: type[BaseSettings]) -> dict[str, str]:

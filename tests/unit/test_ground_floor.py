@@ -1,7 +1,7 @@
 """The ground floor: pure modules everything else imports downward.
 
-``names``, ``limits``, ``report`` (with ``oracle_report``), ``examples``, ``records``, ``logs`` (and ``errors``)
-import only the standard library, pydantic and each other; an HTTP-only
+``names``, ``limits``, ``report`` (with ``oracle_report``), ``examples``, ``records``, ``logs``, ``environ``
+(and ``errors``) import only the standard library, pydantic and each other; an HTTP-only
 consumer (``sandgate.client``) loads neither SQLAlchemy nor pydantic nor the
 store; ``policy/`` does not import ``evaluation/`` (the report contract is on the ground floor).
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[2] / "platform" / "sandgate"
-GROUND = ("names", "limits", "report", "oracle_report", "examples", "records", "logs", "errors")
+GROUND = ("names", "limits", "report", "oracle_report", "examples", "records", "logs", "errors", "environ")
 ALLOWED_THIRD_PARTY = {"pydantic"}
 
 

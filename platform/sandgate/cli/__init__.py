@@ -4,14 +4,18 @@ Exit codes: 0 success / verdict passed, 1 verdict failed or rejected (or a
 refused store operation), 2 error (infrastructure, configuration, bad usage),
 130 interrupted (Ctrl-C). Every error is one line on stderr that says what was
 wrong; ``SANDGATE_TRACEBACK=1`` shows the traceback of an unexpected one.
-Each command group lives in its own module and registers itself here.
+Each command group lives in its own module and registers itself here;
+``sandgate NAME`` imports only the module of NAME (:data:`COMMAND_MODULES`), and
+the command modules import what a command needs inside it, so a short command
+starts in the time typer itself takes (``tests/unit/test_cli_imports.py`` pins
+the import sets, ``bench/bench_cli.py`` measures them).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from typer.core import TyperOption
@@ -72,7 +76,7 @@ def _main(
     from sandgate.cli.common import errors
 
     with errors():
-        from sandgate.config import check_environment
+        from sandgate.environ import check_environment  # names only: no pydantic for a short command
 
         check_environment()  # a misspelt SANDGATE_* variable is refused, not ignored
         if verbose:
@@ -91,24 +95,64 @@ def _say_where() -> None:
     typer.echo(f"store: {store}", err=True)
 
 
-def _register() -> None:
-    from sandgate.cli import canary, engine, evaluate, generate, keys, mcp, serve, settings, store, worker
+#: the command modules, in the order ``sandgate --help`` lists their commands
+_MODULES = ("engine", "evaluate", "store", "generate", "serve", "keys", "worker", "canary", "mcp", "settings")
+#: which module registers each top-level command (tests/unit/test_cli_imports.py checks it against the modules)
+COMMAND_MODULES = {
+    "doctor": "engine", "reap": "engine", "image": "engine", "evaluate": "evaluate",
+    "submit": "store", "skills": "store", "versions": "store", "show": "store", "promote": "store",
+    "rollback": "store", "yank": "store", "history": "store", "diff": "store", "generate": "generate",
+    "serve": "serve", "keys": "keys", "worker": "worker", "scheduler": "worker", "status": "canary",
+    "abort": "canary", "mcp": "mcp", "settings": "settings",
+}
+#: the options of the app itself (none takes a value): they may come before the command's name
+_APP_OPTIONS = {"--version", "--verbose", "-v", "--help", "--install-completion", "--show-completion"}
 
-    engine.register(app)
-    evaluate.register(app)
-    store.register(app)
-    generate.register(app)
-    serve.register(app)
-    keys.register(app)
-    worker.register(app)
-    canary.register(app)
-    mcp.register(app)
-    settings.register(app)
+
+def _register() -> None:
+    """Register every command on :data:`app`."""
+    from importlib import import_module
+
+    for name in _MODULES:
+        import_module(f"sandgate.cli.{name}").register(app)
+
+
+def _register_for(command: str | None) -> None:
+    """Register only the module of ``command``: a short command pays for its own module (typer builds,
+    and inspects the signature of, every registered command when it runs one). ``--help``, no command,
+    an unknown name and shell completion get them all (:func:`_register`)."""
+    module = COMMAND_MODULES.get(command or "")
+    if module is None:
+        _register()
+        return
+    from importlib import import_module
+
+    import_module(f"sandgate.cli.{module}").register(app)
+    # and of that module's commands only NAME (typer would build the other eight of `store`, too)
+    app.registered_commands = [c for c in app.registered_commands if _name_of(c) == command]
+
+
+def _name_of(info: Any) -> str:
+    """A registered command's name, as typer derives it (the function's name, ``_`` as ``-``)."""
+    return str(info.name or info.callback.__name__.replace("_", "-"))
+
+
+def _command_in(args: list[str]) -> str | None:
+    """The command named on a command line (``sandgate -v skills --json`` → ``skills``), None for none."""
+    if any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ):  # shell completion: all
+        return None
+    for arg in args:
+        if arg not in _APP_OPTIONS:
+            return None if arg.startswith("-") else arg
+    return None
 
 
 def main() -> None:
+    # httpx imports its own command line (click, pygments, rich.syntax: a fifth of its import time) when
+    # they are installed; this process is sandgate's, and never runs httpx's CLI (httpx.main becomes its stub)
+    sys.modules.setdefault("httpx._main", cast(Any, None))  # None in sys.modules: "not importable"
     try:
-        _register()
+        _register_for(_command_in(sys.argv[1:]))
         app()
     except KeyboardInterrupt:
         typer.echo("\ninterrupted", err=True)

@@ -19,7 +19,7 @@ from sandgate.errors import EXIT_ERROR, EXIT_OK, EXIT_REFUSED, SandgateError, ex
 
 __all__ = [
     "EXIT_ERROR", "EXIT_OK", "EXIT_REFUSED", "Collaborators", "collaborators", "errors", "exit_code_for", "fail",
-    "fail_with",
+    "fail_with", "literal",
 ]
 
 
@@ -49,6 +49,21 @@ def collaborators(ctx: typer.Context) -> Collaborators:
     """The collaborators of the running command (the defaults when none were passed)."""
     obj = ctx.find_root().obj
     return obj if isinstance(obj, Collaborators) else Collaborators()
+
+
+def literal(value: object) -> str:
+    """Submitted text as printable characters: control and format characters escaped
+    (``\\n``, ``\\x1b``, ``\\u202e``). Use it inside :class:`rich.text.Text`, never as markup."""
+    text = str(value)
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    out = []
+    for ch in text:
+        if ch.isprintable() or ch == " ":
+            out.append(ch)
+        else:
+            out.append(ch.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 def exit_code_for(exc: BaseException) -> int:

@@ -3,23 +3,34 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from functools import cache
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sandgate.cli.common import fail
 
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
+
 image_app = typer.Typer(help="Build and inspect the sandbox image.", no_args_is_help=True)
-console = Console()
+
+
+@cache
+def _console() -> Console:
+    from rich.console import Console  # lazy: registering the commands does not load rich
+
+    return Console()
 
 
 def doctor(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
     """Report whether a Docker engine answers, its runtimes, and the sandbox image."""
+    from rich.table import Table
+
     from sandgate.sandbox.doctor import diagnose
 
     diagnosis = diagnose()
+    console = _console()
     if as_json:
         typer.echo(json.dumps(diagnosis.to_dict(), indent=2))
     else:
@@ -46,10 +57,10 @@ def image_build(
     from sandgate.sandbox.image import build_image
 
     try:
-        info = build_image(base=base, tag=tag, say=lambda m: console.print(f"[dim]{m}[/]"))
+        info = build_image(base=base, tag=tag, say=lambda m: _console().print(f"[dim]{m}[/]"))
     except Exception as exc:  # noqa: BLE001 - translated at the edge
         fail(exc)
-    console.print(
+    _console().print(
         f"{info.tag} {info.id[7:19]} {info.size_bytes / 1e6:.0f} MB "
         + " ".join(f"{k}={v}" for k, v in sorted(info.toolchain.items()))
     )
@@ -64,7 +75,7 @@ def reap() -> None:
         removed = reap_containers(connect())
     except Exception as exc:  # noqa: BLE001
         fail(exc)
-    console.print(f"removed {len(removed)} container(s)")
+    _console().print(f"removed {len(removed)} container(s)")
 
 
 def register(app: typer.Typer) -> None:

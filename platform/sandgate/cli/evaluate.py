@@ -6,19 +6,23 @@ Exit code 0 passed, 1 failed or rejected, 2 error.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
-from sandgate.cli.common import fail
-from sandgate.report import EvaluationReport, Verdict
+from sandgate.cli.common import fail, literal
 
-console = Console(stderr=False)
+if TYPE_CHECKING:  # pragma: no cover - imported where used: `sandgate --help` loads neither rich nor the report
+    from rich.console import Console
+    from rich.text import Text
+
+    from sandgate.report import EvaluationReport
+
+__all__ = ["register", "evaluate", "literal", "render_report", "render_mutation"]
+
 VERDICT_STYLE = {"passed": "bold green", "failed": "bold red", "rejected": "bold magenta", "error": "bold yellow"}
-EXIT = {Verdict.passed: 0, Verdict.failed: 1, Verdict.rejected: 1, Verdict.error: 2}
+#: exit code per verdict (the values of :class:`sandgate.report.Verdict`)
+EXIT = {"passed": 0, "failed": 1, "rejected": 1, "error": 2}
 
 
 def evaluate(
@@ -27,6 +31,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
 ) -> None:
     """Evaluate a skill in a fresh sandbox and print its report and verdict."""
+
     from sandgate.config import get_settings
     from sandgate.evaluation import evaluate_path
     from sandgate.policy import load_policy
@@ -45,26 +50,13 @@ def evaluate(
         with Progress(f"evaluate {path.name}") as progress:
             report = evaluate_path(path, policy=chosen, settings=settings, progress=progress.phase)
         render_report(report)
-    raise typer.Exit(EXIT[report.verdict])
-
-
-def literal(value: object) -> str:
-    """Submitted text as printable characters: control and format characters escaped
-    (``\\n``, ``\\x1b``, ``\\u202e``). Use it inside :class:`rich.text.Text`, never as markup."""
-    text = str(value)
-    if all(ch.isprintable() or ch == " " for ch in text):
-        return text
-    out = []
-    for ch in text:
-        if ch.isprintable() or ch == " ":
-            out.append(ch)
-        else:
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
+    raise typer.Exit(EXIT[report.verdict.value])
 
 
 def _line(*parts: str | tuple[str, str]) -> Text:
     """A line of literal text; ``(text, style)`` parts are styled, nothing is parsed as markup."""
+    from rich.text import Text
+
     line = Text()
     for part in parts:
         if isinstance(part, tuple):
@@ -76,7 +68,10 @@ def _line(*parts: str | tuple[str, str]) -> Text:
 
 def render_report(report: EvaluationReport, out: Console | None = None) -> None:
     """The human report. Everything that came from the submission is printed literally."""
-    out = out or console
+    from rich.console import Console
+    from rich.table import Table
+
+    out = out or Console(stderr=False)
     verdict = report.verdict.value
     out.print(_line((verdict.upper(), VERDICT_STYLE[verdict]), f"  {report.skill or '?'}  ",
                     (f"{report.content_hash or ''}  policy {report.policy}", "dim")))
@@ -114,7 +109,6 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
             table.add_row(_line(finding.severity), _line(finding.rule_id), _line(f"{finding.path}:{finding.line}"),
                           _line(finding.message))
         out.print(table)
-    # oracle_render imports literal() from this module: loaded here, after it
     from sandgate.cli.oracle_render import render_oracle
 
     render_oracle(report.oracle, out)
@@ -131,6 +125,8 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
 
 def render_mutation(report: EvaluationReport, out: Console) -> None:
     """Score and survivors. Everything from the submission is printed literally."""
+    from rich.table import Table
+
     m = report.mutation
     if m is None:
         return

@@ -18,15 +18,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 
 from sandgate.cli.common import collaborators
 from sandgate.cli.store import default_actor
 from sandgate.errors import SandgateError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rich.console import Console
 
 __all__ = ["register", "generate"]
 
@@ -44,6 +45,8 @@ def _fail(message: str, code: int = EXIT_ERROR) -> typer.Exit:
 
 
 def _progress(err: Console) -> Any:
+    from rich.markup import escape
+
     def on_event(event: dict[str, Any]) -> None:
         kind = event["event"]
         if kind == "attempt":
@@ -93,9 +96,11 @@ def generate(
 ) -> None:
     """Generate a skill with an LLM: evaluate each attempt in the sandbox, repair, submit."""
     from pydantic import ValidationError
+    from rich.console import Console
+    from rich.markup import escape
 
     from sandgate import lifecycle  # the store, the sandbox, the LLM client: only for this command
-    from sandgate.config import remote_url
+    from sandgate.environ import remote_url
     from sandgate.generation import ChatClient, GenerationSettings, generate_skill
 
     remote = remote_url()
@@ -155,6 +160,9 @@ def generate(
 
 
 def _summary(result: Any, out_dir: Path | None) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+
     console = Console(highlight=False, soft_wrap=True)
     style = STYLE.get(result.status, "bold")
     cost = f", cost {result.cost:g}" if result.cost is not None else ""

@@ -26,12 +26,9 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from sandgate.cli.common import EXIT_ERROR, errors, fail_with
-from sandgate.cli.store import _when, default_actor
-from sandgate.config import remote_url
+from sandgate.cli.store import _console, _table, _when, default_actor
 
 __all__ = ["register", "keys_app"]
 
@@ -55,6 +52,8 @@ def _store(*, create: bool = False) -> Iterator[Any]:
     cannot (a key is not made over the API it guards), so they refuse rather than
     write keys into a local store the server never reads.
     """
+    from sandgate.environ import remote_url
+
     url = remote_url()
     if url:
         fail_with(f"sandgate keys manages the API keys in the store of the server itself, not over "
@@ -115,7 +114,7 @@ def list_(
     if not rows:
         typer.echo("no keys yet: sandgate keys create NAME --role ROLE")
         return
-    table = Table("name", "role", "id", "created", "by", "last used", "rate", "revoked")
+    table = _table("name", "role", "id", "created", "by", "last used", "rate", "revoked")
     for r in rows:
         rate = "" if r.rate_per_second is None else f"{r.rate_per_second:g}/s"
         if r.burst is not None:
@@ -123,7 +122,7 @@ def list_(
         table.add_row(r.name, r.role, r.key_id, _when(r.created_at), r.created_by,
                       _when(r.last_used_at), rate or "default",
                       f"{_when(r.revoked_at)} by {r.revoked_by}" if r.revoked else "")
-    Console(highlight=False, soft_wrap=True).print(table)
+    _console().print(table)
 
 
 @keys_app.command("revoke")

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sandgate.cli.evaluate import literal
+from sandgate.cli.common import literal
 from sandgate.oracle_report import SOURCES, OracleSummary, call_input
 
 __all__ = ["render_oracle"]

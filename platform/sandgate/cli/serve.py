@@ -20,7 +20,6 @@ Exit codes: 0 stopped cleanly; 2 bad configuration or the port is taken.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -143,6 +142,8 @@ def _server_class() -> Any:
     uvicorn waits for open connections before the application's lifespan ends;
     an SSE stream never finishes on its own, so the hub is told at the signal.
     """
+    import asyncio
+
     import uvicorn
 
     class Server(uvicorn.Server):

@@ -26,15 +26,17 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, collaborators, errors
-from sandgate.cli.evaluate import literal
-from sandgate.service import SkillService, open_service
+from sandgate.cli.common import EXIT_ERROR, EXIT_REFUSED, collaborators, errors, literal
+
+if TYPE_CHECKING:  # pragma: no cover - imported where used: registering the commands loads neither
+    from rich.console import Console
+    from rich.table import Table
+
+    from sandgate.service import SkillService
 
 __all__ = ["register", "default_actor"]
 
@@ -63,13 +65,23 @@ def default_actor() -> str:
 
 
 def _console() -> Console:
+    from rich.console import Console
+
     return Console(highlight=False, soft_wrap=True)
+
+
+def _table(*headers: str, **options: Any) -> Table:
+    from rich.table import Table
+
+    return Table(*headers, **options)
 
 
 @contextmanager
 def _service(ctx: typer.Context) -> Iterator[SkillService]:
     """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store
     (with the collaborators passed as the context object, if any)."""
+    from sandgate.service import open_service
+
     with open_service(default_actor=default_actor, embedded=collaborators(ctx).embedded()) as service:
         yield service
 
@@ -182,7 +194,7 @@ def skills(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
-    table = Table("skill", "active", "latest", "generation", "created")
+    table = _table("skill", "active", "latest", "generation", "created")
     for r in rows:
         table.add_row(
             r.name,
@@ -203,7 +215,7 @@ def versions(
     if as_json:
         _echo_json([r.to_dict() for r in rows])
         return
-    table = Table("", "version", "hash", "status", "files", "created", "by", "yanked", title=name)
+    table = _table("", "version", "hash", "status", "files", "created", "by", "yanked", title=name)
     for v in rows:
         table.add_row(
             "*" if v.active else "",
@@ -269,7 +281,7 @@ def show(
             )
         for r in evaluation.reasons:
             out.print(f"  reason: {_lit(r.get('code'))}: {_lit(r.get('message'))}")
-    table = Table("file", "size", "sha256")
+    table = _table("file", "size", "sha256")
     for f in detail.files:
         table.add_row(_lit(f.path), str(f.size), f.sha256[:12])
     out.print(table)
@@ -378,7 +390,7 @@ def history(
     if as_json:
         _echo_json([e.to_dict() for e in events])
         return
-    table = Table("id", "when", "actor", "action", "version", "change", "reason", title=name)
+    table = _table("id", "when", "actor", "action", "version", "change", "reason", title=name)
     for e in events:
         change = ""
         if e.action in ("promoted", "rolled_back") and e.before and e.after:

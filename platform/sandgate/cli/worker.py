@@ -18,7 +18,6 @@ import typer
 
 from sandgate.cli.common import fail
 from sandgate.errors import SandgateError
-from sandgate.logs import configure_logging
 
 __all__ = ["register"]
 
@@ -61,6 +60,7 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Run queued evaluations (until SIGTERM/SIGINT, or once with --once)."""
+        from sandgate.logs import configure_logging
         from sandgate.store import open_store
         from sandgate.worker import Worker
 
@@ -117,6 +117,7 @@ def register(app: typer.Typer) -> None:
         log_level: LogLevelOpt = "info",
     ) -> None:
         """Periodic jobs: lease recovery, orphan sandboxes, retention, re-scan of active versions."""
+        from sandgate.logs import configure_logging
         from sandgate.scheduler import JOBS, run_jobs_once, run_scheduler
         from sandgate.store import open_store
 

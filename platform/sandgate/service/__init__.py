@@ -142,7 +142,7 @@ def open_service(*, default_actor: Callable[[], str],
 
     ``embedded``: collaborators for :meth:`EmbeddedService.open <sandgate.service.embedded.EmbeddedService.open>`
     (``load_policy``, ``load_submission``, ``evaluate``); the remote service has none."""
-    from sandgate.config import remote_url
+    from sandgate.environ import remote_url
 
     if remote_url():
         from sandgate.service.remote import RemoteService  # HTTP only

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 
-from sandgate import delivery, lifecycle
 from sandgate.config import get_settings, sqlite_path
 from sandgate.errors import NotFound
 from sandgate.records import (
@@ -38,6 +37,9 @@ from sandgate.store import audit, evaluations, open_store, pointers, versions
 from sandgate.store.engine import Store
 from sandgate.store.models import Evaluation, Event
 
+if TYPE_CHECKING:  # pragma: no cover - imported where used: a read (`sandgate skills`) loads neither
+    from sandgate import lifecycle
+
 __all__ = [
     "EmbeddedService",
     "ActivePointer",
@@ -47,6 +49,20 @@ __all__ = [
     "evaluation_counts",
     "auto_promotion_of",
 ]
+
+
+def _lifecycle() -> Any:
+    """:mod:`sandgate.lifecycle` (the policies, intake, the evaluation), imported on first use."""
+    from sandgate import lifecycle
+
+    return lifecycle
+
+
+def _delivery() -> Any:
+    """:mod:`sandgate.delivery` (the canary statistics, the policies), imported on first use."""
+    from sandgate import delivery
+
+    return delivery
 
 
 class EmbeddedService:
@@ -65,8 +81,8 @@ class EmbeddedService:
         runs an evaluation (the sandbox)."""
         self._store = store if isinstance(store, Store) else None
         self._opener = None if isinstance(store, Store) else store
-        self._load_policy = load_policy or lifecycle.load_policy
-        self._load_submission = load_submission or lifecycle.load_submission
+        self._policy_loader = load_policy  # None: lifecycle.load_policy, looked up when first needed
+        self._submission_loader = load_submission
         self._evaluate = evaluate
         self._default_actor = default_actor
         self._owns_store = owns_store
@@ -114,6 +130,12 @@ class EmbeddedService:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def _load_policy(self, name: str | None) -> Any:
+        return (self._policy_loader or _lifecycle().load_policy)(name)
+
+    def _load_submission(self, path: Path) -> Any:
+        return (self._submission_loader or _lifecycle().load_submission)(path)
 
     def _actor(self, actor: str | None) -> str:
         if actor:
@@ -177,26 +199,26 @@ class EmbeddedService:
         store = self.ensure_store()
         evaluate = self._evaluate
         if evaluate is None and progress is not None:
-            evaluate = lifecycle.store_evaluate(store, progress=progress)
-        return lifecycle.submit(store, submission=submission, policy=policy,
+            evaluate = _lifecycle().store_evaluate(store, progress=progress)
+        return _lifecycle().submit(store, submission=submission, policy=policy,
                                 actor=self._actor(actor), evaluate=evaluate, wait=wait,
                                 provenance=dict(provenance))
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,
                 policy: str | None, expected_generation: int | None, force: bool) -> PointerMove:
         pol = self._load_policy(policy)
-        return lifecycle.promote(self.store, name=name, number=number, actor=self._actor(actor),
+        return _lifecycle().promote(self.store, name=name, number=number, actor=self._actor(actor),
                                  reason=reason, policy=pol, expected_generation=expected_generation,
                                  force=force)
 
     def rollback(self, name: str, *, to: int | None, actor: str | None, reason: str | None,
                  expected_generation: int | None) -> PointerMove:
-        return lifecycle.rollback(self.store, name=name, to=to, actor=self._actor(actor),
+        return _lifecycle().rollback(self.store, name=name, to=to, actor=self._actor(actor),
                                   reason=reason, expected_generation=expected_generation)
 
     def yank(self, name: str, number: int, *, actor: str | None, reason: str,
              rollback: bool) -> YankResult:
-        return lifecycle.yank(self.store, name=name, number=number, actor=self._actor(actor),
+        return _lifecycle().yank(self.store, name=name, number=number, actor=self._actor(actor),
                               reason=reason, rollback=rollback)
 
     # -- canary ----------------------------------------------------------------------
@@ -205,15 +227,15 @@ class EmbeddedService:
                      reason: str | None, policy: str | None, expected_generation: int | None,
                      force: bool) -> CanaryRecord:
         pol = self._load_policy(policy)
-        return delivery.start(self.store, name=name, number=number, actor=self._actor(actor), policy=pol,
+        return _delivery().start(self.store, name=name, number=number, actor=self._actor(actor), policy=pol,
                               weight=weight, reason=reason, expected_generation=expected_generation,
                               force=force)
 
     def abort_canary(self, name: str, *, actor: str | None, reason: str) -> CanaryRecord:
-        return delivery.abort(self.store, name=name, actor=self._actor(actor), reason=reason)
+        return _delivery().abort(self.store, name=name, actor=self._actor(actor), reason=reason)
 
     def canary_status(self, name: str) -> dict[str, Any]:
-        return delivery.status(self.store, name=name)
+        return _delivery().status(self.store, name=name)
 
 
 # --------------------------------------------------------------------------- read queries

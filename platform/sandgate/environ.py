@@ -1,0 +1,76 @@
+"""The ``SANDGATE_*`` variables by name, read without pydantic: which ones exist, and ``SANDGATE_URL``.
+
+Ground floor (the standard library and :mod:`sandgate.errors`), so every CLI
+command can refuse a misspelt variable and pick remote mode without loading
+the settings machinery (pydantic-settings costs a tenth of a second):
+:mod:`sandgate.config` builds :class:`~sandgate.config.Settings` on top of
+these names and checks at import that :data:`SETTINGS_FIELDS` is its field
+list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from difflib import get_close_matches
+
+from sandgate.errors import ConfigError
+
+__all__ = ["AREA_PREFIXES", "OTHER_VARIABLES", "SETTINGS_FIELDS", "check_environment", "known_variables",
+           "remote_url"]
+
+#: the fields of :class:`sandgate.config.Settings`, in order (each is ``SANDGATE_<FIELD>``)
+SETTINGS_FIELDS: tuple[str, ...] = (
+    "home", "database_url", "policies_dir", "policy", "image", "docker_api_timeout", "sandbox_kill_grace",
+)
+
+#: ``SANDGATE_*`` variables read outside :class:`~sandgate.config.Settings` (name → meaning)
+OTHER_VARIABLES: dict[str, str] = {
+    "SANDGATE_CONFIG": "path of the settings file (default ./sandgate.toml)",
+    "SANDGATE_URL": "a `sandgate serve` to talk to: the CLI's remote mode",
+    "SANDGATE_API_KEY": "the API key sent to SANDGATE_URL",
+    "SANDGATE_ACTOR": "who is acting, recorded in events (default cli:<user>)",
+    "SANDGATE_ENGINE_WAIT_SECONDS": "how long `make engine` waits for a started engine (default 60)",
+    "SANDGATE_ENGINE_LOG": "where `make engine` writes the engine's log",
+    "SANDGATE_DB_PASSWORD": "docker-compose.yml: the PostgreSQL password",
+    "SANDGATE_TRACEBACK": "set: the CLI shows the traceback of an unexpected error",
+}
+#: prefixes of the areas whose settings classes check their own variables
+#: (:class:`~sandgate.config.EnvSettings` subclasses: the API server, generation, the scheduler)
+AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SCHEDULER_", "SANDGATE_MCP_")
+
+
+def remote_url() -> str | None:
+    """``$SANDGATE_URL`` (the server the CLI talks to instead of a store), or None when unset or blank."""
+    return os.environ.get("SANDGATE_URL", "").strip() or None
+
+
+def known_variables() -> set[str]:
+    """Every ``SANDGATE_*`` variable outside the areas: the settings' and :data:`OTHER_VARIABLES`."""
+    return {f"SANDGATE_{name.upper()}" for name in SETTINGS_FIELDS} | set(OTHER_VARIABLES)
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse a ``SANDGATE_*`` variable no part of sandgate reads (a misspelling would be ignored).
+
+    Variables of an area (``SANDGATE_API_*``, ``SANDGATE_LLM_*``, ``SANDGATE_SCHEDULER_*``)
+    are checked by that area's settings when it loads them.
+    """
+    env = os.environ if environ is None else environ
+    known = known_variables()
+    unknown = sorted(
+        k for k in env
+        if k.upper().startswith("SANDGATE_") and k.upper() not in known
+        and not k.upper().startswith(AREA_PREFIXES)
+    )
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = get_close_matches(name.upper(), sorted(known), n=1, cutoff=0.75)
+        hints.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown setting(s) in the environment: {', '.join(hints)}; sandgate reads "
+        f"{', '.join(sorted(known))} and the SANDGATE_API_*, SANDGATE_LLM_*, SANDGATE_SCHEDULER_*, SANDGATE_MCP_* "
+        f"variables of their areas"
+    )
