@@ -252,8 +252,8 @@ def check_lock(data: bytes, requirements: list[str], allowlist: Allowlist) -> Lo
         _check_allowed(pin, allowlist, via=None)
     for text in requirements:
         req = Requirement(text)
-        pin = lock.pins.get(canonicalize_name(req.name))
-        if pin is None or not req.specifier.contains(Version(pin.version), prereleases=True):
+        locked = lock.pins.get(canonicalize_name(req.name))
+        if locked is None or not req.specifier.contains(Version(locked.version), prereleases=True):
             raise DepsError(f"{LOCK_NAME} does not satisfy {text!r}")
     return lock
 
@@ -460,10 +460,10 @@ def ensure_wheels(lock: Lock, *, root: Path | None = None,
         seconds = time.monotonic() - started
     wheels = {}
     for pin in lock.pins.values():
-        wheel = _stored_wheel(root, pin)
-        if wheel is None:
+        found = _stored_wheel(root, pin)
+        if found is None:
             raise InfrastructureError(f"wheelhouse: no wheel for {pin.name}=={pin.version} after download")
-        wheels[pin.name] = wheel
+        wheels[pin.name] = found
     return wheels, seconds
 
 

@@ -92,9 +92,10 @@ def _say_where() -> None:
 
 
 def _register() -> None:
-    from sandgate.cli import canary, engine, evaluate, generate, keys, mcp, serve, settings, store, worker
+    from sandgate.cli import canary, deps, engine, evaluate, generate, keys, mcp, serve, settings, store, worker
 
     engine.register(app)
+    deps.register(app)
     evaluate.register(app)
     store.register(app)
     generate.register(app)

@@ -1,5 +1,4 @@
 import pytest
-
 from csv_report import report
 
 DATA = "region,amount\nnorth,10\nsouth,30\nnorth,20\neast,5\n"
