@@ -263,7 +263,7 @@ class Manifest(BaseModel):
     description: str = ""
     #: ``module:function`` or ``pkg.mod:function``
     entrypoint: str
-    #: PEP 508 requirements, each satisfied by the sandbox image
+    #: PEP 508 requirements (names, extras, specifiers), locked at intake against policies/packages.toml
     requirements: list[str] = Field(default_factory=list)
     #: a tests directory, a test file or a glob (``**`` spans directories); default: see module doc
     tests: str | None = None

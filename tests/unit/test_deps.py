@@ -195,3 +195,33 @@ def test_derived_tags_carry_the_sandbox_image_name_and_the_lock_hash() -> None:
     assert derived_tag("registry:5000/sg/python:1.2", lock_hash) == "registry:5000/sg/python-deps:1.2-0123456789abcdef"
     assert derived_tag("sandgate-python", lock_hash) == "sandgate-python-deps:latest-0123456789abcdef"
     assert derived_tag("sandgate-python:a", lock_hash) != derived_tag("sandgate-python:b", lock_hash)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "--index-url https://evil.example.invalid/simple",
+        "--extra-index-url https://evil.example.invalid/simple",
+        "-e git+https://evil.example.invalid/x.git#egg=x",
+        "x @ https://evil.example.invalid/x.whl --hash=sha256:" + H1,
+        "--find-links /tmp",
+        "-r other.txt",
+    ],
+)
+def test_a_carried_lock_cannot_smuggle_pip_options_or_urls(line: str) -> None:
+    head = f"{deps.LOCK_HEADER}\n# requires: [\"x\"]\n{deps._TARGET_LINE}\n"
+    with pytest.raises(deps.DepsError, match="is not an exact pin|is not a --hash"):
+        deps.parse_lock(head + f"x==1.0 --hash=sha256:{H1}\n" + line + "\n")
+
+
+@pytest.mark.parametrize("text", ["tabulate\n--index-url https://evil.example.invalid",
+                                  "tabulate --index-url=https://evil.example.invalid"])
+def test_a_requirement_cannot_carry_a_second_line_or_an_option(text: str) -> None:
+    from sandgate.errors import SubmissionError
+    from sandgate.submission import submission_from_files
+
+    files = {"skill.toml": f'name = "t"\nentrypoint = "t:f"\nrequirements = [{text!r}]\n'.replace("'", '"')
+             .replace("\n--", "\\n--").encode(),
+             "t.py": b"def f():\n    return 1\n", "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
+    with pytest.raises(SubmissionError, match="requirements: "):
+        submission_from_files(files)
