@@ -220,8 +220,9 @@ def test_a_requirement_cannot_carry_a_second_line_or_an_option(text: str) -> Non
     from sandgate.errors import SubmissionError
     from sandgate.submission import submission_from_files
 
-    files = {"skill.toml": f'name = "t"\nentrypoint = "t:f"\nrequirements = [{text!r}]\n'.replace("'", '"')
-             .replace("\n--", "\\n--").encode(),
-             "t.py": b"def f():\n    return 1\n", "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
+    listed = text.replace("\n", "\\n")  # a TOML escape: the value holds a real newline
+    files = {"skill.toml": f'name = "t"\nentrypoint = "t:f"\nrequirements = ["{listed}"]\n'.encode(),
+             "t.py": b"def f():\n    return 1\n",
+             "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
     with pytest.raises(SubmissionError, match="requirements: "):
         submission_from_files(files)
