@@ -41,7 +41,7 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from sandgate.config import Settings, get_settings
+from sandgate.config import Settings, get_settings, project_root
 from sandgate.errors import ConfigError, InfrastructureError
 
 __all__ = [
@@ -258,7 +258,22 @@ def check_lock(data: bytes, requirements: list[str], allowlist: Allowlist) -> Lo
     return lock
 
 
+def toolchain_names() -> frozenset[str]:
+    """The sandbox's test toolchain (``sandbox_images/python/requirements.txt``): never from a lock."""
+    path = project_root() / "sandbox_images" / "python" / "requirements.txt"
+    names = set()
+    for raw in path.read_text().splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line:
+            names.add(canonicalize_name(re.split(r"[=<>!~ ]", line, maxsplit=1)[0]))
+    return frozenset(names)
+
+
 def _check_allowed(pin: Pin, allowlist: Allowlist, *, via: str | None) -> None:
+    if pin.name in toolchain_names():
+        why = f" (pulled in by {via})" if via else ""
+        raise DepsError(f"{pin.name}{why} is part of the sandbox's test toolchain "
+                        "(sandbox_images/python/requirements.txt): a skill cannot bring its own")
     spec = allowlist.ranges.get(pin.name)
     if spec is None:
         why = f" (pulled in by {via})" if via else ""

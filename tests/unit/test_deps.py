@@ -226,3 +226,13 @@ def test_a_requirement_cannot_carry_a_second_line_or_an_option(text: str) -> Non
              "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
     with pytest.raises(SubmissionError, match="requirements: "):
         submission_from_files(files)
+
+
+def test_a_lock_can_never_replace_the_test_toolchain(tmp_path: Path) -> None:
+    """Even an allowlisted pytest or coverage is refused: the harness's own tools are not the skill's."""
+    assert {"pytest", "coverage", "pluggy", "packaging"} <= deps.toolchain_names()
+    allowed = allowlist(tmp_path, '[packages]\nthing = ""\npytest = ""\n')
+    fake = FakeCompile((0, uv_output(("thing", "1.0", "-r in"), ("pytest", "8.0.0", "thing")), ""))
+    with pytest.raises(deps.DepsError) as info:
+        deps.lock_requirements(["thing"], allowlist=allowed, cache_dir=tmp_path, compile=fake)
+    assert str(info.value).startswith("pytest (pulled in by thing) is part of the sandbox's test toolchain")
