@@ -343,7 +343,7 @@ def lock_requirements(
     *,
     allowlist: Allowlist | None = None,
     cache_dir: Path | None = None,
-    compile: Callable[[list[str], list[str] | None], tuple[int, str, str]] = _compile,
+    compile: Callable[[list[str], list[str] | None], tuple[int, str, str]] | None = None,
 ) -> str:
     """The lock text for ``requirements`` (raises :class:`DepsError` saying why not).
 
@@ -368,6 +368,7 @@ def lock_requirements(
             return text
         except (OSError, UnicodeDecodeError, DepsError):
             pass  # a bad cache entry is resolved again
+    compile = compile or _compile
     constraints = [f"{name}{spec}" for name, spec in sorted(allowlist.ranges.items()) if str(spec)]
     code, out, err = compile(wanted, constraints)
     if code != 0:

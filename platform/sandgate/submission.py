@@ -390,10 +390,13 @@ def load_submission(
     *,
     limits: IntakeLimits | None = None,
     available_packages: Mapping[str, str] | None = None,
+    lock: bool = True,
 ) -> Submission:
     """Read and validate a skill directory, ``.tar.gz``/``.tgz``/``.tar`` or ``.zip``.
 
     Raises :class:`SubmissionError` for anything invalid; nothing submitted runs.
+    ``lock=False`` checks the requirements' form but does not lock them (a remote
+    client: the controller locks, against its own allowlist).
     """
     limits = limits or IntakeLimits()
     root = Path(path)
@@ -410,7 +413,7 @@ def load_submission(
         _read_archive(root, collector)
     else:
         raise SubmissionError(f"{root}: not a directory or an archive file")
-    return _build(collector.files, limits, available_packages)
+    return _build(collector.files, limits, available_packages, lock)
 
 
 def submission_from_files(
@@ -418,6 +421,7 @@ def submission_from_files(
     *,
     limits: IntakeLimits | None = None,
     available_packages: Mapping[str, str] | None = None,
+    lock: bool = True,
 ) -> Submission:
     """Validate an in-memory file set (``{relative path: bytes}``) like :func:`load_submission`."""
     limits = limits or IntakeLimits()
@@ -431,7 +435,7 @@ def submission_from_files(
         content = bytes(data)
         collector.check_size(slot, len(content))
         collector.add(slot, content)
-    return _build(collector.files, limits, available_packages)
+    return _build(collector.files, limits, available_packages, lock)
 
 
 # --------------------------------------------------------------------------- names
@@ -1098,7 +1102,7 @@ def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
 
 
 def _check_requirements(
-    manifest: Manifest, files: dict[str, bytes], available: Mapping[str, str] | None
+    manifest: Manifest, files: dict[str, bytes], available: Mapping[str, str] | None, resolve: bool = True
 ) -> None:
     """Lock the requirements (``requirements.lock`` is added to ``files``), or check the lock
     the files carry (a stored version, a resubmission): see :mod:`sandgate.deps`."""
@@ -1113,6 +1117,8 @@ def _check_requirements(
         return
     if available is not None and lock is None:
         _check_available(manifest, available)
+        return
+    if not resolve and lock is None:
         return
     try:
         if lock is not None:
@@ -1263,7 +1269,7 @@ def _match_tests(files: Iterable[str], tests: str | None) -> list[str]:
 
 
 def _build(
-    files: dict[str, bytes], limits: IntakeLimits, available: Mapping[str, str] | None
+    files: dict[str, bytes], limits: IntakeLimits, available: Mapping[str, str] | None, lock: bool = True
 ) -> Submission:
     if not files:
         raise SubmissionError("the submission is empty")
@@ -1273,7 +1279,7 @@ def _build(
     manifest = _parse_manifest(files)
     tests = _match_tests(files, manifest.tests)
     _check_entrypoint(manifest, files, tests)
-    _check_requirements(manifest, files, available)
+    _check_requirements(manifest, files, available, lock)
     if not tests:
         wanted = _DEFAULT_TESTS_TEXT if manifest.tests is None else f"tests = {manifest.tests!r}"
         raise SubmissionError(f"no test files ({wanted})", path=MANIFEST_NAME)

@@ -236,3 +236,17 @@ def test_a_lock_can_never_replace_the_test_toolchain(tmp_path: Path) -> None:
     with pytest.raises(deps.DepsError) as info:
         deps.lock_requirements(["thing"], allowlist=allowed, cache_dir=tmp_path, compile=fake)
     assert str(info.value).startswith("pytest (pulled in by thing) is part of the sandbox's test toolchain")
+
+
+def test_a_remote_client_leaves_locking_to_the_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandgate.submission import submission_from_files
+
+    def no_resolver(*_args: object) -> tuple[int, str, str]:
+        raise AssertionError("lock=False must not resolve")
+
+    monkeypatch.setattr(deps, "_compile", no_resolver)
+    files = {"skill.toml": b'name = "t"\nentrypoint = "t:f"\nrequirements = ["tabulate>=0.9"]\n',
+             "t.py": b"def f():\n    return 1\n",
+             "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
+    sub = submission_from_files(files, lock=False)
+    assert sub.lock is None and deps.LOCK_NAME not in sub.files
