@@ -250,3 +250,21 @@ def test_a_remote_client_leaves_locking_to_the_controller(monkeypatch: pytest.Mo
              "tests/test_t.py": b"from t import f\n\ndef test_f():\n    assert f()\n"}
     sub = submission_from_files(files, lock=False)
     assert sub.lock is None and deps.LOCK_NAME not in sub.files
+
+
+def test_the_mutation_server_preloads_the_locked_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a derived image the mutation server imports the lock's packages before it forks."""
+    from sandgate_harness.mutation import preload_dependencies
+
+    (tmp_path / "sg_fake_dep").mkdir()
+    (tmp_path / "sg_fake_dep" / "__init__.py").write_text("LOADED = True\n")
+    (tmp_path / "sg_fake_mod.py").write_text("X = 1\n")
+    info = tmp_path / "sg_fake_dep-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: sg-fake-dep\nVersion: 1.0\n")
+    (info / "RECORD").write_text("sg_fake_dep/__init__.py,,\nsg_fake_mod.py,,\nsg_fake_dep-1.0.dist-info/RECORD,,\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(__import__("sys").modules, "sg_fake_dep", raising=False)
+    assert preload_dependencies(str(tmp_path)) == ["sg_fake_dep", "sg_fake_mod"]
+    assert __import__("sys").modules["sg_fake_dep"].LOADED
+    assert preload_dependencies(str(tmp_path / "absent")) == []
