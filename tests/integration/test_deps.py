@@ -239,11 +239,40 @@ def test_a_consumer_without_the_packages_refuses_the_version_and_keeps_the_old(t
     assert locked.hash in shown.stdout and wanted in shown.stdout
 
 
-def test_prune_keeps_the_most_recently_used(docker_client, fresh_home) -> None:
-    sub = submission_from_files(table_skill())
-    evaluate(sub, policy=policy())  # uses (and records) the tabulate image
-    before = derived_images(docker_client)
-    assert before
-    removed = prune(docker_client, keep=len(before))
-    assert removed == []
-    assert derived_images(docker_client) == before
+def test_prune_removes_the_least_recently_used(docker_client, fresh_home, tmp_path: Path) -> None:
+    """Two label-only stand-ins (built here, from our sandbox image) are used long ago and very long
+    ago; every other derived image of ours just now. Keeping all but one removes the oldest only."""
+    import io
+    import time
+
+    from sandgate.sandbox.deps_image import _touch
+
+    settings = Settings()
+    made = []
+    for digit in "ef":
+        tag = derived_tag(settings.image, "sha256:" + digit * 64)
+        dockerfile = (f"FROM {settings.image}\nLABEL {DERIVED_LABEL}=true {SANDBOX_TAG_LABEL}={settings.image} "
+                      f"{LOCK_LABEL}=sha256:{digit * 64}\n")
+        docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, network_mode="none", rm=True)
+        made.append(tag)
+    try:
+        others = [t for image in docker_client.images.list(filters={"label": [
+            f"{DERIVED_LABEL}=true", f"{SANDBOX_TAG_LABEL}={settings.image}"]}) for t in image.tags if t not in made]
+        for tag in others:
+            _touch(settings, tag)
+        now = time.time()
+        for tag, age in zip(made, (100, 1000), strict=True):
+            _touch(settings, tag)
+            record = fresh_home / "deps-images" / (tag.replace("/", "_").replace(":", "__") + ".json")
+            os.utime(record, (now - age, now - age))
+        removed = prune(docker_client, keep=len(others) + 1)
+        assert removed == [made[1]]
+        remaining = {t for image in docker_client.images.list(filters={"label": f"{DERIVED_LABEL}=true"})
+                     for t in image.tags}
+        assert made[0] in remaining and made[1] not in remaining and set(others) <= remaining
+    finally:
+        for tag in made:
+            try:
+                docker_client.images.remove(tag)
+            except Exception:  # noqa: BLE001 - already pruned
+                pass
