@@ -16,6 +16,9 @@ printed before it runs, so the demo doubles as a tour of the CLI:
    policy it serves 10 % of a traffic process's calls, the scheduler's
    sequential test sees its errors in the runtime counts and rolls it back by
    itself (fallback on: the traffic sees no failure)
+8. a skill that requires pandas: its requirements are locked at intake (the lock is one of
+   the version's files), evaluated in a derived sandbox image (the sandbox image + the lock's
+   wheels, built offline once, then cached); `sandgate deps show` prints the lock
 """
 
 from __future__ import annotations
@@ -164,13 +167,19 @@ def main() -> int:
           f"the versions it used, in order: {' -> '.join(_runs(served))}")
     run_canary_steps()
 
+    step("8. a skill with a third-party requirement (pandas): locked at intake against "
+         "policies/packages.toml, evaluated in a derived image built offline (cached after the first run)")
+    sandgate("evaluate", str(SKILLS / "csv_report"))
+    sandgate("submit", str(SKILLS / "csv_report"))
+    sandgate("deps", "show", "csv_report")
+
     if os.environ.get("SANDGATE_LLM_BASE_URL"):
-        step("8. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
+        step("9. generate a skill with the configured OpenAI-compatible endpoint (generate, evaluate, repair)")
         sandgate("generate", "slugify", "--description",
                  "Turn a title into a lowercase URL slug: letters and digits kept, runs of anything "
                  "else collapsed to a single '-', no leading or trailing '-'.", "--attempts", "3")
     else:
-        print("\n(step 8, generating a skill with an LLM, runs when SANDGATE_LLM_BASE_URL is set)")
+        print("\n(step 9, generating a skill with an LLM, runs when SANDGATE_LLM_BASE_URL is set)")
     print("\ndemo finished: v1 active again, v3 never went live, v4 was rolled back by its canary, "
           "every move is in the audit log.")
     return 0

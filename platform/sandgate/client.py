@@ -354,8 +354,8 @@ class SandgateClient:
 
         p = Path(path)
         # read with the same intake as embedded mode: a clear error before any upload
-        # (the server checks everything again)
-        submission = load_submission(p)
+        # (the server checks everything again, and locks the requirements against its allowlist)
+        submission = load_submission(p, lock=False)
         if p.is_dir():
             return self.submit_files(submission.files, policy=policy, provenance=provenance)
         return self.submit_archive(submission.name, p.read_bytes(), filename=p.name,

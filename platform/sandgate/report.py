@@ -176,6 +176,22 @@ class SandboxInfo(_Model):
     container_id: str | None = None
 
 
+class DependenciesInfo(_Model):
+    """The skill's third-party requirements: its lock, and the derived image that holds them."""
+
+    #: ``sha256:<hex>`` of ``requirements.lock`` (one of the version's files)
+    lock_hash: str
+    #: name → version of every locked package
+    packages: dict[str, str] = Field(default_factory=dict)
+    #: the derived image (sandbox image + the lock's wheels) the evaluation ran in
+    image: str | None = None
+    image_id: str | None = None
+    #: this evaluation built the image (False: it was cached)
+    built: bool = False
+    download_seconds: float = 0.0
+    build_seconds: float = 0.0
+
+
 class EntrypointCheck(_Model):
     """The manifest's entrypoint, checked in the sandbox after the tests ran."""
 
@@ -252,6 +268,8 @@ class EvaluationReport(_Model):
     #: the entrypoint check (None: the dynamic phase did not run, or an older report)
     entrypoint: EntrypointCheck | None = None
     sandbox: SandboxInfo | None = None
+    #: third-party requirements (None: the skill has none)
+    dependencies: DependenciesInfo | None = None
     #: the mutation phase (None: not part of this evaluation)
     mutation: MutationSummary | None = None
     #: the oracle phase: the entrypoint served in its own sandbox, judged by the controller

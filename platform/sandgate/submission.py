@@ -38,7 +38,7 @@ Paths
     refused (they would be one file on some file systems), as is a name that
     is both a file and a directory.
 Allowed files
-    ``*.py`` (``max_py_bytes``), ``skill.toml``, ``README``/``README.md``/
+    ``*.py`` (``max_py_bytes``), ``skill.toml``, ``requirements.lock``, ``README``/``README.md``/
     ``.txt``/``.rst`` and data files ``.txt .json .jsonl .csv .md .toml .yaml .yml``
     (``max_data_bytes``). Forbidden anywhere: ``conftest.py``, ``pytest.ini``,
     ``tox.ini``, ``setup.cfg``, ``setup.py``, ``pyproject.toml``,
@@ -63,9 +63,16 @@ Sources
 Manifest
     ``skill.toml`` at the top level, valid TOML, validated by :class:`Manifest`
     (unknown keys and wrong types refused, one line per problem). The
-    entrypoint's module file must be in the submission; every requirement
-    must be satisfied by ``available_packages`` (``None``: the sandbox image
-    provides no third-party packages, so any requirement is refused).
+    entrypoint's module file must be in the submission. Requirements are names
+    with version specifiers only (no URL, VCS, local path, index option or
+    marker); they are locked here against the package allowlist
+    (:mod:`sandgate.deps`) and the lock becomes the file ``requirements.lock``
+    of the submission *before* hashing, so the content hash covers the exact
+    dependencies. A file set that already carries ``requirements.lock`` (a
+    stored version, a resubmitted export) is checked instead: sandgate's format,
+    generated for exactly these requirements, every pin on the allowlist and in
+    range. (``available_packages``, when given, checks the requirements against
+    a fixed set instead of locking them.)
     ``[[examples]]`` and a top-level ``examples.jsonl`` must be valid examples
     (:mod:`sandgate.examples`: JSON values, exactly one of ``expect``/``raises``),
     at most 1000 in all; ``[oracle]`` is validated by
@@ -117,6 +124,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from sandgate import deps
 from sandgate.errors import SubmissionError
 from sandgate.examples import (
     EXAMPLES_FILE,
@@ -255,7 +263,7 @@ class Manifest(BaseModel):
     description: str = ""
     #: ``module:function`` or ``pkg.mod:function``
     entrypoint: str
-    #: PEP 508 requirements, each satisfied by the sandbox image
+    #: PEP 508 requirements (names, extras, specifiers), locked at intake against policies/packages.toml
     requirements: list[str] = Field(default_factory=list)
     #: a tests directory, a test file or a glob (``**`` spans directories); default: see module doc
     tests: str | None = None
@@ -315,6 +323,9 @@ class Manifest(BaseModel):
 
 
 def _parse_requirement(text: str) -> Requirement:
+    problem = deps.requirement_problem(text)
+    if problem:
+        raise ValueError(f"{text!r}: {problem}")
     try:
         req = Requirement(text)
     except InvalidRequirement as exc:
@@ -358,6 +369,11 @@ class Submission:
             found += parse_examples_jsonl(self.files[EXAMPLES_FILE], where=EXAMPLES_FILE)
         return found
 
+    @property
+    def lock(self) -> bytes | None:
+        """``requirements.lock`` (generated at intake from the requirements), or None."""
+        return self.files.get(deps.LOCK_NAME)
+
     def module_files(self) -> list[str]:
         """The ``.py`` files that are not tests (sorted)."""
         tests = set(self.test_files())
@@ -374,10 +390,13 @@ def load_submission(
     *,
     limits: IntakeLimits | None = None,
     available_packages: Mapping[str, str] | None = None,
+    lock: bool = True,
 ) -> Submission:
     """Read and validate a skill directory, ``.tar.gz``/``.tgz``/``.tar`` or ``.zip``.
 
     Raises :class:`SubmissionError` for anything invalid; nothing submitted runs.
+    ``lock=False`` checks the requirements' form but does not lock them (a remote
+    client: the controller locks, against its own allowlist).
     """
     limits = limits or IntakeLimits()
     root = Path(path)
@@ -394,7 +413,7 @@ def load_submission(
         _read_archive(root, collector)
     else:
         raise SubmissionError(f"{root}: not a directory or an archive file")
-    return _build(collector.files, limits, available_packages)
+    return _build(collector.files, limits, available_packages, lock)
 
 
 def submission_from_files(
@@ -402,6 +421,7 @@ def submission_from_files(
     *,
     limits: IntakeLimits | None = None,
     available_packages: Mapping[str, str] | None = None,
+    lock: bool = True,
 ) -> Submission:
     """Validate an in-memory file set (``{relative path: bytes}``) like :func:`load_submission`."""
     limits = limits or IntakeLimits()
@@ -415,7 +435,7 @@ def submission_from_files(
         content = bytes(data)
         collector.check_size(slot, len(content))
         collector.add(slot, content)
-    return _build(collector.files, limits, available_packages)
+    return _build(collector.files, limits, available_packages, lock)
 
 
 # --------------------------------------------------------------------------- names
@@ -511,6 +531,8 @@ def _classify(path: str, limits: IntakeLimits) -> _Slot:
         raise SubmissionError(f"{path!r}: {_FORBIDDEN_NAMES['__pycache__']}", path=path)
     if name.endswith(".py"):
         return _Slot(path, limits.max_py_bytes, "Python files")
+    if name == deps.LOCK_NAME:  # checked in _build: top level only, sandgate's own format
+        return _Slot(path, limits.max_data_bytes, "data files")
     suffix = os.path.splitext(name)[1]
     if folded in _README_NAMES or suffix in _DATA_SUFFIXES:
         return _Slot(path, limits.max_data_bytes, "data files")
@@ -1079,15 +1101,37 @@ def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
                     )
 
 
-def _check_requirements(manifest: Manifest, available: Mapping[str, str] | None) -> None:
+def _check_requirements(
+    manifest: Manifest, files: dict[str, bytes], available: Mapping[str, str] | None, resolve: bool = True
+) -> None:
+    """Lock the requirements (``requirements.lock`` is added to ``files``), or check the lock
+    the files carry (a stored version, a resubmission): see :mod:`sandgate.deps`."""
+    stray = sorted(p for p in files if p.endswith("/" + deps.LOCK_NAME))
+    if stray:
+        raise SubmissionError(f"{stray[0]!r}: {deps.LOCK_NAME} belongs at the top level", path=stray[0])
+    lock = files.get(deps.LOCK_NAME)
     if not manifest.requirements:
+        if lock is not None:
+            raise SubmissionError(f"{deps.LOCK_NAME} without requirements in {MANIFEST_NAME}",
+                                  path=deps.LOCK_NAME)
         return
-    if available is None:
-        raise SubmissionError(
-            f"requirement {manifest.requirements[0]!r} is not available: the sandbox image "
-            "provides no third-party packages (use the standard library)",
-            path=MANIFEST_NAME,
-        )
+    if available is not None and lock is None:
+        _check_available(manifest, available)
+        return
+    if not resolve and lock is None:
+        return
+    try:
+        if lock is not None:
+            deps.check_lock(lock, manifest.requirements, deps.load_allowlist())
+        else:
+            files[deps.LOCK_NAME] = deps.lock_requirements(manifest.requirements).encode()
+    except UnicodeDecodeError as exc:
+        raise SubmissionError(f"{deps.LOCK_NAME}: not UTF-8", path=deps.LOCK_NAME) from exc
+    except deps.DepsError as exc:
+        raise SubmissionError(str(exc), path=MANIFEST_NAME) from exc
+
+
+def _check_available(manifest: Manifest, available: Mapping[str, str]) -> None:
     versions = {canonicalize_name(name): version for name, version in available.items()}
     for text in manifest.requirements:
         req = _parse_requirement(text)
@@ -1225,7 +1269,7 @@ def _match_tests(files: Iterable[str], tests: str | None) -> list[str]:
 
 
 def _build(
-    files: dict[str, bytes], limits: IntakeLimits, available: Mapping[str, str] | None
+    files: dict[str, bytes], limits: IntakeLimits, available: Mapping[str, str] | None, lock: bool = True
 ) -> Submission:
     if not files:
         raise SubmissionError("the submission is empty")
@@ -1235,7 +1279,7 @@ def _build(
     manifest = _parse_manifest(files)
     tests = _match_tests(files, manifest.tests)
     _check_entrypoint(manifest, files, tests)
-    _check_requirements(manifest, available)
+    _check_requirements(manifest, files, available, lock)
     if not tests:
         wanted = _DEFAULT_TESTS_TEXT if manifest.tests is None else f"tests = {manifest.tests!r}"
         raise SubmissionError(f"no test files ({wanted})", path=MANIFEST_NAME)

@@ -26,6 +26,8 @@ from sandgate.submission import (
     submission_from_files,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
+
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "skills"
 
 MANIFEST = (
@@ -371,11 +373,11 @@ def _requiring(*requirements: str) -> dict[str, bytes]:
     return manifest(f'name = "greet"\nentrypoint = "greet:hello"\nrequirements = [{listed}]\n')
 
 
-def test_requirements_without_available_packages_are_rejected() -> None:
+def test_requirement_not_on_the_allowlist_is_rejected_before_any_resolution() -> None:
     err = rejected(_requiring("requests>=2"))
     assert err.code == "invalid_submission"
-    assert str(err) == ("requirement 'requests>=2' is not available: the sandbox image provides "
-                        "no third-party packages (use the standard library)")
+    assert str(err) == ("requirement 'requests>=2': requests is not on the package allowlist "
+                        f"{ROOT / 'policies' / 'packages.toml'}; an operator can add it there")
 
 
 def test_requirement_not_in_the_image() -> None:
@@ -398,8 +400,17 @@ def test_requirement_with_an_unparseable_available_version() -> None:
     ("requirement", "message"),
     [
         ("not a requirement!", "is not a valid PEP 508 requirement"),
-        ("pkg @ https://example.invalid/pkg.whl",
-         "direct references ('name @ URL') are not allowed"),
+        ("pkg @ https://example.invalid/pkg.whl", "URLs are not allowed"),
+        ("https://example.invalid/pkg-1.0-py3-none-any.whl", "URLs are not allowed"),
+        ("pkg @ git+https://example.invalid/pkg.git", "VCS references are not allowed"),
+        ("git+https://example.invalid/pkg.git#egg=pkg", "VCS references are not allowed"),
+        ("pkg @ file:///tmp/pkg", "URLs are not allowed"),
+        ("./vendor/pkg", "local paths and files are not allowed"),
+        ("/abs/pkg-1.0.tar.gz", "local paths and files are not allowed"),
+        ("pkg-1.0-py3-none-any.whl", "local paths and files are not allowed"),
+        ("--index-url https://example.invalid/simple", "index and pip options"),
+        ("--extra-index-url=https://example.invalid/simple", "index and pip options"),
+        ("-e .", "index and pip options"),
         ("pkg; python_version < '3.8'", "environment markers are not supported"),
     ],
 )
@@ -891,7 +902,7 @@ def test_archive_rules_are_the_same(tmp_path: Path) -> None:
 
 def test_available_packages_reach_load_submission(tmp_path: Path) -> None:
     root = write_dir(tmp_path / "s", _requiring("attrs"))
-    assert "provides no third-party packages" in str(_load_error(root))
+    assert "is not available in the sandbox image" in str(_load_error(root, available_packages={"x": "1"}))
     sub = load_submission(root, available_packages={"attrs": "24.1"})
     assert sub.manifest.requirements == ["attrs"]
 

@@ -96,14 +96,14 @@ def _say_where() -> None:
 
 
 #: the command modules, in the order ``sandgate --help`` lists their commands
-_MODULES = ("engine", "evaluate", "store", "generate", "serve", "keys", "worker", "canary", "mcp", "settings")
+_MODULES = ("engine", "deps", "evaluate", "store", "generate", "serve", "keys", "worker", "canary", "mcp", "settings")
 #: which module registers each top-level command (tests/unit/test_cli_imports.py checks it against the modules)
 COMMAND_MODULES = {
     "doctor": "engine", "reap": "engine", "image": "engine", "evaluate": "evaluate",
     "submit": "store", "skills": "store", "versions": "store", "show": "store", "promote": "store",
     "rollback": "store", "yank": "store", "history": "store", "diff": "store", "generate": "generate",
     "serve": "serve", "keys": "keys", "worker": "worker", "scheduler": "worker", "status": "canary",
-    "abort": "canary", "mcp": "mcp", "settings": "settings",
+    "abort": "canary", "mcp": "mcp", "settings": "settings", "deps": "deps",
 }
 #: the options of the app itself (none takes a value): they may come before the command's name
 _APP_OPTIONS = {"--version", "--verbose", "-v", "--help", "--install-completion", "--show-completion"}

@@ -1,4 +1,4 @@
-"""``sandgate doctor``, ``sandgate image build``, ``sandgate reap``."""
+"""``sandgate doctor``, ``sandgate image build``, ``sandgate image prune``, ``sandgate reap``."""
 
 from __future__ import annotations
 
@@ -64,6 +64,23 @@ def image_build(
         f"{info.tag} {info.id[7:19]} {info.size_bytes / 1e6:.0f} MB "
         + " ".join(f"{k}={v}" for k, v in sorted(info.toolchain.items()))
     )
+
+
+@image_app.command("prune")
+def image_prune(
+    keep: Annotated[int, typer.Option(min=0, help="How many derived images to keep (most recently used).")] = 10,
+) -> None:
+    """Remove the least recently used derived images (sandbox image + a skill's locked packages)."""
+    from sandgate.sandbox import connect
+    from sandgate.sandbox.deps_image import prune
+
+    try:
+        removed = prune(connect(), keep=keep)
+    except Exception as exc:  # noqa: BLE001
+        fail(exc)
+    for tag in removed:
+        _console().print(f"removed {tag}")
+    _console().print(f"removed {len(removed)} derived image(s), kept at most {keep}")
 
 
 def reap() -> None:

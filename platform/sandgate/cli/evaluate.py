@@ -118,6 +118,12 @@ def render_report(report: EvaluationReport, out: Console | None = None) -> None:
         out.print(_line((f"sandbox: {s.runtime}, exit {s.exit_code}, {s.wall_seconds:.2f}s, peak {peak}"
                          f"{', timed out' if s.timed_out else ''}{', OOM' if s.oom_killed else ''}"
                          f"{', output truncated' if s.output_truncated else ''}", "dim")))
+    if report.dependencies:
+        d = report.dependencies
+        how = (f"built in {d.build_seconds:.1f}s (download {d.download_seconds:.1f}s)" if d.built
+               else "cached")
+        out.print(_line((f"dependencies: lock {d.lock_hash[:19]}, image {d.image} ({(d.image_id or '')[7:19]}), "
+                         f"{how}: " + ", ".join(f"{n}=={v}" for n, v in sorted(d.packages.items())), "dim")))
     if report.timings:
         out.print(_line(("timings: " + ", ".join(f"{k} {v:.3f}s" for k, v in report.timings.items()),
                          "dim")))

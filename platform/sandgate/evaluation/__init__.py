@@ -23,7 +23,7 @@ from sandgate.errors import InfrastructureError, SubmissionError
 from sandgate.evaluation import oracle
 from sandgate.evaluation.oracle import Baseline
 from sandgate.policy import decide, effective_limits
-from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
+from sandgate.report import DependenciesInfo, EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.submission import load_submission
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -106,12 +106,26 @@ def evaluate(
         progress("sandbox")
         client = shared_client(settings)
         image = require_image(client, settings.image)
+        run_image = settings.image
+        lock = getattr(submission, "lock", None)
+        if lock is not None:
+            from sandgate import deps
+            from sandgate.sandbox.deps_image import ensure_deps_image
+
+            progress("dependencies")
+            derived = ensure_deps_image(client, lock, settings=settings)
+            image, run_image = derived.info, derived.info.tag
+            base = base.model_copy(update={"dependencies": DependenciesInfo(
+                lock_hash=derived.lock_hash, packages=deps.parse_lock(lock).versions,
+                image=derived.info.tag, image_id=derived.info.id, built=derived.built,
+                download_seconds=round(derived.download_seconds, 4),
+                build_seconds=round(derived.build_seconds, 4))})
         files = {f"skill/{path}": data for path, data in submission.files.items()}
         files.update({f"rules/{name}": data
                       for name, data in rules_files(settings.policies_dir / "semgrep").items()})
         if "oracle" in phases and "dynamic" in phases:
             oracle_phase = oracle.begin(
-                submission, policy=policy, client=client, image=settings.image,
+                submission, policy=policy, client=client, image=run_image,
                 limits=limits, evaluation_id=evaluation_id,
                 policies_dir=settings.policies_dir, baseline=baseline)
         channel_key = secrets.token_bytes(32)
@@ -139,7 +153,7 @@ def evaluate(
         }).encode()
         run = run_sandbox(
             client,
-            image=settings.image,
+            image=run_image,
             payload=make_payload(files),
             limits=limits,
             evaluation_id=evaluation_id,

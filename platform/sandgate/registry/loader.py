@@ -80,6 +80,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from sandgate import deps
 from sandgate.errors import LoadFailed
 from sandgate.names import SKILL_NAME, content_hash
 
@@ -480,6 +481,22 @@ def _reserve_prefix(name: str, number: int, expected_hash: str, source_args: dic
     return src
 
 
+def _check_dependencies(ref: str, files: Mapping[str, bytes]) -> None:
+    """The version's ``requirements.lock`` must be installed here, exactly (``sandgate deps install``)."""
+    lock_bytes = files.get(deps.LOCK_NAME)
+    if lock_bytes is None:
+        return
+    try:
+        lock = deps.parse_lock(lock_bytes)
+    except (deps.DepsError, UnicodeDecodeError) as exc:
+        raise LoadFailed(f"{ref}: {exc}", code="bad_lock") from exc
+    missing = deps.missing_packages(lock)
+    if missing:
+        raise LoadFailed(
+            f"{ref}: this environment does not have the version's locked packages: {', '.join(missing)} "
+            f"(install them with `sandgate deps install {ref}`)", code="missing_packages")
+
+
 def load_version(
     *,
     name: str,
@@ -503,6 +520,7 @@ def load_version(
     module_name, function_name = match.group(1), match.group(2)
     if not SKILL_NAME.match(name):
         raise LoadFailed(f"{name!r} is not a skill name", code="bad_name")
+    _check_dependencies(ref, files)
     toplevel, dirs = _toplevel(files)
     _install_finder()
     src = _reserve_prefix(

@@ -62,6 +62,7 @@ from __future__ import annotations
 import ast
 import gc
 import hashlib
+import importlib
 import json
 import os
 import random
@@ -648,6 +649,44 @@ def warm_up() -> None:
             del sys.modules[name]
 
 
+DEPS_DIR = "/opt/sandgate/deps"
+
+
+def preload_dependencies(deps_dir: str = DEPS_DIR) -> list[str]:
+    """Import the skill's locked third-party packages (a derived image's ``/opt/sandgate/deps``)
+    once in the server, before any fork: a mutant's session then does not import pandas again,
+    and its timeout (from the tests' own durations) is not eaten by imports. These are the
+    operator-allowlisted wheels of the lock, never the skill's code. Returns the modules loaded."""
+    if not os.path.isdir(deps_dir):
+        return []
+    from importlib import metadata
+
+    names: set[str] = set()
+    for dist in metadata.distributions(path=[deps_dir]):
+        top = dist.read_text("top_level.txt")
+        if top:
+            names.update(line.strip() for line in top.splitlines() if line.strip())
+            continue
+        for entry in dist.files or []:
+            first = entry.parts[0] if entry.parts else ""
+            if first.endswith((".dist-info", ".data")) or first == "..":
+                continue
+            if first.endswith(".py"):
+                names.add(first[:-3])
+            elif len(entry.parts) > 1:
+                names.add(first)
+    loaded = []
+    for name in sorted(names):
+        if not name.isidentifier() or name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - preloading only: the skill's own import reports it
+            continue
+        loaded.append(name)
+    return loaded
+
+
 def prepare_config(test_files: list[str]) -> Any:
     """pytest's configuration, built once in the server before any fork.
 
@@ -925,6 +964,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
         warm_up()
     except Exception:  # noqa: BLE001 - warming only
         pass
+    preload_dependencies()
     config_for(tests)  # built before any fork (and before the heap is frozen)
     gc.freeze()  # children do not copy the server's heap when they collect
 
