@@ -212,6 +212,7 @@ class Worker:
         load_policy: lifecycle.PolicyLoader | None = None,
         reap_interval: float = REAP_INTERVAL_SECONDS,
         docker_client: Any = None,
+        warm_pool: bool | None = None,
     ) -> None:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be positive")
@@ -223,6 +224,8 @@ class Worker:
         self.drain_seconds = float(drain_seconds)
         self.reap_interval = float(reap_interval)
         self._evaluate = evaluate
+        #: run a warm pool of sandboxes in this process (default: when evaluations are real)
+        self.warm_pool = evaluate is None if warm_pool is None else bool(warm_pool)
         #: loads the policy an evaluation was queued under, by name
         self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
@@ -255,6 +258,7 @@ class Worker:
         )
         try:
             self.reap_dead_controllers()
+            self._start_warm_pool()
             while not self._stop.is_set():
                 if time.monotonic() - self._last_reap > self.reap_interval:
                     self.reap_dead_controllers()
@@ -267,6 +271,7 @@ class Worker:
                 self._wake.clear()
         finally:
             self._drain()
+            self._stop_warm_pool()
             restore()
             log.info("worker stopped", extra=self._extra)
 
@@ -446,6 +451,34 @@ class Worker:
         except Exception as exc:
             log.warning("could not remove the sandbox: %s", exc,
                         extra={**self._extra, "evaluation_id": evaluation_id})
+
+    def _start_warm_pool(self) -> None:
+        """Start this process's warm pool and fill it for the default policy's limits."""
+        if not self.warm_pool:
+            return
+        try:
+            from sandgate.config import get_settings
+            from sandgate.sandbox import pool as warm_pools
+            from sandgate.sandbox.engine import shared_client
+
+            settings = get_settings()
+            manager = warm_pools.enable(size=settings.pool_size, max_age=settings.pool_max_age)
+            if manager is None:
+                return
+            limits = self._policy_loader(None).limits
+            manager.pool(shared_client(settings), image=settings.image, limits=limits)
+        except Exception as exc:  # no pool is slower, not wrong: evaluations start cold sandboxes
+            log.warning("no warm pool: %s", exc, extra=self._extra)
+
+    def _stop_warm_pool(self) -> None:
+        if not self.warm_pool:
+            return
+        from sandgate.sandbox import pool as warm_pools
+
+        try:
+            warm_pools.disable()
+        except Exception as exc:
+            log.warning("draining the warm pool failed (the reaper will finish): %s", exc, extra=self._extra)
 
     # ------------------------------------------------------------------ stopping
 

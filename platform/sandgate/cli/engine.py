@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from sandgate.cli.common import fail
+from sandgate.cli.common import EXIT_REFUSED, fail, fail_with
 
 image_app = typer.Typer(help="Build and inspect the sandbox image.", no_args_is_help=True)
 console = Console()
@@ -55,13 +55,24 @@ def image_build(
     )
 
 
-def reap() -> None:
-    """Remove every leftover sandbox container (label sandgate.managed=true)."""
+def reap(
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE",
+                     help="Only containers that also carry this label (repeatable), e.g. sandgate.pool=pool-..."),
+    ] = None,
+) -> None:
+    """Remove every leftover sandbox container (label sandgate.managed=true), warm pools' included."""
     from sandgate.sandbox import connect
     from sandgate.sandbox import reap as reap_containers
 
+    labels = list(label or [])
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            fail_with(f"--label must be KEY=VALUE, got {item!r}", EXIT_REFUSED)
     try:
-        removed = reap_containers(connect())
+        removed = reap_containers(connect(), labels=labels)
     except Exception as exc:  # noqa: BLE001
         fail(exc)
     console.print(f"removed {len(removed)} container(s)")

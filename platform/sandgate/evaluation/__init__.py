@@ -86,6 +86,7 @@ def evaluate(
     # the sandbox (and the report parser over its runs) import docker: loaded on first use
     from sandgate.evaluation.parse import build_report
     from sandgate.sandbox import make_payload, require_image, run_sandbox
+    from sandgate.sandbox import pool as warm_pools
     from sandgate.sandbox.engine import shared_client
 
     settings = settings or get_settings()
@@ -137,10 +138,14 @@ def evaluate(
                 "memory_bytes": limits.memory_bytes,
             },
         }).encode()
+        # a warm sandbox when this process runs a pool (workers do): same image, same limits
+        pools = warm_pools.current()
+        warm = pools.take(client, image=settings.image, image_id=image.id, limits=limits) if pools else None
         run = run_sandbox(
             client,
             image=settings.image,
             payload=make_payload(files),
+            container=warm,
             limits=limits,
             evaluation_id=evaluation_id,
             kill_grace=settings.sandbox_kill_grace,
