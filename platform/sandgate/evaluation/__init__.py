@@ -141,17 +141,21 @@ def evaluate(
         # a warm sandbox when this process runs a pool (workers do): same image, same limits
         pools = warm_pools.current()
         warm = pools.take(client, image=settings.image, image_id=image.id, limits=limits) if pools else None
-        run = run_sandbox(
-            client,
-            image=settings.image,
-            payload=make_payload(files),
-            container=warm,
-            limits=limits,
-            evaluation_id=evaluation_id,
-            kill_grace=settings.sandbox_kill_grace,
-            channel_key=channel_key,
-            on_started=oracle_phase.start if oracle_phase is not None else None,
-        )
+        try:
+            run = run_sandbox(
+                client,
+                image=settings.image,
+                payload=make_payload(files),
+                container=warm,
+                limits=limits,
+                evaluation_id=evaluation_id,
+                kill_grace=settings.sandbox_kill_grace,
+                channel_key=channel_key,
+                on_started=oracle_phase.start if oracle_phase is not None else None,
+            )
+        finally:
+            if pools is not None:
+                pools.done(warm)  # its replacement starts now, not while this evaluation runs
         progress("report")
         report = build_report(base, run, image_id=image.id)
         if oracle_phase is not None:

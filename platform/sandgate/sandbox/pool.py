@@ -81,6 +81,10 @@ class WarmPool:
         self._closed = False
         self._image_id: str | None = None
         self._last_image_check = 0.0
+        #: sandboxes handed out whose evaluation has not said :meth:`done` (by container id:
+        #: when taken); each counts against ``size`` until then, so the refill does not
+        #: compete for CPU with the evaluation that just took one
+        self._in_use: dict[str, float] = {}
         #: counters, for tests and the benchmark
         self.stats = {"created": 0, "taken": 0, "misses": 0, "expired": 0, "drained": 0, "dead": 0}
         self._thread = threading.Thread(target=self._refill_loop, name=f"sandgate-{self.name}", daemon=True)
@@ -91,34 +95,51 @@ class WarmPool:
     def take(self, image_id: str | None = None) -> str | None:
         """A started, never used sandbox's container id, or None (the caller starts a cold one).
 
-        ``image_id``: the id the caller resolved the image tag to; a pool of another
-        image is drained first (and refilled with the new one).
+        ``image_id``: the id the caller resolved the image tag to; only a sandbox of
+        that image is handed out, and a mismatch makes the refill thread check the
+        tag at once (it drains the pool when the image behind the tag changed).
+        The caller says :meth:`done` when the evaluation is over (the sandbox is
+        then replaced); a sandbox never comes back.
         """
-        if image_id is not None and image_id != self._image_id:
-            self._switch_image(image_id)
         now = time.monotonic()
         stale: list[_Warm] = []
         taken: _Warm | None = None
         with self._lock:
+            if image_id is not None and image_id != self._image_id:
+                self._last_image_check = 0.0
+                self._wake.set()
             while self._idle:
                 warm = self._idle.popleft()
-                if now - warm.born > self.max_age or (image_id is not None and warm.image_id != image_id):
+                if now - warm.born > self.max_age:
                     stale.append(warm)
                     continue
+                if image_id is not None and warm.image_id != image_id:
+                    self._idle.appendleft(warm)
+                    break
                 taken = warm
                 break
             if taken is None:
                 self.stats["misses"] += 1
             else:
                 self.stats["taken"] += 1
-        self._wake.set()
+                self._in_use[taken.container_id] = now
         for warm in stale:
             self._discard(warm, "expired")
+        if stale:
+            self._wake.set()
         if taken is not None and not self._running(taken.container_id):
             self.stats["dead"] += 1
             self._discard(taken, None)
+            self.done(taken.container_id)
             return None
         return taken.container_id if taken is not None else None
+
+    def done(self, container_id: str) -> None:
+        """The evaluation that took ``container_id`` is over: make its replacement."""
+        with self._lock:
+            found = self._in_use.pop(container_id, None)
+        if found is not None:
+            self._wake.set()
 
     def idle(self) -> list[str]:
         with self._lock:
@@ -206,7 +227,10 @@ class WarmPool:
                 keep = deque(w for w in self._idle if now - w.born <= self.max_age)
                 expired = [w for w in self._idle if now - w.born > self.max_age]
                 self._idle = keep
-                missing = self.size - len(self._idle)
+                # an evaluation that never said done (it crashed) stops counting after its longest run
+                overdue = now - self.limits.timeout_seconds - 60.0
+                self._in_use = {c: t for c, t in self._in_use.items() if t > overdue}
+                missing = self.size - len(self._idle) - len(self._in_use)
                 image_id = self._image_id
             for warm in expired:
                 self._discard(warm, "expired")
@@ -246,6 +270,7 @@ class PoolManager:
         self._pools: OrderedDict[tuple[str, Limits], WarmPool] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
+        self._taken: dict[str, WarmPool] = {}
 
     def pool(self, client: Any, *, image: str, limits: Limits) -> WarmPool | None:
         """The pool of (image, limits), started if new; None once closed."""
@@ -269,10 +294,23 @@ class PoolManager:
         """A warm sandbox for one evaluation, or None (start a cold one). Never raises."""
         try:
             found = self.pool(client, image=image, limits=limits)
-            return found.take(image_id) if found is not None else None
+            taken = found.take(image_id) if found is not None else None
         except Exception as exc:
             log.warning("warm pool unavailable: %s", exc)
             return None
+        if taken is not None and found is not None:
+            with self._lock:
+                self._taken[taken] = found
+        return taken
+
+    def done(self, container_id: str | None) -> None:
+        """The evaluation that took ``container_id`` (from :meth:`take`) is over."""
+        if container_id is None:
+            return
+        with self._lock:
+            found = self._taken.pop(container_id, None)
+        if found is not None:
+            found.done(container_id)
 
     def pools(self) -> list[WarmPool]:
         with self._lock:
