@@ -88,6 +88,8 @@ def main() -> int:
         assert out["scan_rc"] == 0 and out["pytest_rc"] == 0 and out["cov_rc"] == 0, out
         return elapsed
 
+    phases: dict[bool, dict[str, list[float]]] = {False: {}, True: {}}
+
     def evaluate_once(expect_warm: bool) -> float:
         t = time.perf_counter()
         report = evaluate(submission, policy=policy, settings=settings)
@@ -95,6 +97,8 @@ def main() -> int:
         assert report.verdict.value == "passed", report.reasons
         warm = report.timings.get("sandbox_create") == 0.0
         assert warm == expect_warm, f"expected a {'warm' if expect_warm else 'cold'} sandbox: {report.timings}"
+        for key, value in report.timings.items():
+            phases[warm].setdefault(key, []).append(value)
         return elapsed
 
     limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
@@ -135,6 +139,9 @@ def main() -> int:
         p95 = pct(values, 95) / pct(floors, 95)
         goal = f"  (target p50 <= {target[0]}, p95 <= {target[1]})" if target else ""
         print(f"ratio {label}: p50 {p50:.3f}  p95 {p95:.3f}{goal}")
+    for warm_run, label in ((False, "without pool"), (True, "with pool")):
+        print(f"per-phase medians {label}: " + ", ".join(
+            f"{k} {statistics.median(v):.3f}s" for k, v in sorted(phases[warm_run].items())))
     print(f"pool stats: {pool.stats}")
     return 0
 

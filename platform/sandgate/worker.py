@@ -457,16 +457,9 @@ class Worker:
         if not self.warm_pool:
             return
         try:
-            from sandgate.config import get_settings
             from sandgate.sandbox import pool as warm_pools
-            from sandgate.sandbox.engine import shared_client
 
-            settings = get_settings()
-            manager = warm_pools.enable(size=settings.pool_size, max_age=settings.pool_max_age)
-            if manager is None:
-                return
-            limits = self._policy_loader(None).limits
-            manager.pool(shared_client(settings), image=settings.image, limits=limits)
+            warm_pools.start(self._policy_loader(None).limits)
         except Exception as exc:  # no pool is slower, not wrong: evaluations start cold sandboxes
             log.warning("no warm pool: %s", exc, extra=self._extra)
 

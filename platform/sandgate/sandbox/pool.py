@@ -38,6 +38,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Any
 
+from sandgate.config import Settings, get_settings
 from sandgate.errors import SandgateError
 from sandgate.limits import Limits
 from sandgate.sandbox.runner import (
@@ -47,7 +48,7 @@ from sandgate.sandbox.runner import (
     start_sandbox,
 )
 
-__all__ = ["PoolManager", "WarmPool", "current", "enable", "disable"]
+__all__ = ["PoolManager", "WarmPool", "current", "disable", "enable", "start"]
 
 log = logging.getLogger("sandgate.sandbox")
 
@@ -338,6 +339,19 @@ def enable(*, size: int, max_age: float) -> PoolManager | None:
             _current = PoolManager(size=size, max_age=max_age)
             atexit.register(disable)
         return _current
+
+
+def start(limits: Limits | None = None, settings: Settings | None = None) -> PoolManager | None:
+    """:func:`enable` with the settings' ``pool_size``/``pool_max_age``, and, given
+    ``limits``, a pool of the settings' image under them filled now (a worker does this
+    at start with its default policy's limits). None when ``pool_size`` is 0."""
+    settings = settings or get_settings()
+    manager = enable(size=settings.pool_size, max_age=settings.pool_max_age)
+    if manager is not None and limits is not None:
+        from sandgate.sandbox.engine import shared_client
+
+        manager.pool(shared_client(settings), image=settings.image, limits=limits)
+    return manager
 
 
 def current() -> PoolManager | None:
