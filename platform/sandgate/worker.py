@@ -459,7 +459,7 @@ class Worker:
         try:
             from sandgate.sandbox import pool as warm_pools
 
-            warm_pools.start(self._policy_loader(None).limits)
+            warm_pools.start(self._policy_loader(None).limits, default_size=self.concurrency + 1)
         except Exception as exc:  # no pool is slower, not wrong: evaluations start cold sandboxes
             log.warning("no warm pool: %s", exc, extra=self._extra)
 

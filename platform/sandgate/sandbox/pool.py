@@ -341,12 +341,15 @@ def enable(*, size: int, max_age: float) -> PoolManager | None:
         return _current
 
 
-def start(limits: Limits | None = None, settings: Settings | None = None) -> PoolManager | None:
-    """:func:`enable` with the settings' ``pool_size``/``pool_max_age``, and, given
-    ``limits``, a pool of the settings' image under them filled now (a worker does this
-    at start with its default policy's limits). None when ``pool_size`` is 0."""
+def start(limits: Limits | None = None, settings: Settings | None = None, *,
+          default_size: int = 2) -> PoolManager | None:
+    """:func:`enable` with the settings' ``pool_size`` (``default_size`` when unset) and
+    ``pool_max_age``, and, given ``limits``, a pool of the settings' image under them
+    filled now (a worker does this at start with its default policy's limits and its
+    concurrency + 1). None when ``pool_size`` is 0."""
     settings = settings or get_settings()
-    manager = enable(size=settings.pool_size, max_age=settings.pool_max_age)
+    size = default_size if settings.pool_size is None else settings.pool_size
+    manager = enable(size=size, max_age=settings.pool_max_age)
     if manager is not None and limits is not None:
         from sandgate.sandbox.engine import shared_client
 
