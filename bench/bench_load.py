@@ -443,7 +443,9 @@ def main() -> int:
             peak_rss[p.pid] = max(peak_rss.get(p.pid, 0), _peak_rss(p.pid))
         after = background_cpu()
 
-        records = [r for r in (lifecycle.repo.get_evaluation(store, evaluation_id=e) for e in ids)]
+        from sandgate.store import evaluations as queue
+
+        records = [queue.get_evaluation(store, evaluation_id=e) for e in ids]
         unfinished = [r for r in records if r.status != "done"]
         finished = [r for r in records if r.status == "done"]
         latencies = sorted((r.finished_at - r.created_at).total_seconds() for r in finished)
