@@ -72,6 +72,14 @@ class Settings(BaseSettings):
     sandbox_kill_grace: float = Field(default=5.0, description=(
         "seconds beyond the policy's wall timeout before the controller kills a sandbox from outside"))
 
+    # -- warm pool (sandgate.sandbox.pool) ------------------------------------
+    pool_size: int | None = Field(default=None, ge=0, le=64, description=(
+        "warm sandboxes a worker keeps started per (image, limits), each used by one evaluation "
+        "and then removed (default: the worker's concurrency + 1, so one is ready while every "
+        "slot runs); 0 turns the warm pool off"))
+    pool_max_age: float = Field(default=60.0, gt=0, description=(
+        "seconds a warm sandbox may wait unused before it is removed and replaced by a fresh one"))
+
     @property
     def effective_database_url(self) -> str:
         if self.database_url:

@@ -218,6 +218,7 @@ class Worker:
         docker_client: Any = None,
         kind: str = "worker",
         beat_seconds: float = evaluations.WORKER_BEAT_SECONDS,
+        warm_pool: bool | None = None,
     ) -> None:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be positive")
@@ -229,6 +230,8 @@ class Worker:
         self.drain_seconds = float(drain_seconds)
         self.reap_interval = float(reap_interval)
         self._evaluate = evaluate
+        #: run a warm pool of sandboxes in this process (default: when evaluations are real)
+        self.warm_pool = evaluate is None if warm_pool is None else bool(warm_pool)
         #: loads the policy an evaluation was queued under, by name
         self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
@@ -267,6 +270,7 @@ class Worker:
         beats.start()
         try:
             self.reap_dead_controllers()
+            self._start_warm_pool()
             while not self._stop.is_set():
                 if time.monotonic() - self._last_reap > self.reap_interval:
                     self.reap_dead_controllers()
@@ -285,6 +289,7 @@ class Worker:
                 evaluations.worker_gone(self.store, owner=self.owner)
             except Exception as exc:  # the row goes stale on its own
                 log.warning("could not remove the liveness record: %s", exc, extra=self._extra)
+            self._stop_warm_pool()
             restore()
             log.info("worker stopped", extra=self._extra)
 
@@ -477,6 +482,27 @@ class Worker:
         except Exception as exc:
             log.warning("could not remove the sandbox: %s", exc,
                         extra={**self._extra, "evaluation_id": evaluation_id})
+
+    def _start_warm_pool(self) -> None:
+        """Start this process's warm pool and fill it for the default policy's limits."""
+        if not self.warm_pool:
+            return
+        try:
+            from sandgate.sandbox import pool as warm_pools
+
+            warm_pools.start(self._policy_loader(None).limits, default_size=self.concurrency + 1)
+        except Exception as exc:  # no pool is slower, not wrong: evaluations start cold sandboxes
+            log.warning("no warm pool: %s", exc, extra=self._extra)
+
+    def _stop_warm_pool(self) -> None:
+        if not self.warm_pool:
+            return
+        from sandgate.sandbox import pool as warm_pools
+
+        try:
+            warm_pools.disable()
+        except Exception as exc:
+            log.warning("draining the warm pool failed (the reaper will finish): %s", exc, extra=self._extra)
 
     # ------------------------------------------------------------------ stopping
 

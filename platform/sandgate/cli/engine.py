@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sandgate.cli.common import fail
+from sandgate.cli.common import EXIT_REFUSED, fail, fail_with
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
@@ -83,13 +83,24 @@ def image_prune(
     _console().print(f"removed {len(removed)} derived image(s), kept at most {keep}")
 
 
-def reap() -> None:
-    """Remove every leftover sandbox container (label sandgate.managed=true)."""
+def reap(
+    label: Annotated[
+        list[str] | None,
+        typer.Option("--label", "-l", metavar="KEY=VALUE",
+                     help="Only containers that also carry this label (repeatable), e.g. sandgate.pool=pool-..."),
+    ] = None,
+) -> None:
+    """Remove every leftover sandbox container (label sandgate.managed=true), warm pools' included."""
     from sandgate.sandbox import connect
     from sandgate.sandbox import reap as reap_containers
 
+    labels = list(label or [])
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            fail_with(f"--label must be KEY=VALUE, got {item!r}", EXIT_REFUSED)
     try:
-        removed = reap_containers(connect())
+        removed = reap_containers(connect(), labels=labels)
     except Exception as exc:  # noqa: BLE001
         fail(exc)
     _console().print(f"removed {len(removed)} container(s)")

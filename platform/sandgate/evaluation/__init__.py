@@ -86,6 +86,7 @@ def evaluate(
     # the sandbox (and the report parser over its runs) import docker: loaded on first use
     from sandgate.evaluation.parse import build_report
     from sandgate.sandbox import make_payload, require_image, run_sandbox
+    from sandgate.sandbox import pool as warm_pools
     from sandgate.sandbox.engine import shared_client
 
     settings = settings or get_settings()
@@ -151,16 +152,26 @@ def evaluate(
                 "memory_bytes": limits.memory_bytes,
             },
         }).encode()
-        run = run_sandbox(
-            client,
-            image=run_image,
-            payload=make_payload(files),
-            limits=limits,
-            evaluation_id=evaluation_id,
-            kill_grace=settings.sandbox_kill_grace,
-            channel_key=channel_key,
-            on_started=oracle_phase.start if oracle_phase is not None else None,
-        )
+        # a warm sandbox when this process runs a pool (workers do): same image, same limits;
+        # a skill with requirements runs cold in its derived image
+        pools = warm_pools.current()
+        warm = (pools.take(client, image=settings.image, image_id=image.id, limits=limits)
+                if pools and run_image == settings.image else None)
+        try:
+            run = run_sandbox(
+                client,
+                image=run_image,
+                payload=make_payload(files),
+                container=warm,
+                limits=limits,
+                evaluation_id=evaluation_id,
+                kill_grace=settings.sandbox_kill_grace,
+                channel_key=channel_key,
+                on_started=oracle_phase.start if oracle_phase is not None else None,
+            )
+        finally:
+            if pools is not None:
+                pools.done(warm)  # its replacement starts now, not while this evaluation runs
         progress("report")
         report = build_report(base, run, image_id=image.id)
         if oracle_phase is not None:

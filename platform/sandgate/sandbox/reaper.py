@@ -10,7 +10,10 @@ those the caller's callbacks condemn; the sandbox knows no database:
   for this host);
 * ``max_age`` + ``held(sandbox)`` — a sandbox older than ``max_age`` seconds
   is condemned unless ``held`` says its evaluation still runs under its
-  controller's lease (the scheduler asks the store).
+  controller's lease (the scheduler asks the store). A warm pool's sandbox
+  (label ``sandgate.pool``) whose controller is alive is never condemned by
+  age: its evaluation label is the pool's, and its pool retires it
+  (:mod:`sandgate.sandbox.pool`); a dead controller's is condemned as any other.
 
 The workers (at start-up and periodically) and the scheduler's orphan job
 both call it.
@@ -28,6 +31,7 @@ from sandgate.sandbox.runner import (
     CONTROLLER_LABEL,
     EVALUATION_LABEL,
     MANAGED_LABEL,
+    POOL_LABEL,
     remove_container,
 )
 from sandgate.sandbox.runner import (
@@ -51,6 +55,9 @@ class Sandbox:
     evaluation_id: str | None
     #: when the engine created it (seconds since the epoch), if it says
     created: float | None
+    #: the warm pool that made it (``sandgate.pool``), if any: its evaluation label is
+    #: then the pool's, not that of the evaluation it may be serving
+    pool: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,7 @@ def sandboxes(client: Any, *, labels: Iterable[str] = ()) -> list[Sandbox]:
                 controller=container_labels.get(CONTROLLER_LABEL),
                 evaluation_id=container_labels.get(EVALUATION_LABEL),
                 created=float(created) if created else None,
+                pool=container_labels.get(POOL_LABEL),
             )
         )
     return out
@@ -111,7 +119,8 @@ def reap(
         why = None
         if alive(sandbox.controller, created) is False:
             why = "controller process is dead"
-        elif max_age is not None and now - created > max_age and not (held is not None and held(sandbox)):
+        elif (max_age is not None and now - created > max_age and not (held is not None and held(sandbox))
+              and not (sandbox.pool and alive(sandbox.controller, created) is True)):
             why = f"older than {max_age:.0f}s and its evaluation is not running under its controller"
         if why is None:
             continue

@@ -14,6 +14,7 @@ import json
 import secrets
 import socket
 import tarfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -33,13 +34,16 @@ __all__ = [
     "MANAGED_LABEL",
     "controller_id",
     "EVALUATION_LABEL",
+    "POOL_LABEL",
     "SANDBOX_UID",
     "SandboxRun",
+    "create_sandbox",
     "hardened_host_config",
     "make_payload",
     "reap",
     "remove_container",
     "run_sandbox",
+    "start_sandbox",
 ]
 
 MANAGED_LABEL = "sandgate.managed"
@@ -150,6 +154,71 @@ def _stdin_write(api: docker.APIClient, container_id: str, payload: bytes) -> No
         sock.close()
 
 
+#: extra label of a warm pool's sandbox: which pool made it (see :mod:`sandgate.sandbox.pool`)
+POOL_LABEL = "sandgate.pool"
+
+#: the sandboxes this process is running now, by evaluation id (a warm pool's sandbox is
+#: labelled with its pool's name, not the evaluation it ends up serving)
+_in_use: dict[str, set[str]] = {}
+_in_use_lock = threading.Lock()
+
+
+def _track(evaluation_id: str, container_id: str, add: bool) -> None:
+    with _in_use_lock:
+        ids = _in_use.setdefault(evaluation_id, set())
+        if add:
+            ids.add(container_id)
+        else:
+            ids.discard(container_id)
+            if not ids:
+                _in_use.pop(evaluation_id, None)
+
+
+def create_sandbox(
+    api: docker.APIClient,
+    *,
+    image: str,
+    limits: Limits,
+    evaluation_id: str,
+    entrypoint: list[str] | None = None,
+    labels: Mapping[str, str] | None = None,
+) -> str:
+    """Create one hardened container (not started); return its id.
+
+    The one place a sandbox's container is made: ordinary runs and warm pools alike.
+    """
+    try:
+        created = api.create_container(
+            image,
+            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+            stdin_open=True,
+            network_disabled=True,
+            hostname=plausible_hostname(),
+            entrypoint=entrypoint,
+            environment={},
+            labels={**(labels or {}), MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,
+                    CONTROLLER_LABEL: controller_id()},
+            name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
+            host_config=hardened_host_config(api, limits),
+        )
+    except APIError as exc:
+        if "runtime" in str(exc).lower() and limits.runtime != "runc":
+            raise RuntimeUnavailable(
+                f"the Docker engine has no runtime {limits.runtime!r}: {exc.explanation}"
+            ) from exc
+        raise InfrastructureError(f"could not create the sandbox: {exc.explanation or exc}") from exc
+    return str(created["Id"])
+
+
+def start_sandbox(api: docker.APIClient, container_id: str, limits: Limits) -> None:
+    try:
+        api.start(container_id)
+    except APIError as exc:
+        if limits.runtime != "runc" and "runtime" in str(exc).lower():
+            raise RuntimeUnavailable(f"runtime {limits.runtime!r} failed to start: {exc}") from exc
+        raise InfrastructureError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+
+
 def run_sandbox(
     client: docker.DockerClient,
     *,
@@ -161,6 +230,7 @@ def run_sandbox(
     entrypoint: list[str] | None = None,
     channel_key: bytes | None = None,
     on_started: Callable[[], None] | None = None,
+    container: str | None = None,
 ) -> SandboxRun:
     """Run the harness once. Raises InfrastructureError when the sandbox itself failed.
 
@@ -169,44 +239,32 @@ def run_sandbox(
     ``channel_key`` is the key the harness signs its lines with (sent in the payload).
     ``on_started`` is called once the container runs with its payload (the oracle
     starts its own sandbox then, so the two starts do not contend).
+    ``container`` is an already started, never used sandbox of a warm pool
+    (:meth:`sandgate.sandbox.pool.WarmPool.take`) made with the same image and
+    limits: it gets the payload instead of a new container being made. Either
+    way the container is removed at the end.
     """
     api = client.api
     evaluation_id = evaluation_id or uuid.uuid4().hex
     timings: dict[str, float] = {}
     started = time.monotonic()
-    container_id: str | None = None
+    container_id: str | None = container
     try:
+        if container_id is None:
+            container_id = create_sandbox(api, image=image, limits=limits, evaluation_id=evaluation_id,
+                                          entrypoint=entrypoint)
+            _track(evaluation_id, container_id, True)
+            timings["create"] = time.monotonic() - started
+            t = time.monotonic()
+            start_sandbox(api, container_id, limits)
+        else:
+            _track(evaluation_id, container_id, True)
+            timings["create"] = 0.0
+            t = time.monotonic()
         try:
-            created = api.create_container(
-                image,
-                user=f"{SANDBOX_UID}:{SANDBOX_UID}",
-                stdin_open=True,
-                network_disabled=True,
-                hostname=plausible_hostname(),
-                entrypoint=entrypoint,
-                environment={},
-                labels={MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,
-                        CONTROLLER_LABEL: controller_id()},
-                name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
-                host_config=hardened_host_config(api, limits),
-            )
-        except APIError as exc:
-            if "runtime" in str(exc).lower() and limits.runtime != "runc":
-                raise RuntimeUnavailable(
-                    f"the Docker engine has no runtime {limits.runtime!r}: {exc.explanation}"
-                ) from exc
-            raise InfrastructureError(f"could not create the sandbox: {exc.explanation or exc}") from exc
-        container_id = created["Id"]
-        timings["create"] = time.monotonic() - started
-
-        t = time.monotonic()
-        try:
-            api.start(container_id)
             _stdin_write(api, container_id, payload)
         except APIError as exc:
-            if limits.runtime != "runc" and "runtime" in str(exc).lower():
-                raise RuntimeUnavailable(f"runtime {limits.runtime!r} failed to start: {exc}") from exc
-            raise InfrastructureError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+            raise InfrastructureError(f"could not send the payload to the sandbox: {exc.explanation or exc}") from exc
         timings["start"] = time.monotonic() - t
         if on_started is not None:
             on_started()
@@ -239,7 +297,10 @@ def run_sandbox(
     finally:
         if container_id is not None:
             t = time.monotonic()
-            remove_container(api, container_id)
+            try:
+                remove_container(api, container_id)
+            finally:
+                _track(evaluation_id, container_id, False)
             timings["remove"] = time.monotonic() - t
 
     static: dict[str, Any] | None = None
@@ -319,13 +380,13 @@ def remove_container(api: docker.APIClient, container_id: str) -> None:
 
 
 def reap(client: docker.DockerClient, *, evaluation_id: str | None = None,
-         controller: str | None = None) -> list[str]:
+         controller: str | None = None, labels: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Remove every container labelled ``sandgate.managed=true``.
 
     ``evaluation_id`` / ``controller`` narrow it to one evaluation's or one
-    controller process's containers.
+    controller process's containers; ``labels`` (``key=value``) narrow it further.
     """
-    filters = {"label": [f"{MANAGED_LABEL}=true"]}
+    filters = {"label": [f"{MANAGED_LABEL}=true", *labels]}
     if evaluation_id:
         filters["label"].append(f"{EVALUATION_LABEL}={evaluation_id}")
     if controller:
@@ -334,4 +395,12 @@ def reap(client: docker.DockerClient, *, evaluation_id: str | None = None,
     for container in client.api.containers(all=True, filters=filters):
         remove_container(client.api, container["Id"])
         removed.append(container["Id"])
+    if evaluation_id and (controller is None or controller == controller_id()):
+        # this process's warm-pool sandbox serving that evaluation (labelled with its pool)
+        with _in_use_lock:
+            mine = sorted(_in_use.get(evaluation_id, ()))
+        for container_id in mine:
+            if container_id not in removed:
+                remove_container(client.api, container_id)
+                removed.append(container_id)
     return removed

@@ -3,7 +3,10 @@
 It is the only trusted code inside the sandbox. It receives the payload (skill
 files, semgrep rules, run config) as a tar stream on stdin, runs the static
 phase (semgrep's native engine, before any submitted code runs), then the
-dynamic phase (pytest + coverage in a child process), then, when nothing has
+dynamic phase (pytest + coverage in a child process, started before the
+payload arrives so that it imports the toolchain while a warm pool's sandbox
+waits; it blocks on a pipe for its job, which the harness sends only after
+the static phase), then, when nothing has
 already failed the verdict, the mutation phase (``sandgate_harness.mutation``:
 harness-made mutants, one forked child each, controls of the unmutated skill),
 and writes its signed lines to its stdout, which no other process in the

@@ -18,7 +18,7 @@ from typing import Any
 from sandgate_harness import PROTOCOL
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
 from sandgate_harness.runner import HEADER, MAGIC
-from sandgate_harness.static import run_static
+from sandgate_harness.static import run_static, semgrep_binary
 
 WORK = "/work"
 SKILL_DIR = "/work/skill"
@@ -240,11 +240,88 @@ def unreported_tests(result: dict[str, Any], required: list[tuple[str, str]]) ->
     return [f"{path}::{name}" for path, name in required if path not in excused and (path, name) not in seen]
 
 
-def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
+class WarmRunner:
+    """The dynamic phase's child, started before the payload arrives.
+
+    It imports the toolchain (pytest, coverage and pytest's default plugins) and
+    then blocks reading its job from a pipe that only the harness holds: no
+    submitted code exists, let alone runs, until :func:`run_dynamic` sends the
+    job, which it does only after the static phase has ended. In a warm pool's
+    sandbox that import happens while the sandbox waits for its payload; in a
+    cold one it overlaps the static phase (it does not depend on submitted code).
+    """
+
+    def __init__(self) -> None:
+        self.key_r, self.key_w = os.pipe()
+        self.job_r, self.job_w = os.pipe()
+        self.res_r, res_w = os.pipe()
+        self.out_r, out_w = os.pipe()
+        env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
+            "HOME": "/tmp/home",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONHASHSEED": "0",
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        }
+        os.makedirs("/tmp/home", exist_ok=True)
+        os.makedirs(SKILL_DIR, mode=0o755, exist_ok=True)
+
+        def preexec() -> None:
+            try:
+                with open("/proc/self/oom_score_adj", "w") as adj:
+                    adj.write("1000")  # the OOM killer takes the test process, not the harness
+            except OSError:
+                pass
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "sandgate_harness.runner", str(self.key_r), str(res_w), str(self.job_r)],
+            cwd=SKILL_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out_w,
+            stderr=out_w,
+            pass_fds=(self.key_r, res_w, self.job_r),
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+        for fd in (self.key_r, self.job_r, res_w, out_w):
+            os.close(fd)
+
+    def send(self, job: dict[str, Any], key: bytes) -> None:
+        """The job, then the key; each pipe closed at once (the runner reads each to its end)."""
+        try:
+            data = memoryview(json.dumps(job).encode())
+            while data:
+                data = data[os.write(self.job_w, data):]
+            os.close(self.job_w)
+            os.write(self.key_w, key)
+        except OSError:
+            pass  # the runner died: its exit status and empty result channel say so
+        finally:
+            for fd in (self.job_w, self.key_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def discard(self) -> None:
+        """No dynamic phase: the runner never gets a job."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+        for fd in (self.job_w, self.key_w, self.res_r, self.out_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | None = None) -> dict[str, Any]:
     key = os.urandom(32)
-    key_r, key_w = os.pipe()
-    res_r, res_w = os.pipe()
-    out_r, out_w = os.pipe()
     runner_config = {
         "skill_dir": SKILL_DIR,
         "tests": config["tests"],
@@ -252,41 +329,10 @@ def run_dynamic(config: dict[str, Any], deadline: float) -> dict[str, Any]:
         "entrypoint": config.get("entrypoint"),
     }
     required = defined_tests(SKILL_DIR, config["tests"])  # read before any submitted code runs
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp/home",
-        "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
-    os.makedirs("/tmp/home", exist_ok=True)
-
-    def preexec() -> None:
-        try:
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")  # the OOM killer takes the test process, not the harness
-        except OSError:
-            pass
-
     started = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "sandgate_harness.runner", str(key_r), str(res_w), json.dumps(runner_config)],
-        cwd=SKILL_DIR,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=out_w,
-        stderr=out_w,
-        pass_fds=(key_r, res_w),
-        start_new_session=True,
-        preexec_fn=preexec,
-    )
-    os.close(key_r)
-    os.close(res_w)
-    os.close(out_w)
-    os.write(key_w, key)
-    os.close(key_w)
+    runner = runner or WarmRunner()
+    proc, res_r, out_r = runner.proc, runner.res_r, runner.out_r
+    runner.send(runner_config, key)
 
     output_flooded = threading.Event()
 
@@ -496,12 +542,19 @@ def emit(key: bytes, kind: str, body: dict[str, Any]) -> None:
 
 
 def main() -> int:
-    started = time.monotonic()
     _non_dumpable()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     out: dict[str, Any] = {"protocol": PROTOCOL, "timings": {}}
+    # Work that depends on nothing submitted, done before the payload arrives (in a
+    # warm pool's sandbox, while it waits): the test runner imports the toolchain,
+    # semgrep's engine is located. The runner gets its job only after the static phase.
+    runner = WarmRunner()
+    semgrep_binary()
+    stdin = sys.stdin.buffer
+    stdin.peek(1)  # blocks until the payload's first bytes: the evaluation's clock starts here
+    started = time.monotonic()
     try:
-        files = read_payload(sys.stdin.buffer)
+        files = read_payload(stdin)
         config = json.loads(files.pop("config.json"))
         key = bytes.fromhex(config.pop("channel_key"))
         skill = {k[len("skill/") :]: v for k, v in files.items() if k.startswith("skill/")}
@@ -511,6 +564,7 @@ def main() -> int:
     except (PayloadError, KeyError, ValueError, OSError) as exc:
         # No trustworthy key either: the controller sees an unauthenticated line
         # and reports an infrastructure error with this text.
+        runner.discard()
         print(f"harness: bad payload: {exc}", file=sys.stderr, flush=True)
         return 3
     out["timings"]["payload"] = time.monotonic() - started
@@ -529,8 +583,10 @@ def main() -> int:
         if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
             out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
     if config.get("dynamic", True) and "dynamic" not in out:
-        out["dynamic"] = run_dynamic(config, deadline)
+        out["dynamic"] = run_dynamic(config, deadline, runner)
         out["timings"]["dynamic"] = out["dynamic"]["seconds"]
+    else:
+        runner.discard()
     # taken before mutants run: a mutant that exhausts memory or processes is a
     # killed mutant, not a limit the skill hit
     out["cgroup"] = cgroup_stats()

@@ -1,6 +1,9 @@
 """The dynamic phase's child process: pytest + coverage, results streamed as HMAC frames.
 
-Run as ``python3 -I -m sandgate_harness.runner KEY_FD RESULT_FD CONFIG_JSON``.
+Run as ``python3 -I -m sandgate_harness.runner KEY_FD RESULT_FD JOB_FD``. It imports the
+toolchain first (pytest, its default plugins, coverage: nothing submitted), then blocks
+reading its job (JSON, to end of file) from ``JOB_FD``: the harness starts it early and
+sends the job only after the static phase.
 
 The key is read (into a buffer that is zeroed at once, the key itself living only
 in OpenSSL's HMAC state) and its pipe closed before any submitted code is imported.
@@ -385,8 +388,38 @@ class _Hooks:
     """A plain, hashable holder of hook functions (pytest registers it as the plugin)."""
 
 
+def _warm() -> None:
+    """Import what every run imports, before the job (and so any submitted file) exists."""
+    import importlib
+
+    import coverage  # noqa: F401
+    import coverage.parser  # noqa: F401
+    import pytest  # noqa: F401
+    from _pytest.config import default_plugins
+
+    for name in default_plugins:
+        try:
+            importlib.import_module(f"_pytest.{name}")
+        except ImportError:
+            pass
+
+
+def _read_job(job_fd: int) -> dict[str, Any]:
+    chunks = []
+    while True:
+        chunk = os.read(job_fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(job_fd)
+    if not chunks:
+        raise SystemExit(0)  # no job: the evaluation had no dynamic phase
+    return json.loads(b"".join(chunks))
+
+
 def main() -> None:
-    config = json.loads(sys.argv[3])
+    _warm()
+    config = _read_job(int(sys.argv[3]))
     finish = _start(int(sys.argv[1]), int(sys.argv[2]), config)
     finish(config)
 
