@@ -239,6 +239,8 @@ def test_the_listener_comes_back_after_a_database_restart(pg_server: Any, pg_url
         wait_for(lambda: metric(server, "sandgate_watch_listening") == 1, "the listener")
         before = event_ids(store, 0)[-1]
         moves(store, 2)
+        with store.engine.connect() as conn:  # the test server runs synchronous_commit=off: make them durable
+            conn.exec_driver_sql("CHECKPOINT")
         pg_server.stop()
         wait_for(lambda: metric(server, "sandgate_watch_listening") == 0, "the listener to notice")
         pg_server.start()
@@ -246,6 +248,7 @@ def test_the_listener_comes_back_after_a_database_restart(pg_server: Any, pg_url
         wait_for(lambda: metric(server, "sandgate_watch_listening") == 1, "the listener back", timeout=60)
         assert metric(server, "sandgate_watch_listener_connects_total") >= 2
         # a stream resuming from before the restart gets what was committed before it, then live events
+        assert len(event_ids(store, before)) == 2
         feed = Feed(server, token, want=6, after=before).start_and_wait_ready()
         moves(store, 4)
         assert feed.done.wait(WAIT), f"{len(feed.events)} of 6 events (poll: {SLOW} s)"
