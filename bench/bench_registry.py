@@ -21,7 +21,8 @@ will evaluate the bench's versions). The skill is ``bench_swap_<random>``, so
 a non-empty server is fine. The consumer polls every 5 s by default there, so
 the numbers are push numbers; the server's feed delay
 (``SANDGATE_API_WATCH_POLL_SECONDS``, default 0.5 s; ``--server-watch-poll``
-with ``--serve``) is part of them.
+with ``--serve``) is part of them on SQLite; on PostgreSQL the feed is woken
+by LISTEN/NOTIFY instead (see ``--push-compare``).
 
 (1) **Swap latency**: from the pointer move — ``promote``/``rollback`` returned,
 so its transaction has committed — to the first call served by the new
