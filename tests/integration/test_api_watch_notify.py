@@ -259,6 +259,32 @@ def test_the_listener_comes_back_after_a_database_restart(pg_server: Any, pg_url
         store.close()
 
 
+@pytest.mark.postgres
+def test_a_forged_notify_wakes_streams_but_delivers_nothing(pg_url: str, tmp_path: Path) -> None:
+    """Anyone who can connect may NOTIFY on the channel: the payload only wakes streams, which read the table."""
+    token = make_key(pg_url, "reader", "reader")
+    store = seeded(pg_url)
+    server = serve(pg_url, tmp_path)
+    try:
+        wait_for(lambda: metric(server, "sandgate_watch_listening") == 1, "the listener")
+        before = event_ids(store, 0)[-1]
+        heard = metric(server, "sandgate_watch_notifications_total")
+        feed = Feed(server, token, want=2).start_and_wait_ready()
+        with store.engine.connect() as conn:
+            for payload in (str(before + 1), "999999999", "not-an-id", "-5", "1; DROP TABLE events"):
+                conn.exec_driver_sql("SELECT pg_notify(%(c)s, %(p)s)", {"c": audit.EVENTS_CHANNEL, "p": payload})
+            conn.commit()
+        wait_for(lambda: metric(server, "sandgate_watch_notifications_total") >= heard + 2, "the forged NOTIFYs")
+        time.sleep(0.5)
+        assert feed.events == []  # woken, read the table, found nothing
+        moves(store, 2)  # and real events still arrive by NOTIFY, with ids the forged ones do not skip
+        assert feed.done.wait(WAIT), f"{len(feed.events)} of 2 events (poll: {SLOW} s)"
+        assert feed.ids() == event_ids(store, before) == [before + 1, before + 2]
+    finally:
+        server.stop()
+        store.close()
+
+
 def test_sqlite_feed_polls(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'sandgate.db'}"
     store = seeded(url)

@@ -152,7 +152,8 @@ class EventHub:
             except asyncio.CancelledError:
                 pass
         if self._thread is not None:
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, LISTEN_SLICE_SECONDS + 5)
+            # a daemon thread: wait one listening slice for it, not a whole connection attempt
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, LISTEN_SLICE_SECONDS + 1)
 
     async def close_streams(self) -> None:
         """End every open stream (server shutdown): they return after their current write."""
@@ -190,7 +191,8 @@ class EventHub:
                 log.debug("event hub poll failed: %s", exc)
             else:
                 if latest != self.latest:
-                    self._bump(latest)
+                    self.latest = latest  # the table's word (a notification's id is only a hint)
+                    self._bump()
             interval = max(self.poll, NOTIFY_SAFETY_POLL_SECONDS) if self.listening else self.poll
             try:
                 await asyncio.wait_for(self._poll_now.wait(), interval)
