@@ -9,6 +9,7 @@
     python bench/bench_registry.py --check         # exit 1 when a target is missed
     python bench/bench_registry.py --serve         # over HTTP: a throwaway `sandgate serve`, push
     python bench/bench_registry.py --url http://127.0.0.1:8080 --api-key sg_...   # a running server
+    python bench/bench_registry.py --push-compare  # HTTP on PostgreSQL: LISTEN/NOTIFY feed vs polling feed
 
 Remote mode (``--url http(s)://…`` or ``--serve``): the consumer is
 ``sandgate.connect(url, api_key=…)`` (``HttpBackend``: pointer moves pushed
@@ -20,7 +21,8 @@ will evaluate the bench's versions). The skill is ``bench_swap_<random>``, so
 a non-empty server is fine. The consumer polls every 5 s by default there, so
 the numbers are push numbers; the server's feed delay
 (``SANDGATE_API_WATCH_POLL_SECONDS``, default 0.5 s; ``--server-watch-poll``
-with ``--serve``) is part of them.
+with ``--serve``) is part of them on SQLite; on PostgreSQL the feed is woken
+by LISTEN/NOTIFY instead (see ``--push-compare``).
 
 (1) **Swap latency**: from the pointer move — ``promote``/``rollback`` returned,
 so its transaction has committed — to the first call served by the new
@@ -31,6 +33,13 @@ move the benchmark sleeps a random fraction of the poll interval, so moves
 land at random points of the poll cycle. The probe calls the skill every
 ``--probe`` seconds (default 0.2 ms: the latency resolution). Target: p99 <=
 200 ms.
+
+``--push-compare`` (issue 14): one throwaway PostgreSQL, two ``sandgate
+serve`` processes on it, run one after the other — one whose feed polls
+(``SANDGATE_API_WATCH_NOTIFY=false``, ``--server-watch-poll``, default 0.5 s:
+the polling floor) and one woken by LISTEN/NOTIFY — and the same swaps
+through an HTTP registry against each. Prints p50/p99 of both and their
+ratio. Target: p99 <= 100 ms with NOTIFY.
 
 (2) **Call overhead**: ``registry.call(name, x)`` against a direct call of the
 same function object (the floor), measured in the same run (best of several
@@ -284,19 +293,75 @@ def _database(args: argparse.Namespace) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def _server(db_url: str, args: argparse.Namespace) -> Iterator[tuple[str, str]]:
+def _server(db_url: str, args: argparse.Namespace, *, notify: bool = True) -> Iterator[tuple[str, str]]:
     """``(url, admin key)`` of a throwaway ``sandgate serve`` on ``db_url`` (tests/integration/api_harness.py)."""
     harness = _load_test_helper("integration/api_harness.py", "sandgate_tests_api_harness")
-    key = harness.make_key(db_url, "bench", "admin", rate=100_000, burst=100_000)
+    key = harness.make_key(db_url, f"bench-{random.randrange(16**6):06x}", "admin", rate=100_000, burst=100_000)
     with tempfile.TemporaryDirectory(prefix="sandgate-bench-serve-") as home:
         server = harness.ApiServer(db_url, home=Path(home), env={
             "SANDGATE_API_WATCH_POLL_SECONDS": str(args.server_watch_poll),
+            "SANDGATE_API_WATCH_NOTIFY": "true" if notify else "false",
             "SANDGATE_API_LOG_LEVEL": "warning",
         }).start()
+        if notify and db_url.startswith("postgresql"):
+            _wait_listening(server.url)
         try:
             yield server.url, key
         finally:
             server.stop()
+
+
+def _wait_listening(url: str, timeout: float = 10.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while "\nsandgate_watch_listening 1" not in httpx.get(f"{url}/metrics", timeout=5).text:
+        if time.monotonic() > deadline:
+            raise SystemExit("the server's event listener did not connect within 10 s")
+        time.sleep(0.05)
+
+
+PUSH_TARGET_MS = 100.0
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    """``--push-compare``: the same swaps through a polling feed (the floor) and a NOTIFY feed, one PostgreSQL."""
+    args.postgres = True
+    results: dict[str, dict[str, Any]] = {}
+    with _database(args) as db_url:
+        for mode, notify in (("polling feed", False), ("LISTEN/NOTIFY feed", True)):
+            with contextlib.ExitStack() as stack:
+                url, key = stack.enter_context(_server(db_url, args, notify=notify))
+                cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sandgate-bench-cache-")))
+                mover = ApiMover(url, key)
+                stack.callback(mover.client.close)
+                print(f"{mode}: {url} on PostgreSQL; server feed poll {args.server_watch_poll * 1000:.0f} ms"
+                      f"{' (safety net only)' if notify else ''}; consumer poll {args.poll_interval * 1000:.0f} ms;"
+                      f" {args.swaps} swaps, moves spread over {args.move_jitter * 1000:.0f} ms")
+                results[mode] = measure_swaps(mover, url, args, cache, {"api_key": key})
+    print("\npointer move committed -> first call on the new version, HTTP registry (push via /v1/watch)")
+    print(f"    {'':<24}{'kind':<26}{'n':>5}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    table: dict[str, dict[str, float]] = {}
+    for mode, swaps in results.items():
+        samples = swaps["samples"]
+        both = samples["promote"] + samples["rollback"]
+        table[mode] = {"p50": pct(both, 50), "p99": pct(both, 99)}
+        for label, values in (("promote (fresh load)", samples["promote"]),
+                              ("rollback (still loaded)", samples["rollback"]), ("all swaps", both)):
+            print(f"    {mode:<24}{label:<26}{len(values):>5}{pct(values, 50):>9.1f}{pct(values, 99):>9.1f}"
+                  f"{max(values):>9.1f}")
+    floor, push = table["polling feed"], table["LISTEN/NOTIFY feed"]
+    print(f"    ratio NOTIFY / polling floor: p50 {push['p50'] / floor['p50']:.3f}, "
+          f"p99 {push['p99'] / floor['p99']:.3f}")
+    ok = push["p99"] <= PUSH_TARGET_MS
+    print(f"    target p99 <= {PUSH_TARGET_MS:.0f} ms with NOTIFY: {push['p99']:.1f} ms  {'ok' if ok else 'MISSED'}")
+    if args.json:
+        print(json.dumps({"latency_all_ms": table, "swaps": args.swaps,
+                          "server_watch_poll_s": args.server_watch_poll}))
+    if args.check and not ok:
+        print("FAIL: a target was missed")
+        return 1
+    return 0
 
 
 def main_remote(args: argparse.Namespace) -> dict[str, Any]:
@@ -345,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--move-jitter", type=float, default=None,
                    help="sleep a random 0..N s before each move (default: the poll interval; remote: 0.5)")
     p.add_argument("--postgres", action="store_true", help="start a throwaway PostgreSQL (tests/pg.py)")
+    p.add_argument("--push-compare", action="store_true",
+                   help="HTTP registry on a throwaway PostgreSQL: NOTIFY feed vs polling feed, same run")
     p.add_argument("--quick", action="store_true", help="CI smoke: 40 swaps, shorter timing loops")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--seed", type=int, default=1)
@@ -357,12 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.switch_interval is not None:
         sys.setswitchinterval(args.switch_interval)
 
+    if args.push_compare:
+        args.serve = True
     args.remote = args.serve or (args.url or "").split("://", 1)[0].lower() in ("http", "https")
     if args.poll_interval is None:
         args.poll_interval = 5.0 if args.remote else 0.05
     if args.move_jitter is None:
         args.move_jitter = 0.5 if args.remote else args.poll_interval
 
+    if args.push_compare:
+        return main_compare(args)
     if args.remote:
         result = main_remote(args)
         swaps, overhead = result["swaps"], result["overhead"]

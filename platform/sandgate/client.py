@@ -306,7 +306,7 @@ class SandgateClient:
     def pointers_raw(self, names: Iterable[str] | None = None, *,
                      content: bool = False) -> dict[str, Any]:
         """The raw ``/v1/pointers`` answer; ``content``: each pointer also carries the active
-        version's ``content_hash`` and ``entrypoint``."""
+        version's ``content_hash``, ``entrypoint`` and ``canary`` route."""
         params: dict[str, Any] = {"content": "true"} if content else {}
         if names is not None:
             wanted = list(names)

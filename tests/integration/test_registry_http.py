@@ -271,3 +271,38 @@ def _wait(predicate: Any, timeout: float = 10.0) -> bool:
             return False
         time.sleep(0.01)
     return True
+
+
+def test_a_move_costs_the_poll_and_one_fetch(world: World, tmp_path: Path) -> None:
+    """After a move an HTTP registry asks for the pointers (which name content and canary) and, on a cache
+    miss, the files: no describe, no /v1/canaries. A rollback to a version still loaded costs only the poll."""
+    events: list[RegistryEvent] = []
+    registry = world.connect(tmp_path, events, report=False)
+    ops = world.api("ops")
+    try:
+        with world.api("reader") as reader:
+            current = reader.pointers([SKILL])[SKILL][0]
+        assert registry.call(SKILL, 0) == tag(current) + "0"
+        assert isinstance(registry.backend, HttpBackend) and registry.backend.wait_push(10)
+        target = 1 if current != 1 else 2
+
+        def requests_during(move: Any, number: int) -> Counter[str]:
+            start = len(world.server.log_lines())
+            move()
+            served_within(registry, number)
+            time.sleep(0.3)  # the request log line is written when the answer is sent
+            lines = world.server.log_lines()[start:]
+            return Counter(ln["route"] for ln in lines
+                           if ln.get("message") == "request" and ln.get("key") == "reader"
+                           and ln.get("route") != "/v1/watch")
+
+        fresh = requests_during(lambda: ops.promote(SKILL, target, reason="count"), target)
+        assert fresh["/v1/skills/{name}/versions/{number}/files"] == 1, fresh
+        assert fresh["/v1/pointers"] >= 1, fresh
+        assert set(fresh) == {"/v1/pointers", "/v1/skills/{name}/versions/{number}/files"}, fresh
+        back = requests_during(lambda: ops.rollback(SKILL, reason="count"), current)
+        assert set(back) == {"/v1/pointers"}, back
+        assert not [e for e in events if e.kind in ("backend_error", "load_failed")]
+    finally:
+        ops.close()
+        registry.close()

@@ -563,7 +563,7 @@ def test_pointers_carry_content_only_when_asked(app_env):
     version = c.get("/v1/skills/greet/versions/1", headers=h("reader")).json()["version"]
     assert full["pointers"] == {"greet": {"version": 1, "generation": 1,
                                           "content_hash": version["content_hash"],
-                                          "entrypoint": "greet:run"}}
+                                          "entrypoint": "greet:run", "canary": None}}
     assert full["last_event_id"] == plain["last_event_id"] > 0
 
 

@@ -625,3 +625,34 @@ def test_a_pointers_answer_with_content_spares_the_describe_request(tmp_path: Pa
     assert r.call("greet") == "v1"
     assert seen == ["/v1/pointers", "/v1/canaries", "/v1/skills/greet/versions/1/files"]
     r.close()
+
+
+@pytest.mark.parametrize("route", [None, {"candidate": 2, "weight": 100, "fallback": False, "sample_io": 0}])
+def test_a_pointers_answer_with_the_canary_spares_the_canaries_request(tmp_path: Path, route: Any) -> None:
+    """A move costs the poll and (on a cache miss) the files: the pointers answer names content and canary."""
+    seen: list[str] = []
+    versions = {1: skill("v1"), 2: skill("v2")}
+    hashes = {n: content_hash(f) for n, f in versions.items()}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/v1/pointers":
+            return httpx.Response(200, json={"pointers": {"greet": {
+                "version": 1, "generation": 1, "content_hash": hashes[1], "entrypoint": "skill:run",
+                "canary": route}}, "last_event_id": 1})
+        for n, f in versions.items():
+            if request.url.path == f"/v1/skills/greet/versions/{n}/files":
+                return httpx.Response(200, json=files_json("greet", n, f, claimed_hash=hashes[n]))
+            if request.url.path == f"/v1/skills/greet/versions/{n}":
+                return httpx.Response(200, json=version_json("greet", n, f))
+        return error(404, "not_found", "no route")
+
+    b = mock_backend(handler)
+    r = Registry(b, cache_dir=tmp_path, watch=False, report=False)
+    # weight 100: every call goes to the candidate, so the route from the pointers answer was applied
+    assert r.call("greet") == ("v2" if route else "v1")
+    assert "/v1/canaries" not in seen
+    assert seen[:2] == ["/v1/pointers", "/v1/skills/greet/versions/1/files"]
+    # the candidate (not named by the pointers answer's content) is described, then fetched
+    assert seen[2:] == (["/v1/skills/greet/versions/2", "/v1/skills/greet/versions/2/files"] if route else [])
+    r.close()

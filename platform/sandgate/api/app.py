@@ -68,7 +68,7 @@ def create_app(settings: Any = None, *, api: ApiSettings | None = None, store: A
     api = api if api is not None else ApiSettings.load()
     metrics = Metrics()
     stores = StoreHolder(settings.effective_database_url, store=store)
-    hub = EventHub(stores.get, poll_seconds=api.watch_poll_seconds)
+    hub = EventHub(stores.get, poll_seconds=api.watch_poll_seconds, notify=api.watch_notify)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -197,6 +197,9 @@ def _ops_routes(app: FastAPI) -> None:
             await run_in_threadpool(state.auth.check, request, "reader")
         extra = await _store_samples(request.app)
         state.metrics.set("sandgate_watch_streams", state.hub.streams)
+        state.metrics.set("sandgate_watch_listening", 1 if state.hub.listening else 0)
+        state.metrics.set("sandgate_watch_listener_connects_total", state.hub.listener_connects)
+        state.metrics.set("sandgate_watch_notifications_total", state.hub.notifications)
         return PlainTextResponse(state.metrics.render(extra),
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 

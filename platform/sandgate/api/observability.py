@@ -16,6 +16,9 @@ name                                            type       labels
 ``sandgate_http_rate_limited_total``            counter    kind (``key`` | ``auth_failures``)
 ``sandgate_http_auth_failures_total``           counter    reason (``missing`` | ``invalid`` | ``forbidden``)
 ``sandgate_watch_streams``                      gauge      open ``/v1/watch`` streams
+``sandgate_watch_listening``                    gauge      1 while the feed's LISTEN connection is up (PostgreSQL)
+``sandgate_watch_listener_connects_total``      counter    times that connection was opened (>1: it reconnected)
+``sandgate_watch_notifications_total``          counter    NOTIFYs of new events it received
 ``sandgate_evaluations``                        gauge      status (``queued`` | ``running`` | ``done``)
 ``sandgate_evaluations_queue_depth``            gauge      queued evaluations
 ``sandgate_evaluations_by_verdict``             gauge      verdict (finished evaluations in the store)
@@ -83,6 +86,12 @@ class Metrics:
         self.describe("sandgate_http_auth_failures_total", "counter",
                       "Requests refused with 401 or 403, by reason.")
         self.describe("sandgate_watch_streams", "gauge", "Open /v1/watch event streams.")
+        self.describe("sandgate_watch_listening", "gauge",
+                      "1 while the event feed's LISTEN connection to PostgreSQL is up.")
+        self.describe("sandgate_watch_listener_connects_total", "counter",
+                      "Times the event feed's LISTEN connection was opened (more than 1: it reconnected).")
+        self.describe("sandgate_watch_notifications_total", "counter",
+                      "Event notifications (NOTIFY) the event feed received.")
 
     def describe(self, name: str, kind: str, help_text: str) -> None:
         self._help[name] = (kind, help_text)

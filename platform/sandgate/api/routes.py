@@ -13,7 +13,6 @@ database work in the pool.
 from __future__ import annotations
 
 import base64
-import hashlib
 import re
 from typing import Annotated, Any
 
@@ -53,6 +52,7 @@ from sandgate.api.watch import ALL_ACTIONS, DEFAULT_ACTIONS, event_stream
 from sandgate.errors import ConfigError, NotFound
 from sandgate.service import embedded
 from sandgate.service.embedded import EmbeddedService
+from sandgate.store.canary import canary_routes
 from sandgate.store.keys import role_allows
 
 __all__ = ["router"]
@@ -204,14 +204,14 @@ def get_version(name: SkillName, number: VersionNumber, key: Reader, store: Stor
 def get_version_files(name: SkillName, number: VersionNumber, key: Reader,
                       store: StoreDep) -> dict[str, Any]:
     """The exact stored bytes (base64), for registries: verify them against ``content_hash``."""
-    version, files = _service(store).version_files(name, number)
+    version, files = embedded.version_with_files(store, name=name, number=number)
     return {
         "skill": name,
         "version": number,
         "content_hash": version.content_hash,
         "entrypoint": version.manifest.get("entrypoint"),
-        "files": [{"path": p, "size": len(b), "sha256": hashlib.sha256(b).hexdigest(),
-                   "content_base64": base64.b64encode(b).decode("ascii")} for p, b in files.items()],
+        "files": [{"path": f.path, "size": f.size, "sha256": f.sha256,
+                   "content_base64": base64.b64encode(f.content).decode("ascii")} for f in files],
     }
 
 
@@ -350,19 +350,29 @@ def pointers(key: Reader, store: StoreDep,
     """Active version and generation of every skill (or of ``names``): cheap, for registries.
 
     With ``content=true`` each pointer also carries the active version's
-    ``content_hash`` and ``entrypoint`` (same query), so a registry that sees a
-    move fetches the files at once (or nothing, on a cache hit) instead of
-    first describing the version.
+    ``content_hash`` and ``entrypoint`` (same query) and its ``canary`` (the
+    candidate, weight, fallback and sample size, or null: what ``/v1/canaries``
+    says), so a registry that sees a move fetches the files at once (or
+    nothing, on a cache hit) instead of first describing the version and
+    asking for its canary.
     """
     wanted = _names(names) if names is not None else None
     last = embedded.latest_event_id(store)  # read first: a move after it is seen by /v1/watch
     if content:
         details = embedded.active_pointer_details(store, names=wanted)
-        return {"pointers": {n: p._asdict() for n, p in sorted(details.items())},
+        routes = canary_routes(store, names=list(details))
+        return {"pointers": {n: {**p._asdict(), "canary": _route(routes.get(n))} for n, p in sorted(details.items())},
                 "last_event_id": last}
     rows = _service(store).pointers(wanted)
     return {"pointers": {n: {"version": v, "generation": g} for n, (v, g) in sorted(rows.items())},
             "last_event_id": last}
+
+
+def _route(row: tuple[int, int, bool, int] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    candidate, weight, fallback, sample_io = row
+    return {"candidate": candidate, "weight": weight, "fallback": fallback, "sample_io": sample_io}
 
 
 def _names(raw: str) -> list[str]:

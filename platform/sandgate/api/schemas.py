@@ -306,6 +306,13 @@ class SubmitOut(_Out):
     links: dict[str, str]
 
 
+class CanaryRouteOut(_Out):
+    candidate: int
+    weight: int
+    fallback: bool
+    sample_io: int
+
+
 class PointerOut(_Out):
     version: int
     generation: int
@@ -313,6 +320,8 @@ class PointerOut(_Out):
                                      "version's content hash")
     entrypoint: str | None = Field(default=None, description="with content=true: the active "
                                    "version's entrypoint")
+    canary: CanaryRouteOut | None = Field(default=None, description="with content=true: the candidate "
+                                          "beside the active version (null: none), as /v1/canaries")
 
 
 class PointersOut(_Out):

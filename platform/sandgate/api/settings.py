@@ -17,6 +17,8 @@ variable                                   meaning
 ``SANDGATE_API_POLICIES``                  policies a client may name (comma-separated);
                                            default: only the configured ``SANDGATE_POLICY``
 ``SANDGATE_API_WATCH_POLL_SECONDS``        how often the event feed polls the database, default 0.5
+                                           (PostgreSQL with LISTEN up: every max(this, 5 s), a safety net)
+``SANDGATE_API_WATCH_NOTIFY``              PostgreSQL: wake the feed by LISTEN/NOTIFY, default true
 ``SANDGATE_API_WATCH_KEEPALIVE_SECONDS``   SSE comment sent on an idle stream, default 15
 ``SANDGATE_API_WATCH_GAP_GRACE_SECONDS``   how long a hole in event ids is waited for, default 2
 ``SANDGATE_API_READY_REQUIRES_ENGINE``     ``/readyz`` fails without a Docker engine, default true
@@ -66,8 +68,10 @@ class ApiSettings(EnvSettings):
     #: policies a client may choose by name; empty: only ``Settings.policy``
     policies: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
-    #: how often the event feed polls the database
+    #: how often the event feed polls the database (PostgreSQL, listening: only a safety net)
     watch_poll_seconds: float = Field(default=0.5, gt=0, le=60)
+    #: on PostgreSQL, wake the event feed by LISTEN/NOTIFY instead of waiting for a poll
+    watch_notify: bool = True
     #: an SSE comment is sent on a stream idle this long
     watch_keepalive_seconds: float = Field(default=15.0, gt=0, le=600)
     #: how long a hole in event ids is waited for

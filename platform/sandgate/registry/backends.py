@@ -33,9 +33,10 @@ Implementations:
     ``sandgate.client.SandgateClient``, authenticated with an API key (any
     role: reading needs ``reader``). ``pointers`` is one
     ``GET /v1/pointers?names=…&content=true``, whose answer also names each
-    active version's content hash and entrypoint, so ``describe`` costs no
-    request for a version a ``pointers`` answer named (otherwise, e.g. against
-    an older server, it is ``GET /v1/skills/{name}/versions/{n}``): a pointer
+    active version's content hash, entrypoint and canary route, so neither
+    ``describe`` nor ``canaries`` costs a request for a skill a ``pointers``
+    answer named (otherwise, e.g. against an older server, they are
+    ``GET /v1/skills/{name}/versions/{n}`` and ``GET /v1/canaries``): a pointer
     move costs the poll and, on a cache miss, one ``fetch``; ``fetch`` is
     ``GET /v1/skills/{name}/versions/{n}/files`` (base64; the registry verifies
     the bytes against the content hash like any backend's, so a server can
@@ -228,6 +229,9 @@ class HttpBackend:
         self._closed = threading.Event()
         #: per skill, the active version the last pointers answer named, and its content
         self._described: dict[str, tuple[int, VersionInfo]] = {}
+        #: per skill, the canary route the last pointers answer named (None: no candidate); only a
+        #: server that puts ``canary`` in its pointers answer fills this
+        self._routes: dict[str, CanaryRoute | None] = {}
         self._stop_event: threading.Event | None = None
         self._push: _PushStream | None = None
         if push:
@@ -250,13 +254,22 @@ class HttpBackend:
         try:
             rows = data["pointers"]
             out = {n: (int(p["version"]), int(p["generation"])) for n, p in rows.items() if n in wanted}
+            routes: dict[str, CanaryRoute | None] = {}
             for n, p in rows.items():
                 if n in wanted and isinstance(p.get("content_hash"), str) and isinstance(p.get("entrypoint"), str):
                     self._described[n] = (out[n][0], VersionInfo(p["content_hash"], p["entrypoint"]))
+                if n in wanted and "canary" in p:
+                    c = p["canary"]
+                    routes[n] = None if c is None else CanaryRoute(
+                        int(c["candidate"]), int(c["weight"]), bool(c.get("fallback", False)),
+                        int(c.get("sample_io", 0)))
             last = data.get("last_event_id")
             last = int(last) if last is not None else None
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"unexpected /v1/pointers answer from {self.url}: {exc!r}", code="bad_answer") from exc
+        for n in wanted:  # only this answer's view counts (a name it did not carry is asked for again)
+            self._routes.pop(n, None)
+        self._routes.update(routes)
         if self._push is not None and not self._closed.is_set():
             self._push.follow(wanted, last)
         return out
@@ -284,20 +297,29 @@ class HttpBackend:
     # -- canary (sandgate.registry.evidence, api/canary.py) --
 
     def canaries(self, names: Iterable[str]) -> dict[str, CanaryRoute]:
-        """``GET /v1/canaries?names=…``: the candidates of those of ``names`` that have one."""
+        """The candidates of those of ``names`` that have one.
+
+        From the last ``pointers`` answer when it carried them (no request: the
+        registry asks right after the poll that saw the move); else
+        ``GET /v1/canaries?names=…`` for the rest.
+        """
         wanted = sorted(set(names))
-        if not wanted or getattr(self, "_no_canaries", False):
-            return {}
+        known = {n: r for n in wanted if (r := self._routes.get(n)) is not None}
+        wanted = [n for n in wanted if n not in self._routes]
+        if not wanted:
+            return known
+        if getattr(self, "_no_canaries", False):
+            return known
         try:
             data = self._call("read the canaries", lambda: self._client._json(
                 "GET", "/v1/canaries", params={"names": ",".join(wanted)}))
         except NotFound:  # a server without canary support: nothing is ever split
             self._no_canaries = True
-            return {}
+            return known
         try:
-            return {n: CanaryRoute(int(c["candidate"]), int(c["weight"]), bool(c.get("fallback", False)),
-                                   int(c.get("sample_io", 0)))
-                    for n, c in data["canaries"].items() if n in wanted}
+            return known | {n: CanaryRoute(int(c["candidate"]), int(c["weight"]), bool(c.get("fallback", False)),
+                                           int(c.get("sample_io", 0)))
+                            for n, c in data["canaries"].items() if n in wanted}
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise StoreError(f"unexpected /v1/canaries answer from {self.url}: {exc!r}", code="bad_answer") from exc
 

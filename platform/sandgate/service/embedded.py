@@ -46,6 +46,7 @@ __all__ = [
     "active_pointer_details",
     "latest_event_id",
     "events_after",
+    "version_with_files",
     "evaluation_counts",
     "auto_promotion_of",
 ]
@@ -253,6 +254,7 @@ def latest_event_id(store: Store) -> int:
 
 
 events_after = audit.events_after
+version_with_files = versions.get_version_with_files
 
 
 def evaluation_counts(store: Store) -> dict[tuple[str, str | None], int]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 from collections.abc import Mapping
-from typing import Any, Protocol, cast
+from typing import Any, NamedTuple, Protocol, cast
 
 from sqlalchemy import Table, func, select
 from sqlalchemy.exc import IntegrityError
@@ -42,6 +42,8 @@ __all__ = [
     "get_version",
     "get_active_version",
     "get_version_files",
+    "StoredFile",
+    "get_version_with_files",
     "diff",
 ]
 
@@ -263,6 +265,28 @@ def get_version_files(store: Store, *, name: str, number: int) -> dict[str, byte
             .order_by(VersionFile.path)
         )
         return {path: bytes(content) for path, content in rows}
+
+class StoredFile(NamedTuple):
+    path: str
+    content: bytes
+    #: hex SHA-256 of ``content``, computed when the version was stored
+    sha256: str
+    size: int
+
+
+def get_version_with_files(store: Store, *, name: str, number: int) -> tuple[VersionRecord, list[StoredFile]]:
+    """The version's record and its files (bytes with their stored digests, by path): one read transaction."""
+    with store.read() as s:
+        skill = _skill(s, name)
+        version = _version(s, skill, number)
+        rows = s.execute(
+            select(VersionFile.path, VersionFile.content, VersionFile.sha256, VersionFile.size)
+            .where(VersionFile.version_id == version.id)
+            .order_by(VersionFile.path)
+        )
+        files = [StoredFile(path, bytes(content), sha, int(size)) for path, content, sha, size in rows]
+        return _version_record(version, skill), files
+
 
 def _decode(data: bytes) -> str | None:
     try:
