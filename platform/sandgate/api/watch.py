@@ -28,7 +28,7 @@ new events may be there; only then does each stream read its new events (a
 primary-key range scan). Idle streams cost nothing but a keepalive comment.
 
 * PostgreSQL: every event insert sends ``NOTIFY sandgate_events, '<id>'`` in
-  the writing transaction (a trigger, migration 0007), delivered at its commit.
+  the writing transaction (a trigger, migration 0008), delivered at its commit.
   The hub holds one dedicated connection per process that ``LISTEN``s (a
   thread, :class:`~sandgate.store.audit.EventListener`) and wakes the streams
   on each notification: an event reaches a stream within a few milliseconds of

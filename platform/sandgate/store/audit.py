@@ -4,7 +4,7 @@ Events are written by the rooms that act (a version stored, an evaluation
 finished, a pointer moved, a flag); this room only reads them.
 
 On PostgreSQL every insert into ``events`` also sends ``NOTIFY sandgate_events,
-'<id>'`` from a trigger (migration 0007), so it is delivered when the writing
+'<id>'`` from a trigger (migration 0008), so it is delivered when the writing
 transaction commits and never before: :class:`EventListener` is a dedicated
 connection that ``LISTEN``s for those (the API's watch feed wakes on them
 instead of waiting for its next poll). SQLite has no such thing: there the
@@ -25,7 +25,7 @@ from sandgate.store.models import Event, Skill, Version
 
 __all__ = ["history", "promotion_of", "events_after", "EVENTS_CHANNEL", "EventListener", "notify_supported"]
 
-#: the NOTIFY channel of new events (the trigger of migration 0007 sends each new id on it)
+#: the NOTIFY channel of new events (the trigger of migration 0008 sends each new id on it)
 EVENTS_CHANNEL = "sandgate_events"
 #: how long opening the listening connection may take
 LISTEN_CONNECT_TIMEOUT_S = 5
