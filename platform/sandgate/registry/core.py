@@ -224,15 +224,20 @@ def _timed(rec: Recorder, fn: Callable[..., Any], args: tuple[Any, ...], kwargs:
     try:
         out = fn(*args, **kwargs)
     except Exception as exc:
-        rec.err.append(type(exc).__qualname__)
-        _latency(rec, _ns() - t0)
-        if rec.sample_left:
-            rec.sample(args, kwargs, error=exc)
+        _record(rec, t0, args, kwargs, error=exc)
         raise
+    _record(rec, t0, args, kwargs, out)
+    return out
+
+
+def _record(rec: Recorder, t0: int, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any = None,
+            error: Exception | None = None) -> None:
+    """A timed call's outcome: its error type (if it raised), its latency, and a sample if wanted."""
+    if error is not None:
+        rec.err.append(type(error).__qualname__)
     _latency(rec, _ns() - t0)
     if rec.sample_left:
-        rec.sample(args, kwargs, out)
-    return out
+        rec.sample(args, kwargs, out, error=error)
 
 
 def _latency(rec: Recorder, d: int) -> None:
@@ -517,14 +522,9 @@ class Registry:
             else:
                 out = await asyncio.to_thread(v.target, *args, **kwargs)
         except Exception as exc:
-            rec.err.append(type(exc).__qualname__)
-            _latency(rec, _ns() - t0)
-            if rec.sample_left:
-                rec.sample(args, kwargs, error=exc)
+            _record(rec, t0, args, kwargs, error=exc)
             raise
-        _latency(rec, _ns() - t0)
-        if rec.sample_left:
-            rec.sample(args, kwargs, out)
+        _record(rec, t0, args, kwargs, out)
         return out
 
     def get(self, name: str) -> SkillHandle:
