@@ -26,9 +26,8 @@ from sandgate.limits import Limits
 from sandgate.names import controller_id
 from sandgate.sandbox import pool as warm_pools
 from sandgate.sandbox import reaper, runner
-from sandgate.sandbox.backend import Listed, SandboxBackend, SandboxSpec, SandboxState
+from sandgate.sandbox.backend import EngineInfo, Listed, SandboxBackend, SandboxSpec, SandboxState
 from sandgate.sandbox.docker_backend import DockerBackend, as_backend
-from sandgate.sandbox.engine import EngineInfo
 
 SANDBOX = Path(__file__).resolve().parents[2] / "platform" / "sandgate" / "sandbox"
 KEY = b"k" * 32

@@ -19,14 +19,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from sandgate.limits import Limits
 
-if TYPE_CHECKING:
-    from sandgate.sandbox.engine import EngineInfo
+__all__ = ["EngineInfo", "Listed", "SandboxBackend", "SandboxSpec", "SandboxState"]
 
-__all__ = ["Listed", "SandboxBackend", "SandboxSpec", "SandboxState"]
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """An engine's identity and abilities, as the doctor reports them."""
+
+    version: str
+    api_version: str
+    runtimes: list[str] = field(default_factory=list)
+    default_runtime: str = "runc"
+    cgroup_version: str | None = None
+    security_options: list[str] = field(default_factory=list)
+    architecture: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,8 +21,8 @@ from docker.errors import APIError, DockerException, NotFound
 
 from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
 from sandgate.limits import Limits
-from sandgate.sandbox.backend import Listed, SandboxBackend, SandboxSpec, SandboxState
-from sandgate.sandbox.engine import EngineInfo, engine_info
+from sandgate.sandbox.backend import EngineInfo, Listed, SandboxBackend, SandboxSpec, SandboxState
+from sandgate.sandbox.engine import engine_info
 
 __all__ = ["SANDBOX_UID", "DockerBackend", "as_backend", "hardened_host_config", "remove_container"]
 
