@@ -720,6 +720,10 @@ def main() -> int:
                 ratios[work] = print_load(
                     out, "the issue's original work vs the bare floor's CPU", floor["cpu_seconds"], cores,
                     args.quiet_limit)
+                if floor["parallel_per_min"]:
+                    out["ratio_to_parallel_floor"] = round(out["throughput_per_min"] / floor["parallel_per_min"], 3)
+                    print(f"  vs the bare floor run {width} at a time in this run ({floor['parallel_per_min']:.1f}/min, "
+                          f"the same engine and tenants): {out['ratio_to_parallel_floor']}")
             else:
                 ratios[work] = print_load(
                     out, "the default policy's whole evaluation (static + dynamic + mutation + oracle) vs the CPU "
