@@ -722,7 +722,8 @@ def main() -> int:
                     args.quiet_limit)
                 if floor["parallel_per_min"]:
                     out["ratio_to_parallel_floor"] = round(out["throughput_per_min"] / floor["parallel_per_min"], 3)
-                    print(f"  vs the bare floor run {width} at a time in this run ({floor['parallel_per_min']:.1f}/min, "
+                    print(f"  vs the bare floor run {width} at a time in this run "
+                          f"({floor['parallel_per_min']:.1f}/min, "
                           f"the same engine and tenants): {out['ratio_to_parallel_floor']}")
             else:
                 ratios[work] = print_load(
