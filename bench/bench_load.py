@@ -65,6 +65,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -252,6 +253,61 @@ def _docker_cgroup_cpu_seconds() -> float | None:
     return None
 
 
+_CPUACCT_DOCKER = ("/sys/fs/cgroup/cpuacct/docker", "/sys/fs/cgroup/cpu,cpuacct/docker")
+
+
+class OwnContainersCPU:
+    """CPU of this run's own containers only (label ``sandgate.controller`` one of
+    ``controllers``), from each container's cgroup v1 ``cpuacct.usage``, sampled every
+    ``interval`` seconds while it exists: other tenants' sandboxes on the shared engine
+    are left out (the engine's parent cgroup counts them too). The last sample before a
+    container goes misses at most ``interval`` of its CPU. ``total()`` is None without
+    cgroup v1."""
+
+    def __init__(self, client: Any, controllers: set[str], interval: float = 0.05) -> None:
+        self.client, self.controllers, self.interval = client, controllers, interval
+        self.root = next((Path(p) for p in _CPUACCT_DOCKER if Path(p).is_dir()), None)
+        self._mine: dict[str, bool] = {}
+        self._usage: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        if self.root is not None:
+            self._thread.start()
+
+    def _loop(self) -> None:
+        assert self.root is not None
+        while not self._stop.is_set():
+            try:
+                entries = [d for d in self.root.iterdir() if len(d.name) == 64]
+            except OSError:
+                entries = []
+            for d in entries:
+                cid = d.name
+                if cid not in self._mine:
+                    try:
+                        labels = self.client.api.inspect_container(cid)["Config"]["Labels"] or {}
+                    except Exception:  # gone already
+                        labels = {}
+                    self._mine[cid] = labels.get("sandgate.controller") in self.controllers
+                if self._mine[cid]:
+                    try:
+                        self._usage[cid] = int((d / "cpuacct.usage").read_text())
+                    except (OSError, ValueError):
+                        pass
+            self._stop.wait(self.interval)
+
+    def total(self) -> float | None:
+        return None if self.root is None else sum(self._usage.values()) / 1e9
+
+    def containers(self) -> int:
+        return len(self._usage)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+
+
 def _cpu_by_command(names: tuple[str, ...]) -> dict[str, float]:
     """Summed CPU seconds of live processes by command name (dockerd, postgres, ...)."""
     out = dict.fromkeys(names, 0.0)
@@ -328,30 +384,40 @@ def submissions(n: int, *, examples: bool = True) -> list[Any]:
 def measure_evaluation_cpu(policy: Any, subs: list[Any], runs: int) -> dict[str, Any]:
     """CPU inside the sandboxes of one whole evaluation under ``policy`` (sequential runs).
 
-    The evaluation sandbox and the oracle's served sandbox(es) together, from the engine's
-    parent cgroup (cgroup v1: it keeps the usage of removed containers): the policy's own
-    work, harness included, without the engine's create/start/remove. Median of ``runs``
-    after one warm-up. None without cgroup v1.
+    The evaluation sandbox and the oracle's served sandbox(es) together, from each of this
+    process's containers' own cgroup (:class:`OwnContainersCPU`): the policy's own work,
+    harness included, without the engine's create/start/remove. Median of ``runs`` after
+    one warm-up. None without cgroup v1.
     """
     from sandgate.evaluation import evaluate
+    from sandgate.names import controller_id
+    from sandgate.sandbox import connect
 
     evaluate(subs[0], policy=policy)  # warm-up
-    cpu, wall, host = [], [], []
+    cpu, wall, host, containers = [], [], [], []
     phases: dict[str, list[float]] = {}
-    for sub in subs[1 : runs + 1]:
-        c0, b0, t = _docker_cgroup_cpu_seconds(), _host_busy_seconds(), time.perf_counter()
-        report = evaluate(sub, policy=policy)
-        wall.append(time.perf_counter() - t)
-        host.append(_host_busy_seconds() - b0)
-        c1 = _docker_cgroup_cpu_seconds()
-        assert report.verdict == "passed", (report.verdict, report.reasons)
-        if c0 is not None and c1 is not None:
-            cpu.append(c1 - c0)
-        for k, v in report.timings.items():
-            phases.setdefault(k, []).append(v)
+    own = OwnContainersCPU(connect(), {controller_id()})
+    try:
+        for sub in subs[1 : runs + 1]:
+            time.sleep(3 * own.interval)  # the sampler has seen the last run's containers go
+            c0, n0, b0, t = own.total(), own.containers(), _host_busy_seconds(), time.perf_counter()
+            report = evaluate(sub, policy=policy)
+            wall.append(time.perf_counter() - t)
+            host.append(_host_busy_seconds() - b0)
+            time.sleep(3 * own.interval)
+            c1 = own.total()
+            containers.append(own.containers() - n0)
+            assert report.verdict == "passed", (report.verdict, report.reasons)
+            if c0 is not None and c1 is not None:
+                cpu.append(c1 - c0)
+            for k, v in report.timings.items():
+                phases.setdefault(k, []).append(v)
+    finally:
+        own.close()
     return {
         "cpu_seconds": round(statistics.median(cpu), 3) if cpu else None,
         "cpu_runs": [round(x, 3) for x in cpu],
+        "containers_per_evaluation": containers,
         "wall_seconds": statistics.median(wall),
         "host_cpu_seconds": statistics.median(host),
         "phases": {k: round(statistics.median(v), 3) for k, v in phases.items()},
@@ -432,6 +498,8 @@ def run_load(args: Any, url: str, tmp: Path, *, policy_name: str, subs: list[Any
         time.sleep(2.0)  # let them import and connect (idle polling costs nearly nothing)
 
         before = wait_for_quiet(args.quiet_limit, args.quiet_patience)
+        own = OwnContainersCPU(connect(), {f"{socket.gethostname()}:{p.pid}" for p, _ in procs})
+        stack.callback(own.close)
         busy0, workers0 = _host_busy_seconds(), sum(_proc_cpu_seconds(p.pid) for p, _ in procs)
         sandboxes0, engine0 = _docker_cgroup_cpu_seconds(), _cpu_by_command(ENGINE_PROCESSES)
         t0 = time.time()
@@ -468,7 +536,9 @@ def run_load(args: Any, url: str, tmp: Path, *, policy_name: str, subs: list[Any
         busy = _host_busy_seconds() - busy0
         workers_cpu = sum(_proc_cpu_seconds(p.pid) for p, _ in procs) - workers0
         sandboxes1, engine1 = _docker_cgroup_cpu_seconds(), _cpu_by_command(ENGINE_PROCESSES)
-        sandboxes_cpu = None if sandboxes0 is None or sandboxes1 is None else sandboxes1 - sandboxes0
+        all_sandboxes_cpu = None if sandboxes0 is None or sandboxes1 is None else sandboxes1 - sandboxes0
+        time.sleep(3 * own.interval)
+        sandboxes_cpu, own_containers = own.total(), own.containers()
         engine_cpu = {k: engine1[k] - engine0.get(k, 0.0) for k in engine1}
         stop_sampling.set()
         sampler.join()
@@ -523,6 +593,10 @@ def run_load(args: Any, url: str, tmp: Path, *, policy_name: str, subs: list[Any
             round(sandboxes_cpu / max(n, 1), 3) if sandboxes_cpu is not None else None
         ),
         "engine_cpu_seconds_per_evaluation": {k: round(v / max(n, 1), 3) for k, v in engine_cpu.items()},
+        "all_containers_cpu_seconds_per_evaluation": (
+            round(all_sandboxes_cpu / max(n, 1), 3) if all_sandboxes_cpu is not None else None
+        ),
+        "own_containers_per_evaluation": round(own_containers / max(n, 1), 2),
         "phases": phase_breakdown(finished),
         "leftover_containers": len(leftovers),
         "background_load_before": round(before, 3),
@@ -557,7 +631,9 @@ def print_load(out: dict[str, Any], label: str, ceiling_cpu: float, cores: int, 
     print("peak worker RSS: " + ", ".join(f"{b / mib:.0f} MiB" for b in out["peak_rss_bytes_per_worker"]))
     print(
         f"CPU actually spent per evaluation: host {out['host_cpu_seconds_per_evaluation']}s = "
-        f"sandboxes {out['sandbox_cpu_seconds_per_evaluation']}s + "
+        f"own sandboxes {out['sandbox_cpu_seconds_per_evaluation']}s "
+        f"({out['own_containers_per_evaluation']} containers; every container on the engine, other tenants' too: "
+        f"{out['all_containers_cpu_seconds_per_evaluation']}s) + "
         f"workers {out['worker_cpu_seconds_per_evaluation']}s + "
         + " + ".join(f"{k} {v}s" for k, v in out["engine_cpu_seconds_per_evaluation"].items())
         + " + kernel/runc/shims/other tenants"
@@ -682,7 +758,8 @@ def main() -> int:
             evaluation_cpu[work] = measured
             print(
                 f"one whole evaluation under {name} (sequential, in-process, cold sandboxes): "
-                f"{measured['cpu_seconds']} CPU-s in its sandboxes (runs {measured['cpu_runs']}), wall "
+                f"{measured['cpu_seconds']} CPU-s in its sandboxes (runs {measured['cpu_runs']}, containers "
+                f"{measured['containers_per_evaluation']}), wall "
                 f"{measured['wall_seconds']:.3f}s, host {measured['host_cpu_seconds']:.3f}s; phases "
                 f"{json.dumps(measured['phases'])}",
                 flush=True,
