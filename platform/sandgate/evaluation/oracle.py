@@ -30,10 +30,15 @@ a malformed or oversized frame, a closed stream): the server is then killed and
 every later call to it is ``not_run`` (counted as failed). Examples and
 acceptance calls go first so a misbehaving generated input cannot hide them.
 
-When it runs: only after the dynamic phase produced a report that is not
+When it counts: only after the dynamic phase produced a report that is not
 already ``error`` or ``rejected`` (a ``failed`` report still gets the phase: its
-failures are what a generation loop needs). The sandbox is started while the
-dynamic phase runs, so only the calls and the removal add to the wall clock.
+failures are what a generation loop needs). The sandbox is started once the
+evaluation sandbox has its payload, and the calls are made — and the served
+sandboxes removed — as soon as the server is ready, while the evaluation
+sandbox still runs its static, dynamic and mutation phases: :func:`conclude`
+waits for them (usually long done) and judges; an ``error`` report drops the
+answers. The served skill was already loaded beside the static phase before;
+sending it its calls then changes nothing of what runs where.
 A failure of the oracle's own sandbox is ``infrastructure`` (verdict ``error``).
 """
 
