@@ -563,6 +563,11 @@ def run_load(args: Any, url: str, tmp: Path, *, policy_name: str, subs: list[Any
             for line in (tmp / f"worker-{tag}{k}.log").read_text(errors="replace").splitlines():
                 if '"level": "warning"' in line or '"level": "error"' in line or not line.startswith("{"):
                     problems.append(f"worker-{tag}{k}: {line[:400]}")
+                    if '"exception": ' in line:  # the traceback's last lines say what failed
+                        try:
+                            problems.append("    " + json.loads(line)["exception"][-800:].replace("\n", "\n    "))
+                        except ValueError:
+                            pass
         slowest = sorted(finished, key=lambda r: (r.finished_at - r.created_at).total_seconds())[-3:]
         client = connect()
         leftovers = []
@@ -602,6 +607,11 @@ def run_load(args: Any, url: str, tmp: Path, *, policy_name: str, subs: list[Any
         "background_load_before": round(before, 3),
         "background_load_after": round(after, 3),
         "problems": problems,
+        "not_passed": [
+            f"{r.skill}@{r.version} {r.verdict} (attempts {r.attempts}): "
+            + "; ".join(f"{x.get('code')}: {str(x.get('message'))[:300]}" for x in r.reasons)
+            for r in finished if r.verdict != "passed"
+        ],
         "slowest": [
             f"{r.skill}@{r.version} queued {(r.started_at - r.created_at).total_seconds():.1f}s, "
             f"ran {(r.finished_at - r.started_at).total_seconds():.1f}s, attempts {r.attempts}"
@@ -663,6 +673,8 @@ def print_load(out: dict[str, Any], label: str, ceiling_cpu: float, cores: int, 
         print(f"worker warnings/errors ({len(out['problems'])}):")
         for line in out["problems"][:20]:
             print("  " + line)
+    for line in out["not_passed"]:
+        print("not passed: " + line)
     print("slowest: " + "; ".join(out["slowest"]))
     return ratio
 
