@@ -77,9 +77,23 @@ def _table(*headers: str, **options: Any) -> Table:
 
 
 @contextmanager
-def _service(ctx: typer.Context) -> Iterator[SkillService]:
+def _service(ctx: typer.Context, *, read: bool = False) -> Iterator[SkillService]:
     """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store
-    (with the collaborators passed as the context object, if any)."""
+    (with the collaborators passed as the context object, if any). ``read``: a read command
+    (skills, versions, show, history), which reads an embedded SQLite store at head with the
+    standard library's sqlite3 (:mod:`sandgate.service.lite`: same records, same errors, no
+    SQLAlchemy); anything else about the store (missing, not at head) takes the full path."""
+    from sandgate.environ import remote_url
+
+    if read and not remote_url():
+        from sandgate.config import get_settings
+        from sandgate.service.lite import open_reader
+
+        reader = open_reader(get_settings().effective_database_url)
+        if reader is not None:
+            with reader:
+                yield reader  # type: ignore[misc]
+            return
     from sandgate.service import open_service
 
     with open_service(default_actor=default_actor, embedded=collaborators(ctx).embedded()) as service:
@@ -189,7 +203,7 @@ def submit(
 
 def skills(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         rows = service.list_skills()
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -210,7 +224,7 @@ def versions(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False
 ) -> None:
     """List the versions of a skill."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         rows = service.list_versions(name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -239,7 +253,7 @@ def show(
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
     name, number = _parse_ref(ref)
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         detail = service.show(name, number)
     version, evaluation = detail.version, detail.evaluation
     if as_json:
@@ -385,7 +399,7 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log of a skill: who did what, when, why."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         events = service.history(name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])
