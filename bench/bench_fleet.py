@@ -4,6 +4,8 @@ What it does, in one run (tests/fleet.py starts the engines: separate
 ``dockerd``/containerd on this machine, the sandbox image loaded into each,
 a worker per engine with ``SANDGATE_HOST_ID=fleet-<i>``):
 
+0. **Warm-up** (not counted): two evaluations per host, so no run pays for a
+   fresh engine's cold caches.
 1. **Healthy.** ``--submissions`` distinct submissions (20 skills × N versions
    of the example ``text_stats``) are queued, the workers started, and the time
    from the workers' start to the last verdict measured.
@@ -74,7 +76,7 @@ def evaluated_counts(store: Any) -> Counter[str]:
     return counts
 
 
-def one_run(fleet: Any, url: str, n: int, *, kill: bool, timeout: float) -> dict[str, Any]:
+def one_run(fleet: Any, url: str, n: int, *, kill: bool, timeout: float, salt: str = "") -> dict[str, Any]:
     from sandgate import lifecycle
     from sandgate.policy import load_policy
     from sandgate.store import evaluations, open_store
@@ -85,7 +87,7 @@ def one_run(fleet: Any, url: str, n: int, *, kill: bool, timeout: float) -> dict
     store = open_store(url)
     policy = load_policy("default")
     ids = [lifecycle.submit(store, submission=s, policy=policy, actor="bench", wait=False).evaluation.id
-           for s in submissions(n, "lost" if kill else "healthy")]
+           for s in submissions(n, salt or ("lost" if kill else "healthy"))]
     victim = fleet.hosts[0]
     started = time.monotonic()
     for host in fleet.hosts:
@@ -169,6 +171,10 @@ def main() -> int:
         t = time.monotonic()
         with Fleet(args.hosts, database_url="", worker_args=worker, start_workers=False) as fleet:
             print(f"engines up, image loaded in {time.monotonic() - t:.1f}s", flush=True)
+            # warm-up, not counted: each fresh engine's first sandboxes pay for cold caches
+            url = server.create_database("fleet_warmup", template="fleet_template")
+            warm = one_run(fleet, url, 2 * args.hosts, kill=False, timeout=args.timeout, salt="warmup")
+            print(f"warm-up: {warm['done']}/{warm['submissions']} in {warm['seconds']}s", flush=True)
             runs = []
             for kill in (False, True):
                 url = server.create_database(f"fleet_{'lost' if kill else 'healthy'}", template="fleet_template")

@@ -242,10 +242,14 @@ class Host:
             self.worker.kill()
             return self.worker.wait(10)
 
-    def tail(self) -> str:
+    def log_text(self) -> str:
+        """This host's current worker's whole log."""
         with contextlib.suppress(OSError):
-            return self.worker_log.read_text(errors="replace")[-3000:]
+            return self.worker_log.read_text(errors="replace")
         return ""
+
+    def tail(self) -> str:
+        return self.log_text()[-3000:]
 
     # ---------------------------------------------------------------- the whole host
 

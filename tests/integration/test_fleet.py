@@ -85,17 +85,17 @@ def test_engine_dying_under_a_job_requeues_it_for_another_host(fleet):
     a.kill_engine()  # the engine (containerd, shims, sandboxes) dies; A's worker lives on
 
     done = wait_for(lambda: (r := evaluations.get_evaluation(store, evaluation_id=eid)).status == "done" and r,
-                    60, "host B to complete the requeued evaluation", f)
+                    180, "host B to complete the requeued evaluation", f)
     assert done.verdict == "passed", done.reasons  # never a verdict of the dead engine
     assert b.owns(done.lease_owner) and done.attempts == 2  # A's attempt counted
     assert evaluated_ids(store, "slow_skill") == Counter([eid])
-    assert '"requeued' in a.tail() and a.worker is not None and a.worker.poll() is None, a.tail()
+    assert '"requeued: ' in a.log_text() and a.worker is not None and a.worker.poll() is None, a.tail()
 
     a.start_engine()  # back: its worker (still the same process) removes its stopped leftovers
     assert any(c["State"] != "running" for c in managed_containers(a.client()))
     wait_for(lambda: all(c["State"] == "running" for c in managed_containers(a.client())), 30,
              "A's stopped leftovers to be removed", f)  # its warm pool starts new ones: those run
-    assert "the Docker engine answers again" in a.tail()
+    assert "the Docker engine answers again" in a.log_text()
     assert a.stop_worker() == 0, a.tail()
     assert b.stop_worker() == 0, b.tail()
     assert f.leftovers() == {"fleet-0": 0, "fleet-1": 0}
@@ -105,7 +105,7 @@ def test_host_killed_a_third_through_every_evaluation_completes_once(fleet):
     f, store = fleet
     a, b = f.hosts
     policy = load_policy("default")
-    n = 12
+    n = 6
     ids = [lifecycle.submit(store, submission=text_stats(500 + i), policy=policy, actor="test",
                             wait=False).evaluation.id for i in range(n)]
     a.start_worker()
@@ -116,15 +116,20 @@ def test_host_killed_a_third_through_every_evaluation_completes_once(fleet):
         return (sum(r.status == "done" for r in running) >= n // 3
                 and any(r.status == "running" and a.owns(r.lease_owner) for r in running))
 
-    wait_for(a_third_done_and_a_busy, 120, "a third done with host A busy", f)
+    wait_for(a_third_done_and_a_busy, 300, "a third done with host A busy", f)
     dead = a.controller
     a.kill()  # the whole host: worker, engine, containerd, shims, sandboxes
-    wait_for(lambda: statuses(store, ids)["done"] == n, 120, "every evaluation done on host B", f)
+    held = [e for e in ids if (r := evaluations.get_evaluation(store, evaluation_id=e)).status == "running"
+            and a.owns(r.lease_owner)]
+    assert held, "host A held no lease when it died: nothing was tested"
+    wait_for(lambda: statuses(store, ids)["done"] == n, 300, "every evaluation done on host B", f)
 
     records = [evaluations.get_evaluation(store, evaluation_id=e) for e in ids]
     assert {r.verdict for r in records} == {"passed"}, [r.reasons for r in records]
     assert evaluated_ids(store, "text_stats") == Counter(ids)  # each exactly once, none lost
-    assert any(r.attempts == 2 and b.owns(r.lease_owner) for r in records)  # A's job, after its lease
+    for r in records:
+        if r.id in held:  # A's jobs: claimed again by B once A's lease lapsed
+            assert r.attempts == 2 and b.owns(r.lease_owner), r
 
     a.start_engine()  # the host comes back: the dead engine's containers are still there, stopped
     left = managed_containers(a.client())
