@@ -27,6 +27,11 @@ a worker per engine with ``SANDGATE_HOST_ID=fleet-<i>``):
     python bench/bench_fleet.py              # 3 hosts × 200 submissions (needs root, Docker, PostgreSQL)
     python bench/bench_fleet.py --quick      # 3 hosts × 30 submissions
     python bench/bench_fleet.py --hosts 2 --submissions 60 --lease-seconds 5
+    python bench/bench_fleet.py --policy default   # with the mutation phase
+
+The default policy ``fleet`` is ``default`` without the mutation phase: what is
+measured is who runs the evaluations, and the mutation phase's controls time
+out on a starved machine (a ``failed`` that says nothing about the fleet).
 
 Timings on a shared machine are noisy: compare the two runs of one invocation,
 and read them next to the load average it prints.
@@ -78,14 +83,13 @@ def evaluated_counts(store: Any) -> Counter[str]:
 
 def one_run(fleet: Any, url: str, n: int, *, kill: bool, timeout: float, salt: str = "") -> dict[str, Any]:
     from sandgate import lifecycle
-    from sandgate.policy import load_policy
     from sandgate.store import evaluations, open_store
     from tests.fleet import managed_containers
 
     for host in fleet.hosts:
         host.database_url = url
     store = open_store(url)
-    policy = load_policy("default")
+    policy = fleet.policy
     ids = [lifecycle.submit(store, submission=s, policy=policy, actor="bench", wait=False).evaluation.id
            for s in submissions(n, salt or ("lost" if kill else "healthy"))]
     victim = fleet.hosts[0]
@@ -146,6 +150,8 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=1, help="slots per worker (default 1)")
     parser.add_argument("--lease-seconds", type=float, default=10.0)
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds one run may take")
+    parser.add_argument("--policy", default="fleet", help="fleet (default without the mutation phase: "
+                        "the most load-sensitive part, which this bench does not measure) or any policy name")
     parser.add_argument("--json", action="store_true", help="also print the results as one JSON object")
     args = parser.parse_args()
     if args.hosts < 2:
@@ -155,22 +161,30 @@ def main() -> int:
         print("bench_fleet starts Docker engines: run it as root", file=sys.stderr)
         return 2
 
+    import shutil
+    import tempfile
+
     from sandgate.config import Settings
+    from sandgate.policy.model import load_policy
     from sandgate.store import open_store
     from tests import pg
-    from tests.fleet import Fleet
+    from tests.fleet import Fleet, fleet_policy
 
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     worker = ["--concurrency", str(args.concurrency), "--poll-interval", "0.1",
               "--lease-seconds", str(args.lease_seconds)]
     print(f"bench_fleet: {args.hosts} hosts × {n} submissions, lease {args.lease_seconds:g}s, "
           f"image {Settings().image}; load average {' '.join(load_before)}", flush=True)
+    policies = fleet_policy(Path(tempfile.mkdtemp(prefix="fleet-policies-")))
     with pg.postgres_server() as server:
         template = server.create_database("fleet_template")
         open_store(template).close()
         t = time.monotonic()
         with Fleet(args.hosts, database_url="", worker_args=worker, start_workers=False) as fleet:
-            print(f"engines up, image loaded in {time.monotonic() - t:.1f}s", flush=True)
+            print(f"engines up, image loaded in {time.monotonic() - t:.1f}s; policy {args.policy}", flush=True)
+            for host in fleet.hosts:
+                host.env["SANDGATE_POLICIES_DIR"] = str(policies)
+            fleet.policy = load_policy(args.policy, policies_dir=policies)
             # warm-up, not counted: each fresh engine's first sandboxes pay for cold caches
             url = server.create_database("fleet_warmup", template="fleet_template")
             warm = one_run(fleet, url, 2 * args.hosts, kill=False, timeout=args.timeout, salt="warmup")
@@ -181,6 +195,7 @@ def main() -> int:
                 run = one_run(fleet, url, n, kill=kill, timeout=args.timeout)
                 runs.append(run)
                 print(json.dumps(run), flush=True)
+    shutil.rmtree(policies, ignore_errors=True)
     healthy, lost = runs
     ratio = (lost["per_minute"] / healthy["per_minute"]) if healthy["per_minute"] and lost["per_minute"] else 0.0
     load_after = Path("/proc/loadavg").read_text().split()[:3]

@@ -44,7 +44,7 @@ from typing import Any
 
 import docker
 
-__all__ = ["Fleet", "Host", "cached_image_tar", "managed_containers"]
+__all__ = ["Fleet", "Host", "cached_image_tar", "fleet_policy", "managed_containers"]
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINE_START_TIMEOUT = 60.0
@@ -124,6 +124,24 @@ def cached_image_tar(image: str, main: docker.DockerClient | None = None) -> Pat
     return tar
 
 
+def fleet_policy(tmp: Path) -> Path:
+    """The checkout's policies plus ``fleet``: ``default`` without the mutation phase.
+
+    What is tested here is who runs an evaluation, not its gates; the mutation
+    phase is the slowest and most load-sensitive part (its controls time out
+    on a starved machine), so it is off.
+    """
+    shutil.copytree(ROOT / "policies", tmp, dirs_exist_ok=True)
+    text = (tmp / "default.toml").read_text()
+    for old, new in (("min_mutation_score = 60.0", "min_mutation_score = 0.0"),
+                     ("null_entrypoint_must_be_killed = true", "null_entrypoint_must_be_killed = false"),
+                     ("max_mutants = 20", "max_mutants = 0")):
+        assert old in text, old
+        text = text.replace(old, new)
+    (tmp / "fleet.toml").write_text(text)
+    return tmp
+
+
 def managed_containers(client: docker.DockerClient) -> list[dict[str, Any]]:
     return list(client.api.containers(all=True, filters={"label": [f"{MANAGED}=true"]}))
 
@@ -141,6 +159,8 @@ class Host:
         self.engine: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
         self.generation = 0
+        #: extra environment of its worker (e.g. ``SANDGATE_POLICIES_DIR``)
+        self.env: dict[str, str] = {}
         self._client: docker.DockerClient | None = None
 
     # ---------------------------------------------------------------- engine
@@ -212,7 +232,7 @@ class Host:
         home.mkdir(exist_ok=True)
         env = {**os.environ, "DOCKER_HOST": self.docker_host, "SANDGATE_HOST_ID": self.host_id,
                "SANDGATE_DATABASE_URL": self.database_url, "SANDGATE_HOME": str(home),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **self.env}
         out = open(self.worker_log, "ab")  # noqa: SIM115 - the worker keeps it
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "sandgate", "worker", *self.worker_args, *extra],
@@ -305,6 +325,8 @@ class Fleet:
         self.hosts = [Host(i, self.base / f"h{i}", database_url=database_url, worker_args=self.worker_args)
                       for i in range(n)]
         self.start_workers = start_workers
+        #: the policy a test or bench queues under (its choice; the workers load it by name)
+        self.policy: Any = None
 
     def __enter__(self) -> Fleet:
         try:

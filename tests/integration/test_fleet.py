@@ -14,17 +14,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sandgate import lifecycle
-from sandgate.policy import load_policy
+from sandgate.policy.model import load_policy
 from sandgate.store import Store, evaluations, open_store
-from tests.fleet import Fleet, managed_containers
+from tests.fleet import Fleet, fleet_policy, managed_containers
 from tests.integration.test_worker_processes import evaluated_ids, slow_skill, text_stats
 
 pytest_plugins = ["tests.integration.conftest_store"]
@@ -37,8 +40,15 @@ WORKER = ["--concurrency", "1", "--poll-interval", "0.1", "--lease-seconds", "3"
 def two_hosts(docker_client: Any, sandbox_image: str) -> Iterator[Fleet]:
     if os.geteuid() != 0:
         pytest.fail("the fleet tests start Docker engines: they need root", pytrace=False)
-    with Fleet(2, database_url="", image=sandbox_image, worker_args=WORKER, start_workers=False) as fleet:
-        yield fleet
+    policies = fleet_policy(Path(tempfile.mkdtemp(prefix="fleet-policies-")))
+    try:
+        with Fleet(2, database_url="", image=sandbox_image, worker_args=WORKER, start_workers=False) as fleet:
+            for host in fleet.hosts:
+                host.env["SANDGATE_POLICIES_DIR"] = str(policies)
+            fleet.policy = load_policy("fleet", policies_dir=policies)
+            yield fleet
+    finally:
+        shutil.rmtree(policies, ignore_errors=True)
 
 
 @pytest.fixture
@@ -75,7 +85,7 @@ def test_engine_dying_under_a_job_requeues_it_for_another_host(fleet):
     f, store = fleet
     a, b = f.hosts
     a.start_worker()
-    eid = lifecycle.submit(store, submission=slow_skill(4.0), policy=load_policy("default"), actor="test",
+    eid = lifecycle.submit(store, submission=slow_skill(4.0), policy=f.policy, actor="test",
                            wait=False).evaluation.id
     wait_for(lambda: a.owns(evaluations.get_evaluation(store, evaluation_id=eid).lease_owner), 30,
              "host A to claim the evaluation", f)
@@ -104,7 +114,7 @@ def test_engine_dying_under_a_job_requeues_it_for_another_host(fleet):
 def test_host_killed_a_third_through_every_evaluation_completes_once(fleet):
     f, store = fleet
     a, b = f.hosts
-    policy = load_policy("default")
+    policy = f.policy
     n = 6
     ids = [lifecycle.submit(store, submission=text_stats(500 + i), policy=policy, actor="test",
                             wait=False).evaluation.id for i in range(n)]
