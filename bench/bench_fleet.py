@@ -73,9 +73,15 @@ def submissions(n: int, salt: str) -> list[Any]:
 def evaluated_counts(store: Any) -> Counter[str]:
     from sandgate.store import audit
 
+    from sandgate.errors import NotFound
+
     counts: Counter[str] = Counter()
     for k in range(SKILLS):
-        for e in audit.history(store, name=f"fleet_{k:02d}"):
+        try:
+            events = audit.history(store, name=f"fleet_{k:02d}")
+        except NotFound:  # fewer submissions than skills
+            continue
+        for e in events:
             if e.action == "evaluated":
                 counts[e.evidence["evaluation_id"]] += 1
     return counts

@@ -13,7 +13,7 @@ One evaluation, start to end
 ----------------------------
 
 1. ``evaluations.claim_evaluation`` leases the next evaluation to this worker
-   (owner ``<hostname>:<pid>:<random>``) for ``lease_seconds``.
+   (owner ``<host id>:<pid>:<random>``) for ``lease_seconds``.
 2. A heartbeat thread per job extends the lease every ``lease_seconds / 3``.
    If the lease was lost (the worker stalled, another worker took the job
    over) the heartbeat kills this worker's sandbox for that evaluation and the
