@@ -71,9 +71,8 @@ def submissions(n: int, salt: str) -> list[Any]:
 
 
 def evaluated_counts(store: Any) -> Counter[str]:
-    from sandgate.store import audit
-
     from sandgate.errors import NotFound
+    from sandgate.store import audit
 
     counts: Counter[str] = Counter()
     for k in range(SKILLS):
