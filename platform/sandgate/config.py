@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from sandgate.environ import AREA_PREFIXES, OTHER_VARIABLES, SETTINGS_FIELDS, check_environment, remote_url
 from sandgate.errors import ConfigError
+from sandgate.names import HOST_ID_PATTERN
 
 __all__ = [
     "AREA_PREFIXES",
@@ -79,6 +80,11 @@ class Settings(BaseSettings):
         "slot runs); 0 turns the warm pool off"))
     pool_max_age: float = Field(default=60.0, gt=0, description=(
         "seconds a warm sandbox may wait unused before it is removed and replaced by a fresh one"))
+
+    # -- several hosts on one store ---------------------------------------------
+    host_id: str | None = Field(default=None, pattern=HOST_ID_PATTERN, description=(
+        "this host's name in sandbox labels and lease owners (default: the hostname); each "
+        "worker host (one Docker engine) of a fleet sharing one store needs its own"))
 
     @property
     def effective_database_url(self) -> str:

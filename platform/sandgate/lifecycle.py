@@ -72,6 +72,8 @@ __all__ = [
     "PolicyLoader",
     "SubmitResult",
     "ClaimedRun",
+    "Requeue",
+    "RequeueCheck",
     "submit",
     "run_evaluation",
     "run_claimed",
@@ -93,6 +95,17 @@ class EvaluateFn(Protocol):
 
 #: loads a policy by name (None: the configured one)
 PolicyLoader = Callable[[str | None], "Policy"]
+
+#: given a finished run's report: why it must not be stored but run again elsewhere, or None
+RequeueCheck = Callable[[EvaluationReport], str | None]
+
+
+class Requeue(Exception):  # noqa: N818 - an instruction to the caller, not an error of the run
+    """The report is not the skill's: nothing was stored, the caller hands the job back to the queue.
+
+    Raised by :func:`run_evaluation` when its ``requeue_if`` says so (a worker whose
+    Docker engine died during the run: the report describes the engine, not the skill).
+    """
 
 
 def default_evaluate(
@@ -235,8 +248,12 @@ def run_evaluation(
     policy: Any,
     evaluate: EvaluateFn | None = None,
     owner: str | None = None,
+    requeue_if: RequeueCheck | None = None,
 ) -> EvaluationRecord:
     """Run a started evaluation and store its report (used by ``submit`` and workers).
+
+    ``requeue_if(report)``: a reason means the report is not stored and
+    :class:`Requeue` is raised (the caller hands the job back).
 
     The evaluator's exceptions never leave the evaluation dangling: an
     :class:`InfrastructureError` becomes an ``error`` verdict, a
@@ -254,6 +271,10 @@ def run_evaluation(
         if not isinstance(exc, InfrastructureError | SubmissionError):
             bug = exc
         report = reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy))
+    if bug is None and requeue_if is not None:
+        why = requeue_if(report)
+        if why is not None:
+            raise Requeue(why)
     record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
     if bug is not None:
         raise bug
@@ -292,6 +313,7 @@ def run_claimed(
     owner: str,
     evaluate: EvaluateFn | None = None,
     policy_loader: PolicyLoader = load_policy,
+    requeue_if: RequeueCheck | None = None,
 ) -> ClaimedRun:
     """Run an evaluation claimed under ``owner``'s lease end to end: evaluate → finish → auto-promote.
 
@@ -301,6 +323,7 @@ def run_claimed(
     validate as ``rejected``, or that do not match the version as ``error``.
     Every report is stored as a compare-and-set on ``owner``'s lease: a lost
     lease raises :class:`Conflict` (code ``lease_lost``) and nothing is stored.
+    ``requeue_if``: see :func:`run_evaluation` (raises :class:`Requeue`, nothing stored).
     """
     c = claimed
     policy, nothing_ran = None, None
@@ -328,7 +351,8 @@ def run_claimed(
         return ClaimedRun(finished, policy_hash=policy.hash if policy is not None else None)
     assert policy is not None  # a policy that did not load ended the run above
     record = run_evaluation(
-        store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
+        store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner,
+        requeue_if=requeue_if,
     )
     move, note = auto_promote(store, evaluation=record, policy=policy)
     return ClaimedRun(record, promoted=move, note=note, policy_hash=policy.hash)

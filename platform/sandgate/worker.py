@@ -13,7 +13,7 @@ One evaluation, start to end
 ----------------------------
 
 1. ``evaluations.claim_evaluation`` leases the next evaluation to this worker
-   (owner ``<hostname>:<pid>:<random>``) for ``lease_seconds``.
+   (owner ``<host id>:<pid>:<random>``) for ``lease_seconds``.
 2. A heartbeat thread per job extends the lease every ``lease_seconds / 3``.
    If the lease was lost (the worker stalled, another worker took the job
    over) the heartbeat kills this worker's sandbox for that evaluation and the
@@ -58,7 +58,17 @@ Decisions
   host (start-up reap), by any worker's periodic reap, or by the scheduler's
   orphan reaper: containers whose controller process (label
   ``sandgate.controller`` = ``host:pid``) is dead on this host. Live
-  controllers' containers are never touched.
+  controllers' containers are never touched. "This host" is the ``host_id``
+  setting (default: the hostname, :func:`sandgate.names.host_id`): each worker
+  host of a fleet (one Docker engine each) has its own.
+* **The engine dies under a running job.** A report that is not ``passed`` or
+  ``rejected`` while the Docker engine no longer answers a ping describes the
+  engine, not the skill: it is not stored. The job goes back to the queue
+  with its attempt counted (``release_evaluation(count_attempt=True)``; a job
+  that keeps killing engines ends at ``max_attempts`` as verdict ``error``),
+  so another host runs it; the outcome is ``requeued``. The worker then stops
+  claiming until its engine answers again, and then removes its own stopped
+  containers (the sandboxes and warm ones the dead engine left behind).
 
 Default concurrency: ``min(1.5 × CPUs / policy.limits.cpus, MemAvailable /
 policy.limits.memory_mb)``, at least 1 — memory is never oversubscribed; CPU
@@ -106,6 +116,8 @@ log = logging.getLogger("sandgate.worker")
 REAP_INTERVAL_SECONDS = 60.0
 #: back-off after the store failed to answer a claim
 STORE_RETRY_SECONDS = 2.0
+#: how often a worker whose engine died asks it again before claiming
+ENGINE_RETRY_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- sizing, identity
@@ -158,8 +170,9 @@ class JobOutcome:
     skill: str
     version: int
     #: done: stored · lost: lease taken over, result discarded · released: handed back on
-    #: shutdown · abandoned: the store failed; the lease will lapse and another worker retries
-    status: Literal["done", "lost", "released", "abandoned"]
+    #: shutdown · abandoned: the store failed; the lease will lapse and another worker retries ·
+    #: requeued: the engine died under it; handed back (attempt counted) for another host
+    status: Literal["done", "lost", "released", "abandoned", "requeued"]
     verdict: str | None = None
     attempt: int = 1
     #: the version number auto-promotion made active, if any
@@ -219,6 +232,7 @@ class Worker:
         kind: str = "worker",
         beat_seconds: float = evaluations.WORKER_BEAT_SECONDS,
         warm_pool: bool | None = None,
+        check_engine: bool | None = None,
     ) -> None:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be positive")
@@ -232,6 +246,12 @@ class Worker:
         self._evaluate = evaluate
         #: run a warm pool of sandboxes in this process (default: when evaluations are real)
         self.warm_pool = evaluate is None if warm_pool is None else bool(warm_pool)
+        #: a non-passed report while the engine does not answer is requeued, not stored
+        #: (default: when evaluations are real)
+        self.check_engine = evaluate is None if check_engine is None else bool(check_engine)
+        #: set when a job found the engine dead: no claims until it answers again
+        self._engine_down = threading.Event()
+        self._engine_asked = 0.0
         #: loads the policy an evaluation was queued under, by name
         self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
@@ -274,6 +294,10 @@ class Worker:
             while not self._stop.is_set():
                 if time.monotonic() - self._last_reap > self.reap_interval:
                     self.reap_dead_controllers()
+                if self._engine_down.is_set() and not self._engine_back():
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+                    continue
                 if self._free_slots() > 0:
                     claimed = self._claim()
                     if claimed is not None:
@@ -422,7 +446,8 @@ class Worker:
         base: _JobIds = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
         try:
             run = lifecycle.run_claimed(
-                self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader
+                self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader,
+                requeue_if=self._engine_lost if self.check_engine else None,
             )
             record, note = run.evaluation, run.note
             promoted = run.promoted.to_version if run.promoted is not None else None
@@ -439,6 +464,8 @@ class Worker:
                                     reasons=[r.get("code") for r in record.reasons],
                                     promoted=promoted, note=note),
             )
+        except lifecycle.Requeue as exc:
+            outcome = self._requeue(job, base, str(exc))
         except Conflict as exc:
             status: Literal["released", "lost"] = "released" if job.released.is_set() else "lost"
             outcome = JobOutcome(**base, status=status, note=str(exc),
@@ -455,6 +482,57 @@ class Worker:
                 self._jobs.pop(job.id, None)
             self._wake.set()
         return outcome
+
+    # ------------------------------------------------------------------ the engine died
+
+    def _engine_answers(self) -> bool:
+        client = self._docker()
+        if client is None:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+
+    def _engine_lost(self, report: Any) -> str | None:
+        """``requeue_if`` of a real evaluation: the engine died if it no longer answers."""
+        verdict = getattr(report, "verdict", None)
+        if getattr(verdict, "value", verdict) in ("passed", "rejected"):
+            return None
+        if self._engine_answers():
+            return None
+        self._engine_down.set()
+        return "the Docker engine stopped answering during the run"
+
+    def _requeue(self, job: _Job, base: _JobIds, why: str) -> JobOutcome:
+        try:
+            released = evaluations.release_evaluation(self.store, evaluation_id=job.id, owner=self.owner,
+                                                      count_attempt=True)
+        except Exception as exc:  # the lease lapses instead; another worker claims it
+            released = False
+            log.warning("requeue failed (the lease will lapse): %s", exc, extra=job.log_extra(self.owner))
+        log.warning("requeued: %s", why, extra=job.log_extra(self.owner, released=released))
+        return JobOutcome(**base, status="requeued", note=why, seconds=round(time.monotonic() - job.started, 3))
+
+    def _engine_back(self) -> bool:
+        """While the engine is down: ask it (every ``ENGINE_RETRY_SECONDS``); once back, clean up."""
+        now = time.monotonic()
+        if now - self._engine_asked < ENGINE_RETRY_SECONDS:
+            return False
+        self._engine_asked = now
+        if not self._engine_answers():
+            return False
+        self._engine_down.clear()
+        client = self._docker()
+        try:
+            from sandgate.sandbox import reaper
+
+            removed = reaper.remove_stopped(client, controller=controller_id())
+        except Exception as exc:
+            log.warning("removing the dead engine's leftovers failed: %s", exc, extra=self._extra)
+            removed = []
+        log.info("the Docker engine answers again", extra={**self._extra, "removed": len(removed)})
+        return True
 
     # ------------------------------------------------------------------ sandboxes
 

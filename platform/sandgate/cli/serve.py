@@ -58,6 +58,9 @@ def serve(
     except Exception as exc:  # pydantic ValidationError of Settings
         typer.echo(f"error: invalid configuration: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
+    from sandgate.names import set_host_id
+
+    set_host_id(settings.host_id)  # validated by Settings: names this host in sandbox labels, lease owners
     host = host or api.host
     port = api.port if port is None else port
     configure_logging(api.log_level)

@@ -16,7 +16,8 @@ those the caller's callbacks condemn; the sandbox knows no database:
   (:mod:`sandgate.sandbox.pool`); a dead controller's is condemned as any other.
 
 The workers (at start-up and periodically) and the scheduler's orphan job
-both call it.
+both call it. :func:`remove_stopped` is a worker's clean-up after its engine
+came back from the dead: its own containers that no longer run.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sandgate.sandbox.runner import (
     reap as remove_labelled,
 )
 
-__all__ = ["Sandbox", "Reaped", "AliveFn", "sandboxes", "remove", "reap"]
+__all__ = ["Sandbox", "Reaped", "AliveFn", "sandboxes", "remove", "reap", "remove_stopped"]
 
 log = logging.getLogger("sandgate.sandbox")
 
@@ -131,3 +132,13 @@ def reap(
             continue
         out.append(Reaped(sandbox, why, ids))
     return out
+
+
+def remove_stopped(client: Any, *, controller: str) -> list[str]:
+    """Remove ``controller``'s managed containers that are not running (an engine restart stopped them)."""
+    filters = {"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"],
+               "status": ["created", "exited", "dead"]}
+    ids = [c["Id"] for c in client.api.containers(all=True, filters=filters)]
+    for container_id in ids:
+        remove_container(client.api, container_id)
+    return ids

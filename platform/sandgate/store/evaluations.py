@@ -511,12 +511,15 @@ def heartbeat(
         return expires
 
 
-def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
-    """Hand a running evaluation back to the queue (a worker shutting down).
+def release_evaluation(store: Store, *, evaluation_id: str, owner: str, count_attempt: bool = False) -> bool:
+    """Hand a running evaluation back to the queue (a worker shutting down, or whose engine died).
 
     Only ``owner``'s own lease is released; the attempt it used is not counted
-    (stopping a worker is not the job's fault). False: it was not ``owner``'s.
+    (stopping a worker is not the job's fault) unless ``count_attempt`` (an
+    engine that died during the run: counted, so a job that keeps killing
+    engines ends at ``max_attempts``). False: it was not ``owner``'s.
     """
+    less = 0 if count_attempt else 1
     with store.write() as s:
         rc = _rowcount(s.execute(
             update(Evaluation)
@@ -530,9 +533,9 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
                 started_at=None,
                 lease_owner=None,
                 lease_expires_at=None,
-                attempts=func.max(Evaluation.attempts - 1, 0)
+                attempts=func.max(Evaluation.attempts - less, 0)
                 if s.get_bind().dialect.name == "sqlite"
-                else func.greatest(Evaluation.attempts - 1, 0),
+                else func.greatest(Evaluation.attempts - less, 0),
             )
             .execution_options(synchronize_session=False)
         ))
