@@ -81,9 +81,8 @@ class DeadEngine:
         class Api:
             def containers(self, all: bool = False, filters: Any = None) -> list[dict[str, Any]]:
                 outer.listed.append(filters)
-                if filters and "status" in filters:
-                    return [{"Id": "stopped-by-the-restart"}]
-                return []
+                return [{"Id": "stopped-by-the-restart", "State": "exited"},
+                        {"Id": "still-running", "State": "running"}]
 
             def remove_container(self, container_id: str, force: bool = False, v: bool = False) -> None:
                 outer.removed.append(container_id)
@@ -189,8 +188,8 @@ def test_release_on_shutdown_still_does_not_count(store):  # noqa: F811
 def test_remove_stopped_filters_on_the_controller():
     engine = DeadEngine()
     assert reaper.remove_stopped(engine, controller="fleet-0:42") == ["stopped-by-the-restart"]
-    assert engine.listed == [{"label": ["sandgate.managed=true", "sandgate.controller=fleet-0:42"],
-                              "status": ["created", "exited", "dead"]}]
+    assert engine.listed == [{"label": ["sandgate.managed=true", "sandgate.controller=fleet-0:42"]}]
+    assert engine.removed == ["stopped-by-the-restart"]  # the running one is left alone
 
 
 def test_names_module_stays_standard_library_only():

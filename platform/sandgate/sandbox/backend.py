@@ -77,6 +77,8 @@ class Listed:
     labels: Mapping[str, str] = field(default_factory=dict)
     #: when the engine created it, seconds since the epoch, if it says
     created: float | None = None
+    #: whether it runs now (False: created, exited or dead — e.g. stopped by an engine restart)
+    running: bool | None = None
 
 
 @runtime_checkable

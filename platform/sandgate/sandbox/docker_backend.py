@@ -204,7 +204,8 @@ class DockerBackend:
         for c in found:
             created = c.get("Created")
             out.append(Listed(sandbox_id=str(c["Id"]), labels=dict(c.get("Labels") or {}),
-                              created=float(created) if created else None))
+                              created=float(created) if created else None,
+                              running=(c["State"] == "running") if c.get("State") else None))
         return out
 
     def image_id(self, image: str) -> str:

@@ -136,9 +136,9 @@ def reap(
 
 def remove_stopped(client: Any, *, controller: str) -> list[str]:
     """Remove ``controller``'s managed containers that are not running (an engine restart stopped them)."""
-    filters = {"label": [f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"],
-               "status": ["created", "exited", "dead"]}
-    ids = [c["Id"] for c in client.api.containers(all=True, filters=filters)]
-    for container_id in ids:
-        remove_container(client.api, container_id)
+    backend = as_backend(client)
+    ids = [c.sandbox_id for c in backend.list([f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"])
+           if c.running is False]
+    for sandbox_id in ids:
+        backend.remove(sandbox_id)
     return ids
