@@ -231,3 +231,37 @@ def test_a_full_queue_answers_429_with_retry_after(pg_server, pg_template, tmp_p
     finally:
         server.stop()
         pg_server.drop_database("fairshare_http")
+
+
+@pytest.mark.postgres
+def test_the_fair_claim_has_an_index_plan_on_postgresql(pg_server, pg_template):
+    """1,000 queued of one key, one of another, hundreds done, ANALYZEd: no sequential scan of evaluations."""
+    from sqlalchemy import select, text
+    from sqlalchemy.dialects import postgresql
+
+    from sandgate.store import open_store
+    from sandgate.store.models import Evaluation
+
+    url = pg_server.create_database("fairshare_plan", template=pg_template)
+    store = open_store(url)
+    try:
+        for i in range(1, 1001):
+            _queue(store, A, "flood", i)
+        _queue(store, B, "single", 1)
+        for _ in range(300):
+            _finish(store, _claim(store))
+        with store.write() as s:
+            s.execute(text("ANALYZE"))
+        fair = evaluations._fair_tenants()
+        stmt = (select(Evaluation).where(Evaluation.status == "queued",
+                                         Evaluation.tenant == fair.limit(1).scalar_subquery())
+                .order_by(Evaluation.created_at).limit(1).with_for_update(skip_locked=True))
+        sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
+        with store.read() as s:
+            plan = "\n".join(r[0] for r in s.execute(text("EXPLAIN " + sql.replace("%%", "%"))))
+        assert "Seq Scan on evaluations" not in plan, plan
+        assert "ix_evaluations_status_tenant_created_at" in plan, plan
+        assert "LockRows" in plan, plan
+    finally:
+        store.close()
+        pg_server.drop_database("fairshare_plan")

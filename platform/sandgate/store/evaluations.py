@@ -435,6 +435,7 @@ def claim_evaluation(
     owner: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    fair: bool = True,
 ) -> EvaluationRecord | None:
     """Lease the next evaluation to ``owner`` for ``lease_seconds`` and mark it running.
 
@@ -448,7 +449,9 @@ def claim_evaluation(
     PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other
     and never get the same row. SQLite: the write transaction is ``BEGIN
     IMMEDIATE``, so claims are serialised and each row has one winner.
-    ``owner`` defaults to ``host:pid:random``.
+    ``owner`` defaults to ``host:pid:random``. ``fair=False``: the oldest queued row of the
+    whole queue, whoever queued it (the FIFO baseline ``bench/bench_fairshare.py`` measures;
+    workers always claim fairly).
     """
     owner = owner or owner_id()
     if len(owner) > ACTOR_LENGTH:
@@ -464,7 +467,14 @@ def claim_evaluation(
                 .with_for_update(skip_locked=True)
             ).first()
             if ev is None:
-                ev = _fair_next(s)
+                ev = _fair_next(s) if fair else s.scalars(
+                    select(Evaluation)
+                    .where(Evaluation.status == "queued")
+                    # created_at alone: the (status, created_at) index serves it, no sort
+                    .order_by(Evaluation.created_at)
+                    .limit(1)
+                    .with_for_update(skip_locked=True)
+                ).first()
             if ev is None:
                 return None
             version = s.get_one(Version, ev.version_id)
