@@ -8,8 +8,9 @@
 
 Key ``flood`` keeps 1,000 evaluations queued (topped up before every probe); key ``probe``
 then submits one evaluation, and the time from its being queued to a worker slot claiming
-it (``started_at - created_at``, the store's timestamps) is its wait. The wait is printed in *evaluation slots*: the median duration of the
-evaluations run in the same phase. The same probes run twice in one process: with the
+it (``started_at - created_at``, the store's timestamps) is its wait. The wait is printed
+in *evaluation slots*: the median duration of the evaluations run in the same phase.
+The same probes run twice in one process: with the
 fair claim (``claim_evaluation``, what workers do) and with the FIFO claim of the whole
 queue (``fair=False``), the baseline.
 
