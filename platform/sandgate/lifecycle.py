@@ -367,11 +367,21 @@ def submit(
     evaluate: EvaluateFn | None = None,
     wait: bool = True,
     provenance: Mapping[str, Any] | None = None,
+    tenant: str = evaluations.LOCAL_TENANT,
+    max_queued: int | None = None,
+    limit_setting: str | None = None,
 ) -> SubmitResult:
     """Store, evaluate (or reuse an evaluation), and auto-promote when the policy says so.
 
-    ``wait=False`` only queues the evaluation (status ``queued``) for a worker.
+    ``wait=False`` only queues the evaluation (status ``queued``) for a worker, under
+    ``tenant`` (fair share between tenants). ``max_queued``: a tenant that already has
+    that many queued is refused with :class:`~sandgate.errors.QueueFull` *before* the
+    version is stored; the queueing transaction checks again, so a submit that loses
+    a race for the last place keeps its stored version (content-addressed: a retry
+    of the same content reuses it) but queues nothing.
     """
+    if not wait:
+        evaluations.queue_room(store, tenant=tenant, max_queued=max_queued, limit_setting=limit_setting)
     version, created = versions.create_version(store, submission=submission, actor=actor, provenance=provenance)
     mode = policy.promotion.mode_for(version.skill)
     base = {"version": version, "created": created, "promotion_mode": mode}
@@ -386,7 +396,8 @@ def submit(
     name, number = version.skill, version.number
     # reuse a conclusive evaluation, take over a queued one, or open one: one transaction
     evaluation, reused = evaluations.begin_evaluation(
-        store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait
+        store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait,
+        tenant=tenant, max_queued=max_queued, limit_setting=limit_setting,
     )
     if reused:
         note = None
