@@ -61,7 +61,16 @@ from sandgate.store._rows import (
     _version,
 )
 from sandgate.store.engine import Store
-from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version, WorkerBeat
+from sandgate.store.models import (
+    ACTOR_LENGTH,
+    HASH_LENGTH,
+    TRACEPARENT_LENGTH,
+    Evaluation,
+    Event,
+    Skill,
+    Version,
+    WorkerBeat,
+)
 
 __all__ = [
     "GiveUp",
@@ -156,8 +165,13 @@ def queue_evaluation(
     policy_name: str,
     policy_hash: str,
     evaluation_id: str | None = None,
+    traceparent: str | None = None,
 ) -> EvaluationRecord:
-    """Create an evaluation of ``name@number`` under a policy, status ``queued``."""
+    """Create an evaluation of ``name@number`` under a policy, status ``queued``.
+
+    ``traceparent``: the W3C trace context of the span that queued it (``sandgate.tracing``),
+    kept on the row so the worker that claims it continues that trace."""
+    _check_traceparent(traceparent)
     now = _now()
     with store.write() as s:
         skill = _skill(s, name)
@@ -169,10 +183,16 @@ def queue_evaluation(
             policy_hash=policy_hash,
             status="queued",
             created_at=now,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()
         return _evaluation_record(ev, skill.name, version.number)
+
+def _check_traceparent(traceparent: str | None) -> None:
+    if traceparent is not None and len(traceparent) > TRACEPARENT_LENGTH:
+        raise StoreError(f"traceparent longer than {TRACEPARENT_LENGTH} characters")
+
 
 def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     """``queued`` → ``running`` (compare-and-set: only one runner wins)."""
@@ -198,6 +218,7 @@ def begin_evaluation(
     policy_name: str,
     policy_hash: str,
     start: bool = True,
+    traceparent: str | None = None,
 ) -> tuple[EvaluationRecord, bool]:
     """The evaluation a submit of ``name@number`` under a policy uses, in one transaction.
 
@@ -209,7 +230,10 @@ def begin_evaluation(
       newest ``queued`` one, taken over by compare-and-set (queued → running),
       or — when there is none, or a worker is already running it — a new one;
     * else (``start=False``) the newest queued or running one, or a new ``queued`` one.
+
+    ``traceparent`` is stored on a new evaluation (one taken over keeps its own).
     """
+    _check_traceparent(traceparent)
     now = _now()
     with store.write() as s:
         skill = _skill(s, name)
@@ -238,6 +262,7 @@ def begin_evaluation(
             status="running" if start else "queued",
             created_at=now,
             started_at=now if start else None,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()

@@ -78,6 +78,8 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 NAME_LENGTH = 63
 ACTOR_LENGTH = 200
 HASH_LENGTH = 100
+#: a W3C traceparent (version 00 is 55 characters; room for a later version's)
+TRACEPARENT_LENGTH = 64
 PATH_LENGTH = 512
 
 
@@ -183,6 +185,8 @@ class Evaluation(Base):
     lease_expires_at: Mapped[datetime | None]
     #: how many times a worker claimed it; at the maximum it ends as verdict ``error``
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: the W3C ``traceparent`` of the span that queued it (NULL: traces off) — added in 0010
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH))
 
 
 class Event(Base):
