@@ -117,7 +117,7 @@ class EdgeMiddleware:
             else:
                 state["status"] = state["status"] or 500
         finally:
-            self._finish(scope, ctx, state["status"], time.perf_counter() - start)
+            self._finish(scope, ctx, state["status"], time.perf_counter() - start, span)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send,
                          ctx: dict[str, Any]) -> bytes | None:
@@ -173,11 +173,17 @@ class EdgeMiddleware:
             f"request body too large: the limit is {self.max_body} bytes ({what})",
             request_id=ctx["request_id"]), extra_headers=[(b"connection", b"close")])
 
-    def _finish(self, scope: Scope, ctx: dict[str, Any], status: int | None, seconds: float) -> None:
+    def _finish(self, scope: Scope, ctx: dict[str, Any], status: int | None, seconds: float,
+                span: Any = None) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "other"
+        if span is not None:
+            span.update_name(f"{method} {template}")
+            span.set_attribute("http.route", template)
+            span.set_attribute("http.response.status_code", int(status or 0))
+            span.set_attribute("sandgate.request_id", ctx["request_id"])
         code = str(status or 0)
         self.metrics.inc("sandgate_http_requests_total",
                          {"method": method, "route": template, "status": code})
