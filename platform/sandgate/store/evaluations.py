@@ -27,6 +27,10 @@ The work queue
   ``failed``: a dying worker is the infrastructure's fault.
 * Lease times come from the database server's clock on PostgreSQL, so workers
   on several hosts agree on expiry whatever their own clocks say.
+* ``traceparent`` (migration 0010): the W3C trace context of the span that
+  queued the row, given by the caller (``sandgate.tracing``; NULL when traces
+  are off). It survives release and requeue, so whichever worker claims the
+  row continues the submitter's trace.
 
 Retention (``prune_evaluations``) and re-scan flags (``flag_version``) are the
 scheduler's; neither ever touches versions, nor any evaluation of a version
