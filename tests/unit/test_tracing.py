@@ -240,3 +240,35 @@ def test_a_server_span_continues_an_incoming_traceparent(spans: InMemorySpanExpo
     with tracing.server_span("GET /x", {"traceparent": "nonsense"}) as fresh:
         pass
     assert fresh.parent is None and fresh.get_span_context().trace_id != int(AGENT_TRACE, 16)
+
+
+# --------------------------------------------------------------------------- a real process, a real exporter
+
+
+def test_an_embedded_cli_submit_exports_its_span_by_otlp_http(tmp_path: Path) -> None:
+    """``sandgate submit --no-wait`` on the embedded store, exporting to a receiver on 127.0.0.1:
+    its ``sandgate.submit`` span arrives by OTLP/HTTP, and the queued row names it."""
+    import os
+
+    from tests.otlp_receiver import Receiver
+
+    skill = Path(__file__).resolve().parents[2] / "examples" / "skills" / "text_stats"
+    home = tmp_path / "home"
+    with Receiver() as receiver:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("SANDGATE_", "OTEL_"))}
+        env.update({"SANDGATE_HOME": str(home), "SANDGATE_OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+                    "DOCKER_HOST": "unix:///nonexistent/docker.sock"})
+        done = subprocess.run([sys.executable, "-m", "sandgate", "submit", "--no-wait", "--json", str(skill)],
+                              env=env, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+    evaluation_id = json.loads(done.stdout)["evaluation_id"]
+    [span] = [s for s in receiver.spans if s["name"] == "sandgate.submit"]
+    assert span["service"] == "sandgate-cli" and span["parent"] is None
+    assert span["attributes"]["sandgate.evaluation_id"] == evaluation_id
+    store = open_store(f"sqlite:///{home / 'sandgate.db'}")
+    try:
+        row = evaluations.get_evaluation(store, evaluation_id=evaluation_id)
+    finally:
+        store.close()
+    assert row.traceparent is not None and row.traceparent.startswith(f"00-{span['trace_id']}-{span['span_id']}-")
+    assert int(row.traceparent[-2:], 16) & 1, "sampled"  # (0x02: the SDK made the trace id at random)
