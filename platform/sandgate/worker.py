@@ -374,17 +374,23 @@ class Worker:
             return None
 
     def _trace(self, job: _Job) -> None:
-        """The job's spans: it continues the trace of the span that queued it (its traceparent)."""
+        """The job's spans: it continues the trace of the span that queued it (its traceparent).
+        A row queued while traces were off starts a trace of its own (no queue-wait span: its
+        seconds are an attribute of the job's span)."""
         c, claimed_at = job.claimed, time.time_ns()
-        ids = {"sandgate.evaluation_id": c.id, "sandgate.skill": c.skill, "sandgate.version": c.version,
-               "sandgate.attempt": c.attempts, "sandgate.worker": self.owner}
+        ids: dict[str, Any] = {"sandgate.evaluation_id": c.id, "sandgate.skill": c.skill,
+                               "sandgate.version": c.version, "sandgate.attempt": c.attempts,
+                               "sandgate.worker": self.owner}
         began = self._claim_began or claimed_at
         queued_at = int(c.created_at.timestamp() * 1e9)
-        tracing.record_span("sandgate.queue_wait", min(queued_at, began), claimed_at,
-                            {**ids, "sandgate.queue_wait_seconds": round((claimed_at - queued_at) / 1e9, 4)},
-                            parent=c.traceparent)
-        job.span = tracing.start_span("sandgate.evaluation", {**ids, "sandgate.policy": c.policy_name},
-                                      parent=c.traceparent, start_ns=began, kind="consumer")
+        waited = round(max(0, claimed_at - queued_at) / 1e9, 4)
+        parent = tracing.valid_traceparent(c.traceparent)
+        if parent is not None:
+            tracing.record_span("sandgate.queue_wait", min(queued_at, began), claimed_at,
+                                {**ids, "sandgate.queue_wait_seconds": waited}, parent=parent)
+        job.span = tracing.start_span(
+            "sandgate.evaluation", {**ids, "sandgate.policy": c.policy_name, "sandgate.queue_wait_seconds": waited},
+            parent=parent, start_ns=began, kind="consumer")
         tracing.record_span("sandgate.claim", began, claimed_at, ids, parent=job.span)
 
     def _start(self, claimed: EvaluationRecord) -> _Job:

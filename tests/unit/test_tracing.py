@@ -272,3 +272,27 @@ def test_an_embedded_cli_submit_exports_its_span_by_otlp_http(tmp_path: Path) ->
         store.close()
     assert row.traceparent is not None and row.traceparent.startswith(f"00-{span['trace_id']}-{span['span_id']}-")
     assert int(row.traceparent[-2:], 16) & 1, "sampled"  # (0x02: the SDK made the trace id at random)
+
+
+def test_a_row_queued_while_traces_were_off_gets_a_trace_of_its_own(store: Store) -> None:
+    result = lifecycle.submit(store, submission=submission_from_files(skill_files(5)), policy=policy(),
+                              actor="t", wait=False)
+    exporter = InMemorySpanExporter()
+    tracing.configure(service="sandgate-test", exporter=exporter)
+    try:
+        worker = Worker(store, concurrency=1, evaluate=FakeEvaluate("passed"), load_policy=lambda _n: policy(),
+                        warm_pool=False, docker_client=object())
+        try:
+            [outcome] = worker.run_once()
+        finally:
+            worker.close()
+    finally:
+        tracing.shutdown()
+    assert outcome.status == "done"
+    got = by_name(exporter)
+    job = got["sandgate.evaluation"]
+    assert "sandgate.queue_wait" not in got and job.parent is None
+    assert job.attributes["sandgate.evaluation_id"] == result.evaluation.id
+    assert job.attributes["sandgate.queue_wait_seconds"] >= 0
+    assert {s.context.trace_id for s in got.values()} == {job.context.trace_id}
+    assert parent_of(got["sandgate.claim"]) == job.context.span_id
