@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sandgate import delivery
+from sandgate import delivery, tracing
 from sandgate import report as reports
 from sandgate.config import get_settings
 from sandgate.errors import (
@@ -275,7 +275,9 @@ def run_evaluation(
         why = requeue_if(report)
         if why is not None:
             raise Requeue(why)
-    record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
+    with tracing.span("sandgate.finish", {"sandgate.evaluation_id": evaluation_id,
+                                          "sandgate.verdict": getattr(report.verdict, "value", report.verdict)}):
+        record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
     if bug is not None:
         raise bug
     return record
@@ -378,8 +380,38 @@ def submit(
     that many queued is refused with :class:`~sandgate.errors.QueueFull` *before* the
     version is stored; the queueing transaction checks again, so a submit that loses
     a race for the last place keeps its stored version (content-addressed: a retry
-    of the same content reuses it) but queues nothing.
+    of the same content reuses it) but queues nothing. With traces on, all of it is
+    the span ``sandgate.submit``, whose context is stored on a queued evaluation (the
+    worker that claims it continues the trace).
     """
+    with tracing.span("sandgate.submit", {"sandgate.skill": getattr(submission, "name", None),
+                                          "sandgate.policy": getattr(policy, "name", None),
+                                          "sandgate.wait": wait}) as span:
+        result = _submit(store, submission=submission, policy=policy, actor=actor, evaluate=evaluate, wait=wait,
+                         provenance=provenance, tenant=tenant, max_queued=max_queued, limit_setting=limit_setting)
+        if span is not None:
+            span.set_attribute("sandgate.version", result.version.number)
+            if result.evaluation is not None:
+                span.set_attribute("sandgate.evaluation_id", result.evaluation.id)
+                span.set_attribute("sandgate.reused_evaluation", result.reused_evaluation)
+            if result.verdict is not None:
+                span.set_attribute("sandgate.verdict", result.verdict)
+        return result
+
+
+def _submit(
+    store: Store,
+    *,
+    submission: Any,
+    policy: Any,
+    actor: str,
+    evaluate: EvaluateFn | None,
+    wait: bool,
+    provenance: Mapping[str, Any] | None,
+    tenant: str,
+    max_queued: int | None,
+    limit_setting: str | None,
+) -> SubmitResult:
     if not wait:
         evaluations.queue_room(store, tenant=tenant, max_queued=max_queued, limit_setting=limit_setting)
     version, created = versions.create_version(store, submission=submission, actor=actor, provenance=provenance)
@@ -398,6 +430,7 @@ def submit(
     evaluation, reused = evaluations.begin_evaluation(
         store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait,
         tenant=tenant, max_queued=max_queued, limit_setting=limit_setting,
+        traceparent=tracing.traceparent(),
     )
     if reused:
         note = None
@@ -430,8 +463,23 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     Returns ``(PointerMove | None, note)``. Nothing happens unless the verdict is
     ``passed`` and the skill's mode is ``auto``; never over a newer active
     version (workers finish out of order); a lost race is a note, not an error.
-    Shared by :func:`submit` and the workers.
+    Shared by :func:`submit` and the workers. With traces on: the span ``sandgate.promotion``.
     """
+    if not tracing.enabled():
+        return _auto_promote(store, evaluation=evaluation, policy=policy)
+    with tracing.span("sandgate.promotion", {"sandgate.evaluation_id": evaluation.id,
+                                             "sandgate.verdict": evaluation.verdict}) as span:
+        move, note = _auto_promote(store, evaluation=evaluation, policy=policy)
+        span.set_attribute("sandgate.promotion.mode", policy.promotion.mode_for(evaluation.skill))
+        span.set_attribute("sandgate.promoted", move is not None)
+        if move is not None:
+            span.set_attribute("sandgate.promoted_version", move.to_version)
+        if note:
+            span.set_attribute("sandgate.promotion.note", note)
+        return move, note
+
+
+def _auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, str | None]:
     mode = policy.promotion.mode_for(evaluation.skill)
     if evaluation.verdict != "passed" or mode not in ("auto", "canary"):
         return None, None

@@ -78,6 +78,13 @@ slightly is, because an evaluation spends part of its wall time in the engine
 
 Logs are one JSON object per line (:mod:`sandgate.logs`), with
 ``evaluation_id``, ``skill``, ``version`` and ``worker`` on every job line.
+
+Traces (:mod:`sandgate.tracing`, when configured): a claimed evaluation whose
+row carries the submitter's ``traceparent`` continues that trace. Under the
+submitter's span: ``sandgate.queue_wait`` (from queued to claimed) and
+``sandgate.evaluation``, the job, whose children are ``sandgate.claim``,
+``sandgate.evaluate`` (the phases and the gates), ``sandgate.finish`` and
+``sandgate.promotion``. Its job log lines carry the same ``trace_id``.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from sandgate import lifecycle
+from sandgate import lifecycle, tracing
 from sandgate.errors import Conflict, SandgateError
 from sandgate.names import controller_alive, controller_id, owner_id
 from sandgate.records import EvaluationRecord
@@ -197,6 +204,8 @@ class _JobIds(TypedDict):
 class _Job:
     claimed: EvaluationRecord
     started: float = field(default_factory=time.monotonic)
+    #: the job's span (``sandgate.evaluation``) while traces are on
+    span: Any = None
     done: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
@@ -272,6 +281,8 @@ class Worker:
         self._client_lock = threading.Lock()
         self._last_reap = 0.0
         self._extra = {"worker": self.owner}
+        #: when the last claim began (epoch ns): the start of the claimed job's spans
+        self._claim_began = 0
         #: ``worker`` or ``serve``: recorded with the liveness beat (``/readyz`` reads it)
         self.kind = kind
         self.beat_seconds = float(beat_seconds)
@@ -372,6 +383,7 @@ class Worker:
             return self.concurrency - len(self._jobs)
 
     def _claim(self) -> EvaluationRecord | None:
+        self._claim_began = time.time_ns()
         try:
             return evaluations.claim_evaluation(
                 self.store,
@@ -385,6 +397,26 @@ class Worker:
             self._stop.wait(STORE_RETRY_SECONDS)
             return None
 
+    def _trace(self, job: _Job) -> None:
+        """The job's spans: it continues the trace of the span that queued it (its traceparent).
+        A row queued while traces were off starts a trace of its own (no queue-wait span: its
+        seconds are an attribute of the job's span)."""
+        c, claimed_at = job.claimed, time.time_ns()
+        ids: dict[str, Any] = {"sandgate.evaluation_id": c.id, "sandgate.skill": c.skill,
+                               "sandgate.version": c.version, "sandgate.attempt": c.attempts,
+                               "sandgate.worker": self.owner}
+        began = self._claim_began or claimed_at
+        queued_at = int(c.created_at.timestamp() * 1e9)
+        waited = round(max(0, claimed_at - queued_at) / 1e9, 4)
+        parent = tracing.valid_traceparent(c.traceparent)
+        if parent is not None:
+            tracing.record_span("sandgate.queue_wait", min(queued_at, began), claimed_at,
+                                {**ids, "sandgate.queue_wait_seconds": waited}, parent=parent)
+        job.span = tracing.start_span(
+            "sandgate.evaluation", {**ids, "sandgate.policy": c.policy_name, "sandgate.queue_wait_seconds": waited},
+            parent=parent, start_ns=began, kind="consumer")
+        tracing.record_span("sandgate.claim", began, claimed_at, ids, parent=job.span)
+
     def _start(self, claimed: EvaluationRecord) -> _Job:
         job = _Job(claimed)
         with self._lock:
@@ -396,7 +428,10 @@ class Worker:
             # the claim renewed the lease to us; let the running copy finish it
             log.warning("re-claimed our own running job after a stall", extra=mine.log_extra(self.owner))
             return mine
-        log.info("claimed", extra=job.log_extra(self.owner, reclaimed=claimed.attempts > 1))
+        if tracing.enabled():
+            self._trace(job)
+        with tracing.use_span(job.span, end=False):
+            log.info("claimed", extra=job.log_extra(self.owner, reclaimed=claimed.attempts > 1))
         if claimed.attempts > 1:
             # a lapsed lease: if its worker died on this host, its sandbox is still there
             self.reap_dead_controllers()
@@ -422,6 +457,10 @@ class Worker:
     # ------------------------------------------------------------------ one job
 
     def _heartbeat(self, job: _Job) -> None:
+        with tracing.use_span(job.span, end=False):  # its log lines carry the job's trace_id
+            self._heartbeats(job)
+
+    def _heartbeats(self, job: _Job) -> None:
         interval = max(0.1, self.lease_seconds / 3.0)
         while not job.done.wait(interval):
             try:
@@ -442,6 +481,15 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra=job.log_extra(self.owner))
 
     def _run(self, job: _Job) -> JobOutcome:
+        with tracing.use_span(job.span):
+            outcome = self._run_job(job)
+            if job.span is not None:
+                job.span.set_attribute("sandgate.status", outcome.status)
+                if outcome.verdict is not None:
+                    job.span.set_attribute("sandgate.verdict", outcome.verdict)
+            return outcome
+
+    def _run_job(self, job: _Job) -> JobOutcome:
         c = job.claimed
         base: _JobIds = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
         try:

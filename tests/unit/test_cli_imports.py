@@ -40,7 +40,7 @@ RUN = (
 
 #: third-party packages no short command needs (their roots)
 HEAVY = {"sqlalchemy", "alembic", "psycopg", "docker", "httpx", "httpcore", "fastapi", "starlette", "uvicorn",
-         "apscheduler", "mcp", "pydantic_settings"}
+         "apscheduler", "mcp", "pydantic_settings", "opentelemetry"}
 #: sandgate modules only a write, an evaluation or the server needs
 PLATFORM = {"sandgate.lifecycle", "sandgate.evaluation", "sandgate.sandbox", "sandgate.policy", "sandgate.report",
             "sandgate.oracle_report", "sandgate.submission", "sandgate.delivery", "sandgate.api", "sandgate.worker",

@@ -64,6 +64,9 @@ def serve(
     host = host or api.host
     port = api.port if port is None else port
     configure_logging(api.log_level)
+    from sandgate import tracing
+
+    tracing.configure_from_settings(settings, service="sandgate-api")
     app = create_app(settings, api=api)
     config = uvicorn.Config(
         app,
@@ -96,6 +99,7 @@ def serve(
         raise typer.Exit(2) from None
     finally:
         background.stop()
+        tracing.shutdown()  # the spans not yet exported
 
 
 class _InProcessWorker:

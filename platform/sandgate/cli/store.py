@@ -165,11 +165,19 @@ def submit(
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
     from sandgate.cli.progress import Progress
 
-    with errors(), _service(ctx) as service, Progress(f"submit {path.name}") as progress:
-        result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
-                                             wait_timeout=wait_timeout,
-                                             provenance={"client": "cli", "path": str(path)},
-                                             progress=progress.phase if progress.enabled else None)
+    traced = False
+    try:
+        with errors(), _service(ctx) as service, Progress(f"submit {path.name}") as progress:
+            traced = _trace_embedded()
+            result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
+                                                 wait_timeout=wait_timeout,
+                                                 provenance={"client": "cli", "path": str(path)},
+                                                 progress=progress.phase if progress.enabled else None)
+    finally:
+        if traced:
+            from sandgate import tracing
+
+            tracing.shutdown()  # the spans not yet exported
     verdict = result.verdict
     if as_json:
         _echo_json(result.to_dict())
@@ -199,6 +207,19 @@ def submit(
         raise typer.Exit(EXIT_REFUSED)
     if verdict == "error":
         raise typer.Exit(EXIT_ERROR)
+
+
+def _trace_embedded() -> bool:
+    """An embedded submit is traced like the API's (service ``sandgate-cli``) when an OTLP endpoint is
+    configured; a remote one is the server's to trace. Nothing is imported for it otherwise."""
+    from sandgate.environ import remote_url
+
+    if remote_url() is not None:
+        return False
+    from sandgate import tracing
+    from sandgate.config import get_settings
+
+    return tracing.configure_from_settings(get_settings(), service="sandgate-cli")
 
 
 def skills(ctx: typer.Context, as_json: JsonOpt = False) -> None:

@@ -69,7 +69,11 @@ def register(app: typer.Typer) -> None:
             _check_alive()
             return
         configure_logging(log_level)
+        from sandgate import tracing
+        from sandgate.config import get_settings
+
         try:
+            tracing.configure_from_settings(get_settings(), service="sandgate-worker")
             store = open_store()
             worker = Worker(
                 store,
@@ -103,6 +107,7 @@ def register(app: typer.Typer) -> None:
                     scheduler.shutdown(wait=False)
         finally:
             store.close()
+            tracing.shutdown()  # the spans not yet exported
 
     @app.command("scheduler")
     def scheduler_cmd(

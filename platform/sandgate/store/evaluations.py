@@ -55,6 +55,10 @@ with an estimate of when it will have room, and nothing is queued.
   ``failed``: a dying worker is the infrastructure's fault.
 * Lease times come from the database server's clock on PostgreSQL, so workers
   on several hosts agree on expiry whatever their own clocks say.
+* ``traceparent`` (migration 0010): the W3C trace context of the span that
+  queued the row, given by the caller (``sandgate.tracing``; NULL when traces
+  are off). It survives release and requeue, so whichever worker claims the
+  row continues the submitter's trace.
 
 Retention (``prune_evaluations``) and re-scan flags (``flag_version``) are the
 scheduler's; neither ever touches versions, nor any evaluation of a version
@@ -93,7 +97,16 @@ from sandgate.store._rows import (
 )
 from sandgate.store.engine import Store
 from sandgate.store.keys import ApiKey
-from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version, WorkerBeat
+from sandgate.store.models import (
+    ACTOR_LENGTH,
+    HASH_LENGTH,
+    TRACEPARENT_LENGTH,
+    Evaluation,
+    Event,
+    Skill,
+    Version,
+    WorkerBeat,
+)
 
 __all__ = [
     "GiveUp",
@@ -204,11 +217,15 @@ def queue_evaluation(
     tenant: str = LOCAL_TENANT,
     max_queued: int | None = None,
     limit_setting: str | None = None,
+    traceparent: str | None = None,
 ) -> EvaluationRecord:
     """Create an evaluation of ``name@number`` under a policy, status ``queued``, for ``tenant``.
 
     ``max_queued``: refuse with :class:`QueueFull` when ``tenant`` already has that many
-    queued (``limit_setting`` names where the cap comes from, for the message)."""
+    queued (``limit_setting`` names where the cap comes from, for the message).
+    ``traceparent``: the W3C trace context of the span that queued it (``sandgate.tracing``),
+    kept on the row so the worker that claims it continues that trace."""
+    _check_traceparent(traceparent)
     now = _now()
     _check_tenant(tenant)
     with store.write() as s:
@@ -223,10 +240,16 @@ def queue_evaluation(
             status="queued",
             created_at=now,
             tenant=tenant,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()
         return _evaluation_record(ev, skill.name, version.number)
+
+def _check_traceparent(traceparent: str | None) -> None:
+    if traceparent is not None and len(traceparent) > TRACEPARENT_LENGTH:
+        raise StoreError(f"traceparent longer than {TRACEPARENT_LENGTH} characters")
+
 
 def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     """``queued`` → ``running`` (compare-and-set: only one runner wins)."""
@@ -255,6 +278,7 @@ def begin_evaluation(
     tenant: str = LOCAL_TENANT,
     max_queued: int | None = None,
     limit_setting: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[EvaluationRecord, bool]:
     """The evaluation a submit of ``name@number`` under a policy uses, in one transaction.
 
@@ -268,7 +292,10 @@ def begin_evaluation(
     * else (``start=False``) the newest queued or running one, or a new ``queued`` one
       for ``tenant`` — unless ``tenant`` has ``max_queued`` queued already
       (:class:`QueueFull`, nothing queued).
+
+    ``traceparent`` is stored on a new evaluation (one taken over keeps its own).
     """
+    _check_traceparent(traceparent)
     now = _now()
     _check_tenant(tenant)
     with store.write() as s:
@@ -301,6 +328,7 @@ def begin_evaluation(
             created_at=now,
             started_at=now if start else None,
             tenant=tenant,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()

@@ -78,6 +78,8 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 NAME_LENGTH = 63
 ACTOR_LENGTH = 200
 HASH_LENGTH = 100
+#: a W3C traceparent (version 00 is 55 characters; room for a later version's)
+TRACEPARENT_LENGTH = 64
 PATH_LENGTH = 512
 
 
@@ -190,6 +192,8 @@ class Evaluation(Base):
     #: who queued it (0009): ``key:<name>`` for an API key, ``local`` for the embedded path;
     #: workers share their slots fairly between tenants and each tenant's caps apply
     tenant: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="local", server_default="local")
+    #: the W3C ``traceparent`` of the span that queued it (NULL: traces off) — added in 0010
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH))
 
 
 class Event(Base):
