@@ -24,34 +24,26 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from sandgate.errors import NotFound
+from sandgate.migration_heads import scripted_heads
 from sandgate.records import EvaluationRecord, EventRecord, SkillRecord, VersionRecord
 from sandgate.service import VersionDetail, version_detail
 
 __all__ = ["LiteReader", "open_reader", "scripted_head"]
 
 #: the store's Alembic scripts (read as text: no import of the store package)
-MIGRATIONS_DIR = Path(__file__).resolve().parents[1] / "store" / "migrations"
-_REVISION = re.compile(r'^(down_)?revision(?:: [^=]+)? = "([^"]+)"', re.M)
 #: as the store's own connections (sandgate.store.engine.SQLITE_BUSY_TIMEOUT_MS)
 BUSY_TIMEOUT_S = 30.0
 
 
-@lru_cache(maxsize=1)
 def scripted_head() -> str | None:
-    """The head revision of the migration files (as ``sandgate.store.migrate.scripted_head``;
-    a test pins the two together); None when the files have no single head."""
-    revisions: set[str] = set()
-    downs: set[str] = set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for down, value in _REVISION.findall(path.read_text(encoding="utf-8")):
-            (downs if down else revisions).add(value)
-    heads = revisions - downs
-    return heads.pop() if len(heads) == 1 else None
+    """The head revision of the migration files (as ``sandgate.store.migrate.scripted_head``);
+    None when the files have no single head."""
+    heads = scripted_heads()
+    return next(iter(heads)) if len(heads) == 1 else None
 
 
 def _utc(value: str | None) -> datetime | None:
