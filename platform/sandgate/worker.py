@@ -492,10 +492,13 @@ class Worker:
     def _run_job(self, job: _Job) -> JobOutcome:
         c = job.claimed
         base: _JobIds = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
+        # only an engine that answered when the job began can be lost during it; with no engine
+        # at all the evaluation ends as its own `error` ("no Docker engine answers"), as before
+        lost_engine_requeues = self.check_engine and self._engine_answers()
         try:
             run = lifecycle.run_claimed(
                 self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader,
-                requeue_if=self._engine_lost if self.check_engine else None,
+                requeue_if=self._engine_lost if lost_engine_requeues else None,
             )
             record, note = run.evaluation, run.note
             promoted = run.promoted.to_version if run.promoted is not None else None

@@ -70,10 +70,10 @@ def test_controllers_are_judged_by_host_id_not_hostname(monkeypatch):
 
 
 class DeadEngine:
-    """A Docker client whose engine died: ping fails; the listing (after it is back) is recorded."""
+    """A Docker client whose engine dies (``up = False``: ping fails); the listing (after it is back) is recorded."""
 
-    def __init__(self) -> None:
-        self.up = False
+    def __init__(self, up: bool = True) -> None:
+        self.up = up
         self.listed: list[Any] = []
         self.removed: list[str] = []
         outer = self
@@ -95,6 +95,17 @@ class DeadEngine:
         return True
 
 
+class KillsEngine:
+    """An evaluation during which ``engine`` dies (it answered when the job began)."""
+
+    def __init__(self, engine: DeadEngine, evaluate: FakeEvaluate) -> None:
+        self.engine, self.evaluate = engine, evaluate
+
+    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+        self.engine.up = False
+        return self.evaluate(submission, policy=policy, evaluation_id=evaluation_id)
+
+
 class EngineErrorEvaluate(FakeEvaluate):
     def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
         self.calls.append(evaluation_id or "")
@@ -110,7 +121,8 @@ def test_a_dead_engine_requeues_the_job_counted_instead_of_storing_its_verdict(s
     pol = policy("manual")
     eid = queue(store, 1, pol)
     engine = DeadEngine()
-    w = make_worker(store, pol, evaluate=EngineErrorEvaluate(), check_engine=True, concurrency=1)
+    w = make_worker(store, pol, evaluate=KillsEngine(engine, EngineErrorEvaluate()), check_engine=True,
+                    concurrency=1)
     w._client = engine
     [outcome] = w.run_once()
     assert outcome.status == "requeued" and "engine" in (outcome.note or "")
@@ -141,11 +153,26 @@ def test_an_engine_error_with_the_engine_alive_is_stored_as_error(store):  # noq
     w.close()
 
 
+def test_with_no_engine_from_the_start_the_evaluation_stores_its_own_error(store):  # noqa: F811
+    # nothing to lose and no other host promised: requeueing would leave the job queued for ever
+    pol = policy("manual")
+    eid = queue(store, 7, pol)
+    w = make_worker(store, pol, evaluate=EngineErrorEvaluate(), check_engine=True, concurrency=1)
+    w._client = DeadEngine(up=False)
+    [outcome] = w.run_once()
+    assert outcome.status == "done" and outcome.verdict == "error"
+    ev = evaluations.get_evaluation(store, evaluation_id=eid)
+    assert ev.status == "done" and ev.verdict == "error" and ev.attempts == 1
+    assert not w._engine_down.is_set()
+    w.close()
+
+
 def test_a_failed_verdict_on_a_dead_engine_is_requeued_a_passed_one_kept(store):  # noqa: F811
     pol = policy("manual")
     failed, passed = queue(store, 3, pol), queue(store, 4, pol)
     engine = DeadEngine()
-    w = make_worker(store, pol, evaluate=FakeEvaluate("failed"), check_engine=True, concurrency=1)
+    w = make_worker(store, pol, evaluate=KillsEngine(engine, FakeEvaluate("failed")), check_engine=True,
+                    concurrency=1)
     w._client = engine
     assert [o.status for o in w.run_once()] == ["requeued"]
     assert evaluations.get_evaluation(store, evaluation_id=failed).status == "queued"
@@ -162,9 +189,10 @@ def test_attempts_of_a_job_that_keeps_killing_engines_run_out(store):  # noqa: F
     pol = policy("manual")
     eid = queue(store, 5, pol)
     for _ in range(3):
-        w = make_worker(store, pol, evaluate=EngineErrorEvaluate(), check_engine=True, concurrency=1,
-                        max_attempts=3)
-        w._client = DeadEngine()
+        engine = DeadEngine()
+        w = make_worker(store, pol, evaluate=KillsEngine(engine, EngineErrorEvaluate()), check_engine=True,
+                        concurrency=1, max_attempts=3)
+        w._client = engine
         w.run_once()
         w.close()
     ev = evaluations.get_evaluation(store, evaluation_id=eid)
