@@ -197,6 +197,18 @@ class EngineUnavailable(InfrastructureError):
     pass
 
 
+#: the start of an :class:`EngineLost` message (workers requeue an evaluation whose report says it)
+ENGINE_LOST = "the Docker engine stopped answering during the sandbox's run"
+
+
+class EngineLost(InfrastructureError):
+    """The engine went away while a sandbox ran (it may be back already, e.g. restarted):
+    the run says nothing about the skill, and a worker requeues the evaluation."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(ENGINE_LOST + (f" ({detail})" if detail else ""))
+
+
 class ImageMissing(InfrastructureError):
     pass
 

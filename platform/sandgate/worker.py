@@ -101,7 +101,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from sandgate import lifecycle, tracing
-from sandgate.errors import Conflict, SandgateError
+from sandgate.errors import ENGINE_LOST, Conflict, SandgateError
 from sandgate.names import controller_alive, controller_id, owner_id
 from sandgate.records import EvaluationRecord
 from sandgate.report import gave_up
@@ -546,11 +546,16 @@ class Worker:
             return False
 
     def _engine_lost(self, report: Any) -> str | None:
-        """``requeue_if`` of a real evaluation: the engine died if it no longer answers."""
+        """``requeue_if`` of a real evaluation: the engine died if it no longer answers, or if
+        the run says it went away under the sandbox (``EngineLost``: back already, restarted)."""
         verdict = getattr(report, "verdict", None)
         if getattr(verdict, "value", verdict) in ("passed", "rejected"):
             return None
         if self._engine_answers():
+            for reason in getattr(report, "reasons", None) or []:
+                message = str(getattr(reason, "message", "") or "")
+                if message.startswith(ENGINE_LOST):
+                    return message
             return None
         self._engine_down.set()
         return "the Docker engine stopped answering during the run"

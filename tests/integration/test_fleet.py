@@ -111,6 +111,29 @@ def test_engine_dying_under_a_job_requeues_it_for_another_host(fleet):
     assert f.leftovers() == {"fleet-0": 0, "fleet-1": 0}
 
 
+def test_engine_restarted_under_a_job_requeues_it_never_a_verdict_of_the_restart(fleet):
+    # the engine dies under the sandbox and is back at once (a restart): the run is not the
+    # skill's timeout or failure; the job is requeued and this same host evaluates it again
+    f, store = fleet
+    a, _ = f.hosts
+    a.start_worker()
+    eid = lifecycle.submit(store, submission=slow_skill(4.0), policy=f.policy, actor="test",
+                           wait=False).evaluation.id
+    wait_for(lambda: any(c["State"] == "running" and c["Labels"].get("sandgate.evaluation") == eid
+                         for c in managed_containers(a.client())), 30, "A's sandbox running the job", f)
+    a.kill_engine()
+    a.start_engine()
+
+    done = wait_for(lambda: (r := evaluations.get_evaluation(store, evaluation_id=eid)).status == "done" and r,
+                    180, "host A to complete the requeued evaluation", f)
+    assert done.verdict == "passed", done.reasons
+    assert a.owns(done.lease_owner) and done.attempts == 2, (done.attempts, a.tail())
+    assert evaluated_ids(store, "slow_skill") == Counter([eid])
+    assert '"requeued: ' in a.log_text(), a.tail()
+    assert a.stop_worker() == 0, a.tail()
+    assert f.leftovers()["fleet-0"] == 0
+
+
 def test_host_killed_a_third_through_every_evaluation_completes_once(fleet):
     f, store = fleet
     a, b = f.hosts

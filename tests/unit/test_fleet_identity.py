@@ -153,6 +153,36 @@ def test_an_engine_error_with_the_engine_alive_is_stored_as_error(store):  # noq
     w.close()
 
 
+class RestartsEngine(FakeEvaluate):
+    """The engine went away under the sandbox and came back at once (a restart)."""
+
+    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+        from sandgate.errors import EngineLost
+
+        self.calls.append(evaluation_id or "")
+        return EvaluationReport(
+            evaluation_id=evaluation_id or "", verdict=Verdict.error,
+            reasons=[Reason(code=ReasonCode.infrastructure, message=str(EngineLost("ConnectionError after 2.0s")))],
+            skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
+            policy_hash=policy.hash,
+        )
+
+
+def test_an_engine_restarted_under_a_run_requeues_the_job_though_it_answers_again(store):  # noqa: F811
+    pol = policy("manual")
+    eid = queue(store, 3, pol)
+    engine = DeadEngine()
+    engine.up = True  # it answers before and after: only the run saw it go
+    w = make_worker(store, pol, evaluate=RestartsEngine(), check_engine=True, concurrency=1)
+    w._client = engine
+    [outcome] = w.run_once()
+    assert outcome.status == "requeued" and "stopped answering during the sandbox's run" in (outcome.note or "")
+    ev = evaluations.get_evaluation(store, evaluation_id=eid)
+    assert ev.status == "queued" and ev.verdict is None and ev.attempts == 1
+    assert not w._engine_down.is_set()  # it answers: claiming goes on
+    w.close()
+
+
 def test_with_no_engine_from_the_start_the_evaluation_stores_its_own_error(store):  # noqa: F811
     # nothing to lose and no other host promised: requeueing would leave the job queued for ever
     pol = policy("manual")

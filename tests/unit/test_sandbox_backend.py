@@ -300,3 +300,70 @@ def test_only_the_docker_modules_of_the_sandbox_package_import_the_sdk() -> None
 def test_the_import_check_sees_a_lazy_import() -> None:
     assert docker_importers({"runner": "def f():\n    from docker.errors import APIError\n"}) == {"runner"}
     assert docker_importers({"runner": "import dockerfile\nfrom . import docker_backend\n"}) == set()
+
+
+# ---------------------------------------------------------------- the engine going away mid-run
+
+
+class _WaitingAPI:
+    """``APIClient.wait`` that fails as the SDK does: after ``after`` seconds, with ``exc``."""
+
+    def __init__(self, exc: Exception, after: float) -> None:
+        self.exc, self.after = exc, after
+
+    def wait(self, sandbox_id: str, timeout: float) -> dict[str, int]:
+        time.sleep(self.after)
+        raise self.exc
+
+
+def _backend(api: Any) -> DockerBackend:
+    backend = DockerBackend.__new__(DockerBackend)
+    backend.api = api
+    return backend
+
+
+def test_a_wait_that_fails_early_is_the_engine_going_away_not_a_timeout() -> None:
+    import requests
+
+    from sandgate.errors import ENGINE_LOST, EngineLost
+
+    refused = requests.exceptions.ConnectionError("Connection aborted: RemoteDisconnected")
+    with pytest.raises(EngineLost) as caught:
+        _backend(_WaitingAPI(refused, 0.0)).wait("box", 30.0)
+    assert str(caught.value).startswith(ENGINE_LOST) and "after 0.0s of a 30s wait" in str(caught.value)
+
+
+@pytest.mark.parametrize("exc", ["ReadTimeout", "ConnectionError"])
+def test_a_wait_that_fails_at_its_timeout_is_a_timeout(monkeypatch, exc: str) -> None:
+    import requests
+
+    from sandgate.sandbox import docker_backend
+
+    monkeypatch.setattr(docker_backend, "WAIT_EARLY_SLACK_SECONDS", 0.05)
+    error = getattr(requests.exceptions, exc)("UnixHTTPConnectionPool: Read timed out.")
+    assert _backend(_WaitingAPI(error, 0.2)).wait("box", 0.2) is None
+
+
+class _LosesEngine(FakeBackend):
+    """The engine goes away during the wait and is not back for the removal."""
+
+    def wait(self, sandbox_id: str, timeout: float) -> int | None:
+        from sandgate.errors import EngineLost
+
+        self._call("wait", sandbox_id)
+        raise EngineLost("ConnectionError after 0.3s of a 32s wait")
+
+    def remove(self, sandbox_id: str) -> None:
+        self.calls.append(("remove", sandbox_id))
+        raise InfrastructureError("could not remove sandbox container: connection refused")
+
+
+def test_the_engine_lost_under_a_run_is_the_error_raised_not_the_failed_removal() -> None:
+    from sandgate.errors import ENGINE_LOST, EngineLost
+
+    fake = _LosesEngine()
+    with pytest.raises(EngineLost) as caught:
+        runner.run_sandbox(fake, image="img:tag", payload=b"tar", limits=Limits(timeout_seconds=30),
+                           evaluation_id="ev-lost", kill_grace=2.0, channel_key=KEY)
+    assert str(caught.value).startswith(ENGINE_LOST)
+    assert [op for op, _ in fake.calls][-2:] == ["wait", "remove"]  # the removal was still tried

@@ -19,7 +19,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, NotFound
 
-from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
+from sandgate.errors import EngineLost, InfrastructureError, RuntimeUnavailable, SandboxFailure
 from sandgate.limits import Limits
 from sandgate.sandbox.backend import EngineInfo, Listed, SandboxBackend, SandboxSpec, SandboxState
 from sandgate.sandbox.engine import engine_info
@@ -27,6 +27,8 @@ from sandgate.sandbox.engine import engine_info
 __all__ = ["SANDBOX_UID", "DockerBackend", "as_backend", "hardened_host_config", "remove_container"]
 
 SANDBOX_UID = 10001
+#: a wait that fails this much before its timeout did not time out: the engine went away
+WAIT_EARLY_SLACK_SECONDS = 1.0
 
 
 def hardened_host_config(api: docker.APIClient, limits: Limits) -> dict[str, Any]:
@@ -163,10 +165,18 @@ class DockerBackend:
             raise _infrastructure(exc) from exc
 
     def wait(self, sandbox_id: str, timeout: float) -> int | None:
+        started = time.monotonic()
         try:
             status = self.api.wait(sandbox_id, timeout=timeout)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            return None  # the engine did not answer within the timeout: it still runs
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
+            # The SDK reports its own read timeout as either (a ConnectionError over the unix
+            # socket): only one that comes at the timeout means the sandbox still runs. One
+            # that comes early is the engine going away (killed, restarted) — never a timeout
+            # of the skill's.
+            if time.monotonic() - started < timeout - WAIT_EARLY_SLACK_SECONDS:
+                raise EngineLost(f"{type(exc).__name__} after {time.monotonic() - started:.1f}s "
+                                 f"of a {timeout:.0f}s wait") from exc
+            return None
         except (DockerException, requests.exceptions.RequestException) as exc:
             raise _infrastructure(exc) from exc
         return int(status.get("StatusCode", -1))

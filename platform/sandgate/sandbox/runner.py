@@ -17,6 +17,7 @@ import hmac
 import io
 import json
 import secrets
+import sys
 import tarfile
 import threading
 import time
@@ -224,9 +225,15 @@ def run_sandbox(
         timings["collect"] = time.monotonic() - t
     finally:
         if container_id is not None:
+            pending = sys.exc_info()[1]
             t = time.monotonic()
             try:
                 backend.remove(container_id)
+            except InfrastructureError:
+                if pending is None:
+                    raise
+                # the run already failed (the engine went away, say): that error is the one
+                # the report keeps; the container is the reaper's once the engine is back
             finally:
                 _track(evaluation_id, container_id, False)
             timings["remove"] = time.monotonic() - t
