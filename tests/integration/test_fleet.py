@@ -112,8 +112,8 @@ def test_engine_dying_under_a_job_requeues_it_for_another_host(fleet):
 
 
 def test_engine_restarted_under_a_job_requeues_it_never_a_verdict_of_the_restart(fleet):
-    # the engine dies under the sandbox and is back at once (a restart): the run is not the
-    # skill's timeout or failure; the job is requeued and this same host evaluates it again
+    # the engine dies under the sandbox and is started again at once (a restart): the run is not
+    # the skill's timeout or failure; the job is requeued and this same host evaluates it again
     f, store = fleet
     a, _ = f.hosts
     a.start_worker()
@@ -122,14 +122,23 @@ def test_engine_restarted_under_a_job_requeues_it_never_a_verdict_of_the_restart
     wait_for(lambda: any(c["State"] == "running" and c["Labels"].get("sandgate.evaluation") == eid
                          for c in managed_containers(a.client())), 30, "A's sandbox running the job", f)
     a.kill_engine()
-    a.start_engine()
+    for attempt in range(3):  # a containerd killed a moment ago can make the first start time out
+        try:
+            a.start_engine()
+            break
+        except RuntimeError:
+            if attempt == 2:
+                raise
+            time.sleep(2)
 
     done = wait_for(lambda: (r := evaluations.get_evaluation(store, evaluation_id=eid)).status == "done" and r,
                     180, "host A to complete the requeued evaluation", f)
     assert done.verdict == "passed", done.reasons
     assert a.owns(done.lease_owner) and done.attempts == 2, (done.attempts, a.tail())
     assert evaluated_ids(store, "slow_skill") == Counter([eid])
-    assert '"requeued: ' in a.log_text(), a.tail()
+    # requeued as lost whether the engine was still starting when the run was judged or already
+    # back (that second path, "during the sandbox's run", is pinned by tests/unit/test_fleet_identity.py)
+    assert '"requeued: the Docker engine stopped answering during' in a.log_text(), a.tail()
     assert a.stop_worker() == 0, a.tail()
     assert f.leftovers()["fleet-0"] == 0
 

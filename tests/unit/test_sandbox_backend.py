@@ -322,14 +322,15 @@ def _backend(api: Any) -> DockerBackend:
     return backend
 
 
-def test_a_wait_that_fails_early_is_the_engine_going_away_not_a_timeout() -> None:
+@pytest.mark.parametrize("exc", ["ConnectionError", "ChunkedEncodingError", "ReadTimeout"])
+def test_a_wait_that_fails_early_is_the_engine_going_away_not_a_timeout(exc: str) -> None:
     import requests
 
     from sandgate.errors import ENGINE_LOST, EngineLost
 
-    refused = requests.exceptions.ConnectionError("Connection aborted: RemoteDisconnected")
+    error = getattr(requests.exceptions, exc)("Connection aborted: RemoteDisconnected")
     with pytest.raises(EngineLost) as caught:
-        _backend(_WaitingAPI(refused, 0.0)).wait("box", 30.0)
+        _backend(_WaitingAPI(error, 0.0)).wait("box", 30.0)
     assert str(caught.value).startswith(ENGINE_LOST) and "after 0.0s of a 30s wait" in str(caught.value)
 
 

@@ -168,16 +168,18 @@ class DockerBackend:
         started = time.monotonic()
         try:
             status = self.api.wait(sandbox_id, timeout=timeout)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as exc:
-            # The SDK reports its own read timeout as either (a ConnectionError over the unix
-            # socket): only one that comes at the timeout means the sandbox still runs. One
-            # that comes early is the engine going away (killed, restarted) — never a timeout
-            # of the skill's.
+        except requests.exceptions.RequestException as exc:
+            # The SDK reports its own read timeout as ReadTimeout or ConnectionError (over the
+            # unix socket): only one that comes at the timeout means the sandbox still runs. A
+            # transport error that comes early (connection reset or refused, a response cut
+            # short) is the engine going away — killed, restarted — never the skill's timeout.
             if time.monotonic() - started < timeout - WAIT_EARLY_SLACK_SECONDS:
                 raise EngineLost(f"{type(exc).__name__} after {time.monotonic() - started:.1f}s "
                                  f"of a {timeout:.0f}s wait") from exc
-            return None
-        except (DockerException, requests.exceptions.RequestException) as exc:
+            if isinstance(exc, (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError)):
+                return None
+            raise _infrastructure(exc) from exc
+        except DockerException as exc:
             raise _infrastructure(exc) from exc
         return int(status.get("StatusCode", -1))
 
