@@ -29,14 +29,33 @@ Process model
     ``python3 -I -m sandgate_harness.mutation RESULT_FD`` reads its job (the
     pristine skill files as the harness received them, the dynamic phase's
     results, the budget) as JSON on stdin. It imports pytest and never the
-    skill, then forks one child per mutant. Before each child it rewrites
-    ``/work/skill`` from the pristine files (whatever the dynamic phase or an
-    earlier mutant wrote there is gone) and empties the scratch directories.
-    The child closes every inherited descriptor, starts its own session,
-    installs the mutated source with an import hook (the file on disk stays
-    pristine, see :func:`install_mutant`), and runs pytest with the dynamic
-    phase's trusted configuration on the selected tests; its exit status is
-    its outcome. A control run of the unmutated skill, at a random position
+    skill. Mutants whose change is confined to the body of a top-level
+    function or method are compiled into *schemata* (:func:`build_schemata`):
+    one module per file whose mutated functions dispatch on an active token.
+    The server forks one *schemata child* (a throwaway process: it closes
+    every inherited descriptor but its two pipes, starts its own session,
+    installs the schemata with an import hook, see :func:`install_mutant`)
+    which runs one pytest session with the dynamic phase's trusted
+    configuration up to the end of collection (the skill is imported there,
+    once) and then serves commands: for each mutant (or control) it forks a
+    grandchild that sets the token and runs only the selected items through
+    pytest's own run protocol; the first failure ends it as killed. Every
+    grandchild starts from the same collected, never-run state, so what a
+    mutant changes in memory dies with it; before each command the server
+    rewrites ``/work/skill`` from the pristine files and empties the scratch
+    directories, and after it kills every process but itself, the schemata
+    child and PID 1. The schemata child times out its grandchild itself; if
+    it does not answer in time, or dies, the server kills everything, counts
+    the mutant as ``timed_out`` (or killed) and starts a fresh schemata child
+    for the rest (at most ``_SchemataRunner.MAX_STARTS``). A mutant outside
+    the schemata (module-level code, defaults, decorators, a change of a
+    function's locals or of its generator kind), or every mutant when the
+    schemata child cannot start, runs in a child of its own as before: the
+    server forks it after rewriting the tree, the child installs the mutated
+    source with the import hook and runs a pytest session on the selected
+    tests; its exit status is its outcome, and after it every process other
+    than the server (and the schemata child) and PID 1 is killed.
+    A control run of the unmutated skill, at a random position
     among the first mutants and with the tests of a mutant chosen at random,
     must survive, or no kill counts; so must a closing control after the last
     mutant when any was killed.
@@ -44,9 +63,12 @@ Process model
     passing tests whose coverage context executed that line). The phase stops
     once the mutants not yet run cannot change the outcome of the job's gates
     (``min_score``, ``null_must_be_killed``; see :func:`decision`), unless the
-    job says ``stop_when_decided: false``.
-    After each child, every process other than the server and PID 1 is
-    killed. The server writes one JSON line per event to RESULT_FD.
+    job says ``stop_when_decided: false``. A control is dispatched exactly
+    like a mutant: through an *identity* branch of the schemata (a copy of the
+    original body under its own token), or in a child of its own when the
+    mutant it borrows tests from is outside the schemata.
+    The server writes one JSON line per event to RESULT_FD; the schemata
+    child and its grandchildren never hold that descriptor.
 
 Trust
     The child runs submitted code: "all selected tests passed" and "a test
@@ -54,7 +76,9 @@ Trust
     skill can make every mutant look killed (a test that notices it runs
     under a mutant and fails); it cannot make the null entrypoint or any other
     mutant *survive* with tests that do not check behaviour, which is what the
-    gate is for. See README ("how results are kept honest").
+    gate is for. The schemata child is submitted code too: what it answers
+    is such a claim, no more (a control and a mutant reach it as the same
+    kind of command). See README ("how results are kept honest").
 """
 
 from __future__ import annotations
