@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,6 +23,7 @@ from pydantic_settings import (
 
 from sandgate.environ import AREA_PREFIXES, OTHER_VARIABLES, SETTINGS_FIELDS, check_environment, remote_url
 from sandgate.errors import ConfigError
+from sandgate.names import HOST_ID_PATTERN
 
 __all__ = [
     "AREA_PREFIXES",
@@ -79,6 +80,24 @@ class Settings(BaseSettings):
         "slot runs); 0 turns the warm pool off"))
     pool_max_age: float = Field(default=60.0, gt=0, description=(
         "seconds a warm sandbox may wait unused before it is removed and replaced by a fresh one"))
+
+    # -- several hosts on one store ---------------------------------------------
+    host_id: str | None = Field(default=None, pattern=HOST_ID_PATTERN, description=(
+        "this host's name in sandbox labels and lease owners (default: the hostname); each "
+        "worker host (one Docker engine) of a fleet sharing one store needs its own"))
+
+    # -- traces (sandgate.tracing) -------------------------------------------
+    otel_exporter_otlp_endpoint: str | None = Field(default=None, description=(
+        "OTLP/HTTP base URL traces are exported to (spans go to {url}/v1/traces); unset: the standard "
+        "OTEL_EXPORTER_OTLP_ENDPOINT, and with neither no traces are made"))
+
+    @field_validator("otel_exporter_otlp_endpoint")
+    @classmethod
+    def _otlp_url(cls, value: str | None) -> str | None:
+        value = (value or "").strip() or None
+        if value is not None and not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"must be an http:// or https:// URL (an OTLP/HTTP collector), got {value!r}")
+        return value
 
     @property
     def effective_database_url(self) -> str:

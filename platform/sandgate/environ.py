@@ -22,7 +22,7 @@ __all__ = ["AREA_PREFIXES", "OTHER_VARIABLES", "SETTINGS_FIELDS", "check_environ
 #: the fields of :class:`sandgate.config.Settings`, in order (each is ``SANDGATE_<FIELD>``)
 SETTINGS_FIELDS: tuple[str, ...] = (
     "home", "database_url", "policies_dir", "policy", "image", "docker_api_timeout", "sandbox_kill_grace",
-    "pool_size", "pool_max_age",
+    "pool_size", "pool_max_age", "host_id", "otel_exporter_otlp_endpoint",
 )
 
 #: ``SANDGATE_*`` variables read outside :class:`~sandgate.config.Settings` (name → meaning)

@@ -27,7 +27,9 @@ the skill is refused; asking again unchanged gets the same answer) and
     │   │   ├── ImageMissing          the sandbox image is not built
     │   │   ├── RuntimeUnavailable    the policy asks for a runtime (e.g. runsc) the engine lacks
     │   │   └── SandboxFailure        the sandbox did not produce a trustworthy result
-    │   └── StoreError            the skill store (or a registry's backend) could not do it
+    │   ├── StoreError            the skill store (or a registry's backend) could not do it
+    │   └── QueueFull             a tenant (API key) has its cap of queued evaluations:   429
+    │                             retry after ``retry_after`` s (``queue_full``)
     ├── ConfigError               bad settings or policy file (the operator's)     exit 2, 500
     │   └── PolicyError           a policy file that does not validate
     ├── ApiError                  a refusal decided at the HTTP edge with its own status
@@ -64,6 +66,7 @@ __all__ = [
     "RuntimeUnavailable",
     "SandboxFailure",
     "StoreError",
+    "QueueFull",
     "NotFound",
     "Conflict",
     "InvalidTransition",
@@ -210,6 +213,36 @@ class StoreError(Unavailable):
     """The skill store (or a registry's source) could not do it: unreachable, broken, refusing input it cannot hold."""
 
 
+class QueueFull(Unavailable):
+    """A tenant (an API key, or ``local``) already has its cap of queued evaluations; nothing was queued.
+
+    ``tenant`` and ``limit`` name who and which cap, ``queued`` how many are queued now,
+    ``retry_after`` (whole seconds, at least 1) when its queue should have room again.
+    The API answers 429 with ``Retry-After``; the CLI exits 2 (retry later)."""
+
+    def __init__(self, message: str, *, code: str | None = None, tenant: str | None = None,
+                 limit: int | None = None, queued: int | None = None,
+                 retry_after: float | None = None, setting: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.tenant = tenant
+        self.limit = limit
+        self.queued = queued
+        self.retry_after = retry_after
+        self.setting = setting
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.retry_after is None else {"Retry-After": str(max(1, int(self.retry_after)))}
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The fields the API's error body carries beside ``code`` and ``message``."""
+        return {k: v for k, v in {"tenant": self.tenant, "limit": self.limit, "queued": self.queued,
+                                  "limit_setting": self.setting,
+                                  "retry_after": None if self.retry_after is None else
+                                  max(1, int(self.retry_after))}.items() if v is not None}
+
+
 class ApiError(SandgateError):
     """A refusal decided at the HTTP edge, with an explicit HTTP status.
 
@@ -276,6 +309,7 @@ MEANINGS: dict[type[SandgateError], Meaning] = {
     InvalidTransition: Meaning(409, EXIT_REFUSED, "invalid_transition", None),
     Refused: Meaning(400, EXIT_REFUSED, "refused"),
     StoreError: Meaning(503, EXIT_ERROR, "store", frozenset({"store", "database_unavailable"})),
+    QueueFull: Meaning(429, EXIT_ERROR, "queue_full", frozenset({"queue_full"})),
     InfrastructureError: Meaning(503, EXIT_ERROR, "infrastructure", None),
     Unavailable: Meaning(503, EXIT_ERROR, "unavailable"),
     PolicyError: Meaning(500, EXIT_ERROR, "invalid_policy"),
@@ -335,5 +369,7 @@ def error_from_status(status: int, code: str | None, message: str, *, path: str 
             continue
         if cls is SubmissionError:
             return SubmissionError(message, code=code, path=path)
+        if cls is QueueFull:
+            return QueueFull(message, code=code, retry_after=retry_after)
         return cls(message, code=code)
     return ApiError(status, message, code=code, request_id=request_id, retry_after=retry_after)

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from sandgate import delivery
+from sandgate import delivery, tracing
 from sandgate import report as reports
 from sandgate.config import get_settings
 from sandgate.errors import (
@@ -72,6 +72,8 @@ __all__ = [
     "PolicyLoader",
     "SubmitResult",
     "ClaimedRun",
+    "Requeue",
+    "RequeueCheck",
     "submit",
     "run_evaluation",
     "run_claimed",
@@ -93,6 +95,17 @@ class EvaluateFn(Protocol):
 
 #: loads a policy by name (None: the configured one)
 PolicyLoader = Callable[[str | None], "Policy"]
+
+#: given a finished run's report: why it must not be stored but run again elsewhere, or None
+RequeueCheck = Callable[[EvaluationReport], str | None]
+
+
+class Requeue(Exception):  # noqa: N818 - an instruction to the caller, not an error of the run
+    """The report is not the skill's: nothing was stored, the caller hands the job back to the queue.
+
+    Raised by :func:`run_evaluation` when its ``requeue_if`` says so (a worker whose
+    Docker engine died during the run: the report describes the engine, not the skill).
+    """
 
 
 def default_evaluate(
@@ -235,8 +248,12 @@ def run_evaluation(
     policy: Any,
     evaluate: EvaluateFn | None = None,
     owner: str | None = None,
+    requeue_if: RequeueCheck | None = None,
 ) -> EvaluationRecord:
     """Run a started evaluation and store its report (used by ``submit`` and workers).
+
+    ``requeue_if(report)``: a reason means the report is not stored and
+    :class:`Requeue` is raised (the caller hands the job back).
 
     The evaluator's exceptions never leave the evaluation dangling: an
     :class:`InfrastructureError` becomes an ``error`` verdict, a
@@ -254,7 +271,13 @@ def run_evaluation(
         if not isinstance(exc, InfrastructureError | SubmissionError):
             bug = exc
         report = reports.from_exception(exc, evaluation_id=evaluation_id, **_ids(submission, policy))
-    record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
+    if bug is None and requeue_if is not None:
+        why = requeue_if(report)
+        if why is not None:
+            raise Requeue(why)
+    with tracing.span("sandgate.finish", {"sandgate.evaluation_id": evaluation_id,
+                                          "sandgate.verdict": getattr(report.verdict, "value", report.verdict)}):
+        record = evaluations.finish_evaluation(store, evaluation_id=evaluation_id, report=report, owner=owner)
     if bug is not None:
         raise bug
     return record
@@ -292,6 +315,7 @@ def run_claimed(
     owner: str,
     evaluate: EvaluateFn | None = None,
     policy_loader: PolicyLoader = load_policy,
+    requeue_if: RequeueCheck | None = None,
 ) -> ClaimedRun:
     """Run an evaluation claimed under ``owner``'s lease end to end: evaluate → finish → auto-promote.
 
@@ -301,6 +325,7 @@ def run_claimed(
     validate as ``rejected``, or that do not match the version as ``error``.
     Every report is stored as a compare-and-set on ``owner``'s lease: a lost
     lease raises :class:`Conflict` (code ``lease_lost``) and nothing is stored.
+    ``requeue_if``: see :func:`run_evaluation` (raises :class:`Requeue`, nothing stored).
     """
     c = claimed
     policy, nothing_ran = None, None
@@ -328,7 +353,8 @@ def run_claimed(
         return ClaimedRun(finished, policy_hash=policy.hash if policy is not None else None)
     assert policy is not None  # a policy that did not load ended the run above
     record = run_evaluation(
-        store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner
+        store, evaluation_id=c.id, submission=submission, policy=policy, evaluate=evaluate, owner=owner,
+        requeue_if=requeue_if,
     )
     move, note = auto_promote(store, evaluation=record, policy=policy)
     return ClaimedRun(record, promoted=move, note=note, policy_hash=policy.hash)
@@ -343,11 +369,51 @@ def submit(
     evaluate: EvaluateFn | None = None,
     wait: bool = True,
     provenance: Mapping[str, Any] | None = None,
+    tenant: str = evaluations.LOCAL_TENANT,
+    max_queued: int | None = None,
+    limit_setting: str | None = None,
 ) -> SubmitResult:
     """Store, evaluate (or reuse an evaluation), and auto-promote when the policy says so.
 
-    ``wait=False`` only queues the evaluation (status ``queued``) for a worker.
+    ``wait=False`` only queues the evaluation (status ``queued``) for a worker, under
+    ``tenant`` (fair share between tenants). ``max_queued``: a tenant that already has
+    that many queued is refused with :class:`~sandgate.errors.QueueFull` *before* the
+    version is stored; the queueing transaction checks again, so a submit that loses
+    a race for the last place keeps its stored version (content-addressed: a retry
+    of the same content reuses it) but queues nothing. With traces on, all of it is
+    the span ``sandgate.submit``, whose context is stored on a queued evaluation (the
+    worker that claims it continues the trace).
     """
+    with tracing.span("sandgate.submit", {"sandgate.skill": getattr(submission, "name", None),
+                                          "sandgate.policy": getattr(policy, "name", None),
+                                          "sandgate.wait": wait}) as span:
+        result = _submit(store, submission=submission, policy=policy, actor=actor, evaluate=evaluate, wait=wait,
+                         provenance=provenance, tenant=tenant, max_queued=max_queued, limit_setting=limit_setting)
+        if span is not None:
+            span.set_attribute("sandgate.version", result.version.number)
+            if result.evaluation is not None:
+                span.set_attribute("sandgate.evaluation_id", result.evaluation.id)
+                span.set_attribute("sandgate.reused_evaluation", result.reused_evaluation)
+            if result.verdict is not None:
+                span.set_attribute("sandgate.verdict", result.verdict)
+        return result
+
+
+def _submit(
+    store: Store,
+    *,
+    submission: Any,
+    policy: Any,
+    actor: str,
+    evaluate: EvaluateFn | None,
+    wait: bool,
+    provenance: Mapping[str, Any] | None,
+    tenant: str,
+    max_queued: int | None,
+    limit_setting: str | None,
+) -> SubmitResult:
+    if not wait:
+        evaluations.queue_room(store, tenant=tenant, max_queued=max_queued, limit_setting=limit_setting)
     version, created = versions.create_version(store, submission=submission, actor=actor, provenance=provenance)
     mode = policy.promotion.mode_for(version.skill)
     base = {"version": version, "created": created, "promotion_mode": mode}
@@ -362,7 +428,9 @@ def submit(
     name, number = version.skill, version.number
     # reuse a conclusive evaluation, take over a queued one, or open one: one transaction
     evaluation, reused = evaluations.begin_evaluation(
-        store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait
+        store, name=name, number=number, policy_name=policy.name, policy_hash=policy.hash, start=wait,
+        tenant=tenant, max_queued=max_queued, limit_setting=limit_setting,
+        traceparent=tracing.traceparent(),
     )
     if reused:
         note = None
@@ -395,8 +463,23 @@ def auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, st
     Returns ``(PointerMove | None, note)``. Nothing happens unless the verdict is
     ``passed`` and the skill's mode is ``auto``; never over a newer active
     version (workers finish out of order); a lost race is a note, not an error.
-    Shared by :func:`submit` and the workers.
+    Shared by :func:`submit` and the workers. With traces on: the span ``sandgate.promotion``.
     """
+    if not tracing.enabled():
+        return _auto_promote(store, evaluation=evaluation, policy=policy)
+    with tracing.span("sandgate.promotion", {"sandgate.evaluation_id": evaluation.id,
+                                             "sandgate.verdict": evaluation.verdict}) as span:
+        move, note = _auto_promote(store, evaluation=evaluation, policy=policy)
+        span.set_attribute("sandgate.promotion.mode", policy.promotion.mode_for(evaluation.skill))
+        span.set_attribute("sandgate.promoted", move is not None)
+        if move is not None:
+            span.set_attribute("sandgate.promoted_version", move.to_version)
+        if note:
+            span.set_attribute("sandgate.promotion.note", note)
+        return move, note
+
+
+def _auto_promote(store: Store, *, evaluation: Any, policy: Any) -> tuple[Any, str | None]:
     mode = policy.promotion.mode_for(evaluation.skill)
     if evaluation.verdict != "passed" or mode not in ("auto", "canary"):
         return None, None

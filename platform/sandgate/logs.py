@@ -10,7 +10,9 @@ the same text under the short key that worker logs have always carried, so
 queries written against either keep working — then every field of the record:
 those passed as ``extra={"fields": {...}}`` (the API's way) and those passed as
 plain ``extra={...}`` keys (the workers' way). Fields whose value is None are
-left out. A traceback goes under ``exception``.
+left out. A traceback goes under ``exception``. While traces are on
+(:mod:`sandgate.tracing`) and a span is current, ``trace_id`` and ``span_id``
+(hex, as in the W3C ``traceparent``) follow ``msg``.
 
 Ground floor: standard library only.
 """
@@ -20,11 +22,11 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["JsonFormatter", "configure_logging", "HANDLER_NAME"]
+__all__ = ["JsonFormatter", "configure_logging", "HANDLER_NAME", "context_fields"]
 
 #: the name of the handler :func:`configure_logging` installs (so it replaces, never stacks)
 HANDLER_NAME = "sandgate-json"
@@ -33,6 +35,10 @@ _STANDARD_ATTRS = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys()
     | {"message", "asctime", "taskName", "fields"}
 )
+
+#: set by :mod:`sandgate.tracing` while traces are on: the current span's ``trace_id`` and
+#: ``span_id`` (None: no span). None while traces are off: nothing is looked up.
+context_fields: Callable[[], Mapping[str, str] | None] | None = None
 
 
 class JsonFormatter(logging.Formatter):
@@ -47,6 +53,8 @@ class JsonFormatter(logging.Formatter):
             "message": message,
             "msg": message,
         }
+        if context_fields is not None:
+            out.update(context_fields() or {})
         fields = getattr(record, "fields", None)
         if isinstance(fields, Mapping):
             out.update({str(k): v for k, v in fields.items() if v is not None})

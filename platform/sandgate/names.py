@@ -1,5 +1,9 @@
-"""The shared vocabulary's formulas: skill names, content hashes, controller ids.
+"""The shared vocabulary's formulas: skill names, content hashes, host and controller ids.
 
+:func:`host_id` names this host in controller ids and lease owners: the
+setting ``host_id`` (``SANDGATE_HOST_ID``), else the hostname. Several
+workers sharing one store must each run on a distinct host id (one per
+Docker engine): "whose containers are these" is answered by it.
 :func:`controller_alive` answers, for a controller id on this host, whether
 that process still runs (``/proc``): the reaper's "is this controller alive".
 
@@ -23,6 +27,9 @@ __all__ = [
     "SKILL_NAME_RULE",
     "is_skill_name",
     "content_hash",
+    "HOST_ID_PATTERN",
+    "host_id",
+    "set_host_id",
     "controller_id",
     "owner_id",
     "controller_alive",
@@ -58,13 +65,43 @@ def content_hash(files: Mapping[str, bytes]) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+#: a host id: a letter or digit, then letters, digits, ``.``, ``_`` or ``-`` (64 at most; no ``:``)
+HOST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+_HOST_ID = re.compile(HOST_ID_PATTERN)
+#: set by :func:`set_host_id` (the CLI's long-running commands set it from the settings)
+_host_override: str | None = None
+
+
+def _checked_host_id(value: str, source: str) -> str:
+    if not _HOST_ID.match(value):
+        raise ValueError(f"{source} {value!r} is not a host id: a letter or digit, then letters, digits, "
+                         f"'.', '_' or '-', at most 64 characters ({HOST_ID_PATTERN})")
+    return value
+
+
+def set_host_id(value: str | None) -> None:
+    """Name this host ``value`` in controller ids and lease owners (None: back to the default)."""
+    global _host_override
+    _host_override = None if value is None else _checked_host_id(value, "host id")
+
+
+def host_id() -> str:
+    """This host's id: :func:`set_host_id`'s, else ``$SANDGATE_HOST_ID``, else the hostname."""
+    if _host_override is not None:
+        return _host_override
+    env = os.environ.get("SANDGATE_HOST_ID", "").strip()
+    if env:
+        return _checked_host_id(env, "SANDGATE_HOST_ID")
+    return socket.gethostname()
+
+
 def controller_id() -> str:
-    """``<hostname>:<pid>``: the controller process (the ``sandgate.controller`` label)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """``<host id>:<pid>``: the controller process (the ``sandgate.controller`` label)."""
+    return f"{host_id()}:{os.getpid()}"
 
 
 def owner_id() -> str:
-    """``<hostname>:<pid>:<random>``: a lease owner; it starts with its :func:`controller_id`."""
+    """``<host id>:<pid>:<random>``: a lease owner; it starts with its :func:`controller_id`."""
     return f"{controller_id()}:{uuid.uuid4().hex[:8]}"
 
 
@@ -92,15 +129,15 @@ def _process_start_epoch(pid: int) -> float | None:
 def controller_alive(label: str | None, created_epoch: float | None = None) -> bool | None:
     """Is the controller ``host:pid`` that started a container still running?
 
-    True / False for controllers on this host; None when it is another host's
-    (or the label is missing or malformed): not ours to judge. A process with
+    True / False for controllers on this host (same :func:`host_id`); None when
+    it is another host's (or the label is missing or malformed): not ours to judge. A process with
     that pid that started after the container was created is a reused pid:
     the controller is dead.
     """
     if not label or ":" not in label:
         return None
     host, _, pid_text = label.rpartition(":")
-    if host != socket.gethostname():
+    if host != host_id():
         return None
     try:
         pid = int(pid_text)

@@ -122,6 +122,8 @@ class EvaluationRecord(_Record):
     lease_owner: str | None = None
     #: while running under a lease: when it lapses unless heartbeated
     lease_expires_at: datetime | None = None
+    #: the W3C ``traceparent`` of the span that queued it (None: traces were off)
+    traceparent: str | None = None
 
     def report_model(self) -> Any:
         """The stored report as an ``EvaluationReport`` (None until done)."""

@@ -13,7 +13,7 @@ One evaluation, start to end
 ----------------------------
 
 1. ``evaluations.claim_evaluation`` leases the next evaluation to this worker
-   (owner ``<hostname>:<pid>:<random>``) for ``lease_seconds``.
+   (owner ``<host id>:<pid>:<random>``) for ``lease_seconds``.
 2. A heartbeat thread per job extends the lease every ``lease_seconds / 3``.
    If the lease was lost (the worker stalled, another worker took the job
    over) the heartbeat kills this worker's sandbox for that evaluation and the
@@ -58,7 +58,17 @@ Decisions
   host (start-up reap), by any worker's periodic reap, or by the scheduler's
   orphan reaper: containers whose controller process (label
   ``sandgate.controller`` = ``host:pid``) is dead on this host. Live
-  controllers' containers are never touched.
+  controllers' containers are never touched. "This host" is the ``host_id``
+  setting (default: the hostname, :func:`sandgate.names.host_id`): each worker
+  host of a fleet (one Docker engine each) has its own.
+* **The engine dies under a running job.** A report that is not ``passed`` or
+  ``rejected`` while the Docker engine no longer answers a ping describes the
+  engine, not the skill: it is not stored. The job goes back to the queue
+  with its attempt counted (``release_evaluation(count_attempt=True)``; a job
+  that keeps killing engines ends at ``max_attempts`` as verdict ``error``),
+  so another host runs it; the outcome is ``requeued``. The worker then stops
+  claiming until its engine answers again, and then removes its own stopped
+  containers (the sandboxes and warm ones the dead engine left behind).
 
 Default concurrency: ``min(1.5 × CPUs / policy.limits.cpus, MemAvailable /
 policy.limits.memory_mb)``, at least 1 — memory is never oversubscribed; CPU
@@ -68,6 +78,13 @@ slightly is, because an evaluation spends part of its wall time in the engine
 
 Logs are one JSON object per line (:mod:`sandgate.logs`), with
 ``evaluation_id``, ``skill``, ``version`` and ``worker`` on every job line.
+
+Traces (:mod:`sandgate.tracing`, when configured): a claimed evaluation whose
+row carries the submitter's ``traceparent`` continues that trace. Under the
+submitter's span: ``sandgate.queue_wait`` (from queued to claimed) and
+``sandgate.evaluation``, the job, whose children are ``sandgate.claim``,
+``sandgate.evaluate`` (the phases and the gates), ``sandgate.finish`` and
+``sandgate.promotion``. Its job log lines carry the same ``trace_id``.
 """
 
 from __future__ import annotations
@@ -83,7 +100,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
-from sandgate import lifecycle
+from sandgate import lifecycle, tracing
 from sandgate.errors import Conflict, SandgateError
 from sandgate.names import controller_alive, controller_id, owner_id
 from sandgate.records import EvaluationRecord
@@ -106,6 +123,8 @@ log = logging.getLogger("sandgate.worker")
 REAP_INTERVAL_SECONDS = 60.0
 #: back-off after the store failed to answer a claim
 STORE_RETRY_SECONDS = 2.0
+#: how often a worker whose engine died asks it again before claiming
+ENGINE_RETRY_SECONDS = 1.0
 
 
 # --------------------------------------------------------------------------- sizing, identity
@@ -158,8 +177,9 @@ class JobOutcome:
     skill: str
     version: int
     #: done: stored · lost: lease taken over, result discarded · released: handed back on
-    #: shutdown · abandoned: the store failed; the lease will lapse and another worker retries
-    status: Literal["done", "lost", "released", "abandoned"]
+    #: shutdown · abandoned: the store failed; the lease will lapse and another worker retries ·
+    #: requeued: the engine died under it; handed back (attempt counted) for another host
+    status: Literal["done", "lost", "released", "abandoned", "requeued"]
     verdict: str | None = None
     attempt: int = 1
     #: the version number auto-promotion made active, if any
@@ -184,6 +204,8 @@ class _JobIds(TypedDict):
 class _Job:
     claimed: EvaluationRecord
     started: float = field(default_factory=time.monotonic)
+    #: the job's span (``sandgate.evaluation``) while traces are on
+    span: Any = None
     done: threading.Event = field(default_factory=threading.Event)
     lost: threading.Event = field(default_factory=threading.Event)
     released: threading.Event = field(default_factory=threading.Event)
@@ -219,6 +241,7 @@ class Worker:
         kind: str = "worker",
         beat_seconds: float = evaluations.WORKER_BEAT_SECONDS,
         warm_pool: bool | None = None,
+        check_engine: bool | None = None,
     ) -> None:
         if lease_seconds <= 0 or poll_interval <= 0:
             raise ValueError("lease_seconds and poll_interval must be positive")
@@ -232,6 +255,12 @@ class Worker:
         self._evaluate = evaluate
         #: run a warm pool of sandboxes in this process (default: when evaluations are real)
         self.warm_pool = evaluate is None if warm_pool is None else bool(warm_pool)
+        #: a non-passed report while the engine does not answer is requeued, not stored
+        #: (default: when evaluations are real)
+        self.check_engine = evaluate is None if check_engine is None else bool(check_engine)
+        #: set when a job found the engine dead: no claims until it answers again
+        self._engine_down = threading.Event()
+        self._engine_asked = 0.0
         #: loads the policy an evaluation was queued under, by name
         self._policy_loader: lifecycle.PolicyLoader = load_policy or lifecycle.load_policy
         if concurrency is None:
@@ -252,6 +281,8 @@ class Worker:
         self._client_lock = threading.Lock()
         self._last_reap = 0.0
         self._extra = {"worker": self.owner}
+        #: when the last claim began (epoch ns): the start of the claimed job's spans
+        self._claim_began = 0
         #: ``worker`` or ``serve``: recorded with the liveness beat (``/readyz`` reads it)
         self.kind = kind
         self.beat_seconds = float(beat_seconds)
@@ -274,6 +305,10 @@ class Worker:
             while not self._stop.is_set():
                 if time.monotonic() - self._last_reap > self.reap_interval:
                     self.reap_dead_controllers()
+                if self._engine_down.is_set() and not self._engine_back():
+                    self._wake.wait(self.poll_interval)
+                    self._wake.clear()
+                    continue
                 if self._free_slots() > 0:
                     claimed = self._claim()
                     if claimed is not None:
@@ -348,6 +383,7 @@ class Worker:
             return self.concurrency - len(self._jobs)
 
     def _claim(self) -> EvaluationRecord | None:
+        self._claim_began = time.time_ns()
         try:
             return evaluations.claim_evaluation(
                 self.store,
@@ -361,6 +397,26 @@ class Worker:
             self._stop.wait(STORE_RETRY_SECONDS)
             return None
 
+    def _trace(self, job: _Job) -> None:
+        """The job's spans: it continues the trace of the span that queued it (its traceparent).
+        A row queued while traces were off starts a trace of its own (no queue-wait span: its
+        seconds are an attribute of the job's span)."""
+        c, claimed_at = job.claimed, time.time_ns()
+        ids: dict[str, Any] = {"sandgate.evaluation_id": c.id, "sandgate.skill": c.skill,
+                               "sandgate.version": c.version, "sandgate.attempt": c.attempts,
+                               "sandgate.worker": self.owner}
+        began = self._claim_began or claimed_at
+        queued_at = int(c.created_at.timestamp() * 1e9)
+        waited = round(max(0, claimed_at - queued_at) / 1e9, 4)
+        parent = tracing.valid_traceparent(c.traceparent)
+        if parent is not None:
+            tracing.record_span("sandgate.queue_wait", min(queued_at, began), claimed_at,
+                                {**ids, "sandgate.queue_wait_seconds": waited}, parent=parent)
+        job.span = tracing.start_span(
+            "sandgate.evaluation", {**ids, "sandgate.policy": c.policy_name, "sandgate.queue_wait_seconds": waited},
+            parent=parent, start_ns=began, kind="consumer")
+        tracing.record_span("sandgate.claim", began, claimed_at, ids, parent=job.span)
+
     def _start(self, claimed: EvaluationRecord) -> _Job:
         job = _Job(claimed)
         with self._lock:
@@ -372,7 +428,10 @@ class Worker:
             # the claim renewed the lease to us; let the running copy finish it
             log.warning("re-claimed our own running job after a stall", extra=mine.log_extra(self.owner))
             return mine
-        log.info("claimed", extra=job.log_extra(self.owner, reclaimed=claimed.attempts > 1))
+        if tracing.enabled():
+            self._trace(job)
+        with tracing.use_span(job.span, end=False):
+            log.info("claimed", extra=job.log_extra(self.owner, reclaimed=claimed.attempts > 1))
         if claimed.attempts > 1:
             # a lapsed lease: if its worker died on this host, its sandbox is still there
             self.reap_dead_controllers()
@@ -398,6 +457,10 @@ class Worker:
     # ------------------------------------------------------------------ one job
 
     def _heartbeat(self, job: _Job) -> None:
+        with tracing.use_span(job.span, end=False):  # its log lines carry the job's trace_id
+            self._heartbeats(job)
+
+    def _heartbeats(self, job: _Job) -> None:
         interval = max(0.1, self.lease_seconds / 3.0)
         while not job.done.wait(interval):
             try:
@@ -418,11 +481,24 @@ class Worker:
                 log.warning("heartbeat failed: %s", exc, extra=job.log_extra(self.owner))
 
     def _run(self, job: _Job) -> JobOutcome:
+        with tracing.use_span(job.span):
+            outcome = self._run_job(job)
+            if job.span is not None:
+                job.span.set_attribute("sandgate.status", outcome.status)
+                if outcome.verdict is not None:
+                    job.span.set_attribute("sandgate.verdict", outcome.verdict)
+            return outcome
+
+    def _run_job(self, job: _Job) -> JobOutcome:
         c = job.claimed
         base: _JobIds = {"evaluation_id": c.id, "skill": c.skill, "version": c.version, "attempt": c.attempts}
+        # only an engine that answered when the job began can be lost during it; with no engine
+        # at all the evaluation ends as its own `error` ("no Docker engine answers"), as before
+        lost_engine_requeues = self.check_engine and self._engine_answers()
         try:
             run = lifecycle.run_claimed(
-                self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader
+                self.store, c, owner=self.owner, evaluate=self._evaluate, policy_loader=self._policy_loader,
+                requeue_if=self._engine_lost if lost_engine_requeues else None,
             )
             record, note = run.evaluation, run.note
             promoted = run.promoted.to_version if run.promoted is not None else None
@@ -439,6 +515,8 @@ class Worker:
                                     reasons=[r.get("code") for r in record.reasons],
                                     promoted=promoted, note=note),
             )
+        except lifecycle.Requeue as exc:
+            outcome = self._requeue(job, base, str(exc))
         except Conflict as exc:
             status: Literal["released", "lost"] = "released" if job.released.is_set() else "lost"
             outcome = JobOutcome(**base, status=status, note=str(exc),
@@ -455,6 +533,57 @@ class Worker:
                 self._jobs.pop(job.id, None)
             self._wake.set()
         return outcome
+
+    # ------------------------------------------------------------------ the engine died
+
+    def _engine_answers(self) -> bool:
+        client = self._docker()
+        if client is None:
+            return False
+        try:
+            return bool(client.ping())
+        except Exception:
+            return False
+
+    def _engine_lost(self, report: Any) -> str | None:
+        """``requeue_if`` of a real evaluation: the engine died if it no longer answers."""
+        verdict = getattr(report, "verdict", None)
+        if getattr(verdict, "value", verdict) in ("passed", "rejected"):
+            return None
+        if self._engine_answers():
+            return None
+        self._engine_down.set()
+        return "the Docker engine stopped answering during the run"
+
+    def _requeue(self, job: _Job, base: _JobIds, why: str) -> JobOutcome:
+        try:
+            released = evaluations.release_evaluation(self.store, evaluation_id=job.id, owner=self.owner,
+                                                      count_attempt=True)
+        except Exception as exc:  # the lease lapses instead; another worker claims it
+            released = False
+            log.warning("requeue failed (the lease will lapse): %s", exc, extra=job.log_extra(self.owner))
+        log.warning("requeued: %s", why, extra=job.log_extra(self.owner, released=released))
+        return JobOutcome(**base, status="requeued", note=why, seconds=round(time.monotonic() - job.started, 3))
+
+    def _engine_back(self) -> bool:
+        """While the engine is down: ask it (every ``ENGINE_RETRY_SECONDS``); once back, clean up."""
+        now = time.monotonic()
+        if now - self._engine_asked < ENGINE_RETRY_SECONDS:
+            return False
+        self._engine_asked = now
+        if not self._engine_answers():
+            return False
+        self._engine_down.clear()
+        client = self._docker()
+        try:
+            from sandgate.sandbox import reaper
+
+            removed = reaper.remove_stopped(client, controller=controller_id())
+        except Exception as exc:
+            log.warning("removing the dead engine's leftovers failed: %s", exc, extra=self._extra)
+            removed = []
+        log.info("the Docker engine answers again", extra={**self._extra, "removed": len(removed)})
+        return True
 
     # ------------------------------------------------------------------ sandboxes
 

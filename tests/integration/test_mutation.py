@@ -173,7 +173,7 @@ def test_the_phase_stops_once_the_verdict_is_decided_with_the_same_verdict() -> 
     assert f.decided_early is None and f.run == f.total == e.total
     assert e.decided_early == "pass" and e.run < f.run
     assert 100.0 * (e.killed + e.timed_out) / e.total >= 60.0  # survivors could not pull it below
-    assert early.timings["mutation"] < full.timings["mutation"]
+    # Fewer mutants run is the saving; wall time is left to bench/ (a timed assertion flaked under CI load).
     weak = b"from clamp import clamp\n\ndef test_clamp():\n    assert clamp(5, 0, 10) is not None\n" \
            b"    assert clamp(-5, 0, 10) is not None\n    assert clamp(50, 0, 10) is not None\n"
     failing = evaluate(skill(weak), policy=policy())

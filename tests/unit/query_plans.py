@@ -1,6 +1,6 @@
 """Shared by the no-full-scan tests: capture a call's SQL and its SQLite query plans.
 
-Every SELECT, UPDATE and DELETE a call makes is recorded and run through
+Every SELECT (with or without WITH), UPDATE and DELETE a call makes is recorded and run through
 ``EXPLAIN QUERY PLAN``; :data:`SCAN` matches a full scan of a store table.
 """
 
@@ -33,7 +33,7 @@ def capture_plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[
 
     def record(conn, cursor, statement, parameters, context, executemany):  # type: ignore[no-untyped-def]
         head = statement.lstrip().split(None, 1)[0].upper()
-        if head in ("SELECT", "UPDATE", "DELETE") and not executemany:
+        if head in ("SELECT", "UPDATE", "DELETE", "WITH") and not executemany:
             seen.append((statement, parameters))
 
     event.listen(store.engine, "before_cursor_execute", record)

@@ -574,14 +574,18 @@ def test_error_table_branches_and_the_client_inverse():
         if issubclass(cls, e.Refused):
             assert meaning.exit_code == e.EXIT_REFUSED and 400 <= (meaning.status or 0) < 500, cls
         if issubclass(cls, e.Unavailable) and cls.__module__ == "sandgate.errors":
-            assert meaning.exit_code == e.EXIT_ERROR and meaning.status == 503, cls
+            # retry later: 503, except a key's own full queue (429, Retry-After says when)
+            status = 429 if cls is e.QueueFull else 503
+            assert meaning.exit_code == e.EXIT_ERROR and meaning.status == status, cls
         assert cls.code == meaning.code or cls is e.ApiError, cls
     # what the server answers for each class, the client turns back into that class
     for exc in (e.NotFound("x"), e.Conflict("x"), e.InvalidTransition("x", code="yanked"),
                 e.InvalidTransition("x", code="reason_required"), e.SubmissionError("x", code="syntax_error"),
-                e.StoreError("x"), e.InfrastructureError("x")):
-        back = e.error_from_status(e.status_of(exc), exc.code, "x")
+                e.StoreError("x"), e.InfrastructureError("x"), e.QueueFull("x", retry_after=7)):
+        back = e.error_from_status(e.status_of(exc), exc.code, "x", retry_after=getattr(exc, "retry_after", None))
         assert type(back) is type(exc) and back.code == exc.code, exc
+    assert e.error_from_status(429, "queue_full", "x", retry_after=7.0).retry_after == 7.0
+    assert isinstance(e.error_from_status(429, "rate_limited", "x"), e.ApiError)
     assert isinstance(e.InvalidTransition("x", code="actor_required"), e.InvalidRequest)
     assert not isinstance(e.InvalidTransition("x", code="yanked"), e.InvalidRequest)
     assert not isinstance(e.NotFound("x"), e.Unavailable) and not isinstance(e.StoreError("x"), e.Refused)

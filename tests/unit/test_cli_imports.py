@@ -5,8 +5,9 @@ end. Registering every command loads typer and sandgate's CLI modules only;
 ``--help`` adds what typer needs to render it (rich) and nothing of the
 platform; a read in remote mode loads the HTTP client but no database layer,
 no settings machinery and no lifecycle; a read of the embedded store loads
-the store but neither the lifecycle, the policies, the sandbox nor the report
-models. A module that creeps into one of these paths fails here with its name.
+the store with the standard library's sqlite3 (no SQLAlchemy: sandgate.service.lite)
+and neither the lifecycle, the policies, the sandbox nor the report models.
+A module that creeps into one of these paths fails here with its name.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ RUN = (
 
 #: third-party packages no short command needs (their roots)
 HEAVY = {"sqlalchemy", "alembic", "psycopg", "docker", "httpx", "httpcore", "fastapi", "starlette", "uvicorn",
-         "apscheduler", "mcp", "pydantic_settings"}
+         "apscheduler", "mcp", "pydantic_settings", "opentelemetry"}
 #: sandgate modules only a write, an evaluation or the server needs
 PLATFORM = {"sandgate.lifecycle", "sandgate.evaluation", "sandgate.sandbox", "sandgate.policy", "sandgate.report",
             "sandgate.oracle_report", "sandgate.submission", "sandgate.delivery", "sandgate.api", "sandgate.worker",
@@ -164,12 +165,21 @@ def store_home(tmp_path: Path) -> Path:
     return home
 
 
-@pytest.mark.parametrize("args", [("skills",), ("history", "greet"), ("show", "greet")])
-def test_an_embedded_read_loads_the_store_and_nothing_of_the_lifecycle(tmp_path: Path, store_home: Path,
-                                                                       args: tuple[str, ...]) -> None:
+@pytest.mark.parametrize("args", [("skills",), ("versions", "greet"), ("history", "greet"), ("show", "greet")])
+def test_an_embedded_read_loads_sqlite3_and_no_database_layer(tmp_path: Path, store_home: Path,
+                                                              args: tuple[str, ...]) -> None:
     code, modules, out = run_cli(tmp_path, *args)
     assert code == (0 if args == ("skills",) else 1), out  # greet is not there: refused
-    assert "sandgate.store" in modules  # it did read the store
+    assert "sandgate.service.lite" in modules and "sqlite3" in modules  # it did read the store
+    assert _under(modules, (HEAVY - {"pydantic_settings"}) | PLATFORM | {
+        "sandgate.store", "sandgate.service.embedded", "sandgate.client"}) == []
+
+
+def test_an_embedded_read_of_no_store_takes_the_full_path(tmp_path: Path) -> None:
+    """No store file: the SQLAlchemy store says so (its message; the sqlite3 reader only reads what exists)."""
+    code, modules, _ = run_cli(tmp_path, "skills")
+    assert code != 0
+    assert "sandgate.store" in modules
     assert _under(modules, (HEAVY - {"sqlalchemy", "pydantic_settings"}) | PLATFORM) == []
 
 

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select, update
 
+from sandgate.errors import QueueFull
 from sandgate.report import EvaluationReport, Verdict, gave_up
 from sandgate.store import Store, evaluations, open_store, pointers, versions
 from sandgate.store.models import Evaluation
@@ -32,7 +33,7 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
                 policy_name=POLICY.name, policy_hash=POLICY.hash,
             )  # fmt: skip
             evaluations.queue_evaluation(s, name=name, number=v.number, policy_name="p", policy_hash="h",
-                                  evaluation_id=f"q-{name}-{i}")
+                                  evaluation_id=f"q-{name}-{i}", tenant=("key:a", "key:b", "local")[k % 3])
         pointers.promote(s, name=name, number=1, actor="t", policy=POLICY)
     evaluations.record_evaluation(
         s, name="skill_5", number=2, report=EvaluationReport(evaluation_id="skill_5-2b", verdict=Verdict.failed),
@@ -61,10 +62,26 @@ def _running_id(store: Store) -> str:
         return s.scalars(select(Evaluation.id).where(Evaluation.lease_owner == "w1")).one()
 
 
+def _full(s: Store) -> None:
+    try:
+        evaluations.queue_evaluation(s, name="skill_7", number=3, policy_name="p", policy_hash="h2",
+                                     tenant="key:a", max_queued=1)
+    except QueueFull:
+        return
+    raise AssertionError("key:a has more than one queued: expected QueueFull")
+
+
 CALLS = {
     "claim_evaluation(lapsed first)": lambda s, rid: evaluations.claim_evaluation(
         s, give_up=gave_up, owner="x", lease_seconds=30
     ),
+    "claim_evaluation(fair, after the lapsed one)": lambda s, rid: [
+        evaluations.claim_evaluation(s, give_up=gave_up, owner="x", lease_seconds=30) for _ in range(2)
+    ],
+    "queue_evaluation(max_queued)": lambda s, rid: evaluations.queue_evaluation(
+        s, name="skill_7", number=3, policy_name="p", policy_hash="h2", tenant="key:c", max_queued=5
+    ),
+    "queue_evaluation(full: QueueFull)": lambda s, rid: _full(s),
     "heartbeat": lambda s, rid: evaluations.heartbeat(s, evaluation_id=rid, owner="w1", lease_seconds=30),
     "release_evaluation": lambda s, rid: evaluations.release_evaluation(s, evaluation_id=rid, owner="w1"),
     "finish_evaluation(owner)": lambda s, rid: evaluations.finish_evaluation(

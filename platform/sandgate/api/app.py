@@ -152,7 +152,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             "type": "object", "required": ["code", "message"],
             "properties": {"code": {"type": "string"}, "message": {"type": "string"},
                            "request_id": {"type": "string"}, "path": {"type": "string"},
-                           "details": {"type": "array", "items": {"type": "object"}}}}},
+                           "details": {"type": "array", "items": {"type": "object"}},
+                           # queue_full (429): the key's tenant, the cap and where it comes from
+                           "tenant": {"type": "string"}, "limit": {"type": "integer"},
+                           "queued": {"type": "integer"}, "limit_setting": {"type": "string"},
+                           "retry_after": {"type": "integer"}}}},
     }
     common = {"401": "no, malformed, unknown or revoked API key",
               "403": "the key's role is below the operation's x-required-role",

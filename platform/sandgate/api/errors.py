@@ -12,7 +12,8 @@ The status of a library error is its row of the one table,
 rebuild read the same rows): ``Refused`` is 4xx (``SubmissionError`` and
 ``InvalidRequest`` 422, ``NotFound`` 404, ``Conflict`` and
 ``InvalidTransition`` 409), ``Unavailable`` 503 (with ``Retry-After``),
-``ConfigError`` 500 (the operator's configuration is broken: the message says
+``QueueFull`` 429 (with ``Retry-After`` and the key, limit and queued count in
+the body), ``ConfigError`` 500 (the operator's configuration is broken: the message says
 so), ``GenerationError`` 400, an ``ApiError`` its own status. Request
 validation (path, query, body) is 422 ``invalid_request``; an unknown route or
 method 404/405; anything else a 500 ``internal``, logged with the traceback,
@@ -87,9 +88,11 @@ async def _sandgate_error(request: Request, exc: Exception) -> JSONResponse:
     message = _one_line(exc.message)
     if status == 500 and isinstance(exc, ConfigError):
         message = f"the server is misconfigured: {message}"
+    extra = getattr(exc, "body", None)
     return json_error(status, exc.code, message, request_id=request_id_of(request),
                       headers=headers or None, path=getattr(exc, "path", None),
-                      details=getattr(exc, "details", None))
+                      details=getattr(exc, "details", None),
+                      **(extra if isinstance(extra, dict) else {}))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

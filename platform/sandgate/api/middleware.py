@@ -14,7 +14,10 @@ streaming responses). In order:
    can fail only with a 4xx. Up to one more limit's worth of an oversized body
    is drained (briefly) before answering, so the client is still listening
    and reads the 413 instead of a connection reset.
-3. **Metrics and the access log**, with the route *template* as the label.
+3. **Metrics and the access log**, with the route *template* as the label;
+   with traces on (:mod:`sandgate.tracing`), a server span ``METHOD template``
+   around the request that continues an incoming W3C ``traceparent`` (probes
+   and ``/metrics`` are not traced), so the access log line carries its ids.
 4. **Last resort**: an exception no handler took becomes a JSON 500 with the
    request id (its message and traceback go to the log only).
 """
@@ -32,6 +35,7 @@ from typing import Any, TypedDict
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from sandgate import tracing
 from sandgate.api.errors import error_body
 from sandgate.api.observability import Metrics
 
@@ -41,6 +45,8 @@ log = logging.getLogger("sandgate.api")
 REQUEST_ID_HEADER = "X-Request-ID"
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"})
+#: paths never traced: probes and scrapes (a span a second per prober says nothing)
+_UNTRACED = frozenset({"/healthz", "/readyz", "/metrics"})
 #: routes whose duration is a stream's lifetime, not a latency
 _STREAMING_ROUTES = frozenset({"/v1/watch"})
 #: how long an oversized body is drained at most before the 413 goes out
@@ -71,6 +77,16 @@ class EdgeMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not tracing.enabled() or scope.get("path", "") in _UNTRACED:
+            await self._handle(scope, receive, send, None)
+            return
+        # a server span around the request, continuing the caller's trace (its traceparent)
+        carrier = {name: v for name in ("traceparent", "tracestate") if (v := _header(scope, name.encode()))}
+        with tracing.server_span(f"{scope.get('method', 'GET')} {scope.get('path', '')[:100]}", carrier,
+                                 {"http.request.method": scope.get("method")}) as span:
+            await self._handle(scope, receive, send, span)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, span: Any) -> None:
         incoming = _header(scope, b"x-request-id")
         request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         ctx: dict[str, Any] = {"request_id": request_id, "log": {}}
@@ -101,7 +117,7 @@ class EdgeMiddleware:
             else:
                 state["status"] = state["status"] or 500
         finally:
-            self._finish(scope, ctx, state["status"], time.perf_counter() - start)
+            self._finish(scope, ctx, state["status"], time.perf_counter() - start, span)
 
     async def _read_body(self, scope: Scope, receive: Receive, send: Send,
                          ctx: dict[str, Any]) -> bytes | None:
@@ -157,11 +173,17 @@ class EdgeMiddleware:
             f"request body too large: the limit is {self.max_body} bytes ({what})",
             request_id=ctx["request_id"]), extra_headers=[(b"connection", b"close")])
 
-    def _finish(self, scope: Scope, ctx: dict[str, Any], status: int | None, seconds: float) -> None:
+    def _finish(self, scope: Scope, ctx: dict[str, Any], status: int | None, seconds: float,
+                span: Any = None) -> None:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"
         method = scope.get("method", "GET")
         method = method if method in _METHODS else "other"
+        if span is not None:
+            span.update_name(f"{method} {template}")
+            span.set_attribute("http.route", template)
+            span.set_attribute("http.response.status_code", int(status or 0))
+            span.set_attribute("sandgate.request_id", ctx["request_id"])
         code = str(status or 0)
         self.metrics.inc("sandgate_http_requests_total",
                          {"method": method, "route": template, "status": code})

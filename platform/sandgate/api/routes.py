@@ -84,6 +84,14 @@ def _service(store: Any, request: Request | None = None) -> EmbeddedService:
     return EmbeddedService(store, load_policy=lambda name: resolve_policy(request, name))
 
 
+def tenant_queue_cap(key: Any, settings: Any) -> tuple[int | None, str]:
+    """The queued cap of ``key`` (None: no cap) and where it comes from (for the error message)."""
+    if key.max_queued is not None:
+        return int(key.max_queued), f"the key's own max_queued, {key.max_queued}"
+    cap = int(settings.tenant_max_queued)
+    return (cap or None), f"SANDGATE_API_TENANT_MAX_QUEUED={cap}"
+
+
 def _log(request: Request, **fields: Any) -> None:
     ctx = request.scope.get("sandgate")
     if isinstance(ctx, dict):
@@ -148,6 +156,8 @@ _SUBMIT_BODY = {
                                                         "under this policy (reused)"},
                **_errors(e400="a policy this server does not offer",
                          e409="this content is a yanked version",
+                         e429="the key's queue is full (error.code queue_full, with Retry-After) "
+                              "or its rate limit is spent",
                          e413="the body is larger than the server's limit",
                          e415="unsupported content type",
                          e422="invalid submission (reason code in error.code)")},
@@ -165,7 +175,9 @@ async def submit_version(
 
     Answers once the version is stored and its evaluation is queued in the
     database (202): a worker runs it; poll ``GET /v1/evaluations/{id}`` or
-    watch ``/v1/watch``. The manifest's name must be ``{name}``.
+    watch ``/v1/watch``. The manifest's name must be ``{name}``. A key that
+    already has its cap of queued evaluations gets 429 ``queue_full`` with
+    ``Retry-After``, and nothing is stored.
     """
     body = await request.body()
     parsed = parse_submission_body(request.headers.get("content-type"), body, policy=policy)
@@ -176,9 +188,11 @@ async def submit_version(
     pol = await run_in_threadpool(resolve_policy, request, parsed.policy)
     provenance = {**(parsed.provenance or {}), "client": "api", "key": key.name,
                   "format": parsed.source}
+    max_queued, limit_setting = tenant_queue_cap(key, request.app.state.api)
     result = await run_in_threadpool(
         lambda: _service(store).submit_submission(submission, policy=pol, actor=key.actor,
-                                                  wait=False, provenance=provenance))
+                                                  wait=False, provenance=provenance, tenant=key.tenant,
+                                                  max_queued=max_queued, limit_setting=limit_setting))
     data = result.to_dict()
     _log(request, skill=name, version=result.version.number, evaluation_id=data["evaluation_id"])
     if result.evaluation is None:

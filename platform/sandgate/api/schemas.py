@@ -222,6 +222,8 @@ class EvaluationOut(_Out):
     # passed through as the record's ISO 8601 text (as it always was)
     lease_expires_at: str | None = Field(default=None, description="while running: when the "
                                          "lease lapses unless heartbeated (ISO 8601)")
+    traceparent: str | None = Field(default=None, description="the W3C traceparent of the span that "
+                                    "queued it, which the worker's spans continue (null: traces were off)")
 
 
 class EventOut(_Out):

@@ -25,6 +25,8 @@ variable                                   meaning
 ``SANDGATE_API_METRICS_PUBLIC``            ``/metrics`` without a key, default true
 ``SANDGATE_API_LOG_LEVEL``                 ``debug`` | ``info`` | ``warning`` | ``error``
 ``SANDGATE_API_GRACEFUL_SHUTDOWN_SECONDS`` how long open requests get on shutdown, default 5
+``SANDGATE_API_TENANT_MAX_QUEUED``         evaluations one key may have queued, default 200 (a key's own
+                                           ``--max-queued`` wins); more → 429 ``queue_full``; 0: no cap
 ``SANDGATE_API_WORKERS``                   evaluation slots of ``serve``'s in-process worker; 0: none;
                                            unset: sized like ``sandgate worker`` on SQLite, 0 on
                                            PostgreSQL (run ``sandgate worker`` processes there)
@@ -92,6 +94,9 @@ class ApiSettings(EnvSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: how long open requests get on shutdown
     graceful_shutdown_seconds: float = Field(default=5.0, ge=0)
+
+    #: evaluations one API key may have queued at once (a key's own max_queued wins); 0: no cap
+    tenant_max_queued: int = Field(default=200, ge=0, le=1_000_000)
 
     #: evaluation slots of the in-process worker of `sandgate serve` (0: none, queued evaluations wait
     #: for `sandgate worker`); unset: sized like `sandgate worker` on SQLite, 0 on PostgreSQL

@@ -3,6 +3,7 @@
 ::
 
     sandgate keys create ci-bot --role submitter [--rate 5 --burst 20]   # prints the token once
+                             [--max-queued 50 --max-running 2]  # the key's queue caps
     sandgate keys list [--json]
     sandgate keys rotate ci-bot          # a new token, same name and role; the old one stops
     sandgate keys revoke ci-bot          # at once; the name is never reused
@@ -78,6 +79,12 @@ def create(
     rate: Annotated[float | None, typer.Option("--rate", help="Requests per second for this key "
                                                               "(default: the server's).")] = None,
     burst: Annotated[int | None, typer.Option("--burst", help="Bucket size for this key.")] = None,
+    max_queued: Annotated[int | None, typer.Option(
+        "--max-queued", help="Evaluations this key may have queued (default: the server's "
+                             "SANDGATE_API_TENANT_MAX_QUEUED); more are refused with 429.")] = None,
+    max_running: Annotated[int | None, typer.Option(
+        "--max-running", help="Evaluations of this key workers run at once (default: no cap; "
+                              "slots are shared fairly between keys anyway).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")] = False,
 ) -> None:
     """Create a key and print its token (the only time it is shown)."""
@@ -89,7 +96,8 @@ def create(
         raise typer.Exit(EXIT_ERROR)
     with errors(), _store(create=True) as store:
         record, token = keys.create_key(store, name=name, role=role, actor=default_actor(),
-                                        rate_per_second=rate, burst=burst)
+                                        rate_per_second=rate, burst=burst, max_queued=max_queued,
+                                        max_running=max_running)
     if as_json:
         typer.echo(json.dumps({**record.to_dict(), "token": token}, indent=2))
         return
@@ -114,13 +122,15 @@ def list_(
     if not rows:
         typer.echo("no keys yet: sandgate keys create NAME --role ROLE")
         return
-    table = _table("name", "role", "id", "created", "by", "last used", "rate", "revoked")
+    table = _table("name", "role", "id", "created", "by", "last used", "rate", "queue", "revoked")
     for r in rows:
         rate = "" if r.rate_per_second is None else f"{r.rate_per_second:g}/s"
         if r.burst is not None:
             rate += f" burst {r.burst}"
         table.add_row(r.name, r.role, r.key_id, _when(r.created_at), r.created_by,
                       _when(r.last_used_at), rate or "default",
+                      f"queued {'default' if r.max_queued is None else r.max_queued}, running "
+                      f"{'any' if r.max_running is None else r.max_running}",
                       f"{_when(r.revoked_at)} by {r.revoked_by}" if r.revoked else "")
     _console().print(table)
 

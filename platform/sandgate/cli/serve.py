@@ -58,9 +58,15 @@ def serve(
     except Exception as exc:  # pydantic ValidationError of Settings
         typer.echo(f"error: invalid configuration: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(2) from None
+    from sandgate.names import set_host_id
+
+    set_host_id(settings.host_id)  # validated by Settings: names this host in sandbox labels, lease owners
     host = host or api.host
     port = api.port if port is None else port
     configure_logging(api.log_level)
+    from sandgate import tracing
+
+    tracing.configure_from_settings(settings, service="sandgate-api")
     app = create_app(settings, api=api)
     config = uvicorn.Config(
         app,
@@ -93,6 +99,7 @@ def serve(
         raise typer.Exit(2) from None
     finally:
         background.stop()
+        tracing.shutdown()  # the spans not yet exported
 
 
 class _InProcessWorker:

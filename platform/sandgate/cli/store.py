@@ -77,9 +77,23 @@ def _table(*headers: str, **options: Any) -> Table:
 
 
 @contextmanager
-def _service(ctx: typer.Context) -> Iterator[SkillService]:
+def _service(ctx: typer.Context, *, read: bool = False) -> Iterator[SkillService]:
     """The service of this invocation: remote with ``SANDGATE_URL``, else the embedded store
-    (with the collaborators passed as the context object, if any)."""
+    (with the collaborators passed as the context object, if any). ``read``: a read command
+    (skills, versions, show, history), which reads an embedded SQLite store at head with the
+    standard library's sqlite3 (:mod:`sandgate.service.lite`: same records, same errors, no
+    SQLAlchemy); anything else about the store (missing, not at head) takes the full path."""
+    from sandgate.environ import remote_url
+
+    if read and not remote_url():
+        from sandgate.config import get_settings
+        from sandgate.service.lite import open_reader
+
+        reader = open_reader(get_settings().effective_database_url)
+        if reader is not None:
+            with reader:
+                yield reader  # type: ignore[misc]
+            return
     from sandgate.service import open_service
 
     with open_service(default_actor=default_actor, embedded=collaborators(ctx).embedded()) as service:
@@ -151,11 +165,19 @@ def submit(
     """Submit a skill: store the version, evaluate it, promote if the policy says auto."""
     from sandgate.cli.progress import Progress
 
-    with errors(), _service(ctx) as service, Progress(f"submit {path.name}") as progress:
-        result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
-                                             wait_timeout=wait_timeout,
-                                             provenance={"client": "cli", "path": str(path)},
-                                             progress=progress.phase if progress.enabled else None)
+    traced = False
+    try:
+        with errors(), _service(ctx) as service, Progress(f"submit {path.name}") as progress:
+            traced = _trace_embedded()
+            result, policy_name = service.submit(path, policy=policy, actor=actor, wait=wait,
+                                                 wait_timeout=wait_timeout,
+                                                 provenance={"client": "cli", "path": str(path)},
+                                                 progress=progress.phase if progress.enabled else None)
+    finally:
+        if traced:
+            from sandgate import tracing
+
+            tracing.shutdown()  # the spans not yet exported
     verdict = result.verdict
     if as_json:
         _echo_json(result.to_dict())
@@ -187,9 +209,22 @@ def submit(
         raise typer.Exit(EXIT_ERROR)
 
 
+def _trace_embedded() -> bool:
+    """An embedded submit is traced like the API's (service ``sandgate-cli``) when an OTLP endpoint is
+    configured; a remote one is the server's to trace. Nothing is imported for it otherwise."""
+    from sandgate.environ import remote_url
+
+    if remote_url() is not None:
+        return False
+    from sandgate import tracing
+    from sandgate.config import get_settings
+
+    return tracing.configure_from_settings(get_settings(), service="sandgate-cli")
+
+
 def skills(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     """List skills with their active version."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         rows = service.list_skills()
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -210,7 +245,7 @@ def versions(
     ctx: typer.Context, name: Annotated[str, typer.Argument(help="Skill name.")], as_json: JsonOpt = False
 ) -> None:
     """List the versions of a skill."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         rows = service.list_versions(name)
     if as_json:
         _echo_json([r.to_dict() for r in rows])
@@ -239,7 +274,7 @@ def show(
 ) -> None:
     """Show a version: manifest, latest evaluation, files."""
     name, number = _parse_ref(ref)
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         detail = service.show(name, number)
     version, evaluation = detail.version, detail.evaluation
     if as_json:
@@ -385,7 +420,7 @@ def history(
     as_json: JsonOpt = False,
 ) -> None:
     """The audit log of a skill: who did what, when, why."""
-    with errors(), _service(ctx) as service:
+    with errors(), _service(ctx, read=True) as service:
         events = service.history(name, limit=limit)
     if as_json:
         _echo_json([e.to_dict() for e in events])

@@ -64,11 +64,16 @@ def register(app: typer.Typer) -> None:
         from sandgate.store import open_store
         from sandgate.worker import Worker
 
+        _use_host_id()
         if check:
             _check_alive()
             return
         configure_logging(log_level)
+        from sandgate import tracing
+        from sandgate.config import get_settings
+
         try:
+            tracing.configure_from_settings(get_settings(), service="sandgate-worker")
             store = open_store()
             worker = Worker(
                 store,
@@ -102,6 +107,7 @@ def register(app: typer.Typer) -> None:
                     scheduler.shutdown(wait=False)
         finally:
             store.close()
+            tracing.shutdown()  # the spans not yet exported
 
     @app.command("scheduler")
     def scheduler_cmd(
@@ -126,6 +132,7 @@ def register(app: typer.Typer) -> None:
         if unknown:
             typer.echo(f"error: unknown job {unknown[0]!r} (jobs: {', '.join(JOBS)})", err=True)
             raise typer.Exit(2)
+        _use_host_id()
         try:
             store = open_store()
         except SandgateError as exc:
@@ -142,13 +149,23 @@ def register(app: typer.Typer) -> None:
             store.close()
 
 
+def _use_host_id() -> None:
+    """Name this host in sandbox labels and lease owners by the ``host_id`` setting (default: hostname)."""
+    from sandgate.config import get_settings
+    from sandgate.names import set_host_id
+
+    try:
+        set_host_id(get_settings().host_id)
+    except SandgateError as exc:
+        fail(exc)
+
+
 def _check_alive() -> None:
     """``worker --check``: one line on stdout, exit 0 when a worker on this host beats, else 1."""
-    import socket
-
+    from sandgate.names import host_id
     from sandgate.store import evaluations, open_store
 
-    host = socket.gethostname()  # a worker's owner id is host:pid:random (sandgate.names.owner_id)
+    host = host_id()  # a worker's owner id is host:pid:random (sandgate.names.owner_id)
     try:
         store = open_store()
         try:

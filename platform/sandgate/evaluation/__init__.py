@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sandgate import report as reports
+from sandgate import tracing
 from sandgate.config import get_settings
 from sandgate.errors import InfrastructureError, SubmissionError
 from sandgate.evaluation import oracle
@@ -78,7 +79,80 @@ def evaluate(
     ``"oracle"`` runs only with ``"dynamic"``; ``baseline`` (the store's active
     version and earlier examples, :func:`sandgate.lifecycle.load_baseline`)
     enables the differential replay.
+
+    With traces on (:mod:`sandgate.tracing`) it is the span ``sandgate.evaluate``, with one
+    child span per phase made here from the timings the harness reports (``sandgate.phase.static``,
+    ``.dynamic``, ``.mutation``; the sandbox itself exports nothing), ``sandgate.phase.oracle``
+    and ``sandgate.gates``.
     """
+    evaluation_id = evaluation_id or uuid.uuid4().hex
+    marks: dict[str, int] = {}
+    with tracing.span("sandgate.evaluate", {"sandgate.evaluation_id": evaluation_id,
+                                            "sandgate.skill": submission.name,
+                                            "sandgate.content_hash": submission.content_hash,
+                                            "sandgate.policy": policy.name}) as span:
+        report = _evaluate(submission, policy=policy, evaluation_id=evaluation_id, settings=settings,
+                           progress=progress, phases=phases, baseline=baseline, marks=marks)
+        if span is not None:
+            _phase_spans(report, marks)
+        with tracing.span("sandgate.gates", {"sandgate.policy": policy.name}) as gates:
+            verdict, reasons = decide(report, policy)
+            if gates is not None:
+                gates.set_attribute("sandgate.verdict", verdict.value)
+                gates.set_attribute("sandgate.reasons", [str(r.code.value) for r in reasons])
+        if span is not None:
+            span.set_attribute("sandgate.verdict", verdict.value)
+    return report.model_copy(update={"verdict": verdict, "reasons": reasons})
+
+
+#: the harness's phases, in the order it runs them inside the sandbox
+_SANDBOX_PHASES = ("static", "dynamic", "mutation")
+
+
+def _phase_spans(report: EvaluationReport, marks: dict[str, int]) -> None:
+    """Spans of the sandbox's phases from the durations the harness reported, laid end to end
+    from the moment its payload arrived (sandbox create + start after the run began), clamped
+    to the run's end; the oracle's from its sandbox's start to its conclusion."""
+    timings = report.timings
+    if "run" in marks:
+        end = marks.get("run_end", marks["run"])
+        cursor = marks["run"] + int(1e9 * (timings.get("sandbox_create", 0.0) + timings.get("sandbox_start", 0.0)
+                                           + timings.get("payload", 0.0)))
+        for phase in _SANDBOX_PHASES:
+            seconds = timings.get(phase)
+            if seconds is None:
+                continue
+            start = min(cursor, end)
+            stop = min(start + int(seconds * 1e9), end)
+            attributes: dict[str, object] = {"sandgate.phase": phase, "sandgate.seconds": seconds}
+            if phase == "mutation" and report.mutation is not None:
+                attributes.update({"sandgate.mutation.run": report.mutation.run,
+                                   "sandgate.mutation.killed": report.mutation.killed,
+                                   "sandgate.mutation.score": report.mutation.score})
+            tracing.record_span(f"sandgate.phase.{phase}", start, stop, attributes)
+            cursor = stop
+    if "oracle_end" in marks:
+        start = marks.get("oracle", marks.get("conclude", marks["oracle_end"]))
+        oracle_summary = report.oracle
+        tracing.record_span("sandgate.phase.oracle", start, marks["oracle_end"], {
+            "sandgate.phase": "oracle", "sandgate.seconds": timings.get("oracle"),
+            "sandgate.oracle.status": getattr(oracle_summary, "status", None),
+            "sandgate.oracle.calls": sum((getattr(oracle_summary, "calls", None) or {}).values())})
+
+
+def _evaluate(
+    submission: Submission,
+    *,
+    policy: Policy,
+    evaluation_id: str,
+    settings: Settings | None,
+    progress: Callable[[str], None],
+    phases: tuple[str, ...],
+    baseline: Baseline | None,
+    marks: dict[str, int],
+) -> EvaluationReport:
+    """:func:`evaluate` up to the report, before the gates (``marks``: when the sandbox run
+    began and ended, and the oracle's phase, in epoch nanoseconds, for the phase spans)."""
     unknown = set(phases) - {"static", "dynamic", "oracle"}
     if unknown or not phases or phases == ("oracle",):
         raise ValueError("phases must be a non-empty subset of ('static', 'dynamic', 'oracle'), "
@@ -90,7 +164,6 @@ def evaluate(
     from sandgate.sandbox.engine import shared_client
 
     settings = settings or get_settings()
-    evaluation_id = evaluation_id or uuid.uuid4().hex
     started = time.monotonic()
     limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
     base = EvaluationReport(
@@ -157,6 +230,14 @@ def evaluate(
         pools = warm_pools.current()
         warm = (pools.take(client, image=settings.image, image_id=image.id, limits=limits)
                 if pools and run_image == settings.image else None)
+        on_started = None
+        if oracle_phase is not None:
+            oracle_start = oracle_phase.start
+
+            def on_started() -> None:
+                marks["oracle"] = time.time_ns()
+                oracle_start()
+        marks["run"] = time.time_ns()
         try:
             run = run_sandbox(
                 client,
@@ -167,9 +248,10 @@ def evaluate(
                 evaluation_id=evaluation_id,
                 kill_grace=settings.sandbox_kill_grace,
                 channel_key=channel_key,
-                on_started=oracle_phase.start if oracle_phase is not None else None,
+                on_started=on_started,
             )
         finally:
+            marks["run_end"] = time.time_ns()
             if pools is not None:
                 pools.done(warm)  # its replacement starts now, not while this evaluation runs
         progress("report")
@@ -177,7 +259,9 @@ def evaluate(
         if oracle_phase is not None:
             phase, oracle_phase = oracle_phase, None
             progress("oracle")
+            marks["conclude"] = time.time_ns()
             report = oracle.conclude(phase, report, policy)
+            marks["oracle_end"] = time.time_ns()
     except InfrastructureError as exc:
         report = base.model_copy(update={
             "reasons": [Reason(code=ReasonCode.infrastructure, message=str(exc))],
@@ -189,8 +273,7 @@ def evaluate(
             except InfrastructureError:
                 pass
     report.timings["total"] = round(time.monotonic() - started, 4)
-    verdict, reasons = decide(report, policy)
-    return report.model_copy(update={"verdict": verdict, "reasons": reasons})
+    return report
 
 
 def rejected_report(exc: Exception, *, policy: Policy | None = None, skill: str | None = None,

@@ -30,10 +30,15 @@ a malformed or oversized frame, a closed stream): the server is then killed and
 every later call to it is ``not_run`` (counted as failed). Examples and
 acceptance calls go first so a misbehaving generated input cannot hide them.
 
-When it runs: only after the dynamic phase produced a report that is not
+When it counts: only after the dynamic phase produced a report that is not
 already ``error`` or ``rejected`` (a ``failed`` report still gets the phase: its
-failures are what a generation loop needs). The sandbox is started while the
-dynamic phase runs, so only the calls and the removal add to the wall clock.
+failures are what a generation loop needs). The sandbox is started once the
+evaluation sandbox has its payload, and the calls are made — and the served
+sandboxes removed — as soon as the server is ready, while the evaluation
+sandbox still runs its static, dynamic and mutation phases: :func:`conclude`
+waits for them (usually long done) and judges; an ``error`` report drops the
+answers. The served skill was already loaded beside the static phase before;
+sending it its calls then changes nothing of what runs where.
 A failure of the oracle's own sandbox is ``infrastructure`` (verdict ``error``).
 """
 
@@ -221,6 +226,12 @@ class OraclePhase:
         self.plan = self._plan()
         self._error: BaseException | None = None
         self._thread: threading.Thread | None = None
+        #: the calls' answers (candidate, active) and timings, made by the start thread as soon
+        #: as the servers are ready: while the evaluation sandbox still runs (see :meth:`start`)
+        self._results: dict[str, _Result] | None = None
+        self._active_results: dict[str, _Result] | None = None
+        self._call_timings: dict[str, float] = {}
+        self._close_error: InfrastructureError | None = None
         self.candidate: ServedSkill | None = None
         self.active: ServedSkill | None = None
         self.ready: dict[str, dict[str, Any] | None] = {}
@@ -302,7 +313,15 @@ class OraclePhase:
     # -- running ------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the sandbox(es) in the background; :meth:`run` waits for them."""
+        """Start the sandbox(es) in the background, make the calls as soon as they are ready,
+        and remove them; :meth:`run` waits for that and judges the answers.
+
+        The calls need nothing of the evaluation sandbox (the served skill was loaded at
+        start, beside the static phase, as before), so they are made while it still runs
+        its tests and mutants, and the removal of the served sandboxes is off the
+        evaluation's critical path too. Whether they count is decided by :func:`conclude`
+        as before (an ``error`` evaluation skips the phase; its answers are dropped).
+        """
         if self.candidate is None or self._thread is not None:
             return
         ready_timeout = self.settings_oracle.timeout_seconds
@@ -315,11 +334,41 @@ class OraclePhase:
                 for role, served in (("candidate", self.candidate), ("active", self.active)):
                     if served is not None:
                         self.ready[role] = served.wait_ready(ready_timeout)
+                self._make_calls()
             except BaseException as exc:  # noqa: BLE001 - re-raised in run()
                 self._error = exc
+            finally:
+                try:
+                    self._close_served()
+                except InfrastructureError as exc:  # reported by close(), as when it removed them
+                    self._close_error = exc
 
         self._thread = threading.Thread(target=work, name="sandgate-oracle-start", daemon=True)
         self._thread.start()
+
+    def _make_calls(self) -> None:
+        t0 = time.monotonic()
+        deadline = t0 + self.settings_oracle.timeout_seconds
+        assert self.candidate is not None
+        self._results = self._send(self.candidate, self.ready.get("candidate"),
+                                   [(p.args, p.kwargs, 2 if p.repeat else 1) for p in self.plan], deadline)
+        self._call_timings["calls"] = round(time.monotonic() - t0, 4)
+        if self.active is not None:
+            t1 = time.monotonic()
+            self._active_results = self._send(self.active, self.ready.get("active"),
+                                              [(a, k, 1) for a, k in self._replay_inputs], deadline)
+            self._call_timings["active_calls"] = round(time.monotonic() - t1, 4)
+
+    def _close_served(self) -> None:
+        problem: InfrastructureError | None = None
+        for served in (self.candidate, self.active):
+            if served is not None:
+                try:
+                    served.close()
+                except InfrastructureError as exc:
+                    problem = problem or exc
+        if problem is not None:
+            raise problem
 
     def skip(self, why: str) -> OracleSummary:
         return OracleSummary(status="skipped", note=why, examples=len(self.examples),
@@ -327,13 +376,14 @@ class OraclePhase:
 
     def close(self) -> None:
         if self._thread is not None and self._thread.is_alive():
-            for served in (self.candidate, self.active):  # a server still loading: stop it
+            for served in (self.candidate, self.active):  # a server still loading or answering: stop it
                 if served is not None and served.container_id is not None:
                     served._break("the oracle phase was closed")
             self._thread.join(self.settings_oracle.timeout_seconds + 30)
-        for served in (self.candidate, self.active):
-            if served is not None:
-                served.close()
+        self._close_served()  # what the thread has not removed (it never ran, or it is stuck)
+        if self._close_error is not None:
+            problem, self._close_error = self._close_error, None
+            raise problem
 
     def run(self) -> OracleSummary:
         """Make the calls and judge them. Raises :class:`InfrastructureError` when the
@@ -350,23 +400,19 @@ class OraclePhase:
         if self._thread is None and self.candidate is not None:
             self.start()  # the evaluation sandbox never reported its start
         if self._thread is not None:
-            self._thread.join(self.settings_oracle.timeout_seconds + 30)
+            # start-up, then the calls, each within the phase's timeout; then the removal
+            self._thread.join(2 * self.settings_oracle.timeout_seconds + 60)
         if self._error is not None:
             if isinstance(self._error, InfrastructureError):
                 raise self._error
             raise InfrastructureError(f"the oracle sandbox failed to start: {self._error}") from self._error
-        deadline = t0 + self.settings_oracle.timeout_seconds
-        assert self.candidate is not None
-        results = self._send(self.candidate, self.ready.get("candidate"),
-                             [(p.args, p.kwargs, 2 if p.repeat else 1) for p in self.plan], deadline)
-        summary.timings["calls"] = round(time.monotonic() - t0, 4)
-        self._judge(summary, results)
-        if self.active is not None:
-            t1 = time.monotonic()
-            active_results = self._send(self.active, self.ready.get("active"),
-                                        [(a, k, 1) for a, k in self._replay_inputs], deadline)
-            summary.timings["active_calls"] = round(time.monotonic() - t1, 4)
-            self._compare(summary, results, active_results)
+        if self._results is None:
+            raise InfrastructureError("the oracle phase did not finish its calls in time")
+        summary.timings.update(self._call_timings)
+        summary.timings["wait"] = round(time.monotonic() - t0, 4)
+        self._judge(summary, self._results)
+        if self.active is not None and self._active_results is not None:
+            self._compare(summary, self._results, self._active_results)
         for role, served in (("candidate", self.candidate), ("active", self.active)):
             if served is not None:
                 for key, value in served.timings.items():

@@ -1,7 +1,7 @@
 """The sandbox: the only code in sandgate that imports ``docker``.
 
 One ephemeral container per evaluation, hardened by default (see
-:func:`sandgate.sandbox.runner.hardened_host_config`), labelled
+:func:`sandgate.sandbox.docker_backend.hardened_host_config`), labelled
 ``sandgate.managed=true`` and always removed.
 """
 

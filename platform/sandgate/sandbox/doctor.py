@@ -8,8 +8,8 @@ from typing import Any
 
 from sandgate.config import Settings, describe_store, get_settings
 from sandgate.errors import EngineUnavailable, InfrastructureError
+from sandgate.sandbox.docker_backend import as_backend
 from sandgate.sandbox.engine import connect as default_connect
-from sandgate.sandbox.engine import engine_info
 from sandgate.sandbox.image import definition_hash, inspect_image
 
 __all__ = ["Check", "Diagnosis", "diagnose"]
@@ -47,7 +47,7 @@ def diagnose(settings: Settings | None = None, *, connect: Callable[..., Any] | 
     diagnosis.checks.append(Check("store", exists, store, required=False))
     try:
         client = connect(settings)
-        info = engine_info(client)
+        info = as_backend(client).info()
     except EngineUnavailable as exc:
         diagnosis.checks.append(Check("engine", False, str(exc)))
         diagnosis.checks.append(Check("image", False, "not checked: no engine"))

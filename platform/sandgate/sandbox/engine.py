@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass, field
 from typing import Any
 
 import docker
@@ -12,6 +11,7 @@ from docker.errors import DockerException
 
 from sandgate.config import Settings, get_settings
 from sandgate.errors import EngineUnavailable
+from sandgate.sandbox.backend import EngineInfo
 
 __all__ = ["EngineInfo", "connect", "engine_info", "shared_client"]
 
@@ -19,17 +19,6 @@ ENGINE_HINT = (
     "start a Docker engine (on Debian as root, `bash sandbox_images/engine.sh` installs "
     "and starts one; elsewhere see https://docs.docker.com/engine/install/)"
 )
-
-
-@dataclass(frozen=True)
-class EngineInfo:
-    version: str
-    api_version: str
-    runtimes: list[str] = field(default_factory=list)
-    default_runtime: str = "runc"
-    cgroup_version: str | None = None
-    security_options: list[str] = field(default_factory=list)
-    architecture: str = ""
 
 
 def connect(settings: Settings | None = None) -> docker.DockerClient:

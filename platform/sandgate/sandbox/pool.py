@@ -41,11 +41,10 @@ from typing import Any
 from sandgate.config import Settings, get_settings
 from sandgate.errors import SandgateError
 from sandgate.limits import Limits
+from sandgate.sandbox.docker_backend import as_backend
 from sandgate.sandbox.runner import (
     POOL_LABEL,
     create_sandbox,
-    remove_container,
-    start_sandbox,
 )
 
 __all__ = ["PoolManager", "WarmPool", "current", "disable", "enable", "start"]
@@ -74,6 +73,8 @@ class WarmPool:
         if max_age <= 0:
             raise ValueError("a warm pool's max_age must be positive")
         self.client, self.image, self.limits = client, image, limits
+        #: the engine, as :class:`~sandgate.sandbox.backend.SandboxBackend` (``client`` may be a Docker client)
+        self.backend = as_backend(client)
         self.size, self.max_age = int(size), float(max_age)
         self.name = f"pool-{uuid.uuid4().hex[:16]}"
         self._idle: deque[_Warm] = deque()
@@ -174,39 +175,38 @@ class WarmPool:
 
     def _current_image_id(self) -> str | None:
         try:
-            return str(self.client.api.inspect_image(self.image)["Id"])
+            return self.backend.image_id(self.image)
         except Exception as exc:
             log.warning("warm pool: cannot inspect image %s: %s", self.image, exc, extra={"pool": self.name})
             return None
 
     def _running(self, container_id: str) -> bool:
         try:
-            state = self.client.api.inspect_container(container_id)["State"]
+            return self.backend.state(container_id).running
         except Exception:
             return False
-        return bool(state.get("Running")) and not state.get("Paused")
 
     def _discard(self, warm: _Warm, why: str | None) -> None:
         if why is not None:
             self.stats[why] += 1
         try:
-            remove_container(self.client.api, warm.container_id)
+            self.backend.remove(warm.container_id)
         except SandgateError as exc:
             log.warning("warm pool: %s (the reaper will remove it)", exc, extra={"pool": self.name})
 
     def _make_one(self, image_id: str) -> _Warm | None:
-        api = self.client.api
-        container_id = create_sandbox(api, image=self.image, limits=self.limits,
+        backend = self.backend
+        container_id = create_sandbox(backend, image=self.image, limits=self.limits,
                                       evaluation_id=f"{self.name}-{uuid.uuid4().hex[:8]}",
                                       labels={POOL_LABEL: self.name})
         try:
-            if str(api.inspect_container(container_id)["Image"]) != image_id:
-                remove_container(api, container_id)  # the tag moved between check and create
+            if backend.state(container_id).image_id != image_id:
+                backend.remove(container_id)  # the tag moved between check and create
                 self._last_image_check = 0.0
                 return None
-            start_sandbox(api, container_id, self.limits)
+            backend.start(container_id, self.limits)
         except BaseException:
-            remove_container(api, container_id)
+            backend.remove(container_id)
             raise
         self.stats["created"] += 1
         return _Warm(container_id, image_id, time.monotonic())

@@ -16,7 +16,8 @@ those the caller's callbacks condemn; the sandbox knows no database:
   (:mod:`sandgate.sandbox.pool`); a dead controller's is condemned as any other.
 
 The workers (at start-up and periodically) and the scheduler's orphan job
-both call it.
+both call it. :func:`remove_stopped` is a worker's clean-up after its engine
+came back from the dead: its own containers that no longer run.
 """
 
 from __future__ import annotations
@@ -27,18 +28,18 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from sandgate.sandbox.docker_backend import as_backend
 from sandgate.sandbox.runner import (
     CONTROLLER_LABEL,
     EVALUATION_LABEL,
     MANAGED_LABEL,
     POOL_LABEL,
-    remove_container,
 )
 from sandgate.sandbox.runner import (
     reap as remove_labelled,
 )
 
-__all__ = ["Sandbox", "Reaped", "AliveFn", "sandboxes", "remove", "reap"]
+__all__ = ["Sandbox", "Reaped", "AliveFn", "sandboxes", "remove", "reap", "remove_stopped"]
 
 log = logging.getLogger("sandgate.sandbox")
 
@@ -70,18 +71,18 @@ class Reaped:
 
 
 def sandboxes(client: Any, *, labels: Iterable[str] = ()) -> list[Sandbox]:
-    """The managed containers on ``client``'s engine (``labels``: extra ``key=value`` filters)."""
-    filters = {"label": [f"{MANAGED_LABEL}=true", *labels]}
+    """The managed containers on ``client``'s engine (``labels``: extra ``key=value`` filters).
+
+    ``client``: a :class:`~sandgate.sandbox.backend.SandboxBackend` or a Docker client."""
     out = []
-    for c in client.api.containers(all=True, filters=filters):
-        container_labels = c.get("Labels") or {}
-        created = c.get("Created")
+    for c in as_backend(client).list([f"{MANAGED_LABEL}=true", *labels]):
+        container_labels = c.labels
         out.append(
             Sandbox(
-                container_id=c["Id"],
+                container_id=c.sandbox_id,
                 controller=container_labels.get(CONTROLLER_LABEL),
                 evaluation_id=container_labels.get(EVALUATION_LABEL),
-                created=float(created) if created else None,
+                created=c.created,
                 pool=container_labels.get(POOL_LABEL),
             )
         )
@@ -94,7 +95,7 @@ def remove(client: Any, sandbox: Sandbox) -> list[str]:
     if sandbox.evaluation_id and sandbox.controller:
         ids = remove_labelled(client, evaluation_id=sandbox.evaluation_id, controller=sandbox.controller)
     if not ids:
-        remove_container(client.api, sandbox.container_id)
+        as_backend(client).remove(sandbox.container_id)
         ids = [sandbox.container_id]
     return ids
 
@@ -131,3 +132,13 @@ def reap(
             continue
         out.append(Reaped(sandbox, why, ids))
     return out
+
+
+def remove_stopped(client: Any, *, controller: str) -> list[str]:
+    """Remove ``controller``'s managed containers that are not running (an engine restart stopped them)."""
+    backend = as_backend(client)
+    ids = [c.sandbox_id for c in backend.list([f"{MANAGED_LABEL}=true", f"{CONTROLLER_LABEL}={controller}"])
+           if c.running is False]
+    for sandbox_id in ids:
+        backend.remove(sandbox_id)
+    return ids

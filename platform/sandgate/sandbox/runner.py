@@ -3,6 +3,11 @@
 The payload (skill files, rules, run config) goes in as a tar stream on the
 container's stdin; the harness's single JSON line comes back on its stdout and
 is read only after the container has stopped.
+
+Every engine call goes through a :class:`~sandgate.sandbox.backend.SandboxBackend`
+(:mod:`sandgate.sandbox.docker_backend` for a Docker client, which every caller
+may keep passing): what a sandbox is — labels, name, user, hostname, limits, the
+payload and the signed lines — is decided here, the same on every backend.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import hmac
 import io
 import json
 import secrets
-import socket
 import tarfile
 import threading
 import time
@@ -21,13 +25,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import docker
-import requests
-from docker.errors import APIError, DockerException, NotFound
-
-from sandgate.errors import InfrastructureError, RuntimeUnavailable, SandboxFailure
+from sandgate.errors import InfrastructureError
 from sandgate.limits import Limits
 from sandgate.names import controller_id
+from sandgate.sandbox.backend import SandboxBackend, SandboxSpec
+from sandgate.sandbox.docker_backend import SANDBOX_UID, as_backend, hardened_host_config, remove_container
 
 __all__ = [
     "CONTROLLER_LABEL",
@@ -36,6 +38,7 @@ __all__ = [
     "EVALUATION_LABEL",
     "POOL_LABEL",
     "SANDBOX_UID",
+    "SandboxBackend",
     "SandboxRun",
     "create_sandbox",
     "hardened_host_config",
@@ -65,8 +68,9 @@ def plausible_hostname() -> str:
             f"{''.join(pick(_POD_ALPHABET) for _ in range(5))}")
 
 
-SANDBOX_UID = 10001
 MAX_HARNESS_OUTPUT = 32 * 1024 * 1024
+#: how long a killed (timed out) sandbox may take to stop before the engine is blamed
+KILLED_WAIT_SECONDS = 30.0
 
 
 @dataclass
@@ -101,59 +105,6 @@ def make_payload(files: Mapping[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def hardened_host_config(api: docker.APIClient, limits: Limits) -> dict[str, Any]:
-    """Network none, read-only root, no capabilities, no new privileges, default seccomp,
-    memory = memory+swap, pids/CPU/file-size limits, size-capped tmpfs, no mounts."""
-    memory = int(limits.memory_mb) * 1024 * 1024
-    disk = int(limits.work_disk_mb) * 1024 * 1024
-    ulimits = [
-        docker.types.Ulimit(name="nofile", soft=256, hard=256),
-        docker.types.Ulimit(name="fsize", soft=disk, hard=disk),
-        docker.types.Ulimit(name="core", soft=0, hard=0),
-    ]
-    pids = int(limits.pids)
-    if limits.runtime == "runsc":
-        # gVisor's sentry and (ptrace platform) one host stub per guest process all
-        # count against the container's pids cgroup: a guest fork bomb would kill the
-        # sentry itself. The guest limit is enforced inside gVisor's kernel with
-        # RLIMIT_NPROC (per sandbox there, unlike runc where it is per host uid);
-        # the cgroup keeps a host-side ceiling.
-        ulimits.append(docker.types.Ulimit(name="nproc", soft=pids, hard=pids))
-        pids = max(1024, pids * 16)
-    tmpfs_opts = f"rw,nosuid,nodev,uid={SANDBOX_UID},gid={SANDBOX_UID},mode=0700"
-    return api.create_host_config(
-        network_mode="none",
-        read_only=True,
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        mem_limit=memory,
-        memswap_limit=memory,
-        pids_limit=pids,
-        nano_cpus=int(limits.cpus * 1e9),
-        tmpfs={
-            "/work": f"{tmpfs_opts},size={disk}",
-            "/tmp": f"{tmpfs_opts},noexec,size={disk}",
-        },
-        shm_size=16 * 1024 * 1024,
-        ulimits=ulimits,
-        log_config=docker.types.LogConfig(type="json-file", config={"max-size": "64m", "max-file": "1"}),
-        runtime=limits.runtime,
-        init=False,
-        privileged=False,
-        ipc_mode="private",
-    )
-
-
-def _stdin_write(api: docker.APIClient, container_id: str, payload: bytes) -> None:
-    sock = api.attach_socket(container_id, params={"stdin": 1, "stream": 1})
-    raw = getattr(sock, "_sock", sock)
-    try:
-        raw.sendall(payload)
-        raw.shutdown(socket.SHUT_WR)
-    finally:
-        sock.close()
-
-
 #: extra label of a warm pool's sandbox: which pool made it (see :mod:`sandgate.sandbox.pool`)
 POOL_LABEL = "sandgate.pool"
 
@@ -175,7 +126,7 @@ def _track(evaluation_id: str, container_id: str, add: bool) -> None:
 
 
 def create_sandbox(
-    api: docker.APIClient,
+    client: Any,
     *,
     image: str,
     limits: Limits,
@@ -183,44 +134,29 @@ def create_sandbox(
     entrypoint: list[str] | None = None,
     labels: Mapping[str, str] | None = None,
 ) -> str:
-    """Create one hardened container (not started); return its id.
+    """Create one hardened sandbox (not started) on ``client`` (a backend or a Docker
+    client); return its id.
 
-    The one place a sandbox's container is made: ordinary runs and warm pools alike.
+    The one place a sandbox is made: ordinary runs and warm pools alike.
     """
-    try:
-        created = api.create_container(
-            image,
-            user=f"{SANDBOX_UID}:{SANDBOX_UID}",
-            stdin_open=True,
-            network_disabled=True,
-            hostname=plausible_hostname(),
-            entrypoint=entrypoint,
-            environment={},
-            labels={**(labels or {}), MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,
-                    CONTROLLER_LABEL: controller_id()},
-            name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
-            host_config=hardened_host_config(api, limits),
-        )
-    except APIError as exc:
-        if "runtime" in str(exc).lower() and limits.runtime != "runc":
-            raise RuntimeUnavailable(
-                f"the Docker engine has no runtime {limits.runtime!r}: {exc.explanation}"
-            ) from exc
-        raise InfrastructureError(f"could not create the sandbox: {exc.explanation or exc}") from exc
-    return str(created["Id"])
+    return as_backend(client).create(SandboxSpec(
+        image=image,
+        limits=limits,
+        labels={**(labels or {}), MANAGED_LABEL: "true", EVALUATION_LABEL: evaluation_id,
+                CONTROLLER_LABEL: controller_id()},
+        name=f"sandgate-{evaluation_id[:24]}-{uuid.uuid4().hex[:6]}",
+        hostname=plausible_hostname(),
+        user=f"{SANDBOX_UID}:{SANDBOX_UID}",
+        entrypoint=entrypoint,
+    ))
 
 
-def start_sandbox(api: docker.APIClient, container_id: str, limits: Limits) -> None:
-    try:
-        api.start(container_id)
-    except APIError as exc:
-        if limits.runtime != "runc" and "runtime" in str(exc).lower():
-            raise RuntimeUnavailable(f"runtime {limits.runtime!r} failed to start: {exc}") from exc
-        raise InfrastructureError(f"could not start the sandbox: {exc.explanation or exc}") from exc
+def start_sandbox(client: Any, container_id: str, limits: Limits) -> None:
+    as_backend(client).start(container_id, limits)
 
 
 def run_sandbox(
-    client: docker.DockerClient,
+    client: Any,
     *,
     image: str,
     payload: bytes,
@@ -232,7 +168,9 @@ def run_sandbox(
     on_started: Callable[[], None] | None = None,
     container: str | None = None,
 ) -> SandboxRun:
-    """Run the harness once. Raises InfrastructureError when the sandbox itself failed.
+    """Run the harness once on ``client`` (a :class:`SandboxBackend`, or a Docker client
+    wrapped in :class:`~sandgate.sandbox.docker_backend.DockerBackend`). Raises
+    InfrastructureError when the sandbox itself failed.
 
     ``entrypoint`` replaces the harness (benchmarks use it to measure a bare floor
     under the same hardening); the result is then the raw stdout under ``{"stdout": ...}``.
@@ -244,61 +182,51 @@ def run_sandbox(
     limits: it gets the payload instead of a new container being made. Either
     way the container is removed at the end.
     """
-    api = client.api
+    backend = as_backend(client)
     evaluation_id = evaluation_id or uuid.uuid4().hex
     timings: dict[str, float] = {}
     started = time.monotonic()
     container_id: str | None = container
     try:
         if container_id is None:
-            container_id = create_sandbox(api, image=image, limits=limits, evaluation_id=evaluation_id,
+            container_id = create_sandbox(backend, image=image, limits=limits, evaluation_id=evaluation_id,
                                           entrypoint=entrypoint)
             _track(evaluation_id, container_id, True)
             timings["create"] = time.monotonic() - started
             t = time.monotonic()
-            start_sandbox(api, container_id, limits)
+            backend.start(container_id, limits)
         else:
             _track(evaluation_id, container_id, True)
             timings["create"] = 0.0
             t = time.monotonic()
-        try:
-            _stdin_write(api, container_id, payload)
-        except APIError as exc:
-            raise InfrastructureError(f"could not send the payload to the sandbox: {exc.explanation or exc}") from exc
+        backend.feed(container_id, payload)
         timings["start"] = time.monotonic() - t
         if on_started is not None:
             on_started()
 
         t = time.monotonic()
         timed_out = False
-        try:
-            status = api.wait(container_id, timeout=limits.timeout_seconds + kill_grace)
-            exit_code: int | None = int(status.get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+        exit_code = backend.wait(container_id, limits.timeout_seconds + kill_grace)
+        if exit_code is None:
             timed_out = True
-            try:
-                api.kill(container_id)
-            except (APIError, NotFound):
-                pass
-            status = api.wait(container_id, timeout=30)
-            exit_code = int(status.get("StatusCode", -1))
+            backend.kill(container_id)
+            exit_code = backend.wait(container_id, KILLED_WAIT_SECONDS)
+            if exit_code is None:
+                raise InfrastructureError(f"the sandbox did not stop within {KILLED_WAIT_SECONDS:.0f}s "
+                                          "of being killed")
         timings["wait"] = time.monotonic() - t
 
         t = time.monotonic()
-        state = api.inspect_container(container_id)["State"]
-        logs = api.logs(container_id, stdout=True, stderr=False)
+        state = backend.state(container_id)
+        logs = backend.stdout(container_id)
         # stderr only explains a missing result: fetched only then (one API call less per run)
-        stderr = b"" if b"SGH1 final " in logs else api.logs(container_id, stdout=False, stderr=True, tail=50)
+        stderr = b"" if b"SGH1 final " in logs else backend.stderr_tail(container_id, 50)
         timings["collect"] = time.monotonic() - t
-    except DockerException as exc:
-        raise InfrastructureError(f"the Docker engine failed during the sandbox run: {exc}") from exc
-    except requests.exceptions.RequestException as exc:
-        raise InfrastructureError(f"the Docker engine stopped answering: {exc}") from exc
     finally:
         if container_id is not None:
             t = time.monotonic()
             try:
-                remove_container(api, container_id)
+                backend.remove(container_id)
             finally:
                 _track(evaluation_id, container_id, False)
             timings["remove"] = time.monotonic() - t
@@ -322,7 +250,7 @@ def run_sandbox(
         tampered=tampered,
         exit_code=exit_code,
         timed_out=timed_out,
-        oom_killed=bool(state.get("OOMKilled")),
+        oom_killed=state.oom_killed,
         wall_seconds=time.monotonic() - started,
         container_id=container_id,
         runtime=limits.runtime,
@@ -366,41 +294,29 @@ def read_signed_lines(logs: bytes, key: bytes) -> dict[str, Any]:
     return found
 
 
-def remove_container(api: docker.APIClient, container_id: str) -> None:
-    """Force-remove one container (and its volumes), retrying the engine briefly; gone is fine."""
-    for attempt in range(3):
-        try:
-            api.remove_container(container_id, force=True, v=True)
-            return
-        except NotFound:
-            return
-        except (APIError, requests.exceptions.RequestException):
-            time.sleep(0.2 * (attempt + 1))
-    raise SandboxFailure(f"could not remove sandbox container {container_id[:12]}")
-
-
-def reap(client: docker.DockerClient, *, evaluation_id: str | None = None,
+def reap(client: Any, *, evaluation_id: str | None = None,
          controller: str | None = None, labels: list[str] | tuple[str, ...] = ()) -> list[str]:
     """Remove every container labelled ``sandgate.managed=true``.
 
     ``evaluation_id`` / ``controller`` narrow it to one evaluation's or one
     controller process's containers; ``labels`` (``key=value``) narrow it further.
     """
-    filters = {"label": [f"{MANAGED_LABEL}=true", *labels]}
+    backend = as_backend(client)
+    wanted = [f"{MANAGED_LABEL}=true", *labels]
     if evaluation_id:
-        filters["label"].append(f"{EVALUATION_LABEL}={evaluation_id}")
+        wanted.append(f"{EVALUATION_LABEL}={evaluation_id}")
     if controller:
-        filters["label"].append(f"{CONTROLLER_LABEL}={controller}")
+        wanted.append(f"{CONTROLLER_LABEL}={controller}")
     removed = []
-    for container in client.api.containers(all=True, filters=filters):
-        remove_container(client.api, container["Id"])
-        removed.append(container["Id"])
+    for sandbox in backend.list(wanted):
+        backend.remove(sandbox.sandbox_id)
+        removed.append(sandbox.sandbox_id)
     if evaluation_id and (controller is None or controller == controller_id()):
         # this process's warm-pool sandbox serving that evaluation (labelled with its pool)
         with _in_use_lock:
             mine = sorted(_in_use.get(evaluation_id, ()))
         for container_id in mine:
             if container_id not in removed:
-                remove_container(client.api, container_id)
+                backend.remove(container_id)
                 removed.append(container_id)
     return removed

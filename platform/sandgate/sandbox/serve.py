@@ -1,7 +1,7 @@
 """An interactive sandbox: the skill's entrypoint served by ``sandgate_harness.serve``.
 
 Same image, hardening, labels and limits as the evaluation sandbox
-(:func:`sandgate.sandbox.runner.hardened_host_config`); single use, always
+(:func:`sandgate.sandbox.docker_backend.hardened_host_config`); single use, always
 removed. The only process is the server, which holds no secret. The
 controller talks to it over the container's attach socket: length-prefixed
 JSON frames on stdin, answers on stdout (Docker multiplexes stdout and stderr
@@ -39,14 +39,12 @@ from docker.errors import APIError, DockerException
 from sandgate.errors import InfrastructureError, RuntimeUnavailable
 from sandgate.limits import Limits
 from sandgate.names import controller_id
+from sandgate.sandbox.docker_backend import SANDBOX_UID, hardened_host_config, remove_container
 from sandgate.sandbox.runner import (
     CONTROLLER_LABEL,
     EVALUATION_LABEL,
     MANAGED_LABEL,
-    SANDBOX_UID,
-    hardened_host_config,
     plausible_hostname,
-    remove_container,
 )
 
 __all__ = ["SERVE_ENTRYPOINT", "CallOutcome", "ServedSkill", "encode_frame"]

@@ -195,15 +195,19 @@ class EmbeddedService:
                                       provenance=provenance, progress=progress), pol.name
 
     def submit_submission(self, submission: Any, *, policy: Any, actor: str | None, wait: bool,
-                          provenance: Mapping[str, Any], progress: Callable[[str], None] | None = None) -> Any:
-        """Submit an already-read submission under an already-loaded policy."""
+                          provenance: Mapping[str, Any], progress: Callable[[str], None] | None = None,
+                          tenant: str | None = None, max_queued: int | None = None,
+                          limit_setting: str | None = None) -> Any:
+        """Submit an already-read submission under an already-loaded policy (queued for ``tenant``,
+        default ``local``, refused with ``QueueFull`` when it has ``max_queued`` queued)."""
         store = self.ensure_store()
         evaluate = self._evaluate
         if evaluate is None and progress is not None:
             evaluate = _lifecycle().store_evaluate(store, progress=progress)
         return _lifecycle().submit(store, submission=submission, policy=policy,
                                 actor=self._actor(actor), evaluate=evaluate, wait=wait,
-                                provenance=dict(provenance))
+                                provenance=dict(provenance), tenant=tenant or evaluations.LOCAL_TENANT,
+                                max_queued=max_queued, limit_setting=limit_setting)
 
     def promote(self, name: str, number: int, *, actor: str | None, reason: str | None,
                 policy: str | None, expected_generation: int | None, force: bool) -> PointerMove:

@@ -121,6 +121,7 @@ def _evaluation_record(e: Evaluation, skill_name: str, number: int) -> Evaluatio
         attempts=e.attempts or 0,
         lease_owner=e.lease_owner,
         lease_expires_at=_utc(e.lease_expires_at),
+        traceparent=e.traceparent,
     )
 
 def _event_record(e: Event, skill_name: str, number: int | None) -> EventRecord:

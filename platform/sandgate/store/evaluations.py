@@ -16,8 +16,36 @@ The work queue
        └── release ──────┘                 by recover_leases); at max attempts → verdict error
 
 * ``claim_evaluation`` takes a running row whose lease lapsed first, else the
-  oldest queued row (``FOR UPDATE SKIP LOCKED`` on PostgreSQL; ``BEGIN
-  IMMEDIATE`` on SQLite): exactly one claimer wins a row.
+  oldest queued row of the *fairest tenant* (``FOR UPDATE SKIP LOCKED`` on
+  PostgreSQL; ``BEGIN IMMEDIATE`` on SQLite): exactly one claimer wins a row.
+
+Fair share between tenants
+==========================
+
+Every evaluation has a ``tenant``: ``key:<name>`` for an API key, ``local``
+for the embedded path. A claim does not take the oldest queued row of the
+whole queue (one key's flood would make everyone else wait behind it); it
+picks a tenant, then that tenant's oldest queued row, in one statement:
+
+1. the tenants with queued work (a skip scan of the ``(status, tenant,
+   created_at)`` index: one index probe per tenant, not per row);
+2. minus those at their running cap (``api_keys.max_running``; no cap by
+   default, and none for ``local``);
+3. ordered by fewest running evaluations, then least recently given a slot
+   (``max(started_at)``, never first), then oldest queued row, then name;
+4. the first tenant's oldest queued row, ``FOR UPDATE SKIP LOCKED``.
+
+So a key that submits one evaluation while another has a thousand queued
+gets the next free slot. Concurrent claimers may pick the same tenant (its
+counts change only when they commit); the second then takes that tenant's
+next row, never the same one. If every queued row of the chosen tenant is
+locked by concurrent claimers, the next tenants in the same order are tried.
+
+The queued cap (``max_queued`` of :func:`queue_evaluation` and
+:func:`begin_evaluation`) is checked in the transaction that adds the row, under
+a per-tenant advisory lock on PostgreSQL (``BEGIN IMMEDIATE`` serialises it
+on SQLite): a tenant at its cap gets :class:`~sandgate.errors.QueueFull`
+with an estimate of when it will have room, and nothing is queued.
 * ``finish_evaluation`` with a lease owner is a compare-and-set on
   ``(status = running, lease_owner = owner)``: a worker whose lease was taken
   over gets ``Conflict`` (code ``lease_lost``) and discards its result, so an
@@ -27,6 +55,10 @@ The work queue
   ``failed``: a dying worker is the infrastructure's fault.
 * Lease times come from the database server's clock on PostgreSQL, so workers
   on several hosts agree on expiry whatever their own clocks say.
+* ``traceparent`` (migration 0010): the W3C trace context of the span that
+  queued the row, given by the caller (``sandgate.tracing``; NULL when traces
+  are off). It survives release and requeue, so whichever worker claims the
+  row continues the submitter's trace.
 
 Retention (``prune_evaluations``) and re-scan flags (``flag_version``) are the
 scheduler's; neither ever touches versions, nor any evaluation of a version
@@ -35,15 +67,18 @@ that is or ever was active.
 
 from __future__ import annotations
 
+import hashlib
+import math
+import statistics
 import uuid
 from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol, cast
 
-from sqlalchemy import Table, delete, func, select, update
+from sqlalchemy import Table, case, delete, func, literal, select, update
 from sqlalchemy.orm import Session
 
-from sandgate.errors import Conflict, StoreError
+from sandgate.errors import Conflict, QueueFull, StoreError
 from sandgate.names import owner_id
 from sandgate.records import EvaluationRecord
 from sandgate.store._rows import (
@@ -61,7 +96,17 @@ from sandgate.store._rows import (
     _version,
 )
 from sandgate.store.engine import Store
-from sandgate.store.models import ACTOR_LENGTH, HASH_LENGTH, Evaluation, Event, Skill, Version, WorkerBeat
+from sandgate.store.keys import ApiKey
+from sandgate.store.models import (
+    ACTOR_LENGTH,
+    HASH_LENGTH,
+    TRACEPARENT_LENGTH,
+    Evaluation,
+    Event,
+    Skill,
+    Version,
+    WorkerBeat,
+)
 
 __all__ = [
     "GiveUp",
@@ -77,6 +122,9 @@ __all__ = [
     "release_evaluation",
     "recover_leases",
     "prune_evaluations",
+    "LOCAL_TENANT",
+    "queue_room",
+    "retry_after_seconds",
     "get_evaluation",
     "latest_evaluation",
     "pending_evaluation",
@@ -91,6 +139,16 @@ __all__ = [
 DEFAULT_LEASE_SECONDS = 30.0
 #: claims of one evaluation before it ends as verdict ``error``
 DEFAULT_MAX_ATTEMPTS = 3
+#: the tenant of evaluations queued by the embedded path (no API key)
+LOCAL_TENANT = "local"
+#: the prefix of an API key's tenant (``key:<name>``, the key's actor)
+_KEY_TENANT = "key:"
+#: a running cap that never binds
+_NO_CAP = 2**31 - 1
+#: Retry-After of a full queue: bounds, and the evaluation duration assumed with no history
+RETRY_AFTER_MIN, RETRY_AFTER_MAX, _DEFAULT_DURATION = 1, 600, 30.0
+#: finished evaluations whose durations make the estimate
+_DURATION_SAMPLE = 50
 
 
 class GiveUp(Protocol):
@@ -156,12 +214,24 @@ def queue_evaluation(
     policy_name: str,
     policy_hash: str,
     evaluation_id: str | None = None,
+    tenant: str = LOCAL_TENANT,
+    max_queued: int | None = None,
+    limit_setting: str | None = None,
+    traceparent: str | None = None,
 ) -> EvaluationRecord:
-    """Create an evaluation of ``name@number`` under a policy, status ``queued``."""
+    """Create an evaluation of ``name@number`` under a policy, status ``queued``, for ``tenant``.
+
+    ``max_queued``: refuse with :class:`QueueFull` when ``tenant`` already has that many
+    queued (``limit_setting`` names where the cap comes from, for the message).
+    ``traceparent``: the W3C trace context of the span that queued it (``sandgate.tracing``),
+    kept on the row so the worker that claims it continues that trace."""
+    _check_traceparent(traceparent)
     now = _now()
+    _check_tenant(tenant)
     with store.write() as s:
         skill = _skill(s, name)
         version = _version(s, skill, number)
+        _check_room(s, tenant, max_queued, limit_setting)
         ev = Evaluation(
             id=evaluation_id or str(uuid.uuid4()),
             version_id=version.id,
@@ -169,10 +239,17 @@ def queue_evaluation(
             policy_hash=policy_hash,
             status="queued",
             created_at=now,
+            tenant=tenant,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()
         return _evaluation_record(ev, skill.name, version.number)
+
+def _check_traceparent(traceparent: str | None) -> None:
+    if traceparent is not None and len(traceparent) > TRACEPARENT_LENGTH:
+        raise StoreError(f"traceparent longer than {TRACEPARENT_LENGTH} characters")
+
 
 def start_evaluation(store: Store, *, evaluation_id: str) -> EvaluationRecord:
     """``queued`` → ``running`` (compare-and-set: only one runner wins)."""
@@ -198,6 +275,10 @@ def begin_evaluation(
     policy_name: str,
     policy_hash: str,
     start: bool = True,
+    tenant: str = LOCAL_TENANT,
+    max_queued: int | None = None,
+    limit_setting: str | None = None,
+    traceparent: str | None = None,
 ) -> tuple[EvaluationRecord, bool]:
     """The evaluation a submit of ``name@number`` under a policy uses, in one transaction.
 
@@ -208,9 +289,15 @@ def begin_evaluation(
     * else, with ``start=True``, a ``running`` one for the caller to run: the
       newest ``queued`` one, taken over by compare-and-set (queued → running),
       or — when there is none, or a worker is already running it — a new one;
-    * else (``start=False``) the newest queued or running one, or a new ``queued`` one.
+    * else (``start=False``) the newest queued or running one, or a new ``queued`` one
+      for ``tenant`` — unless ``tenant`` has ``max_queued`` queued already
+      (:class:`QueueFull`, nothing queued).
+
+    ``traceparent`` is stored on a new evaluation (one taken over keeps its own).
     """
+    _check_traceparent(traceparent)
     now = _now()
+    _check_tenant(tenant)
     with store.write() as s:
         skill = _skill(s, name)
         version = _version(s, skill, number)
@@ -230,6 +317,8 @@ def begin_evaluation(
             s.refresh(pending)
             if rc == 1:
                 return _evaluation_record(pending, skill.name, version.number), False
+        if not start:
+            _check_room(s, tenant, max_queued, limit_setting)
         ev = Evaluation(
             id=str(uuid.uuid4()),
             version_id=version.id,
@@ -238,6 +327,8 @@ def begin_evaluation(
             status="running" if start else "queued",
             created_at=now,
             started_at=now if start else None,
+            tenant=tenant,
+            traceparent=traceparent,
         )
         s.add(ev)
         s.flush()
@@ -372,11 +463,13 @@ def claim_evaluation(
     owner: str | None = None,
     lease_seconds: float = DEFAULT_LEASE_SECONDS,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    fair: bool = True,
 ) -> EvaluationRecord | None:
     """Lease the next evaluation to ``owner`` for ``lease_seconds`` and mark it running.
 
     The next one is a ``running`` evaluation whose lease lapsed (its worker died
-    or hung; oldest lapse first), else the oldest ``queued`` one. Each claim
+    or hung; oldest lapse first), else the oldest ``queued`` one of the fairest
+    tenant (see "Fair share between tenants" above). Each claim
     counts an attempt; a lapsed evaluation that already had ``max_attempts``
     is finished with the report ``give_up(...)`` builds (the workers' choice:
     :func:`sandgate.report.gave_up`, verdict ``error``) and the next is tried.
@@ -384,7 +477,9 @@ def claim_evaluation(
     PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so workers never wait on each other
     and never get the same row. SQLite: the write transaction is ``BEGIN
     IMMEDIATE``, so claims are serialised and each row has one winner.
-    ``owner`` defaults to ``host:pid:random``.
+    ``owner`` defaults to ``host:pid:random``. ``fair=False``: the oldest queued row of the
+    whole queue, whoever queued it (the FIFO baseline ``bench/bench_fairshare.py`` measures;
+    workers always claim fairly).
     """
     owner = owner or owner_id()
     if len(owner) > ACTOR_LENGTH:
@@ -400,7 +495,7 @@ def claim_evaluation(
                 .with_for_update(skip_locked=True)
             ).first()
             if ev is None:
-                ev = s.scalars(
+                ev = _fair_next(s) if fair else s.scalars(
                     select(Evaluation)
                     .where(Evaluation.status == "queued")
                     # created_at alone: the (status, created_at) index serves it, no sort
@@ -423,6 +518,144 @@ def claim_evaluation(
             s.flush()
             return _evaluation_record(ev, skill.name, version.number)
     return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
+
+
+def _fair_tenants() -> Any:
+    """The tenants with queued work, fairest first, each under its running cap (a SELECT of ``tenant``).
+
+    A recursive skip scan of the ``(status, tenant, created_at)`` index finds the tenants
+    (one ``min(tenant) > previous`` probe each); per tenant, correlated index lookups give
+    its running count, its last start (``(tenant, started_at)``), its oldest queued row and
+    its key's running cap.
+    """
+    e = Evaluation.__table__.alias("e")
+    seed = select(func.min(e.c.tenant).label("tenant")).where(e.c.status == "queued")
+    tenants = seed.cte("queued_tenants", recursive=True)
+    n = Evaluation.__table__.alias("n")
+    step = select(
+        select(func.min(n.c.tenant)).where(n.c.status == "queued", n.c.tenant > tenants.c.tenant)
+        .scalar_subquery()
+    ).where(tenants.c.tenant.is_not(None))
+    tenants = tenants.union_all(step)
+    r = Evaluation.__table__.alias("r")
+    running = (select(func.count()).select_from(r)
+               .where(r.c.status == "running", r.c.tenant == tenants.c.tenant).scalar_subquery())
+    st = Evaluation.__table__.alias("st")
+    last_start = select(func.max(st.c.started_at)).where(st.c.tenant == tenants.c.tenant).scalar_subquery()
+    q = Evaluation.__table__.alias("q")
+    oldest = (select(func.min(q.c.created_at))
+              .where(q.c.status == "queued", q.c.tenant == tenants.c.tenant).scalar_subquery())
+    k = ApiKey.__table__
+    cap = (select(k.c.max_running)
+           .where(tenants.c.tenant.startswith(_KEY_TENANT, autoescape=True),
+                  k.c.name == func.substr(tenants.c.tenant, len(_KEY_TENANT) + 1))
+           .scalar_subquery())
+    return (
+        select(tenants.c.tenant)
+        .where(tenants.c.tenant.is_not(None), running < func.coalesce(cap, literal(_NO_CAP)))
+        .order_by(running, case((last_start.is_(None), 0), else_=1), last_start, oldest, tenants.c.tenant)
+    )
+
+
+def _fair_next(s: Session) -> Evaluation | None:
+    """The oldest queued row of the fairest tenant, locked (one statement; see the module docstring)."""
+    head = (select(Evaluation)
+            .where(Evaluation.status == "queued")
+            .order_by(Evaluation.created_at)
+            .limit(1)
+            .with_for_update(skip_locked=True))
+    fair = _fair_tenants()
+    ev = s.scalars(head.where(Evaluation.tenant == fair.limit(1).scalar_subquery())).first()
+    if ev is not None:
+        return ev
+    # the fairest tenant's queued rows are all being claimed right now (or nothing is
+    # queued): the other tenants, in the same order (PostgreSQL only: SQLite claims serially)
+    for tenant in list(s.scalars(fair))[1:]:
+        ev = s.scalars(head.where(Evaluation.tenant == tenant)).first()
+        if ev is not None:
+            return ev
+    return None
+
+
+def _check_tenant(tenant: str) -> None:
+    if not tenant or len(tenant) > ACTOR_LENGTH:
+        raise StoreError(f"a tenant is 1 to {ACTOR_LENGTH} characters, not {tenant[:40]!r}")
+
+
+def _lock_tenant(s: Session, tenant: str) -> None:
+    """PostgreSQL: serialise the queued-cap check of one tenant (released at commit)."""
+    if s.get_bind().dialect.name == "postgresql":
+        key = int.from_bytes(hashlib.sha256(f"sandgate-queue:{tenant}".encode()).digest()[:8], "big", signed=True)
+        s.execute(select(func.pg_advisory_xact_lock(key)))
+
+
+def _queued_of(s: Session, tenant: str) -> int:
+    return int(s.scalar(select(func.count()).select_from(Evaluation)
+                        .where(Evaluation.status == "queued", Evaluation.tenant == tenant)) or 0)
+
+
+def _describe(tenant: str) -> str:
+    return f"key {tenant[len(_KEY_TENANT):]!r}" if tenant.startswith(_KEY_TENANT) else f"tenant {tenant!r}"
+
+
+def _check_room(s: Session, tenant: str, max_queued: int | None, limit_setting: str | None) -> None:
+    if max_queued is None:
+        return
+    _lock_tenant(s, tenant)
+    queued = _queued_of(s, tenant)
+    if queued < max_queued:
+        return
+    wait = _retry_after(s)
+    where = f" ({limit_setting})" if limit_setting else ""
+    raise QueueFull(
+        f"the queue of {_describe(tenant)} is full: {queued} evaluations queued, its limit is "
+        f"{max_queued}{where}; nothing was queued, retry in {wait} s",
+        tenant=tenant, limit=max_queued, queued=queued, retry_after=wait, setting=limit_setting,
+    )
+
+
+def retry_after_seconds(*, median_seconds: float | None, tenants_queued: int, slots: int) -> int:
+    """When a full tenant queue should have room again: one evaluation slot of its fair share.
+
+    With ``slots`` alive worker slots shared fairly between ``tenants_queued`` tenants
+    that have queued work, a tenant gets a slot every ``median × tenants / slots``
+    seconds, and each slot it gets frees one place in its queue. No worker alive: the
+    upper bound. No finished evaluation yet: a 30 s evaluation is assumed. Bounded to
+    [1, 600] whole seconds.
+    """
+    if slots <= 0:
+        return RETRY_AFTER_MAX
+    median = _DEFAULT_DURATION if median_seconds is None else max(0.0, median_seconds)
+    wait = median * max(1, tenants_queued) / slots
+    return int(min(RETRY_AFTER_MAX, max(RETRY_AFTER_MIN, math.ceil(wait))))
+
+
+def _retry_after(s: Session) -> int:
+    rows = s.execute(
+        select(Evaluation.started_at, Evaluation.finished_at)
+        .where(Evaluation.status == "done", Evaluation.started_at.is_not(None))
+        .order_by(Evaluation.status.desc(), Evaluation.created_at.desc())
+        .limit(_DURATION_SAMPLE)
+    ).all()
+    durations = [(_utc(f) - _utc(b)).total_seconds() for b, f in rows if b is not None and f is not None]
+    tenants = int(s.scalar(select(func.count(func.distinct(Evaluation.tenant)))
+                           .where(Evaluation.status == "queued")) or 0)
+    cutoff = _db_now(s) - timedelta(seconds=WORKER_ALIVE_SECONDS)
+    slots = int(s.scalar(select(func.coalesce(func.sum(WorkerBeat.concurrency), 0))
+                         .where(WorkerBeat.heartbeat_at >= cutoff)) or 0)
+    return retry_after_seconds(median_seconds=statistics.median(durations) if durations else None,
+                               tenants_queued=tenants, slots=slots)
+
+
+def queue_room(store: Store, *, tenant: str, max_queued: int | None, limit_setting: str | None = None) -> None:
+    """Raise :class:`QueueFull` if ``tenant`` has ``max_queued`` evaluations queued (a read, before
+    anything is stored; the write that queues checks again)."""
+    if max_queued is None:
+        return
+    with store.read() as s:
+        queued = _queued_of(s, tenant)
+        if queued >= max_queued:
+            _check_room(s, tenant, max_queued, limit_setting)
 
 
 def _pending(s: Session, version_id: int, policy_hash: str) -> Evaluation | None:
@@ -511,12 +744,15 @@ def heartbeat(
         return expires
 
 
-def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
-    """Hand a running evaluation back to the queue (a worker shutting down).
+def release_evaluation(store: Store, *, evaluation_id: str, owner: str, count_attempt: bool = False) -> bool:
+    """Hand a running evaluation back to the queue (a worker shutting down, or whose engine died).
 
     Only ``owner``'s own lease is released; the attempt it used is not counted
-    (stopping a worker is not the job's fault). False: it was not ``owner``'s.
+    (stopping a worker is not the job's fault) unless ``count_attempt`` (an
+    engine that died during the run: counted, so a job that keeps killing
+    engines ends at ``max_attempts``). False: it was not ``owner``'s.
     """
+    less = 0 if count_attempt else 1
     with store.write() as s:
         rc = _rowcount(s.execute(
             update(Evaluation)
@@ -530,9 +766,9 @@ def release_evaluation(store: Store, *, evaluation_id: str, owner: str) -> bool:
                 started_at=None,
                 lease_owner=None,
                 lease_expires_at=None,
-                attempts=func.max(Evaluation.attempts - 1, 0)
+                attempts=func.max(Evaluation.attempts - less, 0)
                 if s.get_bind().dialect.name == "sqlite"
-                else func.greatest(Evaluation.attempts - 1, 0),
+                else func.greatest(Evaluation.attempts - less, 0),
             )
             .execution_options(synchronize_session=False)
         ))

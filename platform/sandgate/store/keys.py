@@ -93,6 +93,9 @@ class ApiKey(Base):
     #: per-key rate limit (tokens per second, bucket size); NULL: the server's default
     rate_per_second: Mapped[float | None] = mapped_column(Float)
     burst: Mapped[int | None] = mapped_column(Integer)
+    #: per-key caps on queued and running evaluations (0009); NULL: the server's default
+    max_queued: Mapped[int | None] = mapped_column(Integer)
+    max_running: Mapped[int | None] = mapped_column(Integer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,14 @@ class KeyRecord(_Record):
     last_used_at: datetime | None
     rate_per_second: float | None
     burst: int | None
+    #: the key's own caps on queued / running evaluations (None: the server's default)
+    max_queued: int | None = None
+    max_running: int | None = None
+
+    @property
+    def tenant(self) -> str:
+        """The tenant its evaluations are queued under (fair share and caps)."""
+        return f"key:{self.name}"
 
     @property
     def revoked(self) -> bool:
@@ -145,6 +156,8 @@ def _record(k: ApiKey) -> KeyRecord:
         last_used_at=_utc(k.last_used_at),
         rate_per_second=k.rate_per_second,
         burst=k.burst,
+        max_queued=k.max_queued,
+        max_running=k.max_running,
     )
 
 
@@ -153,7 +166,11 @@ def _new_token() -> tuple[str, str]:
     return key_id, f"sg_{key_id}_{secrets.token_urlsafe(32)}"
 
 
-def _check_limits(rate_per_second: float | None, burst: int | None) -> None:
+def _check_limits(rate_per_second: float | None, burst: int | None,
+                  max_queued: int | None = None, max_running: int | None = None) -> None:
+    for what, value in (("max_queued", max_queued), ("max_running", max_running)):
+        if value is not None and not (1 <= value <= 1_000_000):
+            raise InvalidTransition(f"{what} must be between 1 and 1000000", code="invalid_key")
     if rate_per_second is not None and not (0 < rate_per_second <= 1e6):
         raise InvalidTransition("the rate must be a positive number of requests per second",
                                 code="invalid_key")
@@ -169,8 +186,13 @@ def create_key(
     actor: str,
     rate_per_second: float | None = None,
     burst: int | None = None,
+    max_queued: int | None = None,
+    max_running: int | None = None,
 ) -> tuple[KeyRecord, str]:
-    """A new key; returns its record and the token (the only time it exists in clear)."""
+    """A new key; returns its record and the token (the only time it exists in clear).
+
+    ``max_queued`` / ``max_running``: the key's own caps on its queued and running
+    evaluations (None: the server's ``SANDGATE_API_TENANT_MAX_QUEUED``; running: no cap)."""
     if not KEY_NAME.match(name or ""):
         raise InvalidTransition(
             f"invalid key name {name!r}: a lowercase letter, then lowercase letters, digits, "
@@ -178,7 +200,7 @@ def create_key(
     if role not in ROLES:
         raise InvalidTransition(f"unknown role {role!r}: one of {', '.join(ROLES)}",
                                 code="invalid_key")
-    _check_limits(rate_per_second, burst)
+    _check_limits(rate_per_second, burst, max_queued, max_running)
     actor = (actor or "").strip()[:ACTOR_LENGTH] or "unknown"
     for _ in range(3):  # a key id collision (48 random bits) is retried
         key_id, token = _new_token()
@@ -191,7 +213,7 @@ def create_key(
                                    "(rotate a live key with `sandgate keys rotate`)")
                 row = ApiKey(name=name, key_id=key_id, token_hash=hash_token(token), role=role,
                              created_at=_now(), created_by=actor, rate_per_second=rate_per_second,
-                             burst=burst)
+                             burst=burst, max_queued=max_queued, max_running=max_running)
                 s.add(row)
                 s.flush()
                 return _record(row), token

@@ -18,19 +18,17 @@ so it never replays a migration.
 
 from __future__ import annotations
 
-import re
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, inspect, text
+
+from sandgate.migration_heads import MIGRATIONS_DIR, scripted_heads
 
 if TYPE_CHECKING:  # pragma: no cover
     from alembic.config import Config
 
 __all__ = ["MIGRATIONS_DIR", "alembic_config", "head_revision", "current_revision", "upgrade"]
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: pg_advisory lock key (any fixed bigint; this one is reserved for sandgate's migrations)
 _PG_LOCK_KEY = 0x5A6E_D6A7_E5C0_11E1
@@ -60,25 +58,16 @@ def current_revision(conn: Connection) -> str | None:
     return MigrationContext.configure(conn).get_current_revision()
 
 
-_REVISION = re.compile(r'^(down_)?revision(?:: [^=]+)? = "([^"]+)"', re.M)
-
-
-@lru_cache(maxsize=1)
 def scripted_head() -> str:
     """The head revision read straight from the migration files (no Alembic import).
 
     Every open takes the fast path with this; Alembic is imported only when a
     migration has to run. A test pins it to :func:`head_revision`.
     """
-    revisions: set[str] = set()
-    downs: set[str] = set()
-    for path in (MIGRATIONS_DIR / "versions").glob("*.py"):
-        for down, value in _REVISION.findall(path.read_text(encoding="utf-8")):
-            (downs if down else revisions).add(value)
-    heads = revisions - downs
+    heads = scripted_heads()
     if len(heads) != 1:
         raise RuntimeError(f"the migrations have {len(heads)} heads: {sorted(heads)}")
-    return heads.pop()
+    return next(iter(heads))
 
 
 def _stamped_revision(conn: Connection) -> str | None:

@@ -78,6 +78,8 @@ BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
 NAME_LENGTH = 63
 ACTOR_LENGTH = 200
 HASH_LENGTH = 100
+#: a W3C traceparent (version 00 is 55 characters; room for a later version's)
+TRACEPARENT_LENGTH = 64
 PATH_LENGTH = 512
 
 
@@ -160,6 +162,10 @@ class Evaluation(Base):
         Index(None, "status", "created_at"),
         # lapsed leases of running evaluations, oldest first (added in 0003)
         Index(None, "status", "lease_expires_at"),
+        # the fair claim: tenants with queued work, each one's oldest queued and running count (0009)
+        Index(None, "status", "tenant", "created_at"),
+        # when a tenant last got a slot: the fair claim's tie-break (0009)
+        Index(None, "tenant", "started_at"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -183,6 +189,11 @@ class Evaluation(Base):
     lease_expires_at: Mapped[datetime | None]
     #: how many times a worker claimed it; at the maximum it ends as verdict ``error``
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    #: who queued it (0009): ``key:<name>`` for an API key, ``local`` for the embedded path;
+    #: workers share their slots fairly between tenants and each tenant's caps apply
+    tenant: Mapped[str] = mapped_column(String(ACTOR_LENGTH), default="local", server_default="local")
+    #: the W3C ``traceparent`` of the span that queued it (NULL: traces off) — added in 0010
+    traceparent: Mapped[str | None] = mapped_column(String(TRACEPARENT_LENGTH))
 
 
 class Event(Base):
