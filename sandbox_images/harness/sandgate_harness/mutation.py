@@ -102,6 +102,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandgate_harness.payload import write_tree
+from sandgate_harness.procs import kill_everything_else, kill_strays
 
 SKILL_DIR = "/work/skill"
 #: writable places a test could leave state in for a later mutant; emptied before each child
@@ -1284,27 +1285,7 @@ class _SchemataRunner:
 
 def _kill_strays(keep: int) -> bool:
     """Kill every process but this one, ``keep`` and PID 1; False if some kept coming back."""
-    me = os.getpid()
-    for _ in range(20):
-        found = False
-        for name in os.listdir("/proc"):
-            if not name.isdigit() or int(name) in (me, keep, 1):
-                continue
-            try:
-                with open(f"/proc/{name}/stat", "rb") as handle:
-                    if handle.read().rpartition(b")")[2].split()[:1] == [b"Z"]:
-                        continue  # a zombie: already dead, waiting for its parent
-            except OSError:
-                continue
-            found = True
-            try:
-                os.kill(int(name), signal.SIGKILL)
-            except OSError:
-                pass
-        if not found:
-            return True
-        time.sleep(0.001)
-    return False
+    return kill_strays(keep)
 
 
 def _kill_group(pid: int) -> None:
@@ -1315,10 +1296,7 @@ def _kill_group(pid: int) -> None:
 
 
 def _kill_others() -> None:
-    try:
-        os.kill(-1, signal.SIGKILL)  # everything but this process and PID 1
-    except OSError:
-        pass
+    kill_everything_else()  # everything but this process and PID 1
 
 
 def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
@@ -1452,11 +1430,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 configs[key] = None
         return configs[key]
 
-    try:
-        warm_up()
-    except Exception:  # noqa: BLE001 - warming only
-        pass
-    preload_dependencies()
+    prepare()
     runner = _SchemataRunner(schemata, config_for(tests), files,  # built before any fork
                              mutant_timeout(None, durations, baseline))
     gc.freeze()  # children do not copy the server's heap when they collect
@@ -1567,7 +1541,28 @@ def serve(job: dict[str, Any], write: Any) -> None:
     write({"done": True, "seconds": round(time.monotonic() - started, 4)})
 
 
+_PREPARED: list[bool] = []
+
+
+def prepare() -> None:
+    """What depends on nothing submitted, once per server: pytest's lazy imports warmed on
+    the harness's own test file, the image's locked packages imported."""
+    if _PREPARED:
+        return
+    _PREPARED.append(True)
+    import pytest  # noqa: F401
+
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - warming only
+        pass
+    preload_dependencies()
+
+
 def main() -> None:
+    """``python3 -I -m sandgate_harness.mutation RESULT_FD [--warm=READY_FD]``: with ``--warm``
+    (the harness starts it before the payload arrives) it prepares before reading its job and
+    then writes one byte to READY_FD."""
     result_fd = int(sys.argv[1])
     os.set_inheritable(result_fd, False)
     try:
@@ -1576,6 +1571,14 @@ def main() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0
     except Exception:  # noqa: BLE001 - best effort
         pass
+    for arg in sys.argv[2:]:
+        if arg.startswith("--warm="):  # prepared before the job, then one byte says so
+            ready = int(arg.partition("=")[2])
+            os.set_inheritable(ready, False)
+            prepare()
+            gc.collect()
+            os.write(ready, b"R")
+            os.close(ready)
     job = json.loads(sys.stdin.buffer.read())
     out = os.fdopen(result_fd, "wb", buffering=0)
 
