@@ -93,6 +93,7 @@ import os
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import statistics
@@ -985,12 +986,33 @@ def _dump(node: Any) -> str:
     return ast.dump(node, include_attributes=False)
 
 
-def _unit_of(original: ast.Module, mutated: ast.Module) -> tuple[int, int] | None:
-    """The one dispatchable function whose body (only) the mutant changes, or None."""
+def _changed_lines(before: str, after: str) -> set[int] | None:
+    """The 1-based lines that differ between two texts of the same line count, or None."""
+    old, new = before.splitlines(), after.splitlines()
+    if len(old) != len(new):
+        return None
+    return {n for n, (x, y) in enumerate(zip(old, new, strict=True), 1) if x != y}
+
+
+def _unit_of(original: ast.Module, mutated: ast.Module, before: str | None = None,
+             after: str | None = None) -> tuple[int, int] | None:
+    """The one dispatchable function whose body (only) the mutant changes, or None.
+
+    Given both texts, a statement at the same lines in both trees with none of its
+    lines changed is the same text at the same place, so the same tree: it is not
+    dumped and compared (most of the cost, done for every mutant).
+    """
     if len(original.body) != len(mutated.body):
         return None
-    changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True))
-               if _dump(a) != _dump(b)]
+    lines = _changed_lines(before, after) if before is not None and after is not None else None
+
+    def differs(x: Any, y: Any) -> bool:
+        if lines is not None and (x.lineno, x.end_lineno) == (y.lineno, y.end_lineno) and not any(
+                x.lineno <= n <= (x.end_lineno or x.lineno) for n in lines):
+            return False
+        return _dump(x) != _dump(y)
+
+    changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True)) if differs(a, b)]
     if len(changed) != 1:
         return None
     top = changed[0]
@@ -1013,7 +1035,7 @@ def _unit_of(original: ast.Module, mutated: ast.Module) -> tuple[int, int] | Non
             or [_dump(x) for x in (*a.bases, *a.keywords, *a.decorator_list)]
             != [_dump(x) for x in (*b.bases, *b.keywords, *b.decorator_list)]):
         return None
-    inner = [i for i, (x, y) in enumerate(zip(a.body, b.body, strict=True)) if _dump(x) != _dump(y)]
+    inner = [i for i, (x, y) in enumerate(zip(a.body, b.body, strict=True)) if differs(x, y)]
     if len(inner) != 1 or not same_head(a.body[inner[0]], b.body[inner[0]]):
         return None
     return (top, inner[0])
@@ -1038,12 +1060,16 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
                                           _module_names(tree))
             original, original_code, bound = originals[mutant.file]
             mutated = ast.parse(mutant.source)
-            key = _unit_of(original, mutated)
+            key = _unit_of(original, mutated, text, mutant.source)
             if key is None:
                 continue
             qualname = _qualname(original, key)
             before = _code_of(original_code, qualname)
-            after = _code_of(compile(mutated, mutant.file, "exec", dont_inherit=True), qualname)
+            # only the changed top-level statement is compiled: its code is the same as in the module
+            futures = [stmt for stmt in mutated.body if isinstance(stmt, ast.ImportFrom)
+                       and stmt.module == "__future__"]
+            alone = ast.Module(body=[*futures, mutated.body[key[0]]], type_ignores=[])
+            after = _code_of(compile(alone, mutant.file, "exec", dont_inherit=True), qualname)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             continue
         if before is None or after is None or not _compatible(before, after, bound):
@@ -1117,6 +1143,8 @@ class _SchemataLoop:
         commands = os.fdopen(3, "rb", buffering=0)
         answers = os.fdopen(4, "wb", buffering=0)
         answers.write(b'{"ready": true}\n')
+        gc.collect()
+        gc.freeze()  # grandchildren do not copy the collected session's pages when they collect
         for line in iter(commands.readline, b""):
             command = json.loads(line)
             wanted = command.get("nodeids")
@@ -1305,10 +1333,21 @@ def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
     cleanup = cleanup or _kill_others
     started = time.monotonic()
     delay = 0.002
+    try:
+        watch: int | None = os.pidfd_open(pid)  # readable once the child exits: no polling delay
+    except (AttributeError, OSError):
+        watch = None  # no pidfd (an older kernel, or gVisor): poll with a growing sleep
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
+        if watch is not None:
+            left = max(0.0, timeout - (time.monotonic() - started)) + 0.001
+            exited = bool(select.select([watch], [], [], left)[0])
+            os.close(watch)
+            watch = None
+            if exited:
+                continue  # reaped by the next waitpid (or, should it not be, polled for)
         if time.monotonic() - started > timeout:
             _kill_group(pid)
             try:
@@ -1321,6 +1360,8 @@ def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
         time.sleep(delay)
         delay = min(delay * 1.5, 0.02)
     seconds = time.monotonic() - started
+    if watch is not None:
+        os.close(watch)
     cleanup()
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return "survived", seconds
@@ -1582,15 +1623,19 @@ def main() -> None:
     job = json.loads(sys.stdin.buffer.read())
     out = os.fdopen(result_fd, "wb", buffering=0)
 
+    T0 = time.monotonic()
     def write(event: dict[str, Any]) -> None:
+        event["_t"] = round(time.monotonic() - T0, 4)
         out.write(json.dumps(event).encode() + b"\n")
 
     serve(job, write)
     out.close()
+    os._exit(0)  # no interpreter teardown (tens of milliseconds with pytest loaded)
 
 
 def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, Any]:
     """The harness's ``mutation`` section from the server's events."""
+    _ev = events
     plan: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
     done, exhausted, seconds, control = False, False, None, None
@@ -1642,6 +1687,7 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         "seconds": seconds,
         "generate_seconds": plan.get("generate_seconds"),
         "children_seconds": round(sum(float(r.get("seconds") or 0) for r in results), 4),
+        "events_debug": _ev,
     }
 
 
