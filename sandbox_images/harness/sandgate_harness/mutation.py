@@ -148,6 +148,10 @@ class Mutant:
     stmt_line: int = 0
     #: lines whose tests are relevant (the statement's, or a whole body)
     lines: tuple[int, ...] = ()
+    #: the parsed mutated source and the one top-level statement the edit changed (-1:
+    #: unknown), as :func:`_verify` found them; spares :func:`build_schemata` a parse
+    tree: Any = field(default=None, repr=False, compare=False)
+    top: int = -1
 
     def describe(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "operator": self.operator,
@@ -403,8 +407,8 @@ def _augassign_candidates(finder: _Finder) -> None:
                            lambda n, new=swap[0]: setattr(n, "op", new()))
 
 
-def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str] | None:
-    """(mutated source, line before, line after), or None when the edit is not the mutation."""
+def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str, ast.Module] | None:
+    """(mutated source, line before, line after, its tree), or None when the edit is not the mutation."""
     data = src.data[:cand.start] + cand.replacement + src.data[cand.end:]
     try:
         mutated_text = data.decode("utf-8")
@@ -432,7 +436,7 @@ def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str,
         return None
     before = src.line_text(src.data, cand.line)
     after = src.line_text(data, cand.line)
-    return mutated_text, before, after
+    return mutated_text, before, after, mutated
 
 
 def _where(node: Any) -> tuple[Any, ...]:
@@ -528,13 +532,13 @@ def generate(
         checked = _verify(texts[cand.file], trees[cand.file], cand)
         if checked is None:
             continue
-        text, before, after = checked
+        text, before, after, mutated_tree = checked
         if cand.kind in ("null_entrypoint", "raising_entrypoint"):
             head = _Source.line_text(texts[cand.file].data, cand.def_line)
             before = f"{head} <body>"
             after = f"{head} {'return None' if cand.kind == 'null_entrypoint' else 'raise NotImplementedError'}"
         mutants.append(Mutant(cand.file, cand.line, cand.kind, before, after, text,
-                              cand.stmt_line, cand.lines))
+                              cand.stmt_line, cand.lines, mutated_tree, cand.index[0]))
         if cand.kind == "null_entrypoint":
             info["null_entrypoint"] = "made"
     if entry_file is None and module:
@@ -995,7 +999,7 @@ def _changed_lines(before: str, after: str) -> set[int] | None:
 
 
 def _unit_of(original: ast.Module, mutated: ast.Module, before: str | None = None,
-             after: str | None = None) -> tuple[int, int] | None:
+             after: str | None = None, top: int = -1) -> tuple[int, int] | None:
     """The one dispatchable function whose body (only) the mutant changes, or None.
 
     Given both texts, a statement at the same lines in both trees with none of its
@@ -1012,7 +1016,10 @@ def _unit_of(original: ast.Module, mutated: ast.Module, before: str | None = Non
             return False
         return _dump(x) != _dump(y)
 
-    changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True)) if differs(a, b)]
+    if 0 <= top < len(original.body):  # _verify checked that the others are the same trees
+        changed = [top] if differs(original.body[top], mutated.body[top]) else []
+    else:
+        changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True)) if differs(a, b)]
     if len(changed) != 1:
         return None
     top = changed[0]
@@ -1059,8 +1066,10 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
                 originals[mutant.file] = (tree, compile(tree, mutant.file, "exec", dont_inherit=True),
                                           _module_names(tree))
             original, original_code, bound = originals[mutant.file]
-            mutated = ast.parse(mutant.source)
-            key = _unit_of(original, mutated, text, mutant.source)
+            # a fresh tree per mutant: its function body is moved into the schemata
+            mutated = mutant.tree if mutant.tree is not None else ast.parse(mutant.source)
+            mutant.tree = None
+            key = _unit_of(original, mutated, text, mutant.source, mutant.top)
             if key is None:
                 continue
             qualname = _qualname(original, key)
