@@ -26,10 +26,18 @@ edited text and comparing its AST with the expected mutated AST: an edit that
 does not produce exactly the intended program is dropped.
 
 Process model
-    ``python3 -I -m sandgate_harness.mutation RESULT_FD`` reads its job (the
-    pristine skill files as the harness received them, the dynamic phase's
-    results, the budget) as JSON on stdin. It imports pytest and never the
-    skill. Mutants whose change is confined to the body of a top-level
+    ``python3 -I -m sandgate_harness.mutation RESULT_FD [--warm=READY_FD]``
+    reads its job (the pristine skill files as the harness received them, the
+    dynamic phase's results, the budget) as JSON on stdin. It imports pytest
+    and never the skill. The harness starts it *warm*, before the payload
+    arrives (:class:`sandgate_harness.__main__.MutationServer`): it imports
+    pytest, runs one warm-up session on the harness's own test file and
+    imports the image's locked packages (:func:`prepare`), writes one byte to
+    READY_FD and blocks on stdin; the harness starts the dynamic phase only
+    once that byte arrived, so the warm-up never runs beside submitted code.
+    The end-of-tests kills (the runner's and the harness's) spare it by
+    stopping every process first (``sandgate_harness.procs.kill_all_but``);
+    if a skill killed it anyway, the harness starts a cold one. Mutants whose change is confined to the body of a top-level
     function or method are compiled into *schemata* (:func:`build_schemata`):
     one module per file whose mutated functions dispatch on an active token.
     The server forks one *schemata child* (a throwaway process: it closes
