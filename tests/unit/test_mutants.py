@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import itertools
 import textwrap
 from pathlib import Path
 
@@ -567,3 +568,114 @@ def test_skips_allowed_by_the_policy_do_not_stop_the_phase() -> None:
     assert mutation_skip(job(allow_skips=True), dynamic_phase(cases=cases)) is None
     tampered = {**dynamic_phase(), "problem": "a result frame failed authentication (forged results)"}
     assert mutation_skip(job(), tampered) == "the dynamic phase did not pass"
+
+
+# -- schemata ------------------------------------------------------------------------
+
+
+SCHEMATA_MODULE = src('''
+    LIMIT = 10
+    seen = []
+
+
+    def clamp(x, low=0):
+        """Clamp to [low, LIMIT]."""
+        if x < low:
+            return low
+        result = min(x, LIMIT)
+        seen.append(result)
+        return result
+
+
+    def count(n):
+        i = 0
+        while i < n:
+            yield i
+            i += 1
+
+
+    class Box:
+        def __init__(self, v):
+            self.v = v
+
+        def double(self):
+            return self.v * 2 + 0
+    ''')
+
+
+def _run_variant(code: object, active: list, token: str | None) -> list:
+    ns: dict = {"_sandgate_active__": active, "__name__": "m"}
+    active[0] = token
+    exec(code, ns)  # noqa: S102 - the harness's own schemata of a test module
+    out = []
+    for x in (-3, 0, 4, 99):
+        try:
+            out.append(("clamp", x, ns["clamp"](x)))
+        except Exception as exc:  # noqa: BLE001
+            # UnboundLocalError is a NameError: the schemata keep a read of a name bound
+            # nowhere else a NameError (see _compatible)
+            out.append(("clamp", x, "NameError" if isinstance(exc, NameError) else type(exc).__name__))
+    try:
+        out.append(("count", list(itertools.islice(ns["count"](4), 10))))  # some mutants never end
+    except Exception as exc:  # noqa: BLE001
+        out.append(("count", type(exc).__name__))
+    try:
+        out.append(("double", ns["Box"](5).double()))
+    except Exception as exc:  # noqa: BLE001
+        out.append(("double", type(exc).__name__))
+    out.append(("seen", list(ns["seen"])))
+    return out
+
+
+def _run_source(text: str) -> list:
+    return _run_variant(compile(text, "m.py", "exec"), [None], None)
+
+
+def test_schemata_each_token_behaves_exactly_like_its_mutant_and_the_identity_like_the_original() -> None:
+    from sandgate_harness.mutation import build_schemata
+
+    sources = {"m.py": SCHEMATA_MODULE}
+    mutants, _ = generate(sources, covered=None, entrypoint="m:clamp", max_mutants=200)
+    schemata = build_schemata(sources, mutants)
+    assert len(schemata.tokens) >= len(mutants) - 4  # LIMIT, low=0 and the like are not in it
+    kinds = {mutants[i].operator for i in schemata.tokens}
+    assert {"null_entrypoint", "comparison", "remove", "constant", "arithmetic"} <= kinds
+    code = compile(schemata.trees["m.py"], "m.py", "exec")
+    active: list = [None]
+    for index, token in schemata.tokens.items():
+        assert _run_variant(code, active, token) == _run_source(mutants[index].source), mutants[index]
+        assert _run_variant(code, active, schemata.identity[index]) == _run_source(SCHEMATA_MODULE)
+    assert _run_variant(code, active, "not-a-token") == _run_source(SCHEMATA_MODULE)
+    # module-level code, defaults: never in the schemata (they run once, at import)
+    for index, mutant in enumerate(mutants):
+        if mutant.line in (1, 5) and mutant.operator == "constant":
+            assert index not in schemata.tokens
+
+
+def test_schemata_leaves_out_what_would_mean_something_else_in_the_merged_function() -> None:
+    from sandgate_harness.mutation import build_schemata
+
+    module = src('''
+        total = 5
+
+
+        def f(n):
+            total = n
+            return total + 1
+
+
+        def g():
+            yield 1
+        ''')
+    sources = {"m.py": module}
+    mutants, _ = generate(sources, covered=None, entrypoint="m:g", max_mutants=200)
+    schemata = build_schemata(sources, mutants)
+    for index, mutant in enumerate(mutants):
+        if mutant.operator == "remove" and mutant.before == "total = n":
+            # on its own, `return total + 1` reads the global (6); merged, an unbound local
+            assert index not in schemata.tokens
+        if mutant.operator == "null_entrypoint":  # a generator's body → `return None`: not a generator
+            assert index not in schemata.tokens
+    assert any(m.operator == "arithmetic" for i, m in enumerate(mutants) if i in schemata.tokens)
+    # a skill that uses the dispatch cell's name is never compiled into schemata
+    assert not build_schemata({"m.py": module + "_sandgate_active__ = 1\n"}, mutants).tokens

@@ -28,7 +28,9 @@ Trust boundary:
   rewrites the skill directory from the payload's bytes before each child, and
   its result pipe is closed in every child; see that module's docstring.
 - after the child exits, every other process in the container is SIGKILLed
-  before results are accepted; the harness is non-dumpable (no ptrace, no
+  before results are accepted (all but the warm mutation server, which has not
+  been given its job: everyone is stopped first, killed by pid until no one
+  else is alive, and only then is it continued; ``procs``); the harness is non-dumpable (no ptrace, no
   /proc/1/fd by the same uid under runc) and, as PID 1, ignores signals from
   inside under runc.
 - every line the harness writes is signed with a per-evaluation key that the

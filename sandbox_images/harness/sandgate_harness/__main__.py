@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 import os
+import select
 import signal
 import struct
 import subprocess
@@ -17,6 +18,7 @@ from typing import Any
 
 from sandgate_harness import PROTOCOL
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
+from sandgate_harness.procs import kill_all_but, kill_everything_else
 from sandgate_harness.runner import HEADER, MAGIC
 from sandgate_harness.static import run_static, semgrep_binary
 
@@ -101,10 +103,7 @@ class _CappedReader(threading.Thread):
 
 
 def _kill_everything_else() -> None:
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except OSError:
-        pass
+    kill_everything_else()
 
 
 def parse_frames(key: bytes, data: bytes) -> tuple[dict[str, Any] | None, str | None]:
@@ -320,9 +319,101 @@ class WarmRunner:
                 pass
 
 
-def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | None = None) -> dict[str, Any]:
+class MutationServer:
+    """The mutation phase's server (``sandgate_harness.mutation``), started before the payload.
+
+    Like :class:`WarmRunner` it does only work that depends on nothing submitted
+    before its job arrives: it imports pytest, runs one pytest session on the
+    harness's own test file and imports the image's locked packages, then blocks
+    reading its job from a pipe only the harness holds. It never imports the skill.
+    It outlives the dynamic phase only through :func:`_kill_all_but`, which kills
+    every other process while it is stopped; if it is gone by then (a skill can
+    signal it), :func:`run_mutation` starts a cold one, as before.
+    """
+
+    ENV = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": "/tmp/home",
+        "TMPDIR": "/tmp",
+        "LANG": "C.UTF-8",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+    }
+
+    def __init__(self, warm: bool = True) -> None:
+        self.res_r, res_w = os.pipe()
+        self.ready_r, ready_w = os.pipe()
+        self.ready = not warm
+        os.makedirs("/tmp/home", exist_ok=True)
+        os.makedirs(SKILL_DIR, mode=0o755, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-m", "sandgate_harness.mutation", str(res_w),
+             *([f"--warm={ready_w}"] if warm else [])],
+            cwd=WORK,
+            env=self.ENV,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(res_w, ready_w),
+            start_new_session=True,
+        )
+        os.close(res_w)
+        os.close(ready_w)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float) -> bool:
+        """True once the server has prepared (its one byte arrived) within ``timeout`` seconds.
+
+        Called before any submitted code runs: the server's preparation writes and
+        imports files (its warm-up session), which must be done before a skill could
+        touch them. A server not ready by then is discarded.
+        """
+        if not self.ready:
+            readable, _, _ = select.select([self.ready_r], [], [], max(0.0, timeout))
+            try:
+                self.ready = bool(readable) and os.read(self.ready_r, 1) == b"R"
+            except OSError:
+                self.ready = False
+        return self.ready and self.alive()
+
+    def send(self, job: dict[str, Any]) -> bool:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps(job).encode())
+            self.proc.stdin.close()
+        except OSError:
+            return False
+        return True
+
+    def discard(self) -> None:
+        """No mutation phase: the server never gets a job."""
+        try:
+            self.proc.kill()
+        except OSError:
+            pass
+        self.proc.wait()
+        for handle in (self.proc.stdin,):
+            try:
+                if handle is not None:
+                    handle.close()
+            except OSError:
+                pass
+        for fd in (self.res_r, self.ready_r):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | None = None,
+                keep: MutationServer | None = None) -> dict[str, Any]:
     key = os.urandom(32)
     runner_config = {
+        # the runner's own kill at the end of the tests spares the warm mutation server
+        "keep_pid": keep.proc.pid if keep is not None and keep.alive() else None,
         "skill_dir": SKILL_DIR,
         "tests": config["tests"],
         "sources": config.get("sources"),
@@ -352,8 +443,12 @@ def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | No
         timed_out = True
         _kill_everything_else()
         returncode = proc.wait()
-    # Daemonised children die here, before any result is accepted.
-    _kill_everything_else()
+    # Daemonised children die here, before any result is accepted (all but a warm
+    # mutation server that has not been given its job yet).
+    if keep is not None and keep.alive() and not timed_out and not output_flooded.is_set():
+        kill_all_but(keep.proc.pid)
+    else:
+        _kill_everything_else()
     out_reader.join(5)
     res_reader.join(5)
     seconds = time.monotonic() - started
@@ -436,14 +531,16 @@ def mutation_skip(config: dict[str, Any], dynamic: dict[str, Any]) -> str | None
 
 
 def run_mutation(
-    config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any], deadline: float
+    config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any], deadline: float,
+    server: MutationServer | None = None,
 ) -> dict[str, Any]:
     """The mutation server (``sandgate_harness.mutation``) in its own session; see that module.
 
     The server receives the skill's files as the harness received them (never
     what the dynamic phase left on disk) and the runner's per-line passing tests
-    (``line_tests``). Stopped, with everything else, at the evaluation's deadline
-    less a margin for the final line.
+    (``line_tests``). The warm ``server`` is used when it is still alive, else a
+    cold one is started. Stopped, with everything else, at the evaluation's
+    deadline less a margin for the final line.
     """
     settings = config["mutation"]
     result = dynamic["result"]
@@ -466,36 +563,17 @@ def run_mutation(
         "baseline_seconds": result.get("seconds"),
         "memory_bytes": settings.get("memory_bytes"),
     }
-    res_r, res_w = os.pipe()
-    env = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp/home",
-        "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
-    os.makedirs("/tmp/home", exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-m", "sandgate_harness.mutation", str(res_w)],
-        cwd=WORK,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        pass_fds=(res_w,),
-        start_new_session=True,
-    )
-    os.close(res_w)
-    reader = _CappedReader(res_r, MAX_RESULT, _kill_everything_else)
+    warm = server is not None and server.alive()
+    if server is not None and not warm:
+        server.discard()
+    if not warm:
+        server = MutationServer(warm=False)
+    assert server is not None
+    proc = server.proc
+    reader = _CappedReader(server.res_r, MAX_RESULT, _kill_everything_else)
     reader.start()
     problem = None
-    try:
-        assert proc.stdin is not None
-        proc.stdin.write(json.dumps(job).encode())
-        proc.stdin.close()
-    except OSError:
+    if not server.send(job):
         problem = "the mutation server did not accept its job"
     try:
         returncode = proc.wait(timeout=max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
@@ -522,6 +600,7 @@ def run_mutation(
 
     out = summarise(events, problem)
     out["wall_seconds"] = time.monotonic() - started
+    out["warm"] = warm
     return out
 
 
@@ -549,6 +628,7 @@ def main() -> int:
     # warm pool's sandbox, while it waits): the test runner imports the toolchain,
     # semgrep's engine is located. The runner gets its job only after the static phase.
     runner = WarmRunner()
+    mutation_server: MutationServer | None = MutationServer()
     semgrep_binary()
     stdin = sys.stdin.buffer
     stdin.peek(1)  # blocks until the payload's first bytes: the evaluation's clock starts here
@@ -565,6 +645,8 @@ def main() -> int:
         # No trustworthy key either: the controller sees an unauthenticated line
         # and reports an infrastructure error with this text.
         runner.discard()
+        if mutation_server is not None:
+            mutation_server.discard()
         print(f"harness: bad payload: {exc}", file=sys.stderr, flush=True)
         return 3
     out["timings"]["payload"] = time.monotonic() - started
@@ -583,7 +665,17 @@ def main() -> int:
         if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
             out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
     if config.get("dynamic", True) and "dynamic" not in out:
-        out["dynamic"] = run_dynamic(config, deadline, runner)
+        # The warm mutation server outlives the dynamic phase only if it was ready before it
+        # (in a warm pool's sandbox it was ready long before the payload; in a cold one it
+        # prepared during the static phase, and any wait left is counted as the mutation's).
+        waited = time.monotonic()
+        warm = mutation_server is not None and int((config.get("mutation") or {}).get("max_mutants", 0) or 0) > 0 \
+            and mutation_server.wait_ready(min(5.0, max(0.0, deadline - time.monotonic() - 5.0)))
+        out["timings"]["mutation_ready_wait"] = round(time.monotonic() - waited, 4)
+        if not warm and mutation_server is not None:
+            mutation_server.discard()
+            mutation_server = None
+        out["dynamic"] = run_dynamic(config, deadline, runner, mutation_server)
         out["timings"]["dynamic"] = out["dynamic"]["seconds"]
     else:
         runner.discard()
@@ -591,6 +683,7 @@ def main() -> int:
     # killed mutant, not a limit the skill hit
     out["cgroup"] = cgroup_stats()
     mutation = config.get("mutation") or {}
+    mutation_started = False
     if int(mutation.get("max_mutants", 0) or 0) > 0 and "dynamic" in out and out["dynamic"].get("ran"):
         blocked = set(config.get("blocked_severities", []))
         skip = mutation_skip(config, out["dynamic"])
@@ -602,7 +695,8 @@ def main() -> int:
             out["mutation"] = {"ran": False, "skipped_reason": "no time left before the deadline"}
         else:
             try:
-                out["mutation"] = run_mutation(config, skill, out["dynamic"], deadline)
+                mutation_started = True
+                out["mutation"] = run_mutation(config, skill, out["dynamic"], deadline, mutation_server)
             except Exception as exc:  # noqa: BLE001 - the harness's fault, never the skill's
                 out["mutation"] = {
                     "ran": False,
@@ -611,9 +705,12 @@ def main() -> int:
                 }
             else:
                 out["timings"]["mutation"] = out["mutation"]["wall_seconds"]
+                out["timings"]["mutation_warm"] = 1.0 if out["mutation"].get("warm") else 0.0
                 for name in ("generate_seconds", "children_seconds"):
                     if isinstance(out["mutation"].get(name), (int, float)):
                         out["timings"][f"mutation_{name.removesuffix('_seconds')}"] = out["mutation"][name]
+    if not mutation_started and mutation_server is not None:
+        mutation_server.discard()
     out["timings"]["harness_total"] = time.monotonic() - started
     emit(key, "final", out)
     return 0

@@ -26,17 +26,44 @@ edited text and comparing its AST with the expected mutated AST: an edit that
 does not produce exactly the intended program is dropped.
 
 Process model
-    ``python3 -I -m sandgate_harness.mutation RESULT_FD`` reads its job (the
-    pristine skill files as the harness received them, the dynamic phase's
-    results, the budget) as JSON on stdin. It imports pytest and never the
-    skill, then forks one child per mutant. Before each child it rewrites
-    ``/work/skill`` from the pristine files (whatever the dynamic phase or an
-    earlier mutant wrote there is gone) and empties the scratch directories.
-    The child closes every inherited descriptor, starts its own session,
-    installs the mutated source with an import hook (the file on disk stays
-    pristine, see :func:`install_mutant`), and runs pytest with the dynamic
-    phase's trusted configuration on the selected tests; its exit status is
-    its outcome. A control run of the unmutated skill, at a random position
+    ``python3 -I -m sandgate_harness.mutation RESULT_FD [--warm=READY_FD]``
+    reads its job (the pristine skill files as the harness received them, the
+    dynamic phase's results, the budget) as JSON on stdin. It imports pytest
+    and never the skill. The harness starts it *warm*, before the payload
+    arrives (:class:`sandgate_harness.__main__.MutationServer`): it imports
+    pytest, runs one warm-up session on the harness's own test file and
+    imports the image's locked packages (:func:`prepare`), writes one byte to
+    READY_FD and blocks on stdin; the harness starts the dynamic phase only
+    once that byte arrived, so the warm-up never runs beside submitted code.
+    The end-of-tests kills (the runner's and the harness's) spare it by
+    stopping every process first (``sandgate_harness.procs.kill_all_but``);
+    if a skill killed it anyway, the harness starts a cold one. Mutants whose change is confined to the body of a top-level
+    function or method are compiled into *schemata* (:func:`build_schemata`):
+    one module per file whose mutated functions dispatch on an active token.
+    The server forks one *schemata child* (a throwaway process: it closes
+    every inherited descriptor but its two pipes, starts its own session,
+    installs the schemata with an import hook, see :func:`install_mutant`)
+    which runs one pytest session with the dynamic phase's trusted
+    configuration up to the end of collection (the skill is imported there,
+    once) and then serves commands: for each mutant (or control) it forks a
+    grandchild that sets the token and runs only the selected items through
+    pytest's own run protocol; the first failure ends it as killed. Every
+    grandchild starts from the same collected, never-run state, so what a
+    mutant changes in memory dies with it; before each command the server
+    rewrites ``/work/skill`` from the pristine files and empties the scratch
+    directories, and after it kills every process but itself, the schemata
+    child and PID 1. The schemata child times out its grandchild itself; if
+    it does not answer in time, or dies, the server kills everything, counts
+    the mutant as ``timed_out`` (or killed) and starts a fresh schemata child
+    for the rest (at most ``_SchemataRunner.MAX_STARTS``). A mutant outside
+    the schemata (module-level code, defaults, decorators, a change of a
+    function's locals or of its generator kind), or every mutant when the
+    schemata child cannot start, runs in a child of its own as before: the
+    server forks it after rewriting the tree, the child installs the mutated
+    source with the import hook and runs a pytest session on the selected
+    tests; its exit status is its outcome, and after it every process other
+    than the server (and the schemata child) and PID 1 is killed.
+    A control run of the unmutated skill, at a random position
     among the first mutants and with the tests of a mutant chosen at random,
     must survive, or no kill counts; so must a closing control after the last
     mutant when any was killed.
@@ -44,9 +71,12 @@ Process model
     passing tests whose coverage context executed that line). The phase stops
     once the mutants not yet run cannot change the outcome of the job's gates
     (``min_score``, ``null_must_be_killed``; see :func:`decision`), unless the
-    job says ``stop_when_decided: false``.
-    After each child, every process other than the server and PID 1 is
-    killed. The server writes one JSON line per event to RESULT_FD.
+    job says ``stop_when_decided: false``. A control is dispatched exactly
+    like a mutant: through an *identity* branch of the schemata (a copy of the
+    original body under its own token), or in a child of its own when the
+    mutant it borrows tests from is outside the schemata.
+    The server writes one JSON line per event to RESULT_FD; the schemata
+    child and its grandchildren never hold that descriptor.
 
 Trust
     The child runs submitted code: "all selected tests passed" and "a test
@@ -54,12 +84,15 @@ Trust
     skill can make every mutant look killed (a test that notices it runs
     under a mutant and fails); it cannot make the null entrypoint or any other
     mutant *survive* with tests that do not check behaviour, which is what the
-    gate is for. See README ("how results are kept honest").
+    gate is for. The schemata child is submitted code too: what it answers
+    is such a claim, no more (a control and a mutant reach it as the same
+    kind of command). See README ("how results are kept honest").
 """
 
 from __future__ import annotations
 
 import ast
+import builtins
 import gc
 import hashlib
 import importlib
@@ -68,6 +101,7 @@ import os
 import random
 import re
 import secrets
+import select
 import shutil
 import signal
 import statistics
@@ -77,6 +111,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandgate_harness.payload import write_tree
+from sandgate_harness.procs import kill_everything_else, kill_strays
 
 SKILL_DIR = "/work/skill"
 #: writable places a test could leave state in for a later mutant; emptied before each child
@@ -121,6 +156,10 @@ class Mutant:
     stmt_line: int = 0
     #: lines whose tests are relevant (the statement's, or a whole body)
     lines: tuple[int, ...] = ()
+    #: the parsed mutated source and the one top-level statement the edit changed (-1:
+    #: unknown), as :func:`_verify` found them; spares :func:`build_schemata` a parse
+    tree: Any = field(default=None, repr=False, compare=False)
+    top: int = -1
 
     def describe(self) -> dict[str, Any]:
         return {"file": self.file, "line": self.line, "operator": self.operator,
@@ -376,8 +415,8 @@ def _augassign_candidates(finder: _Finder) -> None:
                            lambda n, new=swap[0]: setattr(n, "op", new()))
 
 
-def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str] | None:
-    """(mutated source, line before, line after), or None when the edit is not the mutation."""
+def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str, ast.Module] | None:
+    """(mutated source, line before, line after, its tree), or None when the edit is not the mutation."""
     data = src.data[:cand.start] + cand.replacement + src.data[cand.end:]
     try:
         mutated_text = data.decode("utf-8")
@@ -405,7 +444,7 @@ def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str,
         return None
     before = src.line_text(src.data, cand.line)
     after = src.line_text(data, cand.line)
-    return mutated_text, before, after
+    return mutated_text, before, after, mutated
 
 
 def _where(node: Any) -> tuple[Any, ...]:
@@ -501,13 +540,13 @@ def generate(
         checked = _verify(texts[cand.file], trees[cand.file], cand)
         if checked is None:
             continue
-        text, before, after = checked
+        text, before, after, mutated_tree = checked
         if cand.kind in ("null_entrypoint", "raising_entrypoint"):
             head = _Source.line_text(texts[cand.file].data, cand.def_line)
             before = f"{head} <body>"
             after = f"{head} {'return None' if cand.kind == 'null_entrypoint' else 'raise NotImplementedError'}"
         mutants.append(Mutant(cand.file, cand.line, cand.kind, before, after, text,
-                              cand.stmt_line, cand.lines))
+                              cand.stmt_line, cand.lines, mutated_tree, cand.index[0]))
         if cand.kind == "null_entrypoint":
             info["null_entrypoint"] = "made"
     if entry_file is None and module:
@@ -730,7 +769,7 @@ def module_name(rel: str) -> str:
     return ".".join(parts)
 
 
-def install_mutant(rel: str, source: str) -> None:
+def install_mutant(rel: str, source: str | ast.Module, namespace: dict[str, Any] | None = None) -> None:
     """Import the mutated source in place of ``rel`` without changing the file on disk.
 
     A meta-path finder answers for the module's import name only when the
@@ -746,7 +785,7 @@ def install_mutant(rel: str, source: str) -> None:
 
     path = os.path.join(SKILL_DIR, rel)
     name = module_name(rel)
-    mutated = source.encode("utf-8")
+    mutated: Any = source.encode("utf-8") if isinstance(source, str) else source
 
     def loader_for(fullname: str) -> Any:
         # a genuine SourceFileLoader (its type is what a normal import gives), with the
@@ -758,6 +797,16 @@ def install_mutant(rel: str, source: str) -> None:
 
         # get_data / get_source still read the pristine file
         loader.get_code = get_code  # type: ignore[method-assign,assignment]
+        if namespace is not None:  # a schemata module: its dispatch cell is there before it runs
+
+            def create_module(_spec: Any) -> Any:
+                import types
+
+                module = types.ModuleType(fullname)
+                module.__dict__.update(namespace)
+                return module
+
+            loader.create_module = create_module  # type: ignore[method-assign,assignment]
         return loader
 
     class Finder:
@@ -772,7 +821,7 @@ def install_mutant(rel: str, source: str) -> None:
                 fullname, path, loader=loader_for(fullname),
                 submodule_search_locations=spec.submodule_search_locations)
 
-    sys.meta_path.insert(0, Finder)  # type: ignore[arg-type]
+    sys.meta_path.insert(0, Finder)
 
 
 #: address space a child may add to what it inherited (set from the sandbox's memory limit)
@@ -828,32 +877,509 @@ def _child(nodeids: set[str] | None, test_files: list[str], config: Any,
     os._exit(code)
 
 
-def _kill_others() -> None:
+
+# -- mutant schemata -----------------------------------------------------------------
+
+#: the dispatch cell's name in a schemata module (a one-item list: the active token)
+ACTIVE_NAME = "_sandgate_active__"
+_CODE_FLAGS = 0x20 | 0x80 | 0x200  # generator, coroutine, async generator
+
+
+@dataclass
+class Schemata:
+    """All schemata-able mutants of the skill compiled into one module per file.
+
+    Every mutated function (a top-level function, or a method of a top-level
+    class) keeps its signature; its body becomes ``if active == token_1:
+    <mutant 1's body> elif ...: ... else: <the original body>``, plus one
+    *identity* branch (a copy of the original body under its own token) that
+    a control uses, so that a control is dispatched exactly like a mutant.
+    A mutant that changes anything else (module-level code, defaults,
+    decorators, a function's locals or its generator/coroutine kind) is not
+    in the schemata and runs in a child of its own.
+    """
+
+    trees: dict[str, ast.Module]
+    #: mutant index -> token; mutant index -> the token of its function's identity branch
+    tokens: dict[int, str]
+    identity: dict[int, str]
+
+
+def _units(tree: ast.Module) -> dict[tuple[int, int], ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The dispatchable functions: ``(top, -1)`` top-level defs, ``(top, i)`` methods."""
+    out: dict[tuple[int, int], Any] = {}
+    for top, stmt in enumerate(tree.body):
+        if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            out[(top, -1)] = stmt
+        elif isinstance(stmt, ast.ClassDef):
+            for i, sub in enumerate(stmt.body):
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    out[(top, i)] = sub
+    return out
+
+
+def _qualname(tree: ast.Module, key: tuple[int, int]) -> str:
+    top, i = key
+    stmt: Any = tree.body[top]
+    return stmt.name if i < 0 else f"{stmt.name}.{stmt.body[i].name}"
+
+
+def _code_of(code: Any, qualname: str) -> Any:
+    """The code object of the top-level function or method ``qualname`` (None if not unique)."""
+    found = []
+    stack = [code]
+    while stack:
+        current = stack.pop()
+        for const in current.co_consts:
+            if hasattr(const, "co_qualname"):
+                if const.co_qualname == qualname:
+                    found.append(const)
+                elif "." not in const.co_qualname:  # a class body: look for its methods
+                    stack.append(const)
+    return found[0] if len(found) == 1 else None
+
+
+def _compatible(before: Any, after: Any, module_names: set[str]) -> bool:
+    """Does the mutated body mean the same inside the original function as on its own?
+
+    Same generator/coroutine kind; its locals and cells are among the original's;
+    and no name it (or a function nested in it) reads as a global is a local or a
+    cell of the original (in the merged function that read would be a local one).
+    """
+    if before.co_flags & _CODE_FLAGS != after.co_flags & _CODE_FLAGS:
+        return False
+    if not set(after.co_varnames) <= set(before.co_varnames) or not set(after.co_cellvars) <= set(
+            before.co_cellvars) or set(after.co_freevars) != set(before.co_freevars):
+        return False
+    # a name neither bound at module level nor a builtin raises NameError either way
+    # (UnboundLocalError is one): only the others could mean something else
+    local = {*before.co_varnames, *before.co_cellvars}
+    if "*" not in module_names:
+        local &= module_names | set(dir(builtins))
+    names: set[str] = set()
+    stack = [after]
+    while stack:
+        code = stack.pop()
+        names.update(code.co_names)
+        stack.extend(c for c in code.co_consts if hasattr(c, "co_names"))
+    return not names & local
+
+
+def _module_names(tree: ast.Module) -> set[str]:
+    """Names bound at module level or declared ``global`` anywhere (``"*"``: unknown)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            names.update(node.names)
+        elif isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            names.add("*")
+    stack: list[ast.AST] = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+            stack.extend(node.decorator_list)
+            continue
+        if isinstance(node, ast.Lambda):
+            continue
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, ast.ExceptHandler) and node.name:
+            names.add(node.name)
+        elif isinstance(node, (ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        stack.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def _dump(node: Any) -> str:
+    return ast.dump(node, include_attributes=False)
+
+
+def _changed_lines(before: str, after: str) -> set[int] | None:
+    """The 1-based lines that differ between two texts of the same line count, or None."""
+    old, new = before.splitlines(), after.splitlines()
+    if len(old) != len(new):
+        return None
+    return {n for n, (x, y) in enumerate(zip(old, new, strict=True), 1) if x != y}
+
+
+def _unit_of(original: ast.Module, mutated: ast.Module, before: str | None = None,
+             after: str | None = None, top: int = -1) -> tuple[int, int] | None:
+    """The one dispatchable function whose body (only) the mutant changes, or None.
+
+    Given both texts, a statement at the same lines in both trees with none of its
+    lines changed is the same text at the same place, so the same tree: it is not
+    dumped and compared (most of the cost, done for every mutant).
+    """
+    if len(original.body) != len(mutated.body):
+        return None
+    lines = _changed_lines(before, after) if before is not None and after is not None else None
+
+    def differs(x: Any, y: Any) -> bool:
+        if lines is not None and (x.lineno, x.end_lineno) == (y.lineno, y.end_lineno) and not any(
+                x.lineno <= n <= (x.end_lineno or x.lineno) for n in lines):
+            return False
+        return _dump(x) != _dump(y)
+
+    if 0 <= top < len(original.body):  # _verify checked that the others are the same trees
+        changed = [top] if differs(original.body[top], mutated.body[top]) else []
+    else:
+        changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True)) if differs(a, b)]
+    if len(changed) != 1:
+        return None
+    top = changed[0]
+    a, b = original.body[top], mutated.body[top]
+    if type(a) is not type(b):
+        return None
+
+    def same_head(x: Any, y: Any) -> bool:
+        if type(x) is not type(y) or not isinstance(x, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            return False
+        return (x.name == y.name and _dump(x.args) == _dump(y.args)
+                and [_dump(d) for d in x.decorator_list] == [_dump(d) for d in y.decorator_list]
+                and (_dump(x.returns) if x.returns else "") == (_dump(y.returns) if y.returns else ""))
+
+    if isinstance(a, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        return (top, -1) if same_head(a, b) else None
+    if not isinstance(a, ast.ClassDef) or not isinstance(b, ast.ClassDef):
+        return None
+    if (a.name != b.name or len(a.body) != len(b.body)
+            or [_dump(x) for x in (*a.bases, *a.keywords, *a.decorator_list)]
+            != [_dump(x) for x in (*b.bases, *b.keywords, *b.decorator_list)]):
+        return None
+    inner = [i for i, (x, y) in enumerate(zip(a.body, b.body, strict=True)) if differs(x, y)]
+    if len(inner) != 1 or not same_head(a.body[inner[0]], b.body[inner[0]]):
+        return None
+    return (top, inner[0])
+
+
+def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
+    """The schemata of ``mutants`` (see :class:`Schemata`); deterministic but for the tokens."""
+    trees: dict[str, ast.Module] = {}
+    tokens: dict[int, str] = {}
+    identity: dict[int, str] = {}
+    variants: dict[str, dict[tuple[int, int], list[tuple[str, list[ast.stmt]]]]] = {}
+    originals: dict[str, tuple[ast.Module, Any, set[str]]] = {}
+    keys: dict[int, tuple[int, int]] = {}
+    for index, mutant in enumerate(mutants):
+        text = sources.get(mutant.file)
+        if text is None or ACTIVE_NAME in text:
+            continue
+        try:
+            if mutant.file not in originals:
+                tree = ast.parse(text)
+                originals[mutant.file] = (tree, compile(tree, mutant.file, "exec", dont_inherit=True),
+                                          _module_names(tree))
+            original, original_code, bound = originals[mutant.file]
+            # a fresh tree per mutant: its function body is moved into the schemata
+            mutated = mutant.tree if mutant.tree is not None else ast.parse(mutant.source)
+            mutant.tree = None
+            key = _unit_of(original, mutated, text, mutant.source, mutant.top)
+            if key is None:
+                continue
+            qualname = _qualname(original, key)
+            before = _code_of(original_code, qualname)
+            # only the changed top-level statement is compiled: its code is the same as in the module
+            futures = [stmt for stmt in mutated.body if isinstance(stmt, ast.ImportFrom)
+                       and stmt.module == "__future__"]
+            alone = ast.Module(body=[*futures, mutated.body[key[0]]], type_ignores=[])
+            after = _code_of(compile(alone, mutant.file, "exec", dont_inherit=True), qualname)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            continue
+        if before is None or after is None or not _compatible(before, after, bound):
+            continue
+        body = _units(mutated)[key].body
+        keys[index] = key
+        tokens[index] = f"m{secrets.token_hex(8)}"
+        variants.setdefault(mutant.file, {}).setdefault(key, []).append((tokens[index], body))
+    for path, units in variants.items():
+        tree = ast.parse(sources[path])
+        found = _units(tree)
+        unit_identity: dict[tuple[int, int], str] = {}
+        for key, branches in units.items():
+            func = found[key]
+            same = f"c{secrets.token_hex(8)}"
+            unit_identity[key] = same
+            chain: list[ast.stmt] = func.body
+            identity_body = ast.parse(sources[path]).body  # a fresh copy of the original body
+            copy = _units(ast.Module(body=identity_body, type_ignores=[]))[key].body
+            for token, body in [*branches, (same, copy)][::-1]:
+                test = ast.Compare(
+                    left=ast.Subscript(value=ast.Name(id=ACTIVE_NAME, ctx=ast.Load()),
+                                       slice=ast.Constant(value=0), ctx=ast.Load()),
+                    ops=[ast.Eq()], comparators=[ast.Constant(value=token)])
+                branch = ast.If(test=test, body=body, orelse=chain)
+                ast.copy_location(branch, func.body[0])
+                ast.copy_location(test, func.body[0])
+                chain = [branch]
+            func.body = chain
+        ast.fix_missing_locations(tree)
+        try:
+            compile(tree, path, "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            for index in [i for i, m in enumerate(mutants) if m.file == path]:
+                tokens.pop(index, None)
+            continue
+        trees[path] = tree
+        for index, mutant in enumerate(mutants):
+            if mutant.file == path and index in tokens:
+                identity[index] = unit_identity[keys[index]]
+    tokens = {i: t for i, t in tokens.items() if mutants[i].file in trees}
+    return Schemata(trees, tokens, identity)
+
+
+class _SchemataLoop:
+    """pytest plugin of the schemata child: after collection, run commands instead of the tests.
+
+    Each command (one JSON line on fd 3: the active token, the selected node ids,
+    the timeout) is run in a forked grandchild that sets the token and runs the
+    selected items through pytest's own protocol; its outcome goes back on fd 4.
+    The grandchild is a fresh copy of the collected session each time: whatever a
+    mutant changes in memory dies with it.
+    """
+
+    def __init__(self, active: list[Any], counter: _Selector) -> None:
+        self.active, self.counter = active, counter
+        self.running = False  # True in a grandchild
+
+    def pytest_runtest_makereport(self, item: Any, call: Any) -> None:
+        """In a grandchild, the first failure decides (killed): no failure report is formatted."""
+        if not self.running or call.excinfo is None or item.get_closest_marker("xfail") is not None:
+            return
+        from _pytest.outcomes import Skipped
+
+        if not call.excinfo.errisinstance(Skipped):
+            os._exit(1)
+
+    def pytest_runtestloop(self, session: Any) -> bool:
+        if self.counter.bad or session.testsfailed:
+            os._exit(4)
+        commands = os.fdopen(3, "rb", buffering=0)
+        answers = os.fdopen(4, "wb", buffering=0)
+        answers.write(b'{"ready": true}\n')
+        gc.collect()
+        gc.freeze()  # grandchildren do not copy the collected session's pages when they collect
+        for line in iter(commands.readline, b""):
+            command = json.loads(line)
+            wanted = command.get("nodeids")
+            chosen = None if wanted is None else set(wanted)
+            items = [i for i in session.items if chosen is None or i.nodeid in chosen]
+            pid = os.fork()
+            if pid == 0:
+                code = 3
+                try:
+                    os.setsid()
+                    os.close(3)
+                    os.close(4)
+                    _limit_memory()
+                    self.active[0] = command.get("token")
+                    self.running = True
+                    for position, item in enumerate(items):
+                        following = items[position + 1] if position + 1 < len(items) else None
+                        item.config.hook.pytest_runtest_protocol(item=item, nextitem=following)
+                        if self.counter.bad:
+                            break
+                    code = 0 if self.counter.passed > 0 and self.counter.bad == 0 else 1
+                except BaseException:  # noqa: BLE001 - anything is a kill
+                    code = 2
+                os._exit(code)
+            outcome, seconds = _reap(pid, float(command.get("timeout") or 1.5),
+                                     cleanup=lambda pid=pid: _kill_group(pid))
+            answers.write(json.dumps({"outcome": outcome, "seconds": round(seconds, 4)}).encode() + b"\n")
+        os._exit(0)
+
+
+def _schemata_child(commands: int, answers: int, schemata: Schemata, config: Any) -> None:
+    """The schemata child (forked from the server, which never imports the skill): never returns."""
+    code = 3
     try:
-        os.kill(-1, signal.SIGKILL)  # everything but this process and PID 1
+        os.setsid()
+        os.dup2(commands, 3)
+        os.dup2(answers, 4)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.closerange(5, 65536)
+        try:
+            with open("/proc/self/oom_score_adj", "w") as adj:
+                adj.write("1000")
+        except OSError:
+            pass
+        os.chdir(SKILL_DIR)
+        sys.path.append(SKILL_DIR)
+        active: list[Any] = [None]
+        for rel, tree in schemata.trees.items():
+            install_mutant(rel, tree, {ACTIVE_NAME: active})
+        counter = _Selector(None)
+        config.pluginmanager.register(counter, "sandgate-mutation-selector")
+        config.pluginmanager.register(_SchemataLoop(active, counter), "sandgate-schemata-loop")
+        config.hook.pytest_cmdline_main(config=config)
+    except BaseException:  # noqa: BLE001 - the server sees the channel close
+        code = 2
+    os._exit(code)
+
+
+class _SchemataRunner:
+    """The server's side of the schemata child: start it, send it commands, restart it when a
+    command times out or it dies (the remaining mutants then run in a fresh one)."""
+
+    #: starts at most; after that, the remaining mutants run one child each
+    MAX_STARTS = 3
+
+    def __init__(self, schemata: Schemata, config: Any, files: dict[str, bytes], start_timeout: float) -> None:
+        self.schemata, self.config, self.files = schemata, config, files
+        self.start_timeout = start_timeout
+        self.pid: int | None = None
+        self.starts = 0
+        self.broken = not schemata.tokens or config is None
+        self.commands = self.answers = -1
+        self.buffer = b""
+
+    def alive(self) -> bool:
+        if self.pid is None and not self.broken:
+            self._start()
+        return self.pid is not None
+
+    def _start(self) -> None:
+        if self.starts >= self.MAX_STARTS:
+            self.broken = True
+            return
+        self.starts += 1
+        _reset_tree(self.files, None)
+        cmd_r, cmd_w = os.pipe()
+        ans_r, ans_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            _schemata_child(cmd_r, ans_w, self.schemata, self.config)
+        os.close(cmd_r)
+        os.close(ans_w)
+        self.pid, self.commands, self.answers, self.buffer = pid, cmd_w, ans_r, b""
+        ready = self._answer(self.start_timeout)
+        if not isinstance(ready, dict) or not ready.get("ready"):
+            self.stop()
+            self.broken = True  # collection differs here: every mutant runs in a child of its own
+
+    def _answer(self, timeout: float) -> Any:
+        import select
+
+        end = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.answers], [], [], left)
+            if not ready:
+                return None
+            chunk = os.read(self.answers, 65536)
+            if not chunk or len(self.buffer) > 65536:
+                return None
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def cleanup(self) -> None:
+        """After a run: every process but the server, this child and PID 1 is killed."""
+        if self.pid is None:
+            _kill_others()
+        elif not _kill_strays(self.pid):
+            self.stop()
+
+    def stop(self) -> None:
+        if self.pid is not None:
+            for fd in (self.commands, self.answers):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            _kill_others()
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        self.pid = None
+
+    def run(self, token: str, selected: set[str] | None, timeout: float) -> tuple[str, float]:
+        """One mutant (or control) in a grandchild: (outcome, seconds), like ``_reap``."""
+        assert self.pid is not None
+        started = time.monotonic()
+        _reset_tree(self.files, None)  # what the last grandchild wrote is gone
+        command = {"token": token, "nodeids": sorted(selected) if selected is not None else None,
+                   "timeout": timeout}
+        try:
+            os.write(self.commands, json.dumps(command).encode() + b"\n")
+        except OSError:
+            self.stop()
+            return "killed", time.monotonic() - started
+        answer = self._answer(timeout + 1.0)
+        outcome = answer.get("outcome") if isinstance(answer, dict) else None
+        if outcome not in ("killed", "survived", "timed_out"):
+            # the child hung (its own watchdog did not answer) or died: the mutant is what a
+            # child of its own would have been, and the next one gets a fresh schemata child
+            self.stop()
+            return ("timed_out" if answer is None and time.monotonic() - started >= timeout else "killed",
+                    time.monotonic() - started)
+        self.cleanup()
+        return str(outcome), float(answer.get("seconds") or 0.0)
+
+
+def _kill_strays(keep: int) -> bool:
+    """Kill every process but this one, ``keep`` and PID 1; False if some kept coming back."""
+    return kill_strays(keep)
+
+
+def _kill_group(pid: int) -> None:
+    try:
+        os.killpg(pid, signal.SIGKILL)
     except OSError:
         pass
 
 
-def _reap(pid: int, timeout: float) -> tuple[str, float]:
+def _kill_others() -> None:
+    kill_everything_else()  # everything but this process and PID 1
+
+
+def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
+    """Wait for child ``pid`` up to ``timeout``: (outcome, seconds); then ``cleanup()`` (default:
+    kill every process but this one and PID 1)."""
+    cleanup = cleanup or _kill_others
     started = time.monotonic()
     delay = 0.002
+    try:
+        watch: int | None = os.pidfd_open(pid)  # readable once the child exits: no polling delay
+    except (AttributeError, OSError):
+        watch = None  # no pidfd (an older kernel, or gVisor): poll with a growing sleep
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
+        if watch is not None:
+            left = max(0.0, timeout - (time.monotonic() - started)) + 0.001
+            exited = bool(select.select([watch], [], [], left)[0])
+            os.close(watch)
+            watch = None
+            if exited:
+                continue  # reaped by the next waitpid (or, should it not be, polled for)
         if time.monotonic() - started > timeout:
+            _kill_group(pid)
             try:
-                os.killpg(pid, signal.SIGKILL)
+                os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
-            _kill_others()
+            cleanup()
             os.waitpid(pid, 0)
             return "timed_out", time.monotonic() - started
         time.sleep(delay)
         delay = min(delay * 1.5, 0.02)
     seconds = time.monotonic() - started
-    _kill_others()
+    if watch is not None:
+        os.close(watch)
+    cleanup()
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return "survived", seconds
     return "killed", seconds
@@ -938,6 +1464,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
     covered, per_line = covered_lines(job)
     mutants, info = generate(sources, covered=covered, entrypoint=job.get("entrypoint"),
                              max_mutants=int(job.get("max_mutants", 20)))
+    schemata = build_schemata(sources, mutants)
     durations = _durations(job)
     baseline = float(job.get("baseline_seconds") or sum(durations.values()) or 1.0)
     stop_when_decided = bool(job.get("stop_when_decided", True))
@@ -945,6 +1472,7 @@ def serve(job: dict[str, Any], write: Any) -> None:
     null_must_be_killed = bool(job.get("null_must_be_killed", True))
     write({"plan": {**info, "total": len(mutants), "line_tests": per_line is not None,
                     "selections": len({tuple(sorted(_selection(m, per_line, tests)[0] or ())) for m in mutants}),
+                    "schemata": len(schemata.tokens),
                     "generate_seconds": round(time.monotonic() - started, 4)}})
 
     _reset_tree(files, None)
@@ -960,13 +1488,25 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 configs[key] = None
         return configs[key]
 
-    try:
-        warm_up()
-    except Exception:  # noqa: BLE001 - warming only
-        pass
-    preload_dependencies()
-    config_for(tests)  # built before any fork (and before the heap is frozen)
+    prepare()
+    runner = _SchemataRunner(schemata, config_for(tests), files,  # built before any fork
+                             mutant_timeout(None, durations, baseline))
     gc.freeze()  # children do not copy the server's heap when they collect
+
+    def run_one(token: str | None, selected: set[str] | None, test_files: list[str], timeout: float,
+                mutated: tuple[str, str] | None) -> tuple[str, float]:
+        """In the schemata child when the mutant is in the schemata, else in a child of its own."""
+        if token is not None and runner.alive():
+            return runner.run(token, selected, timeout)
+        _reset_tree(files, None)
+        child_config = config_for(test_files)
+        pid = os.fork()
+        if pid == 0:
+            _child(selected, test_files, child_config, mutated)
+        return _reap(pid, timeout, runner.cleanup)
+
+    def index_of(mutant: Mutant) -> int:
+        return next(i for i, m in enumerate(mutants) if m is mutant)
 
     # The control: the unmutated skill, run exactly like a mutant (with the tests some
     # mutant selects) at a position chosen at random (not from the content), must
@@ -985,12 +1525,8 @@ def serve(job: dict[str, Any], write: Any) -> None:
     def control(tag: str, like: Mutant) -> bool:
         controlled.add(selection_key(like))
         selected, test_files = _selection(like, per_line, tests)
-        _reset_tree(files, None)
-        child_config = config_for(test_files)
-        pid = os.fork()
-        if pid == 0:
-            _child(selected, test_files, child_config)
-        outcome, seconds = _reap(pid, mutant_timeout(selected, durations, baseline))
+        outcome, seconds = run_one(schemata.identity.get(index_of(like)), selected, test_files,
+                                   mutant_timeout(selected, durations, baseline), None)
         write({tag: {"outcome": outcome, "seconds": round(seconds, 4),
                      "tests": len(selected) if selected is not None else None}})
         return outcome == "survived"
@@ -1024,12 +1560,8 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 write({"budget_exhausted": True})
                 break
             effective = timeout if number == 0 else max(0.2, min(timeout, budget_end + 1.0 - now))
-            _reset_tree(files, None)
-            child_config = config_for(test_files)
-            pid = os.fork()
-            if pid == 0:
-                _child(selected, test_files, child_config, (mutant.file, mutant.source))
-            outcome, seconds = _reap(pid, effective)
+            outcome, seconds = run_one(schemata.tokens.get(number), selected, test_files, effective,
+                                       (mutant.file, mutant.source))
             if outcome == "timed_out" and effective < timeout:
                 write({"budget_exhausted": True})
                 break
@@ -1062,11 +1594,33 @@ def serve(job: dict[str, Any], write: Any) -> None:
                 break
             if not control("closing_control", mutant):
                 break
+    runner.stop()
     _reset_tree(files, None)
     write({"done": True, "seconds": round(time.monotonic() - started, 4)})
 
 
+_PREPARED: list[bool] = []
+
+
+def prepare() -> None:
+    """What depends on nothing submitted, once per server: pytest's lazy imports warmed on
+    the harness's own test file, the image's locked packages imported."""
+    if _PREPARED:
+        return
+    _PREPARED.append(True)
+    import pytest  # noqa: F401
+
+    try:
+        warm_up()
+    except Exception:  # noqa: BLE001 - warming only
+        pass
+    preload_dependencies()
+
+
 def main() -> None:
+    """``python3 -I -m sandgate_harness.mutation RESULT_FD [--warm=READY_FD]``: with ``--warm``
+    (the harness starts it before the payload arrives) it prepares before reading its job and
+    then writes one byte to READY_FD."""
     result_fd = int(sys.argv[1])
     os.set_inheritable(result_fd, False)
     try:
@@ -1075,18 +1629,30 @@ def main() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE=0
     except Exception:  # noqa: BLE001 - best effort
         pass
+    for arg in sys.argv[2:]:
+        if arg.startswith("--warm="):  # prepared before the job, then one byte says so
+            ready = int(arg.partition("=")[2])
+            os.set_inheritable(ready, False)
+            prepare()
+            gc.collect()
+            os.write(ready, b"R")
+            os.close(ready)
     job = json.loads(sys.stdin.buffer.read())
     out = os.fdopen(result_fd, "wb", buffering=0)
 
+    T0 = time.monotonic()
     def write(event: dict[str, Any]) -> None:
+        event["_t"] = round(time.monotonic() - T0, 4)
         out.write(json.dumps(event).encode() + b"\n")
 
     serve(job, write)
     out.close()
+    os._exit(0)  # no interpreter teardown (tens of milliseconds with pytest loaded)
 
 
 def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, Any]:
     """The harness's ``mutation`` section from the server's events."""
+    _ev = events
     plan: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
     done, exhausted, seconds, control = False, False, None, None
@@ -1138,6 +1704,7 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         "seconds": seconds,
         "generate_seconds": plan.get("generate_seconds"),
         "children_seconds": round(sum(float(r.get("seconds") or 0) for r in results), 4),
+        "events_debug": _ev,
     }
 
 

@@ -27,12 +27,13 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import struct
 import sys
 import time
 from collections import defaultdict
 from typing import Any
+
+from sandgate_harness.procs import kill_all_but
 
 MAGIC = b"SGR2"
 HEADER = 4 + 4 + 4 + 32
@@ -486,11 +487,10 @@ def _finisher(collector: _Collector, cov: Any, send: Any) -> Any:
 
 def _finish_with(collector: _Collector, cov: Any, send: Any, config: dict[str, Any],
                  seconds: float, pytest_exit: int) -> None:
-    # Whatever submitted code left running dies now, before results are built.
-    try:
-        os.kill(-1, signal.SIGKILL)
-    except OSError:
-        pass
+    # Whatever submitted code left running dies now, before results are built (all but the
+    # harness's warm mutation server, which the harness names; the harness kills again after).
+    keep = config.get("keep_pid")
+    kill_all_but(keep if isinstance(keep, int) and keep > 1 else None)
     skill_dir = config["skill_dir"]
     tests = set(config["tests"])
     sources = config.get("sources")

@@ -1,0 +1,90 @@
+"""Killing what submitted code left running, inside the sandbox (standard library only).
+
+The sandbox's processes all run as one uid, and the harness is PID 1. ``kill(-1,
+SIGKILL)`` kills every process but the caller and PID 1 in one call. When one
+process must survive (the warm mutation server, which has not been given its
+job and has never run submitted code), :func:`kill_all_but` stops everyone
+first — ``SIGSTOP`` cannot be caught, and a stopped process cannot fork — then
+kills each live process by pid, repeating until a scan after the stop finds no
+one else, and only then continues the survivor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+def kill_everything_else() -> None:
+    """Every process but this one and PID 1."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except OSError:
+        pass
+
+
+def live_pids(skip: tuple[int, ...]) -> list[int]:
+    """Every process in the container but ``skip``; zombies left out (they are dead already)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) in skip:
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as handle:
+                if handle.read().rpartition(b")")[2].split()[:1] == [b"Z"]:
+                    continue
+        except OSError:
+            continue
+        pids.append(int(name))
+    return pids
+
+
+def kill_all_but(keep: int | None) -> bool:
+    """SIGKILL every process but this one, PID 1 and ``keep``, which is then continued.
+
+    False when it could not be done (someone kept appearing, or ``keep`` is gone):
+    then ``keep`` has been killed too. With ``keep`` None this is
+    :func:`kill_everything_else`.
+    """
+    if keep is None:
+        kill_everything_else()
+        return True
+    me = os.getpid()
+    for _ in range(50):
+        try:
+            os.kill(-1, signal.SIGSTOP)
+        except OSError:
+            pass
+        others = live_pids((me, 1, keep))
+        if not others:
+            try:
+                os.kill(keep, signal.SIGCONT)
+            except OSError:
+                return False
+            return True
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+    kill_everything_else()
+    return False
+
+
+def kill_strays(keep: int) -> bool:
+    """SIGKILL every process but this one, PID 1 and ``keep`` (which keeps running); False if
+    some kept coming back. For a caller whose ``keep`` runs submitted code and may be busy."""
+    me = os.getpid()
+    for _ in range(20):
+        others = live_pids((me, 1, keep))
+        if not others:
+            return True
+        for pid in others:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        time.sleep(0.001)
+    return False
