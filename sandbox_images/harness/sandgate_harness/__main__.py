@@ -668,10 +668,11 @@ def main() -> int:
         # The warm mutation server outlives the dynamic phase only if it was ready before it
         # (in a warm pool's sandbox it was ready long before the payload; in a cold one it
         # prepared during the static phase, and any wait left is counted as the mutation's).
-        waited = time.monotonic()
-        warm = mutation_server is not None and int((config.get("mutation") or {}).get("max_mutants", 0) or 0) > 0 \
-            and mutation_server.wait_ready(min(5.0, max(0.0, deadline - time.monotonic() - 5.0)))
-        out["timings"]["mutation_ready_wait"] = round(time.monotonic() - waited, 4)
+        warm = False
+        if mutation_server is not None and int((config.get("mutation") or {}).get("max_mutants", 0) or 0) > 0:
+            waited = time.monotonic()
+            warm = mutation_server.wait_ready(min(5.0, max(0.0, deadline - time.monotonic() - 5.0)))
+            out["timings"]["mutation_ready_wait"] = round(time.monotonic() - waited, 4)
         if not warm and mutation_server is not None:
             mutation_server.discard()
             mutation_server = None
