@@ -39,7 +39,8 @@ Process model
     stopping every process first (``sandgate_harness.procs.kill_all_but``);
     if a skill killed it anyway, the harness starts a cold one. Mutants
     whose change is confined to the body of a top-level function or method
-    are compiled into *schemata* (:func:`build_schemata`): one module per file whose mutated functions dispatch on an active token.
+    are compiled into *schemata* (:func:`build_schemata`): one module per
+    file whose mutated functions dispatch on an active token.
     The server forks one *schemata child* (a throwaway process: it closes
     every inherited descriptor but its two pipes, starts its own session,
     installs the schemata with an import hook, see :func:`install_mutant`)
