@@ -36,19 +36,10 @@ from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy, parse_policy
 from sandgate.report import ReasonCode, Verdict
 from sandgate.submission import submission_from_files
+from tests.integration.test_mutation import MANIFEST, MODULE  # the clamp skill
 
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftovers")
 
-MANIFEST = b'name = "clamp"\ndescription = "clamps"\nentrypoint = "clamp:clamp"\n'
-MODULE = b'''def clamp(value, low, high):
-    if low > high:
-        raise ValueError("low must not exceed high")
-    if value < low:
-        return low
-    if value > high:
-        return high
-    return value
-'''
 WEAK = '''
 def test_clamp():
     {detect}

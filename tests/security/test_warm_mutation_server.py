@@ -23,19 +23,10 @@ from sandgate.evaluation import evaluate
 from sandgate.policy import load_policy, parse_policy
 from sandgate.report import Verdict
 from sandgate.submission import submission_from_files
+from tests.security.test_mutation_hostile import MANIFEST, MODULE
 
 pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftovers")
 
-MANIFEST = b'name = "clamp"\ndescription = "clamps"\nentrypoint = "clamp:clamp"\n'
-MODULE = b'''def clamp(value, low, high):
-    if low > high:
-        raise ValueError("low must not exceed high")
-    if value < low:
-        return low
-    if value > high:
-        return high
-    return value
-'''
 GOOD = '''import sys
 
 import pytest

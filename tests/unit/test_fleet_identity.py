@@ -17,7 +17,7 @@ import pytest
 
 from sandgate import names
 from sandgate.config import load_settings
-from sandgate.errors import ConfigError
+from sandgate.errors import ConfigError, EngineLost
 from sandgate.names import controller_alive, controller_id, host_id, owner_id, set_host_id
 from sandgate.report import EvaluationReport, Reason, ReasonCode, Verdict
 from sandgate.sandbox import reaper
@@ -107,11 +107,15 @@ class KillsEngine:
 
 
 class EngineErrorEvaluate(FakeEvaluate):
+    """An infrastructure ``error`` report with ``message``."""
+
+    message = "the Docker engine stopped answering"
+
     def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
         self.calls.append(evaluation_id or "")
         return EvaluationReport(
             evaluation_id=evaluation_id or "", verdict=Verdict.error,
-            reasons=[Reason(code=ReasonCode.infrastructure, message="the Docker engine stopped answering")],
+            reasons=[Reason(code=ReasonCode.infrastructure, message=self.message)],
             skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
             policy_hash=policy.hash,
         )
@@ -153,19 +157,10 @@ def test_an_engine_error_with_the_engine_alive_is_stored_as_error(store):  # noq
     w.close()
 
 
-class RestartsEngine(FakeEvaluate):
+class RestartsEngine(EngineErrorEvaluate):
     """The engine went away under the sandbox and came back at once (a restart)."""
 
-    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
-        from sandgate.errors import EngineLost
-
-        self.calls.append(evaluation_id or "")
-        return EvaluationReport(
-            evaluation_id=evaluation_id or "", verdict=Verdict.error,
-            reasons=[Reason(code=ReasonCode.infrastructure, message=str(EngineLost("ConnectionError after 2.0s")))],
-            skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
-            policy_hash=policy.hash,
-        )
+    message = str(EngineLost("ConnectionError after 2.0s"))
 
 
 def test_an_engine_restarted_under_a_run_requeues_the_job_though_it_answers_again(store):  # noqa: F811

@@ -239,6 +239,18 @@ def unreported_tests(result: dict[str, Any], required: list[tuple[str, str]]) ->
     return [f"{path}::{name}" for path, name in required if path not in excused and (path, name) not in seen]
 
 
+#: the environment of the harness's children (the test runner, the mutation server)
+CHILD_ENV = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "HOME": "/tmp/home",
+    "TMPDIR": "/tmp",
+    "LANG": "C.UTF-8",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "PYTHONHASHSEED": "0",
+    "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+}
+
+
 class WarmRunner:
     """The dynamic phase's child, started before the payload arrives.
 
@@ -255,15 +267,7 @@ class WarmRunner:
         self.job_r, self.job_w = os.pipe()
         self.res_r, res_w = os.pipe()
         self.out_r, out_w = os.pipe()
-        env = {
-            "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": "/tmp/home",
-            "TMPDIR": "/tmp",
-            "LANG": "C.UTF-8",
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONHASHSEED": "0",
-            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-        }
+        env = CHILD_ENV
         os.makedirs("/tmp/home", exist_ok=True)
         os.makedirs(SKILL_DIR, mode=0o755, exist_ok=True)
 
@@ -326,20 +330,10 @@ class MutationServer:
     before its job arrives: it imports pytest, runs one pytest session on the
     harness's own test file and imports the image's locked packages, then blocks
     reading its job from a pipe only the harness holds. It never imports the skill.
-    It outlives the dynamic phase only through :func:`_kill_all_but`, which kills
+    It outlives the dynamic phase only through ``procs.kill_all_but``, which kills
     every other process while it is stopped; if it is gone by then (a skill can
     signal it), :func:`run_mutation` starts a cold one, as before.
     """
-
-    ENV = {
-        "PATH": "/usr/local/bin:/usr/bin:/bin",
-        "HOME": "/tmp/home",
-        "TMPDIR": "/tmp",
-        "LANG": "C.UTF-8",
-        "PYTHONDONTWRITEBYTECODE": "1",
-        "PYTHONHASHSEED": "0",
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
-    }
 
     def __init__(self, warm: bool = True) -> None:
         self.res_r, res_w = os.pipe()
@@ -351,7 +345,7 @@ class MutationServer:
             [sys.executable, "-I", "-m", "sandgate_harness.mutation", str(res_w),
              *([f"--warm={ready_w}"] if warm else [])],
             cwd=WORK,
-            env=self.ENV,
+            env=CHILD_ENV,
             stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -63,12 +63,7 @@ def kill_all_but(keep: int | None) -> bool:
             except OSError:
                 return False
             return True
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.001)
+        _kill(others)
     kill_everything_else()
     return False
 
@@ -81,10 +76,15 @@ def kill_strays(keep: int) -> bool:
         others = live_pids((me, 1, keep))
         if not others:
             return True
-        for pid in others:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
-        time.sleep(0.001)
+        _kill(others)
     return False
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL each of ``pids``, then give the kernel a moment to make them zombies."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    time.sleep(0.001)
