@@ -28,6 +28,7 @@ from sandgate import lifecycle
 from sandgate.policy.model import load_policy
 from sandgate.store import Store, evaluations, open_store
 from tests.fleet import Fleet, fleet_policy, managed_containers
+from tests.integration import test_worker_processes as worker_processes
 from tests.integration.test_worker_processes import evaluated_ids, slow_skill, text_stats
 
 pytest_plugins = ["tests.integration.conftest_store"]
@@ -68,13 +69,7 @@ def fleet(two_hosts: Fleet, pg_server: Any, pg_template: str) -> Iterator[tuple[
 
 
 def wait_for(cond: Any, timeout: float, what: str, fleet: Fleet) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {timeout}s waiting for {what}\n{fleet.tails()}")
+    return worker_processes.wait_for(cond, timeout, what, tails=fleet.tails)
 
 
 def statuses(store: Store, ids: list[str]) -> Counter[str]:

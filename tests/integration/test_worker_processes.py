@@ -102,14 +102,16 @@ class WorkerProcess:
         return self.log.read_text(errors="replace")[-3000:]
 
 
-def wait_for(cond: Callable[[], Any], timeout: float, what: str, procs: list[WorkerProcess] = ()) -> Any:
+def wait_for(cond: Callable[[], Any], timeout: float, what: str, procs: list[WorkerProcess] = (),
+             tails: Callable[[], str] | None = None) -> Any:
+    """``cond()``'s first truthy value within ``timeout`` s, else fail with the workers' log tails."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
         time.sleep(0.1)
-    logs = "\n".join(f"--- worker {p.proc.pid}\n{p.tail()}" for p in procs)
+    logs = tails() if tails is not None else "\n".join(f"--- worker {p.proc.pid}\n{p.tail()}" for p in procs)
     pytest.fail(f"timed out after {timeout}s waiting for {what}\n{logs}")
 
 
