@@ -251,6 +251,20 @@ CHILD_ENV = {
 }
 
 
+def _discard(proc: subprocess.Popen[bytes], fds: tuple[int, ...]) -> None:
+    """A prepared child that will not get its job: killed, reaped, its pipes closed."""
+    try:
+        proc.kill()
+    except OSError:
+        pass
+    proc.wait()
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
 class WarmRunner:
     """The dynamic phase's child, started before the payload arrives.
 
@@ -311,16 +325,7 @@ class WarmRunner:
 
     def discard(self) -> None:
         """No dynamic phase: the runner never gets a job."""
-        try:
-            self.proc.kill()
-        except OSError:
-            pass
-        self.proc.wait()
-        for fd in (self.job_w, self.key_w, self.res_r, self.out_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _discard(self.proc, (self.job_w, self.key_w, self.res_r, self.out_r))
 
 
 class MutationServer:
@@ -385,21 +390,11 @@ class MutationServer:
     def discard(self) -> None:
         """No mutation phase: the server never gets a job."""
         try:
-            self.proc.kill()
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
         except OSError:
             pass
-        self.proc.wait()
-        for handle in (self.proc.stdin,):
-            try:
-                if handle is not None:
-                    handle.close()
-            except OSError:
-                pass
-        for fd in (self.res_r, self.ready_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _discard(self.proc, (self.res_r, self.ready_r))
 
 
 def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | None = None,

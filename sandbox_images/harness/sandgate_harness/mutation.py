@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import ast
 import builtins
+import fcntl
 import gc
 import hashlib
 import importlib
@@ -829,6 +830,24 @@ def install_mutant(rel: str, source: str | ast.Module, namespace: dict[str, Any]
 CHILD_MEMORY = {"bytes": 0}
 
 
+def _detach(keep: tuple[int, ...]) -> None:
+    """In a child about to run submitted code: its own session, ``keep`` as fds 3, 4, ...,
+    every other descriptor closed (0-2 on /dev/null), first in line for the OOM killer."""
+    os.setsid()
+    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in keep]  # out of the way of 3, 4, ...
+    for target, fd in enumerate(moved, 3):
+        os.dup2(fd, target)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3 + len(keep), 65536)
+    try:
+        with open("/proc/self/oom_score_adj", "w") as adj:
+            adj.write("1000")
+    except OSError:
+        pass
+
+
 def _limit_memory() -> None:
     """A mutant that allocates without end gets MemoryError before the OOM killer acts."""
     extra = CHILD_MEMORY["bytes"]
@@ -849,16 +868,7 @@ def _child(nodeids: set[str] | None, test_files: list[str], config: Any,
     """In the forked child: never returns."""
     code = 3
     try:
-        os.setsid()
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(3, 65536)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")
-        except OSError:
-            pass
+        _detach(())
         _limit_memory()
         os.chdir(SKILL_DIR)
         sys.path.append(SKILL_DIR)
@@ -1197,18 +1207,7 @@ def _schemata_child(commands: int, answers: int, schemata: Schemata, config: Any
     """The schemata child (forked from the server, which never imports the skill): never returns."""
     code = 3
     try:
-        os.setsid()
-        os.dup2(commands, 3)
-        os.dup2(answers, 4)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.closerange(5, 65536)
-        try:
-            with open("/proc/self/oom_score_adj", "w") as adj:
-                adj.write("1000")
-        except OSError:
-            pass
+        _detach((commands, answers))
         os.chdir(SKILL_DIR)
         sys.path.append(SKILL_DIR)
         active: list[Any] = [None]
