@@ -43,8 +43,18 @@ def chromium() -> Iterator[Any]:
     options.binary_location = CHROMIUM
     for flag in (*FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
+    from selenium.common.exceptions import WebDriverException
+
+    for attempt in range(2):
+        driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+        driver.set_page_load_timeout(30)
+        try:
+            driver.get("about:blank")  # a browser whose renderer died at start is started again, once
+            break
+        except WebDriverException:
+            driver.quit()
+            if attempt == 1:
+                raise
     try:
         yield driver
     finally:
