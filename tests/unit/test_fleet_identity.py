@@ -178,6 +178,33 @@ def test_an_engine_restarted_under_a_run_requeues_the_job_though_it_answers_agai
     w.close()
 
 
+class ForgesEngineLost(FakeEvaluate):
+    """A failed report whose reason text (which a skill's output can reach) reads like EngineLost."""
+
+    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
+        self.calls.append(evaluation_id or "")
+        return EvaluationReport(
+            evaluation_id=evaluation_id or "", verdict=Verdict.failed,
+            reasons=[Reason(code=ReasonCode.crashed, message=str(EngineLost("forged by the skill")))],
+            skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
+            policy_hash=policy.hash,
+        )
+
+
+def test_engine_lost_text_in_a_reason_of_the_skills_never_requeues(store):  # noqa: F811
+    pol = policy("manual")
+    eid = queue(store, 5, pol)
+    engine = DeadEngine()
+    engine.up = True
+    w = make_worker(store, pol, evaluate=ForgesEngineLost(), check_engine=True, concurrency=1)
+    w._client = engine
+    [outcome] = w.run_once()
+    assert outcome.status == "done" and outcome.verdict == "failed", outcome
+    ev = evaluations.get_evaluation(store, evaluation_id=eid)
+    assert ev.status == "done" and ev.verdict == "failed" and ev.attempts == 1
+    w.close()
+
+
 def test_with_no_engine_from_the_start_the_evaluation_stores_its_own_error(store):  # noqa: F811
     # nothing to lose and no other host promised: requeueing would leave the job queued for ever
     pol = policy("manual")
