@@ -15,6 +15,7 @@ inputs of more than three words, which its tests never try. With ``fallback = tr
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -134,14 +135,28 @@ def start_consumer(store_url: str, tmp: Path, i: int) -> tuple[subprocess.Popen[
     return proc, stop, out
 
 
-def wait_for(predicate: Any, timeout: float, what: str) -> Any:
+def wait_for(predicate: Any, timeout: float, what: str, explain: Any = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         got = predicate()
         if got:
             return got
         time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {explain()}" if explain else ""))
+
+
+class Recorded(logging.Handler):
+    """The scheduler's log, kept to explain a decision that never came."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = f"{record.levelname} {record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += " | " + logging.Formatter().formatException(record.exc_info).splitlines()[-1]
+        self.lines.append(text)
 
 
 def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
@@ -158,6 +173,10 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
     consumers = [start_consumer(store_url, tmp_path, i) for i in range(3)]
     scheduler = build_scheduler(store, scheduler_settings=SchedulerSettings(canary_seconds=0.3),
                                 jobs=["run_canaries"])
+    recorded = Recorded()
+    watched = [logging.getLogger(n) for n in ("sandgate", "apscheduler")]
+    for logger in watched:
+        logger.addHandler(recorded)
     scheduler.start()
     try:
         victim = consumers[2][0]
@@ -180,14 +199,23 @@ def test_a_bad_candidate_is_rolled_back_by_itself_and_consumers_never_fail(
             except ValueError:
                 pass  # a line cut by the kill
 
-        record = wait_for(lambda: (c := cs.get_canary(store, name=SKILL)) and c.state != "running" and c, 90,
-                          "the scheduler to decide")
+        def why() -> str:
+            record = cs.get_canary(store, name=SKILL)
+            return (f"canary {record and record.state} {record and record.last_decision}; "
+                    f"the consumers' exit codes {[p.poll() for p, _, _ in consumers[:2]]}; "
+                    f"log tail {recorded.lines[-15:]}")
+
+        # a decision needs a few hundred candidate calls (about 10 s here); 150 s is for a loaded machine
+        record = wait_for(lambda: (c := cs.get_canary(store, name=SKILL)) and c.state != "running" and c, 150,
+                          "the scheduler to decide", why)
         assert record.state == "rolled_back", record
         rollback_event = [e for e in audit.history(store, name=SKILL) if e.action == "canary_rolled_back"][-1]
         rolled_back_at = rollback_event.created_at.timestamp()
         time.sleep(1.5)  # the consumers keep calling after the rollback
     finally:
         scheduler.shutdown(wait=True)
+        for logger in watched:
+            logger.removeHandler(recorded)
         for _, stop, _ in consumers[:2]:
             stop.write_text("")
     results = []
