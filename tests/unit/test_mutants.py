@@ -679,3 +679,92 @@ def test_schemata_leaves_out_what_would_mean_something_else_in_the_merged_functi
     assert any(m.operator == "arithmetic" for i, m in enumerate(mutants) if i in schemata.tokens)
     # a skill that uses the dispatch cell's name is never compiled into schemata
     assert not build_schemata({"m.py": module + "_sandgate_active__ = 1\n"}, mutants).tokens
+
+
+# -- the verification's fast path: one statement parsed, never a different tree -----------------
+
+_TRICKY = src('''
+    import os; import sys
+    x = 1; y = x + 2
+
+
+    @staticmethod
+    @property
+    def decorated(a, b=3):
+        """doc"""
+        if a < b and b >= -0.0:
+            return a * b - 1
+        return [v ** 2 for v in range(a) if v % 2 == 0]
+
+
+    class Thing:
+        limit = 10
+
+        def method(self, value):
+            total = 0
+            for i in range(value):
+                total += i if i > 2 else -i
+            while total > self.limit:
+                total //= 2
+            return not total or value is None
+
+
+    def tail(text): return text.upper() + "!"  # on one line
+    z = tail("a") if x else None
+    ''')
+
+
+def _full_parse_tree(source: str, cand) -> ast.Module | None:
+    data = source.encode()
+    text = (data[:cand.start] + cand.replacement + data[cand.end:]).decode()
+    try:
+        return ast.parse(text)
+    except SyntaxError:
+        return None
+
+
+@pytest.mark.parametrize("name", ["tricky", "text_stats", "csv_summary", "unit_convert"])
+def test_the_statement_parse_gives_the_tree_the_whole_file_parse_gives(name: str) -> None:
+    from sandgate_harness import mutation as m
+
+    if name == "tricky":
+        source, entry = _TRICKY, "tricky:decorated"
+        path = "tricky.py"
+    else:
+        path = f"{name}.py"
+        source = (ROOT / "examples" / "skills" / name / path).read_text()
+        entry = None
+    tree = ast.parse(source)
+    finder = m._Finder(path, source, tree, entry.partition(":")[2] if entry else None)
+    finder.run()
+    m._augassign_candidates(finder)
+    fast = 0
+    for cand in finder.out:
+        whole = _full_parse_tree(source, cand)
+        alone = m._parse_statement(finder.src, tree, cand)
+        if alone is not None:
+            fast += 1
+            assert whole is not None
+            # the same statements, with the same positions, as the whole file's parse
+            assert ast.dump(alone, include_attributes=True) == ast.dump(whole, include_attributes=True)
+        checked = m._verify(finder.src, tree, cand)
+        if whole is None:
+            assert checked is None
+        elif checked is not None:
+            assert ast.dump(checked[3], include_attributes=True) == ast.dump(whole, include_attributes=True)
+            assert checked[0] == (source.encode()[:cand.start] + cand.replacement
+                                  + source.encode()[cand.end:]).decode()
+    assert fast >= len(finder.out) // 2, (fast, len(finder.out))
+
+
+@pytest.mark.parametrize("pair", [("x = 1", "x = 1"), ("x = 1", "x = True"), ("x = 0.0", "x = -0.0"),
+                                  ("x = float('nan')", "x = float('nan')"), ("a < b", "a <= b"),
+                                  ("f(a, *b)", "f(a, b)"), ("x = b'1'", "x = '1'"), ("x = 1j", "x = 1j"),
+                                  ("def f(a): pass", "def f(a): return"), ("[a, b]", "[a, b, c]")])
+def test_the_tree_comparison_agrees_with_ast_dump(pair: tuple[str, str]) -> None:
+    from sandgate_harness.mutation import _same
+
+    a, b = (ast.parse(p) for p in pair)
+    assert _same(a, b) == (ast.dump(a) == ast.dump(b))
+    for x, y in zip(ast.walk(a), ast.walk(b), strict=False):  # up to the first difference
+        assert _same(x, y) == (ast.dump(x) == ast.dump(y))

@@ -417,15 +417,63 @@ def _augassign_candidates(finder: _Finder) -> None:
                            lambda n, new=swap[0]: setattr(n, "op", new()))
 
 
+def _first_line(stmt: ast.stmt) -> int:
+    """The first line of a statement's text (its decorators come before its ``def``)."""
+    return min([stmt.lineno, *(d.lineno for d in getattr(stmt, "decorator_list", ()))])
+
+
+def _segment(src: _Source, tree: ast.Module, top: int) -> tuple[int, int, int] | None:
+    """(start, end, first line) of the whole lines that hold top-level statement ``top`` and
+    nothing else, or None (it shares a line with another statement, or does not start a line)."""
+    stmt = tree.body[top]
+    first, last = _first_line(stmt), stmt.end_lineno or stmt.lineno
+    if stmt.col_offset != 0 or (top > 0 and (tree.body[top - 1].end_lineno or 0) >= first):
+        return None
+    if top + 1 < len(tree.body) and _first_line(tree.body[top + 1]) <= last:
+        return None
+    end = src.starts[last] if last < len(src.starts) else len(src.data)
+    return src.starts[first - 1], end, first
+
+
+def _parse_statement(src: _Source, tree: ast.Module, cand: _Candidate) -> ast.Module | None:
+    """The mutated module's tree, parsing only the lines of the statement the edit is in.
+
+    Those lines start with a fresh logical line and are followed by one (they hold
+    only that statement), so the text before and after tokenizes as before: when
+    the edited lines parse to one statement alone, the whole mutated text parses
+    to the same statements with that one replaced. The other statements are the
+    original tree's own nodes. None: the fast path does not apply (parse it all).
+    """
+    top = cand.index[0]
+    if _FLUFL in src.data:  # the one __future__ import that changes how text parses
+        return None
+    segment = _segment(src, tree, top)
+    if segment is None or not segment[0] <= cand.start <= cand.end <= segment[1]:
+        return None
+    start, end, first = segment
+    # blank lines before it: its nodes get their line numbers in the file
+    text = b"\n" * (first - 1) + src.data[start:cand.start] + cand.replacement + src.data[cand.end:end]
+    try:
+        alone = ast.parse(text.decode("utf-8"))
+    except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
+        return None
+    if len(alone.body) != 1:
+        return None
+    return ast.Module(body=[*tree.body[:top], alone.body[0], *tree.body[top + 1:]], type_ignores=[])
+
+
+_FLUFL = b"barry_as_FLUFL"
+
+
 def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str, ast.Module] | None:
     """(mutated source, line before, line after, its tree), or None when the edit is not the mutation."""
     data = src.data[:cand.start] + cand.replacement + src.data[cand.end:]
+    top, position = cand.index
     try:
         mutated_text = data.decode("utf-8")
-        mutated = ast.parse(mutated_text)
+        mutated = _parse_statement(src, tree, cand) or ast.parse(mutated_text)
     except (SyntaxError, ValueError, UnicodeDecodeError, RecursionError, MemoryError):
         return None
-    top, position = cand.index
     if len(mutated.body) != len(tree.body):
         return None
     # the other statements' text is unchanged: same kind and same place means same tree
@@ -437,16 +485,37 @@ def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str,
     saved = {k: (list(v) if isinstance(v, list) else v) for k, v in target.__dict__.items()}
     try:
         cand.apply(target)  # in place, undone below: cheaper than copying the statement
-        expected = ast.dump(tree.body[top])
+        same = _same(tree.body[top], mutated.body[top])
     finally:
         target.__class__ = saved_class
         target.__dict__.clear()
         target.__dict__.update(saved)
-    if ast.dump(mutated.body[top]) != expected:
+    if not same:
         return None
     before = src.line_text(src.data, cand.line)
     after = src.line_text(data, cand.line)
     return mutated_text, before, after, mutated
+
+
+def _same(a: Any, b: Any) -> bool:
+    """``ast.dump(a) == ast.dump(b)`` (fields, not positions), without building the strings."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, ast.AST):
+            stack.extend((getattr(x, name, None), getattr(y, name, None)) for name in x._fields)
+        elif isinstance(x, list):
+            if len(x) != len(y):
+                return False
+            stack.extend(zip(x, y, strict=True))
+        elif isinstance(x, (float, complex)):
+            if repr(x) != repr(y):  # -0.0 is not 0.0, and nan is nan, as dump shows them
+                return False
+        elif x != y:
+            return False
+    return True
 
 
 def _where(node: Any) -> tuple[Any, ...]:
@@ -771,13 +840,14 @@ def module_name(rel: str) -> str:
     return ".".join(parts)
 
 
-def install_mutant(rel: str, source: str | ast.Module, namespace: dict[str, Any] | None = None) -> None:
+def install_mutant(rel: str, source: Any, namespace: dict[str, Any] | None = None) -> None:
     """Import the mutated source in place of ``rel`` without changing the file on disk.
 
     A meta-path finder answers for the module's import name only when the
     normal path finder resolves that name to the same file; its loader is a
     genuine ``SourceFileLoader`` whose ``get_code`` compiles the mutated text
-    under the original file name. The file, ``get_data``, ``get_source``,
+    (or gives the schemata's code, compiled beforehand) under the original
+    file name. The file, ``get_data``, ``get_source``,
     ``inspect`` and ``linecache`` all show the pristine source, so a test
     cannot tell a mutant run from its own by reading source; only code-object
     introspection (``__code__``, ``get_code``, ``compile``) can.
@@ -787,6 +857,8 @@ def install_mutant(rel: str, source: str | ast.Module, namespace: dict[str, Any]
 
     path = os.path.join(SKILL_DIR, rel)
     name = module_name(rel)
+    import types
+
     mutated: Any = source.encode("utf-8") if isinstance(source, str) else source
 
     def loader_for(fullname: str) -> Any:
@@ -795,6 +867,8 @@ def install_mutant(rel: str, source: str | ast.Module, namespace: dict[str, Any]
         loader = importlib.machinery.SourceFileLoader(fullname, path)
 
         def get_code(_fullname: str) -> Any:
+            if isinstance(mutated, types.CodeType):  # compiled under ``path`` already
+                return mutated
             return compile(mutated, path, "exec", dont_inherit=True)
 
         # get_data / get_source still read the pristine file
@@ -914,6 +988,8 @@ class Schemata:
     #: mutant index -> token; mutant index -> the token of its function's identity branch
     tokens: dict[int, str]
     identity: dict[int, str]
+    #: each file's schemata compiled under its path in the sandbox (the child imports these)
+    codes: dict[str, Any] = field(default_factory=dict)
 
 
 def _units(tree: ast.Module) -> dict[tuple[int, int], ast.FunctionDef | ast.AsyncFunctionDef]:
@@ -1035,8 +1111,11 @@ def _unit_of(original: ast.Module, mutated: ast.Module, before: str | None = Non
             return False
         return _dump(x) != _dump(y)
 
-    if 0 <= top < len(original.body):  # _verify checked that the others are the same trees
-        changed = [top] if differs(original.body[top], mutated.body[top]) else []
+    if 0 <= top < len(original.body):
+        # _verify checked that the others are the same trees, and that this one is the
+        # original with the edit applied (an edit that changes nothing is a variant that
+        # behaves as the original: it survives, as it would in a child of its own)
+        changed = [top]
     else:
         changed = [i for i, (a, b) in enumerate(zip(original.body, mutated.body, strict=True)) if differs(a, b)]
     if len(changed) != 1:
@@ -1072,6 +1151,7 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
     trees: dict[str, ast.Module] = {}
     tokens: dict[int, str] = {}
     identity: dict[int, str] = {}
+    codes: dict[str, Any] = {}
     variants: dict[str, dict[tuple[int, int], list[tuple[str, list[ast.stmt]]]]] = {}
     originals: dict[str, tuple[ast.Module, Any, set[str]]] = {}
     keys: dict[int, tuple[int, int]] = {}
@@ -1109,27 +1189,27 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
     for path, units in variants.items():
         tree = ast.parse(sources[path])
         found = _units(tree)
+        copies = _units(ast.parse(sources[path]))  # fresh copies of the original bodies
         unit_identity: dict[tuple[int, int], str] = {}
         for key, branches in units.items():
             func = found[key]
             same = f"c{secrets.token_hex(8)}"
             unit_identity[key] = same
             chain: list[ast.stmt] = func.body
-            identity_body = ast.parse(sources[path]).body  # a fresh copy of the original body
-            copy = _units(ast.Module(body=identity_body, type_ignores=[]))[key].body
-            for token, body in [*branches, (same, copy)][::-1]:
-                test = ast.Compare(
-                    left=ast.Subscript(value=ast.Name(id=ACTIVE_NAME, ctx=ast.Load()),
-                                       slice=ast.Constant(value=0), ctx=ast.Load()),
-                    ops=[ast.Eq()], comparators=[ast.Constant(value=token)])
+            where = func.body[0]
+            for token, body in [*branches, (same, copies[key].body)][::-1]:
+                # every new node placed at the body's first statement (nothing else to fix)
+                parts = [ast.Name(id=ACTIVE_NAME, ctx=ast.Load()), ast.Constant(value=0),
+                         ast.Constant(value=token)]
+                left = ast.Subscript(value=parts[0], slice=parts[1], ctx=ast.Load())
+                test = ast.Compare(left=left, ops=[ast.Eq()], comparators=[parts[2]])
                 branch = ast.If(test=test, body=body, orelse=chain)
-                ast.copy_location(branch, func.body[0])
-                ast.copy_location(test, func.body[0])
+                for node in (*parts, left, test, branch):
+                    ast.copy_location(node, where)
                 chain = [branch]
             func.body = chain
-        ast.fix_missing_locations(tree)
         try:
-            compile(tree, path, "exec", dont_inherit=True)
+            codes[path] = compile(tree, os.path.join(SKILL_DIR, path), "exec", dont_inherit=True)
         except (SyntaxError, ValueError, RecursionError, MemoryError):
             for index in [i for i, m in enumerate(mutants) if m.file == path]:
                 tokens.pop(index, None)
@@ -1139,7 +1219,7 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
             if mutant.file == path and index in tokens:
                 identity[index] = unit_identity[keys[index]]
     tokens = {i: t for i, t in tokens.items() if mutants[i].file in trees}
-    return Schemata(trees, tokens, identity)
+    return Schemata(trees, tokens, identity, {path: codes[path] for path in trees})
 
 
 class _SchemataLoop:
@@ -1212,7 +1292,7 @@ def _schemata_child(commands: int, answers: int, schemata: Schemata, config: Any
         sys.path.append(SKILL_DIR)
         active: list[Any] = [None]
         for rel, tree in schemata.trees.items():
-            install_mutant(rel, tree, {ACTIVE_NAME: active})
+            install_mutant(rel, schemata.codes.get(rel, tree), {ACTIVE_NAME: active})
         counter = _Selector(None)
         config.pluginmanager.register(counter, "sandgate-mutation-selector")
         config.pluginmanager.register(_SchemataLoop(active, counter), "sandgate-schemata-loop")
