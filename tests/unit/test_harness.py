@@ -180,3 +180,22 @@ def test_semgrep_gets_an_explicit_target_size_above_intakes_cap() -> None:
 
     assert f"--max-target-bytes={MAX_TARGET_BYTES}" in semgrep_command("/r", ["a.py"])
     assert MAX_TARGET_BYTES > IntakeLimits().max_py_bytes
+
+
+def test_wait_exit_returns_the_exit_status_and_times_out_like_popen_wait() -> None:
+    import subprocess
+    import sys
+
+    from sandgate_harness.procs import wait_exit
+
+    quick = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert wait_exit(quick, 30.0) == 3 and quick.returncode == 3
+    assert wait_exit(quick, 0.0) == 3  # already reaped: its status again
+    slow = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            wait_exit(slow, 0.2)
+        assert slow.returncode is None  # still running, still ours to reap
+    finally:
+        slow.kill()
+        assert wait_exit(slow, 30.0) == -9

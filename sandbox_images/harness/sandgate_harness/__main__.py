@@ -18,7 +18,7 @@ from typing import Any
 
 from sandgate_harness import PROTOCOL
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
-from sandgate_harness.procs import kill_all_but, kill_everything_else
+from sandgate_harness.procs import kill_all_but, kill_everything_else, wait_exit
 from sandgate_harness.runner import HEADER, MAGIC
 from sandgate_harness.static import run_static, semgrep_binary
 
@@ -427,7 +427,7 @@ def run_dynamic(config: dict[str, Any], deadline: float, runner: WarmRunner | No
 
     timed_out = False
     try:
-        returncode = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        returncode = wait_exit(proc, max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         timed_out = True
         _kill_everything_else()
@@ -565,7 +565,7 @@ def run_mutation(
     if not server.send(job):
         problem = "the mutation server did not accept its job"
     try:
-        returncode = proc.wait(timeout=max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
+        returncode = wait_exit(proc, max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
     except subprocess.TimeoutExpired:
         _kill_everything_else()
         returncode = proc.wait()
