@@ -1732,7 +1732,6 @@ def main() -> None:
 
 def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, Any]:
     """The harness's ``mutation`` section from the server's events."""
-    _ev = events
     plan: dict[str, Any] = {}
     results: list[dict[str, Any]] = []
     done, exhausted, seconds, control = False, False, None, None
@@ -1784,7 +1783,6 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         "seconds": seconds,
         "generate_seconds": plan.get("generate_seconds"),
         "children_seconds": round(sum(float(r.get("seconds") or 0) for r in results), 4),
-        "events_debug": _ev,
     }
 
 
