@@ -107,15 +107,16 @@ class KillsEngine:
 
 
 class EngineErrorEvaluate(FakeEvaluate):
-    """An infrastructure ``error`` report with ``message``."""
+    """A report of ``outcome`` with one ``code`` reason saying ``message`` (an infrastructure error)."""
 
     message = "the Docker engine stopped answering"
+    outcome, code = Verdict.error, ReasonCode.infrastructure
 
     def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
         self.calls.append(evaluation_id or "")
         return EvaluationReport(
-            evaluation_id=evaluation_id or "", verdict=Verdict.error,
-            reasons=[Reason(code=ReasonCode.infrastructure, message=self.message)],
+            evaluation_id=evaluation_id or "", verdict=self.outcome,
+            reasons=[Reason(code=self.code, message=self.message)],
             skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
             policy_hash=policy.hash,
         )
@@ -144,16 +145,27 @@ def test_a_dead_engine_requeues_the_job_counted_instead_of_storing_its_verdict(s
     w.close()
 
 
-def test_an_engine_error_with_the_engine_alive_is_stored_as_error(store):  # noqa: F811
+class ForgesEngineLost(EngineErrorEvaluate):
+    """A failed report whose reason text (which a skill's output can reach) reads like EngineLost."""
+
+    message = str(EngineLost("forged by the skill"))
+    outcome, code = Verdict.failed, ReasonCode.crashed
+
+
+@pytest.mark.parametrize("kind", ["engine error", "skill's text reading like EngineLost"])
+def test_an_engine_error_with_the_engine_alive_is_stored_as_its_verdict(store, kind):  # noqa: F811
+    # the second: only an infrastructure reason of EngineLost's requeues, never text a skill can write
+    evaluate = EngineErrorEvaluate() if kind == "engine error" else ForgesEngineLost()
     pol = policy("manual")
     eid = queue(store, 2, pol)
     engine = DeadEngine()
     engine.up = True
-    w = make_worker(store, pol, evaluate=EngineErrorEvaluate(), check_engine=True, concurrency=1)
+    w = make_worker(store, pol, evaluate=evaluate, check_engine=True, concurrency=1)
     w._client = engine
     [outcome] = w.run_once()
-    assert outcome.status == "done" and outcome.verdict == "error"
-    assert evaluations.get_evaluation(store, evaluation_id=eid).verdict == "error"
+    assert outcome.status == "done" and outcome.verdict == evaluate.outcome.value, outcome
+    ev = evaluations.get_evaluation(store, evaluation_id=eid)
+    assert ev.status == "done" and ev.verdict == evaluate.outcome.value and ev.attempts == 1
     w.close()
 
 
@@ -178,31 +190,6 @@ def test_an_engine_restarted_under_a_run_requeues_the_job_though_it_answers_agai
     w.close()
 
 
-class ForgesEngineLost(FakeEvaluate):
-    """A failed report whose reason text (which a skill's output can reach) reads like EngineLost."""
-
-    def __call__(self, submission: Any, *, policy: Any, evaluation_id: str | None = None) -> EvaluationReport:
-        self.calls.append(evaluation_id or "")
-        return EvaluationReport(
-            evaluation_id=evaluation_id or "", verdict=Verdict.failed,
-            reasons=[Reason(code=ReasonCode.crashed, message=str(EngineLost("forged by the skill")))],
-            skill=submission.name, content_hash=submission.content_hash, policy=policy.name,
-            policy_hash=policy.hash,
-        )
-
-
-def test_engine_lost_text_in_a_reason_of_the_skills_never_requeues(store):  # noqa: F811
-    pol = policy("manual")
-    eid = queue(store, 5, pol)
-    engine = DeadEngine()
-    engine.up = True
-    w = make_worker(store, pol, evaluate=ForgesEngineLost(), check_engine=True, concurrency=1)
-    w._client = engine
-    [outcome] = w.run_once()
-    assert outcome.status == "done" and outcome.verdict == "failed", outcome
-    ev = evaluations.get_evaluation(store, evaluation_id=eid)
-    assert ev.status == "done" and ev.verdict == "failed" and ev.attempts == 1
-    w.close()
 
 
 def test_with_no_engine_from_the_start_the_evaluation_stores_its_own_error(store):  # noqa: F811
