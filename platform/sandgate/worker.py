@@ -555,9 +555,8 @@ class Worker:
             for reason in getattr(report, "reasons", None) or []:
                 # only the controller writes ``infrastructure`` reasons, and only EngineLost
                 # starts one with ENGINE_LOST: no text of the skill's can ask for a requeue
-                code = getattr(getattr(reason, "code", None), "value", getattr(reason, "code", None))
                 message = str(getattr(reason, "message", "") or "")
-                if code == "infrastructure" and message.startswith(ENGINE_LOST):
+                if getattr(reason, "code", None) == "infrastructure" and message.startswith(ENGINE_LOST):
                     return message
             return None
         self._engine_down.set()

@@ -109,11 +109,12 @@ import signal
 import statistics
 import sys
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
 from sandgate_harness.payload import write_tree
-from sandgate_harness.procs import kill_everything_else, kill_strays
+from sandgate_harness.procs import exited_within, kill_everything_else, kill_strays
 
 SKILL_DIR = "/work/skill"
 #: writable places a test could leave state in for a later mutant; emptied before each child
@@ -435,6 +436,10 @@ def _segment(src: _Source, tree: ast.Module, top: int) -> tuple[int, int, int] |
     return src.starts[first - 1], end, first
 
 
+#: the one ``__future__`` import that changes how text parses
+_FLUFL = b"barry_as_FLUFL"
+
+
 def _parse_statement(src: _Source, tree: ast.Module, cand: _Candidate) -> ast.Module | None:
     """The mutated module's tree, parsing only the lines of the statement the edit is in.
 
@@ -445,7 +450,7 @@ def _parse_statement(src: _Source, tree: ast.Module, cand: _Candidate) -> ast.Mo
     original tree's own nodes. None: the fast path does not apply (parse it all).
     """
     top = cand.index[0]
-    if _FLUFL in src.data:  # the one __future__ import that changes how text parses
+    if _FLUFL in src.data:
         return None
     segment = _segment(src, tree, top)
     if segment is None or not segment[0] <= cand.start <= cand.end <= segment[1]:
@@ -460,9 +465,6 @@ def _parse_statement(src: _Source, tree: ast.Module, cand: _Candidate) -> ast.Mo
     if len(alone.body) != 1:
         return None
     return ast.Module(body=[*tree.body[:top], alone.body[0], *tree.body[top + 1:]], type_ignores=[])
-
-
-_FLUFL = b"barry_as_FLUFL"
 
 
 def _verify(src: _Source, tree: ast.Module, cand: _Candidate) -> tuple[str, str, str, ast.Module] | None:
@@ -857,8 +859,6 @@ def install_mutant(rel: str, source: Any, namespace: dict[str, Any] | None = Non
 
     path = os.path.join(SKILL_DIR, rel)
     name = module_name(rel)
-    import types
-
     mutated: Any = source.encode("utf-8") if isinstance(source, str) else source
 
     def loader_for(fullname: str) -> Any:
@@ -876,8 +876,6 @@ def install_mutant(rel: str, source: Any, namespace: dict[str, Any] | None = Non
         if namespace is not None:  # a schemata module: its dispatch cell is there before it runs
 
             def create_module(_spec: Any) -> Any:
-                import types
-
                 module = types.ModuleType(fullname)
                 module.__dict__.update(namespace)
                 return module
@@ -1187,7 +1185,7 @@ def build_schemata(sources: dict[str, str], mutants: list[Mutant]) -> Schemata:
         tokens[index] = f"m{secrets.token_hex(8)}"
         variants.setdefault(mutant.file, {}).setdefault(key, []).append((tokens[index], body))
     for path, units in variants.items():
-        tree = ast.parse(sources[path])
+        tree = originals[path][0]  # not read again: its bodies become the schemata's
         found = _units(tree)
         copies = _units(ast.parse(sources[path]))  # fresh copies of the original bodies
         unit_identity: dict[tuple[int, int], str] = {}
@@ -1343,8 +1341,6 @@ class _SchemataRunner:
             self.broken = True  # collection differs here: every mutant runs in a child of its own
 
     def _answer(self, timeout: float) -> Any:
-        import select
-
         end = time.monotonic() + timeout
         while b"\n" not in self.buffer:
             left = end - time.monotonic()
@@ -1430,20 +1426,14 @@ def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
     cleanup = cleanup or _kill_others
     started = time.monotonic()
     delay = 0.002
-    try:
-        watch: int | None = os.pidfd_open(pid)  # readable once the child exits: no polling delay
-    except (AttributeError, OSError):
-        watch = None  # no pidfd (an older kernel, or gVisor): poll with a growing sleep
+    watched = False  # one wait on a pidfd (no polling delay); without pidfds, a growing sleep
     while True:
         done, status = os.waitpid(pid, os.WNOHANG)
         if done:
             break
-        if watch is not None:
-            left = max(0.0, timeout - (time.monotonic() - started)) + 0.001
-            exited = bool(select.select([watch], [], [], left)[0])
-            os.close(watch)
-            watch = None
-            if exited:
+        if not watched:
+            watched = True
+            if exited_within(pid, max(0.0, timeout - (time.monotonic() - started)) + 0.001):
                 continue  # reaped by the next waitpid (or, should it not be, polled for)
         if time.monotonic() - started > timeout:
             _kill_group(pid)
@@ -1457,8 +1447,6 @@ def _reap(pid: int, timeout: float, cleanup: Any = None) -> tuple[str, float]:
         time.sleep(delay)
         delay = min(delay * 1.5, 0.02)
     seconds = time.monotonic() - started
-    if watch is not None:
-        os.close(watch)
     cleanup()
     if os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
         return "survived", seconds

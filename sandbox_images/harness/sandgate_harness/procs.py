@@ -92,23 +92,32 @@ def _kill(pids: list[int]) -> None:
     time.sleep(0.001)
 
 
+def exited_within(pid: int, timeout: float) -> bool | None:
+    """Whether child ``pid`` exits within ``timeout`` (it is not reaped), waiting on a pidfd,
+    which becomes readable at the exit itself; None without pidfds (an older kernel, gVisor)."""
+    try:
+        watch = os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+    try:
+        return bool(select.select([watch], [], [], max(0.0, timeout))[0])
+    finally:
+        os.close(watch)
+
+
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     """``proc.wait(timeout)`` that returns as the child exits.
 
     ``Popen.wait`` with a timeout polls with sleeps growing to 50 ms, so it returns
-    up to 50 ms (25 on average) after the exit; a pidfd becomes readable at the
-    exit itself. Without pidfds (an older kernel, gVisor) it is ``Popen.wait``.
-    Raises :class:`subprocess.TimeoutExpired` as that does.
+    up to 50 ms (25 on average) after the exit; :func:`exited_within` does not.
+    Without pidfds it is ``Popen.wait``. Raises :class:`subprocess.TimeoutExpired`
+    as that does.
     """
     if proc.returncode is not None:
         return proc.returncode
-    try:
-        watch = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
+    exited = exited_within(proc.pid, timeout)
+    if exited is None:
         return proc.wait(timeout=timeout)
-    try:
-        if not select.select([watch], [], [], max(0.0, timeout))[0]:
-            raise subprocess.TimeoutExpired(proc.args, timeout)
-    finally:
-        os.close(watch)
+    if not exited:
+        raise subprocess.TimeoutExpired(proc.args, timeout)
     return proc.wait()
