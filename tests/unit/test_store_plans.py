@@ -8,7 +8,9 @@ unfiltered ``active_pointers`` read every skill by design and are not checked.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -17,9 +19,11 @@ from sandgate.store import Store, audit, evaluations, open_store, pointers, vers
 from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 
-@pytest.fixture
-def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
-    s = open_store(f"sqlite:///{tmp_path / 'plans.db'}")
+@pytest.fixture(scope="module")
+def plans_db(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """The populated store, built once per module; each test gets a copy (see ``store``)."""
+    path = tmp_path_factory.mktemp("plans") / "plans.db"
+    s = open_store(f"sqlite:///{path}")
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
@@ -33,6 +37,15 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
         pointers.promote(s, name=name, number=2, actor="t", policy=POLICY)
     with s.engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
+    s.close()
+    return path
+
+
+@pytest.fixture
+def store(plans_db: Path, tmp_path: Path) -> Iterator[Store]:
+    path = tmp_path / "plans.db"
+    shutil.copyfile(plans_db, path)
+    s = open_store(f"sqlite:///{path}")
     yield s
     s.close()
 

@@ -7,8 +7,10 @@ a ``SCAN`` of a store table.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select, update
@@ -20,9 +22,11 @@ from sandgate.store.models import Evaluation
 from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
 
 
-@pytest.fixture
-def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
-    s = open_store(f"sqlite:///{tmp_path / 'plans.db'}")
+@pytest.fixture(scope="module")
+def plans_db(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
+    """The populated store, built once per module; each test gets a copy (see ``store``)."""
+    path = tmp_path_factory.mktemp("plans") / "plans.db"
+    s = open_store(f"sqlite:///{path}")
     for k in range(10):
         name = f"skill_{k}"
         for i in range(1, 4):
@@ -40,7 +44,7 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
         policy_name=POLICY.name, policy_hash=POLICY.hash,
     )  # fmt: skip
     for k in range(5):
-        evaluations.claim_evaluation(s, give_up=gave_up, owner=f"w{k}", lease_seconds=30)
+        evaluations.claim_evaluation(s, give_up=gave_up, owner=f"w{k}", lease_seconds=3600)  # outlives the module
     old = datetime.now(UTC) - timedelta(days=40)
     with s.write() as session:
         session.execute(update(Evaluation).where(Evaluation.lease_owner == "w0")
@@ -52,6 +56,15 @@ def store(tmp_path) -> Iterator[Store]:  # type: ignore[no-untyped-def]
                         .values(created_at=old - timedelta(days=1), finished_at=old - timedelta(days=1)))
     with s.engine.begin() as conn:
         conn.exec_driver_sql("ANALYZE")
+    s.close()
+    return path
+
+
+@pytest.fixture
+def store(plans_db: Path, tmp_path: Path) -> Iterator[Store]:
+    path = tmp_path / "plans.db"
+    shutil.copyfile(plans_db, path)
+    s = open_store(f"sqlite:///{path}")
     yield s
     s.close()
 
