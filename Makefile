@@ -30,11 +30,14 @@ image: setup engine
 demo: image
 	$(BIN)/python examples/demo.py
 
-## test: the whole suite against a real Docker engine, a real PostgreSQL and a headless Chromium (prints the 15 slowest tests)
+## test: the whole suite against a real Docker engine, a real PostgreSQL and a headless Chromium, in
+## TEST_WORKERS parallel processes (most tests wait on the engine; tests/conftest.py keeps a module in one
+## process and the modules sharing engine-wide state in one group), printing the 15 slowest tests
+TEST_WORKERS ?= 4
 test: image
 	@bash tests/ensure_postgres.sh
 	@bash tests/ensure_browser.sh
-	$(BIN)/pytest --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
 
 ## test-fast: the unit tests, which need neither a Docker engine nor PostgreSQL (the engine is pointed nowhere)
 test-fast: setup

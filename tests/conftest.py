@@ -19,6 +19,48 @@ pytest.register_assert_rewrite(
 
 from sandgate.config import Settings  # noqa: E402  (after the assert-rewrite registration)
 
+# -- parallel runs (pytest-xdist, ``make test`` runs ``-n 4 --dist loadgroup``) -----------------
+#
+# A module runs whole in one worker process, in its own order: modules share module-scoped
+# servers and some rely on their order (e.g. "the controller still evaluates a clean skill"
+# last). Each worker is its own controller (``sandgate.controller`` = host:pid, so
+# ``no_leftovers`` counts only its own containers), starts its own PostgreSQL cluster
+# (free port, fresh temporary directory) and its own servers (free ports).
+#
+# Modules that share an engine-wide resource beyond their own containers form one group,
+# which one worker runs in turn:
+SHARED_GROUPS = {
+    # they remove, build, count and prune the derived images of the sandbox image
+    "tests/integration/test_deps.py": "derived-images",
+    "tests/security/test_hostile_deps.py": "derived-images",
+}
+
+#: the longest modules start first, so that no worker is left with one of them at the end
+LONG_FIRST = (
+    "tests/security/test_hostile_oracle.py",
+    "tests/security/test_hostile_runtime.py",
+    "tests/integration/test_api_lifecycle.py",
+    "tests/integration/test_mutation.py",
+    "tests/integration/test_api_auth.py",
+    "tests/integration/test_api_fuzz.py",
+)
+
+
+def _module_of(item: pytest.Item) -> str:
+    return item.nodeid.split("::", 1)[0]
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+        return  # a plain run keeps the collection order
+    rank = {module: i for i, module in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))  # stable: order within a module kept
+    for item in items:
+        if not any(item.iter_markers("xdist_group")):
+            module = _module_of(item)
+            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
+
 
 @pytest.fixture(scope="session")
 def docker_client():
