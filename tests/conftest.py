@@ -19,7 +19,7 @@ pytest.register_assert_rewrite(
 
 from sandgate.config import Settings  # noqa: E402  (after the assert-rewrite registration)
 
-# -- parallel runs (pytest-xdist, ``make test`` runs ``-n 4 --dist loadgroup``) -----------------
+# -- parallel runs (pytest-xdist, ``make test`` runs ``-n $TEST_WORKERS --dist loadgroup``) -----------------
 #
 # A module runs whole in one worker process, in its own order: modules share module-scoped
 # servers and some rely on their order (e.g. "the controller still evaluates a clean skill"
