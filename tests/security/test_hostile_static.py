@@ -144,6 +144,48 @@ CLASS_2 = {
             pytestconfig.option.maxfail = 0
             """ + HONEST_ASSERT + """
         """, "pytest-api-allowlist"),
+    "approx-patched-to-accept-anything": ("""
+        from unittest import mock
+
+        import pytest
+        from slug import slugify
+
+        def test_slug(monkeypatch):
+            monkeypatch.setattr(pytest, "approx", lambda *a, **k: mock.ANY)
+            assert slugify("Hello World") == pytest.approx("hello-world")
+        """, "pytest-api-allowlist"),
+    "approx-assigned-at-import": ("""
+        from unittest import mock
+
+        import pytest
+        from slug import slugify
+
+        pytest.approx = lambda *a, **k: mock.ANY
+
+        def test_slug():
+            assert slugify("Hello World") == pytest.approx("hello-world")
+        """, "pytest-api-allowlist"),
+    "raises-patched-by-its-dotted-name": ("""
+        import contextlib
+        from unittest import mock
+
+        import pytest
+        from slug import slugify
+
+        def test_slug():
+            with mock.patch("pytest.raises", lambda *a, **k: contextlib.nullcontext()):
+                with pytest.raises(ValueError):
+                    slugify("")
+        """, "pytest-api-allowlist"),
+    "pytest-module-through-sys-modules": ("""
+        import sys
+        from unittest import mock
+
+        from slug import slugify
+
+        def test_slug():
+            sys.modules["pytest"].approx = lambda *a, **k: mock.ANY
+        """, "pytest-api-allowlist"),
     "pluggy-hookimpl-without-hook-name": ("""
         import pluggy
         from slug import slugify
@@ -301,6 +343,26 @@ CLASS_3 = {
         def test_slug():
             look("_ex" + "it")(0)
         """, "computed-name-reflection"),
+    "timeit-runs-a-data-file": ("""
+        import timeit
+        from slug import slugify
+
+        def test_slug():
+            with open("tests/payload.txt") as handle:
+                statement = handle.read()
+            timeit.timeit(statement, number=1)
+            """ + HONEST_ASSERT + """
+        """, "code-loading"),
+    "sqlite-extension-from-a-data-file": ("""
+        import sqlite3
+        from slug import slugify
+
+        def test_slug():
+            connection = sqlite3.connect(":memory:")
+            connection.enable_load_extension(True)
+            connection.load_extension("tests/payload.txt")
+            """ + HONEST_ASSERT + """
+        """, "code-loading"),
     "code-object-from-bytes": ("""
         import types
         from slug import slugify

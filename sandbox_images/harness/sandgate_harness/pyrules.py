@@ -10,7 +10,9 @@ already NFKC-normalised by the parser) and are written as ALLOW lists:
   ``pytest.raises`` results only for ``value``/``type``/``match``...; the
   ``pytest`` module, ``request`` and ``ExceptionInfo`` objects never passed
   around as values; ``skipif``/``xfail`` conditions never strings (pytest
-  evaluates those); no ``unittest.TestCase.run`` overrides in test files.
+  evaluates those); no ``unittest.TestCase.run`` overrides in test files; the
+  allowed API itself never patched (``monkeypatch``/``mock.patch`` targets,
+  attribute assignment, ``sys.modules["pytest"]``).
 - ``toolchain-module`` (critical): ``_pytest``, ``pluggy``, ``coverage``, ...
   are never imported or named, not even as a string target of
   ``monkeypatch.setattr``/``mock.patch``.
@@ -31,8 +33,9 @@ already NFKC-normalised by the parser) and are written as ALLOW lists:
   ``[::-1]``) is therefore pointless: no sink accepts the result.
 - ``code-loading`` (high): running code that is not a scanned ``.py`` file
   (``runpy``, ``code``, ``importlib.util``/``machinery``, ``zipimport``,
-  ``pkgutil``, ``pydoc``, ``logging.config``, ``types.CodeType``, string
-  statements for ``timeit``, ``typing.get_type_hints``).
+  ``pkgutil``, ``pydoc``, ``logging.config``, ``types.CodeType``, ``timeit``
+  of anything but a lambda or a function of the file, ``typing.get_type_hints``,
+  ``tkinter``, SQLite's ``load_extension``).
 - ``private-module-attribute`` (high): ``_private`` names of modules that are
   not the skill's own.
 - ``environment-probe`` (high) / ``environment-query`` (medium): asking what
@@ -63,7 +66,8 @@ RULES: dict[str, tuple[str, str, str]] = {
         "pytest.mark.<marker> (skipif/xfail with a boolean condition, never a string), "
         "the fixtures tmp_path, monkeypatch, capsys, capfd, caplog, recwarn and request.param. "
         "Everything else of pytest (its classes, config, session, plugin manager, nodes, "
-        "tracebacks) can rewrite the verdict."),
+        "tracebacks) can rewrite the verdict, and so can patching that API itself "
+        "(monkeypatch.setattr(pytest, ...), mock.patch(\"pytest.approx\"), pytest.raises = ...)."),
     "toolchain-module": (
         "critical", "harness-tampering",
         "The test toolchain (_pytest, pluggy, coverage, pytest_cov, pytest_timeout, py, "
@@ -95,8 +99,9 @@ RULES: dict[str, tuple[str, str, str]] = {
         "high", "dynamic-code",
         "Runs code that is not an ordinary, scanned import: runpy, code/codeop, "
         "importlib.util/machinery/abc, zipimport, pkgutil, pydoc.locate, logging.config, "
-        "types.CodeType, timeit with a statement string, typing.get_type_hints (which "
-        "evaluates annotation strings). Data files of a submission are never scanned, so "
+        "types.CodeType, timeit of anything but a lambda or a function of the file, "
+        "typing.get_type_hints (which evaluates annotation strings), tkinter (Tcl's eval), "
+        "SQLite extensions. Data files of a submission are never scanned, so "
         "executing them bypasses every check. Import your modules normally."),
     "private-module-attribute": (
         "high", "dynamic-code",
@@ -158,7 +163,9 @@ CODE_LOADING_MODULES = frozenset({"runpy", "code", "codeop", "zipimport", "pkgut
                                   "importlib._bootstrap", "importlib._bootstrap_external",
                                   "logging.config", "importlib.metadata", "doctest", "pdb", "bdb",
                                   "trace", "profile", "cProfile", "rlcompleter", "compileall",
-                                  "py_compile"})
+                                  "py_compile", "tkinter", "_tkinter"})
+#: attributes that load native code whatever object they are on (sqlite3's connections)
+NATIVE_LOADING_ATTRS = frozenset({"load_extension", "enable_load_extension"})
 CODE_LOADING_NAMES = frozenset({"importlib.reload", "types.CodeType", "typing.get_type_hints"})
 PROBE_NAMES = frozenset({
     "sys.flags", "socket.gethostname", "socket.getfqdn", "platform.node", "platform.uname",
@@ -254,7 +261,10 @@ class _Checker(ast.NodeVisitor):
         self.param_names: set[str] = set()
         self.docstrings: set[int] = set()
         self.exempt_values: set[int] = set()  # nodes passed as the object of a literal setattr
+        self.functions: set[str] = set()  # names bound by def statements
+        self.rebound: set[str] = set()  # names also bound otherwise (assigned, a parameter, imported)
         self._prepare(tree)
+        self.rebound |= set(self.aliases)
         #: where pytest hands objects to the code: test files, and any file importing pytest
         self.pytest_context = self.test_file or any(
             q == "pytest" or q.startswith("pytest.") for q in self.aliases.values())
@@ -287,12 +297,16 @@ class _Checker(ast.NodeVisitor):
                         self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
             elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
                 self.bound.add(node.name)
+                if not isinstance(node, ast.ClassDef):
+                    self.functions.add(node.name)
             elif isinstance(node, ast.arg):
                 self.bound.add(node.arg)
+                self.rebound.add(node.arg)
                 if node.arg not in ("self", "cls"):
                     self.param_names.add(node.arg)
             elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
                 self.bound.add(node.id)
+                self.rebound.add(node.id)
             if isinstance(node, ast.Assign):
                 for target in node.targets:
                     if isinstance(target, ast.Name):
@@ -411,6 +425,8 @@ class _Checker(ast.NodeVisitor):
             self.report("dunder-access", node, f"`{name}`")
         if FRAME_ATTR.match(name):
             self.report("frame-introspection", node, f"`.{name}` is a frame/code/traceback attribute")
+        if name in NATIVE_LOADING_ATTRS:
+            self.report("code-loading", node, f"`.{name}` loads native code (an SQLite extension)")
         if name in UNITTEST_PRIVATE:
             self.report("pytest-api-allowlist", node, f"`.{name}` is unittest's result machinery")
         if self.pytest_context and name in PYTEST_PRIVATE:
@@ -457,6 +473,8 @@ class _Checker(ast.NodeVisitor):
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         self.check_attr_name(node.attr, node, node.value)
+        if isinstance(node.ctx, (ast.Store, ast.Del)):  # `pytest.approx = ...`: a patch without monkeypatch
+            self._check_patched(self.qualify(node.value), node)
         parent = self.parent(node)
         if isinstance(node.ctx, ast.Load) and not (isinstance(parent, ast.Call) and parent.func is node) \
                 and not (isinstance(parent, ast.Attribute) and parent.value is node):
@@ -571,6 +589,7 @@ class _Checker(ast.NodeVisitor):
             key = _literal_str(node.slice)
             if key is not None:
                 self.check_qualified(key, node)
+                self._check_module_value(key, node)
             elif not (isinstance(node.slice, ast.Name) and node.slice.id == "__name__"):
                 self.report("computed-name-reflection", node, "`sys.modules[...]` with a computed key")
         self.generic_visit(node)
@@ -590,6 +609,7 @@ class _Checker(ast.NodeVisitor):
                 self.report("computed-name-reflection", node, "`import_module` with a computed name")
             else:
                 self.check_qualified(name, node)
+                self._check_module_value(name, node)
         elif fq in ("operator.attrgetter", "operator.methodcaller"):
             args = node.args if fq == "operator.attrgetter" else node.args[:1]
             for arg in args:
@@ -601,6 +621,11 @@ class _Checker(ast.NodeVisitor):
                         self.check_attr_name(part, node, None)
         elif fq in ("unittest.mock.patch", "mock.patch"):
             self._check_target(node)
+        elif fq in ("unittest.mock.patch.multiple", "mock.patch.multiple") or (
+                method == "multiple" and isinstance(node.func, ast.Attribute)
+                and _base_name(node.func.value) == "patch"):
+            target = node.args[0] if node.args else None
+            self._check_patched(_literal_str(target) or (self.qualify(target) if target else None), node)
         elif fq in ("unittest.mock.patch.object", "mock.patch.object"):
             self._check_named(node, 0, 1, "patch.object")
         elif method in ("setattr", "delattr") and fq is None:
@@ -639,10 +664,11 @@ class _Checker(ast.NodeVisitor):
             if name is None or name in BLOCKED_FIXTURES or name == "request":
                 self.report("pytest-api-allowlist", node, "`getfixturevalue` with a computed or blocked name")
         elif fq and fq.split(".")[0] == "timeit":
-            if any(isinstance(a, (ast.Constant, ast.JoinedStr)) for a in node.args) or \
-                    any(k.arg in ("stmt", "setup") and not isinstance(k.value, (ast.Lambda, ast.Name))
-                        for k in node.keywords):
-                self.report("code-loading", node, "`timeit` with a statement string")
+            # timeit compiles and runs a string statement: only a lambda or a function this
+            # file defines (and never rebinds) may be timed; timeit.main runs its arguments
+            statements = node.args[:2] + [k.value for k in node.keywords if k.arg in ("stmt", "setup")]
+            if fq == "timeit.main" or not all(self._function_ref(a) for a in statements):
+                self.report("code-loading", node, "`timeit` with a statement that may be a string")
         if self._is_call_to(node, "pytest.raises"):
             parent = self.parent(node)
             single = isinstance(parent, ast.Assign) and len(parent.targets) == 1 \
@@ -665,6 +691,7 @@ class _Checker(ast.NodeVisitor):
             return
         if isinstance(obj, ast.Name):
             self.exempt_values.add(id(obj))
+        self._check_patched(self.qualify(obj), node)
         self.check_attr_name(name, node, obj)
 
     def _check_target(self, node: ast.Call) -> None:
@@ -674,7 +701,25 @@ class _Checker(ast.NodeVisitor):
             return
         for part in target.split("."):
             self.check_attr_name(part, node, None)
+        self._check_patched(target, node)
         self.check_module_path(target, node)
+
+    def _function_ref(self, node: ast.AST) -> bool:
+        if isinstance(node, ast.Lambda):
+            return True
+        return isinstance(node, ast.Name) and node.id in self.functions and node.id not in self.rebound
+
+    def _check_module_value(self, name: str, node: ast.AST) -> None:
+        """``sys.modules["pytest"]`` / ``import_module("pytest")``: pytest's module object as a value."""
+        if name in VALUE_RESTRICTED and name == "pytest":
+            self.report("pytest-api-allowlist", node, f"the module `{name}` is used as a value")
+
+    def _check_patched(self, q: str | None, node: ast.AST) -> None:
+        """A patch of pytest's own API (``approx``, ``raises``, ``fail``) rewrites what every
+        assertion through it decides: never allowed, whatever the name. (Naming the rest of
+        the toolchain is already ``toolchain-module``.)"""
+        if (q or "").split(".")[0] == "pytest":
+            self.report("pytest-api-allowlist", node, f"`{q}` is patched: tests may not replace pytest's API")
 
 
 def _literal_str(node: ast.AST | None) -> str | None:
