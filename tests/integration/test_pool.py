@@ -91,7 +91,9 @@ def run(x):
 
 
 def leave():
-    for path in ("/work/left_behind", "/tmp/left_behind", "/work/skill/left_behind"):
+    # the sandbox's working tree is named through the cwd: a literal of it is an environment probe
+    work = os.path.dirname(os.getcwd())
+    for path in (os.path.join(work, "left_behind"), "/tmp/left_behind", os.path.join(os.getcwd(), "left_behind")):
         with open(path, "w") as handle:
             handle.write("secret of the previous evaluation")
     # a background process in its own session, as a daemon would be
@@ -109,7 +111,8 @@ def test_run():
 
 def test_leave():
     leave()
-    assert os.path.exists("/work/left_behind") and os.path.exists("/tmp/left_behind")
+    assert os.path.exists(os.path.join(os.path.dirname(os.getcwd()), "left_behind"))
+    assert os.path.exists("/tmp/left_behind")
 '''
 SEEKER_MANIFEST = b'name = "seeker"\ndescription = "looks for leftovers"\nentrypoint = "seeker:run"\n'
 SEEKER = b'''import os
@@ -120,7 +123,9 @@ def run(x):
 
 
 def leftovers():
-    found = [p for p in ("/work/left_behind", "/tmp/left_behind", "/work/skill/left_behind") if os.path.exists(p)]
+    work = os.path.dirname(os.getcwd())
+    candidates = (os.path.join(work, "left_behind"), "/tmp/left_behind", os.path.join(os.getcwd(), "left_behind"))
+    found = [p for p in candidates if os.path.exists(p)]
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:

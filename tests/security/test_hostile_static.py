@@ -444,6 +444,8 @@ CLASS_7 = {
     "hostname": ("import platform\n", 'platform.node() == "sandbox"', "environment-probe"),
     "uname": ("import os\n", 'os.uname().nodename == "sandbox"', "environment-probe"),
     "dockerenv": ("import os\n", 'os.path.exists("/.dockerenv")', "environment-probe"),
+    "sandbox-working-tree": ("import os\n", 'os.getcwd().startswith("/work")', "environment-probe"),
+    "own-path": ("", '__file__.startswith("/work/skill/")', "environment-probe"),
     "uid": ("import os\n", "os.geteuid() != 0", "environment-probe"),
     "hostname-variable": ("import os\n", 'os.environ.get("HOSTNAME") == "sandbox"',
                           "env-test-run-sniffing"),

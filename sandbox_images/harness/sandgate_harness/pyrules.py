@@ -112,7 +112,7 @@ RULES: dict[str, tuple[str, str, str]] = {
         "high", "environment-sniffing",
         "Asks which machine, user or interpreter mode the code runs in (sys.flags, "
         "hostname, os.uname, platform.node, uid/gid/login, container marker files such as "
-        "/.dockerenv). A skill that can tell the sandbox from production can behave well "
+        "/.dockerenv, the sandbox's /work tree). A skill that can tell the sandbox from production can behave well "
         "only under test. Make the behaviour unconditional."),
     "environment-query": (
         "medium", "environment-sniffing",
@@ -174,7 +174,9 @@ PROBE_NAMES = frozenset({
     "os.getsid", "os.ctermid", "getpass.getuser",
 })
 PROBE_MODULES = frozenset({"pwd", "grp", "spwd"})
-PROBE_PATHS = re.compile(r"^/(\.dockerenv|run/\.containerenv|\.containerenv)$")
+#: container marker files, and the sandbox's own working tree (``/work/skill``): naming them asks
+#: "am I under test?" (a production consumer loads the skill from elsewhere)
+PROBE_PATHS = re.compile(r"^/(\.dockerenv|run/\.containerenv|\.containerenv|work(/.*)?)$")
 QUERY_NAMES = frozenset({
     "os.cpu_count", "os.process_cpu_count", "os.sched_getaffinity", "os.getloadavg",
     "os.statvfs", "os.isatty", "os.get_terminal_size", "shutil.disk_usage",
