@@ -13,17 +13,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from difflib import get_close_matches
+from pathlib import Path
 
 from sandgate.errors import ConfigError
 
-__all__ = ["AREA_PREFIXES", "OTHER_VARIABLES", "SETTINGS_FIELDS", "check_environment", "known_variables",
-           "remote_url"]
+__all__ = ["AREA_PREFIXES", "FREE_TEXT_VARIABLES", "OTHER_VARIABLES", "SETTINGS_FIELDS", "check_environment",
+           "known_variables", "plain_store_url", "remote_url"]
 
 #: the fields of :class:`sandgate.config.Settings`, in order (each is ``SANDGATE_<FIELD>``)
 SETTINGS_FIELDS: tuple[str, ...] = (
     "home", "database_url", "policies_dir", "policy", "image", "docker_api_timeout", "sandbox_kill_grace",
     "pool_size", "pool_max_age", "host_id", "otel_exporter_otlp_endpoint",
 )
+
+#: the settings whose every value is valid (plain text, no constraint): the read commands need not load
+#: the settings to validate them (:func:`plain_store_url`; a test pins them against the settings)
+FREE_TEXT_VARIABLES: tuple[str, ...] = ("SANDGATE_POLICY", "SANDGATE_IMAGE")
 
 #: ``SANDGATE_*`` variables read outside :class:`~sandgate.config.Settings` (name → meaning)
 OTHER_VARIABLES: dict[str, str] = {
@@ -44,6 +49,34 @@ AREA_PREFIXES: tuple[str, ...] = ("SANDGATE_API_", "SANDGATE_LLM_", "SANDGATE_SC
 def remote_url() -> str | None:
     """``$SANDGATE_URL`` (the server the CLI talks to instead of a store), or None when unset or blank."""
     return os.environ.get("SANDGATE_URL", "").strip() or None
+
+
+def plain_store_url(environ: Mapping[str, str] | None = None) -> str | None:
+    """The embedded store's URL when the environment alone decides it, as
+    :attr:`~sandgate.config.Settings.effective_database_url` would (``SANDGATE_DATABASE_URL``, else
+    ``sandgate.db`` under ``SANDGATE_HOME``, else under ``./.sandgate``); None when the settings must be
+    loaded to know: a settings file exists, another settings variable is set (it gets validated; the
+    free-text ones, :data:`FREE_TEXT_VARIABLES`, cannot be invalid), a name
+    is not upper case, a value is blank, or the home is not a directory (the settings say so)."""
+    env = os.environ if environ is None else environ
+    if Path(env.get("SANDGATE_CONFIG", "sandgate.toml")).is_file():
+        return None
+    fields = {f"SANDGATE_{name.upper()}" for name in SETTINGS_FIELDS}
+    for key, value in env.items():
+        upper = key.upper()
+        if upper not in fields:
+            continue
+        if key != upper or upper not in ("SANDGATE_HOME", "SANDGATE_DATABASE_URL", *FREE_TEXT_VARIABLES):
+            return None
+        if upper not in FREE_TEXT_VARIABLES and not value.strip():
+            return None
+    url = env.get("SANDGATE_DATABASE_URL")
+    if url:
+        return url
+    home = Path(env["SANDGATE_HOME"]) if "SANDGATE_HOME" in env else Path.cwd() / ".sandgate"
+    if home.exists() and not home.is_dir():
+        return None
+    return f"sqlite:///{home / 'sandgate.db'}"
 
 
 def known_variables() -> set[str]:

@@ -171,8 +171,26 @@ def test_an_embedded_read_loads_sqlite3_and_no_database_layer(tmp_path: Path, st
     code, modules, out = run_cli(tmp_path, *args)
     assert code == (0 if args == ("skills",) else 1), out  # greet is not there: refused
     assert "sandgate.service.lite" in modules and "sqlite3" in modules  # it did read the store
-    assert _under(modules, (HEAVY - {"pydantic_settings"}) | PLATFORM | {
-        "sandgate.store", "sandgate.service.embedded", "sandgate.client"}) == []
+    # SANDGATE_HOME alone names the store: not even the settings machinery (sandgate.environ.plain_store_url)
+    assert _under(modules, HEAVY | PLATFORM | {"pydantic", "pydantic_core", "sandgate.config", "sandgate.store",
+                                                "sandgate.service.embedded", "sandgate.client"}) == []
+
+
+@pytest.mark.parametrize("setting", ["variable", "file"])
+def test_an_embedded_read_with_other_settings_validates_them_first(tmp_path: Path, store_home: Path,
+                                                                   setting: str) -> None:
+    """Another setting set (a variable, or a settings file): the settings are loaded, so a bad value is
+    refused as every other command refuses it, and a good one still reads through sqlite3."""
+    config = tmp_path / "sandgate.toml"
+    extra = {"SANDGATE_POOL_SIZE": "two"} if setting == "variable" else {"SANDGATE_CONFIG": str(config)}
+    config.write_text('pool_size = "two"\n')
+    code, modules, _ = run_cli(tmp_path, "skills", **extra)
+    assert code == 2 and "pydantic_settings" in modules  # ConfigError: exit 2
+    good = {"SANDGATE_POOL_SIZE": "2"} if setting == "variable" else {"SANDGATE_CONFIG": str(config)}
+    config.write_text("pool_size = 2\n")
+    code, modules, _ = run_cli(tmp_path, "skills", **good)
+    assert code == 0 and "pydantic_settings" in modules and "sandgate.service.lite" in modules
+    assert _under(modules, {"sqlalchemy", "sandgate.store", "sandgate.service.embedded"}) == []
 
 
 def test_an_embedded_read_of_no_store_takes_the_full_path(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ SQLAlchemy path prints, errors included, on one real SQLite store."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,59 @@ def test_the_reader_never_writes(env: Any) -> None:
     assert reader is not None
     with reader, pytest.raises(sqlite3.OperationalError, match="readonly"):
         reader._conn.execute("DELETE FROM skills")
+
+
+PLAIN_CASES = {
+    "nothing set": ({}, True),
+    "a home": ({"SANDGATE_HOME": "{tmp}/h"}, True),
+    "a relative home": ({"SANDGATE_HOME": "rel/h"}, True),
+    "a database url": ({"SANDGATE_DATABASE_URL": "sqlite:////x/y.db"}, True),
+    "both": ({"SANDGATE_HOME": "{tmp}/h", "SANDGATE_DATABASE_URL": "postgresql://u@h/db"}, True),
+    "an empty database url": ({"SANDGATE_DATABASE_URL": ""}, False),
+    "a blank home": ({"SANDGATE_HOME": " "}, False),
+    "a lower-case name": ({"sandgate_home": "{tmp}/h"}, False),
+    "another setting": ({"SANDGATE_POOL_SIZE": "2"}, False),
+    "the free-text settings": ({"SANDGATE_IMAGE": "", "SANDGATE_POLICY": "strict"}, True),
+    "a settings file": ({"SANDGATE_CONFIG": "{tmp}/sandgate.toml"}, False),
+    "a sandgate.toml here": ({}, False),
+    "a home that is a file": ({"SANDGATE_HOME": "{tmp}/file"}, False),
+    "an unrelated variable": ({"SANDGATE_URL": "", "SANDGATE_API_KEY": "k"}, True),
+}
+
+
+@pytest.mark.parametrize("case", PLAIN_CASES)
+def test_the_plain_store_url_is_the_settings_url_or_defers_to_them(case: str, tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The read commands' shortcut names the store exactly as the settings would, or answers None (the
+    settings are loaded); it never names another store."""
+    from sandgate.config import Settings
+    from sandgate.environ import plain_store_url
+
+    variables, decides = PLAIN_CASES[case]
+    (tmp_path / "sandgate.toml").write_text('home = "elsewhere"\n')
+    (tmp_path / "file").write_text("not a directory\n")
+    for key in [k for k in os.environ if k.upper().startswith("SANDGATE_")]:
+        monkeypatch.delenv(key)
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(tmp_path if case == "a sandgate.toml here" else here)
+    env = {k: v.replace("{tmp}", str(tmp_path)) for k, v in variables.items()}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    url = plain_store_url()
+    assert (url is not None) == decides, url
+    if url is not None:
+        assert url == Settings().effective_database_url
+
+
+def test_the_free_text_settings_accept_any_value() -> None:
+    """What plain_store_url skips validating cannot be invalid: any text is a valid value of those fields."""
+    from sandgate.config import Settings
+    from sandgate.environ import FREE_TEXT_VARIABLES
+
+    for variable in FREE_TEXT_VARIABLES:
+        field = variable.removeprefix("SANDGATE_").lower()
+        info = Settings.model_fields[field]
+        assert info.annotation is str and not info.metadata, (field, info)
+        for value in ("", " ", "x" * 300, "[/]\n\x00"):
+            assert getattr(Settings(**{field: value}), field) == value

@@ -15,24 +15,11 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING, Annotated, Any, cast
+from typing import Annotated, Any, cast
 
 import typer
-from typer.core import TyperOption
-
-if TYPE_CHECKING:  # pragma: no cover
-    from typer._click import Context  # the click typer 0.29 vendors: what display_type_rich is given
 
 EXIT_INTERRUPTED = 130
-
-
-def _flag_type(self: TyperOption, ctx: Context) -> str | None:
-    """A flag takes no value: show ``--json``, not ``--json <bool>`` (typer 0.29 prints the type)."""
-    return None if self.is_flag else _value_type(self, ctx)
-
-
-_value_type = TyperOption.display_type_rich
-TyperOption.display_type_rich = _flag_type  # type: ignore[method-assign]  # a deliberate monkeypatch of typer
 
 EXAMPLES = """\b
 Examples:

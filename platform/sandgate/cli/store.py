@@ -86,10 +86,15 @@ def _service(ctx: typer.Context, *, read: bool = False) -> Iterator[SkillService
     from sandgate.environ import remote_url
 
     if read and not remote_url():
-        from sandgate.config import get_settings
+        from sandgate.environ import plain_store_url
         from sandgate.service.lite import open_reader
 
-        reader = open_reader(get_settings().effective_database_url)
+        url = plain_store_url()  # the environment alone names the store: no settings machinery
+        if url is None:
+            from sandgate.config import get_settings
+
+            url = get_settings().effective_database_url
+        reader = open_reader(url)
         if reader is not None:
             with reader:
                 yield reader  # type: ignore[misc]
