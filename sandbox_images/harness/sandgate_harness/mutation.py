@@ -114,7 +114,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandgate_harness.payload import write_tree
-from sandgate_harness.procs import exited_within, kill_everything_else, kill_strays
+from sandgate_harness.procs import exited_within, hide_command_line, kill_everything_else, kill_strays
 
 SKILL_DIR = "/work/skill"
 #: writable places a test could leave state in for a later mutant; emptied before each child
@@ -1705,6 +1705,7 @@ def main() -> None:
             gc.collect()
             os.write(ready, b"R")
             os.close(ready)
+    hide_command_line()  # the mutants' children are forked from here, and run submitted code
     job = json.loads(sys.stdin.buffer.read())
     out = os.fdopen(result_fd, "wb", buffering=0)
 

@@ -15,6 +15,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 
 
@@ -121,3 +122,18 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int:
     if not exited:
         raise subprocess.TimeoutExpired(proc.args, timeout)
     return proc.wait()
+
+
+#: the command line submitted code sees (``sys.argv``, ``sys.orig_argv``, argparse's default
+#: ``prog``): an interpreter's, never the harness's (``python3 -I .../sandgate_harness/runner.py
+#: 3 4 5`` would tell a skill it is under test). Fixed, so a skill can still compare with it:
+#: reading the command line outside ``__main__`` is the static rule ``sys-argv-inspection``.
+PLAIN_ARGV = ("",)
+PLAIN_ORIG_ARGV = ("python3",)
+
+
+def hide_command_line() -> None:
+    """Give this process :data:`PLAIN_ARGV` before submitted code runs in it (after its own
+    arguments were read)."""
+    sys.argv = list(PLAIN_ARGV)
+    sys.orig_argv = list(PLAIN_ORIG_ARGV)

@@ -111,9 +111,10 @@ RULES: dict[str, tuple[str, str, str]] = {
     "environment-probe": (
         "high", "environment-sniffing",
         "Asks which machine, user or interpreter mode the code runs in (sys.flags, "
-        "hostname, os.uname, platform.node, uid/gid/login, container marker files such as "
-        "/.dockerenv, the sandbox's /work tree). A skill that can tell the sandbox from production can behave well "
-        "only under test. Make the behaviour unconditional."),
+        "hostname, os.uname, platform.node, uid/gid/login, the MAC address, the __main__ module, "
+        "container marker files such as /.dockerenv, the sandbox's /work tree). A skill that can "
+        "tell the sandbox from production can behave well only under test. Make the behaviour "
+        "unconditional."),
     "environment-query": (
         "medium", "environment-sniffing",
         "Sizes itself to the environment (os.cpu_count, sched_getaffinity, resource "
@@ -171,9 +172,10 @@ PROBE_NAMES = frozenset({
     "sys.flags", "socket.gethostname", "socket.getfqdn", "platform.node", "platform.uname",
     "os.uname", "os.getuid", "os.geteuid", "os.getgid", "os.getegid", "os.getresuid",
     "os.getresgid", "os.getgroups", "os.getlogin", "os.getppid", "os.getpgrp", "os.getpgid",
-    "os.getsid", "os.ctermid", "getpass.getuser",
+    "os.getsid", "os.ctermid", "getpass.getuser", "uuid.getnode",
 })
-PROBE_MODULES = frozenset({"pwd", "grp", "spwd"})
+#: ``__main__`` is the program that imported the skill: under test, the harness's runner
+PROBE_MODULES = frozenset({"pwd", "grp", "spwd", "__main__"})
 #: container marker files, and the sandbox's own working tree (``/work/skill``): naming them asks
 #: "am I under test?" (a production consumer loads the skill from elsewhere)
 PROBE_PATHS = re.compile(r"^/(\.dockerenv|run/\.containerenv|\.containerenv|work(/.*)?)$")
@@ -715,6 +717,8 @@ class _Checker(ast.NodeVisitor):
         """``sys.modules["pytest"]`` / ``import_module("pytest")``: pytest's module object as a value."""
         if name in VALUE_RESTRICTED and name == "pytest":
             self.report("pytest-api-allowlist", node, f"the module `{name}` is used as a value")
+        elif name.split(".")[0] in PROBE_MODULES:
+            self.report("environment-probe", node, f"the module `{name}`")
 
     def _check_patched(self, q: str | None, node: ast.AST) -> None:
         """A patch of pytest's own API (``approx``, ``raises``, ``fail``) rewrites what every

@@ -33,7 +33,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from sandgate_harness.procs import kill_all_but
+from sandgate_harness.procs import hide_command_line, kill_all_but
 
 MAGIC = b"SGR2"
 HEADER = 4 + 4 + 4 + 32
@@ -469,6 +469,7 @@ def _start(key_fd: int, result_fd: int, config: dict[str, Any]) -> Any:
         "--capture=tee-sys",
         *config["tests"],
     ]
+    hide_command_line()  # pytest is given its arguments: sys.argv is the skill's to see
     started = time.monotonic()
     cov.start()
     cov.switch_context(OUTSIDE_CONTEXT)
