@@ -186,3 +186,29 @@ def test_cli_readable_report(tmp_path: Path) -> None:
     proc = run_cli("evaluate", str(EXAMPLES / "text_stats"))
     assert proc.returncode == 0, proc.stderr
     assert "PASSED" in proc.stdout and "coverage:" in proc.stdout and "tests:" in proc.stdout
+
+
+def test_the_engine_prestarted_with_the_images_rules_scans_and_other_rules_are_scanned_cold(tmp_path: Path) -> None:
+    """The harness starts semgrep before the payload with the rules baked into the image; a payload
+    with the same rules is scanned by it (timing static_prestarted 1), one with other rules (here one
+    rule more) is scanned cold from its own rules, and that rule's finding is there."""
+    import shutil
+
+    from sandgate.config import project_root
+
+    module = MODULE + b"\n\ndef shell(cmd):\n    import os\n    return os.system(cmd)  # nosemgrep\n"
+    report = evaluate(skill(module=module), policy=policy(min_line_coverage=0.0))
+    assert report.timings["static_prestarted"] == 1.0, report.timings
+    assert any(f.rule_id == "os-command-execution" and f.path == "adder.py" for f in report.findings)
+
+    policies = tmp_path / "policies"
+    shutil.copytree(project_root() / "policies", policies)
+    (policies / "semgrep" / "extra.yml").write_text(
+        "rules:\n  - id: no-add-calls\n    languages: [python]\n    severity: ERROR\n"
+        "    message: add is called\n    metadata:\n      severity: high\n    pattern: add(...)\n")
+    settings = Settings(policies_dir=policies, home=tmp_path / "home")
+    other = evaluate(skill(module=module), policy=policy(min_line_coverage=0.0), settings=settings)
+    assert other.timings["static_prestarted"] == 0.0, other.timings
+    assert any(f.rule_id == "no-add-calls" and f.path == "tests/test_adder.py" for f in other.findings)
+    assert {(f.rule_id, f.path, f.line) for f in report.findings} <= {
+        (f.rule_id, f.path, f.line) for f in other.findings}

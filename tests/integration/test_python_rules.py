@@ -162,3 +162,57 @@ def test_a_rule_timeout_fails_closed(sandbox_image) -> None:
     assert any(e.startswith("big.py: Timeout") or "timed out" in e for e in result["errors"]), result["errors"][:3]
     incomplete = [f for f in result["findings"] if f["rule_id"] == "static-scan-incomplete"]
     assert incomplete and incomplete[0]["severity"] == "critical" and incomplete[0]["path"] == "big.py"
+
+
+BOTH_ENGINES_SCRIPT = r"""
+import json, sys
+from sandgate_harness.payload import read_payload, write_tree
+from sandgate_harness.static import PrestartedEngine, run_static
+engine = PrestartedEngine()
+files = read_payload(sys.stdin.buffer)
+skill = {k[6:]: v for k, v in files.items() if k.startswith("skill/")}
+rules = {k[6:]: v for k, v in files.items() if k.startswith("rules/")}
+write_tree("/work/skill", skill)
+write_tree("/work/rules", rules)
+accepted = engine.accepts(rules)
+hot = run_static("/work/skill", "/work/rules", sorted(skill), timeout=100, engine=engine if accepted else None)
+cold = run_static("/work/skill", "/work/rules", sorted(skill), timeout=100)
+print(json.dumps({"accepted": accepted, "hot": hot, "cold": cold}))
+"""
+
+
+def test_the_prestarted_engine_finds_what_the_cold_scan_finds() -> None:
+    """Every semgrep and AST-rule fixture (their `paths:` filters, nosemgrep comments, test files
+    included), scanned by the engine the harness prestarts with the image's rules and by the cold
+    CLI on the payload's rules: the same findings, the same files scanned, no errors."""
+    from sandgate.config import Settings
+    from sandgate.evaluation import rules_files
+    from sandgate.limits import Limits
+    from sandgate.sandbox import connect, make_payload, require_image, run_sandbox
+
+    semgrep_cases = REPO_ROOT / "tests" / "fixtures" / "semgrep" / "cases"
+    files = {f"semgrep/{p.relative_to(semgrep_cases)}": p.read_bytes() for p in sorted(semgrep_cases.rglob("*.py"))}
+    files.update({f"pyrules/{p.name}": p.read_bytes() for p in sorted(FIXTURES.glob("*.py"))})
+    settings = Settings()
+    client = connect(settings)
+    require_image(client, settings.image)
+    payload = {f"skill/{name}": data for name, data in files.items()}
+    payload.update({f"rules/{n}": data for n, data in rules_files(RULES_DIR).items()})
+    run = run_sandbox(client, image=settings.image, payload=make_payload(payload),
+                      limits=Limits(timeout_seconds=120, memory_mb=1024),
+                      entrypoint=["python3", "-I", "-c", BOTH_ENGINES_SCRIPT])
+    stdout = (run.harness or {}).get("stdout", "")
+    try:
+        result = json.loads(stdout)
+    except ValueError:
+        raise AssertionError(f"no JSON (exit {run.exit_code}): {stdout[-2000:]} {run.harness}") from None
+    assert result["accepted"], "the image's baked rules are not the platform's: rebuild the image"
+    hot, cold = result["hot"], result["cold"]
+
+    def found(phase: dict) -> set[tuple]:
+        return {(f["rule_id"], f["severity"], f["path"], f["line"]) for f in phase["findings"]}
+
+    assert hot["ran"] and cold["ran"] and hot["errors"] == cold["errors"] == []
+    assert hot["scanned"] == cold["scanned"] == sorted(files)
+    assert len(found(cold)) > 100
+    assert found(hot) == found(cold), (sorted(found(hot) - found(cold)), sorted(found(cold) - found(hot)))

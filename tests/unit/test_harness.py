@@ -199,3 +199,51 @@ def test_wait_exit_returns_the_exit_status_and_times_out_like_popen_wait() -> No
     finally:
         slow.kill()
         assert wait_exit(slow, 30.0) == -9
+
+
+# -- the prestarted engine's rules file --------------------------------------------------------
+
+RULE = b"rules:\n  - id: %s\n    languages: [python]\n    severity: ERROR\n    message: m\n    pattern: f()\n"
+
+
+def test_the_platform_rules_merge_into_one_file_of_the_same_rules() -> None:
+    from sandgate.config import project_root
+    from sandgate_harness.static import merge_rules
+
+    files = {p.name: p.read_bytes() for p in sorted((project_root() / "policies" / "semgrep").glob("*.y*ml"))}
+    merged = merge_rules(files)
+    assert merged is not None and merged.startswith(b"rules:\n")
+    ids = [line.split(b":", 1)[1].strip() for line in merged.splitlines() if line.startswith(b"  - id:")]
+    assert len(ids) == len(set(ids)) == sum(text.count(b"\n  - id:") for text in files.values()) > 30
+    # every file's text after its header, in name order: nothing dropped, nothing reordered
+    body = b"".join(t.split(b"\nrules:\n", 1)[1] if not t.startswith(b"rules:\n") else t[len(b"rules:\n"):]
+                    for _, t in sorted(files.items()))
+    assert merged.replace(b"\n", b"") == (b"rules:" + body).replace(b"\n", b"")
+    assert merge_rules(dict(reversed(list(files.items())))) == merged  # independent of the order given
+
+
+@pytest.mark.parametrize("files", [
+    {},  # nothing to load
+    {"a.yml": RULE % b"x", "b.yml": RULE % b"x"},  # one id twice
+    {"a.yml": b"rules:\n- id: x\n  languages: [python]\n"},  # items at column 0
+    {"a.yml": RULE % b"x", "b.yml": b"rules:\n    - id: y\n      pattern: f()\n"},  # items at four spaces
+    {"a.yml": RULE % b"x" + b"other: 1\n"},  # a second top-level key
+    {"a.yml": RULE % b"x" + b"---\nrules: []\n"},  # a second document
+    {"a.yml": b"# c\nrules: []\n"},  # flow style
+    {"a.yml": b"rules:\n  - id: x\n\tpattern: f()\n"},  # a tab
+    {"a.yml": b"rules:\r  - id: x\r"},  # CR line ends
+    {"a.yml": RULE % b"x", "b.json": b"{}"},  # not YAML
+    {"a.yml": b"rules:\n  - {id: x, pattern: f()}\n"},  # an item that is not `- id: NAME`
+])
+def test_rules_that_might_merge_into_something_else_are_not_merged(files: dict[str, bytes]) -> None:
+    from sandgate_harness.static import merge_rules
+
+    assert merge_rules(files) is None
+
+
+def test_comments_and_crlf_merge() -> None:
+    from sandgate_harness.static import merge_rules
+
+    merged = merge_rules({"a.yml": b"# head\r\nrules:\r\n  # one\r\n" + (RULE % b"x")[len(b"rules:\n"):],
+                          "b.yml": RULE % b"y"})
+    assert merged is not None and merged.count(b"  - id: ") == 2 and b"\r" not in merged

@@ -252,6 +252,11 @@ def build_image(
         shutil.copy2(images_dir() / "python" / "requirements.txt", ctx / "wheelhouse" / "requirements.txt")
         shutil.copytree(images_dir() / "harness", ctx / "harness",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        # the platform's rules, baked for the prestarted engine (not in the definition hash: a
+        # rule edit without a rebuild only sends evaluations down the cold scan)
+        (ctx / "rules").mkdir()
+        for path in sorted((settings.policies_dir / "semgrep").glob("*.y*ml")):  # as evaluations send them
+            shutil.copy2(path, ctx / "rules" / path.name)
         say(f"build: {tag} from {base_image} (network off)")
         try:
             image, _logs = client.images.build(

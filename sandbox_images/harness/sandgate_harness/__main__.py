@@ -21,7 +21,7 @@ from sandgate_harness.mutation import summarise  # imported here: 10-20 ms after
 from sandgate_harness.payload import PayloadError, read_payload, write_tree
 from sandgate_harness.procs import kill_all_but, kill_everything_else, wait_exit
 from sandgate_harness.runner import HEADER, MAGIC
-from sandgate_harness.static import run_static, semgrep_binary
+from sandgate_harness.static import PrestartedEngine, run_static
 
 WORK = "/work"
 SKILL_DIR = "/work/skill"
@@ -617,7 +617,7 @@ def main() -> int:
     # semgrep's engine is located. The runner gets its job only after the static phase.
     runner = WarmRunner()
     mutation_server: MutationServer | None = MutationServer()
-    semgrep_binary()
+    engine: PrestartedEngine | None = PrestartedEngine()  # the platform's rules, parsed while we wait
     stdin = sys.stdin.buffer
     stdin.peek(1)  # blocks until the payload's first bytes: the evaluation's clock starts here
     started = time.monotonic()
@@ -635,16 +635,23 @@ def main() -> int:
         runner.discard()
         if mutation_server is not None:
             mutation_server.discard()
+        engine.discard()
         print(f"harness: bad payload: {exc}", file=sys.stderr, flush=True)
         return 3
     out["timings"]["payload"] = time.monotonic() - started
     deadline = started + float(config["timeout_seconds"])
 
+    if not engine.accepts(rules):  # other rules than the image's: the cold scan reads them
+        engine.discard()
+        engine = None
     if config.get("static", True):
         targets = sorted(p for p in skill if p.endswith(".py"))
+        out["timings"]["static_prestarted"] = 1.0 if engine is not None else 0.0
         out["static"] = run_static(
-            SKILL_DIR, RULES_DIR, targets, timeout=max(1.0, min(30.0, deadline - time.monotonic()))
+            SKILL_DIR, RULES_DIR, targets, timeout=max(1.0, min(30.0, deadline - time.monotonic())),
+            engine=engine,
         )
+        engine = None
         out["timings"]["static"] = out["static"]["seconds"]
         # Sent now, before any submitted code runs: if the sandbox dies later,
         # the findings still reach the report.
@@ -652,6 +659,9 @@ def main() -> int:
         blocked = set(config.get("blocked_severities", []))
         if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
             out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
+    elif engine is not None:
+        engine.discard()
+        engine = None
     if config.get("dynamic", True) and "dynamic" not in out:
         # The warm mutation server outlives the dynamic phase only if it was ready before it
         # (in a warm pool's sandbox it was ready long before the payload; in a cold one it
