@@ -40,7 +40,7 @@ ANNOTATION = re.compile(r"^#\s*(ruleid|ok):\s*(.+)$")
 UNTRIGGERABLE = {"static-scan-incomplete"}
 
 
-def static_phase(files: dict[str, bytes]) -> dict:
+def static_phase(files: dict[str, bytes], script: str = STATIC_SCRIPT) -> dict:
     from sandgate.config import Settings
     from sandgate.evaluation import rules_files
     from sandgate.limits import Limits
@@ -53,7 +53,7 @@ def static_phase(files: dict[str, bytes]) -> dict:
     payload.update({f"rules/{n}": data for n, data in rules_files(RULES_DIR).items()})
     run = run_sandbox(client, image=settings.image, payload=make_payload(payload),
                       limits=Limits(timeout_seconds=120, memory_mb=1024),
-                      entrypoint=["python3", "-I", "-c", STATIC_SCRIPT])
+                      entrypoint=["python3", "-I", "-c", script])
     stdout = (run.harness or {}).get("stdout", "")
     try:
         return json.loads(stdout)
@@ -185,27 +185,10 @@ def test_the_prestarted_engine_finds_what_the_cold_scan_finds() -> None:
     """Every semgrep and AST-rule fixture (their `paths:` filters, nosemgrep comments, test files
     included), scanned by the engine the harness prestarts with the image's rules and by the cold
     CLI on the payload's rules: the same findings, the same files scanned, no errors."""
-    from sandgate.config import Settings
-    from sandgate.evaluation import rules_files
-    from sandgate.limits import Limits
-    from sandgate.sandbox import connect, make_payload, require_image, run_sandbox
-
     semgrep_cases = REPO_ROOT / "tests" / "fixtures" / "semgrep" / "cases"
     files = {f"semgrep/{p.relative_to(semgrep_cases)}": p.read_bytes() for p in sorted(semgrep_cases.rglob("*.py"))}
     files.update({f"pyrules/{p.name}": p.read_bytes() for p in sorted(FIXTURES.glob("*.py"))})
-    settings = Settings()
-    client = connect(settings)
-    require_image(client, settings.image)
-    payload = {f"skill/{name}": data for name, data in files.items()}
-    payload.update({f"rules/{n}": data for n, data in rules_files(RULES_DIR).items()})
-    run = run_sandbox(client, image=settings.image, payload=make_payload(payload),
-                      limits=Limits(timeout_seconds=120, memory_mb=1024),
-                      entrypoint=["python3", "-I", "-c", BOTH_ENGINES_SCRIPT])
-    stdout = (run.harness or {}).get("stdout", "")
-    try:
-        result = json.loads(stdout)
-    except ValueError:
-        raise AssertionError(f"no JSON (exit {run.exit_code}): {stdout[-2000:]} {run.harness}") from None
+    result = static_phase(files, BOTH_ENGINES_SCRIPT)
     assert result["accepted"], "the image's baked rules are not the platform's: rebuild the image"
     hot, cold = result["hot"], result["cold"]
 

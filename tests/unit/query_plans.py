@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import event
 
-from sandgate.store import Store
+from sandgate.store import Store, open_store
 
 TABLES = ("skills", "versions", "version_files", "evaluations", "events")
 SCAN = re.compile(rf"\bSCAN ({'|'.join(TABLES)})\b")
@@ -50,3 +53,19 @@ def capture_plans(store: Store, call) -> list[tuple[str, str]]:  # type: ignore[
     finally:
         raw.close()
     return out
+
+
+def analysed(s: Store) -> None:
+    """The populated store's statistics for the planner (``ANALYZE``), then closed."""
+    with s.engine.begin() as conn:
+        conn.exec_driver_sql("ANALYZE")
+    s.close()
+
+
+def copied_store(plans_db: Path, tmp_path: Path) -> Iterator[Store]:
+    """A test's own copy of the module's populated store (the ``store`` fixtures)."""
+    path = tmp_path / "plans.db"
+    shutil.copyfile(plans_db, path)
+    s = open_store(f"sqlite:///{path}")
+    yield s
+    s.close()

@@ -8,7 +8,6 @@ unfiltered ``active_pointers`` read every skill by design and are not checked.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from sandgate.report import EvaluationReport, Verdict, gave_up
 from sandgate.store import Store, audit, evaluations, open_store, pointers, versions
-from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
+from tests.unit.query_plans import POLICY, SCAN, analysed, capture_plans, copied_store, submission
 
 
 @pytest.fixture(scope="module")
@@ -35,19 +34,13 @@ def plans_db(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
             )  # fmt: skip
         pointers.promote(s, name=name, number=1, actor="t", policy=POLICY)
         pointers.promote(s, name=name, number=2, actor="t", policy=POLICY)
-    with s.engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
-    s.close()
+    analysed(s)
     return path
 
 
 @pytest.fixture
 def store(plans_db: Path, tmp_path: Path) -> Iterator[Store]:
-    path = tmp_path / "plans.db"
-    shutil.copyfile(plans_db, path)
-    s = open_store(f"sqlite:///{path}")
-    yield s
-    s.close()
+    yield from copied_store(plans_db, tmp_path)
 
 
 

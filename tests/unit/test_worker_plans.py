@@ -7,7 +7,6 @@ a ``SCAN`` of a store table.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from sandgate.errors import QueueFull
 from sandgate.report import EvaluationReport, Verdict, gave_up
 from sandgate.store import Store, evaluations, open_store, pointers, versions
 from sandgate.store.models import Evaluation
-from tests.unit.query_plans import POLICY, SCAN, capture_plans, submission
+from tests.unit.query_plans import POLICY, SCAN, analysed, capture_plans, copied_store, submission
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +53,13 @@ def plans_db(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
                         .values(created_at=old, finished_at=old))
         session.execute(update(Evaluation).where(Evaluation.id == "skill_5-2b")
                         .values(created_at=old - timedelta(days=1), finished_at=old - timedelta(days=1)))
-    with s.engine.begin() as conn:
-        conn.exec_driver_sql("ANALYZE")
-    s.close()
+    analysed(s)
     return path
 
 
 @pytest.fixture
 def store(plans_db: Path, tmp_path: Path) -> Iterator[Store]:
-    path = tmp_path / "plans.db"
-    shutil.copyfile(plans_db, path)
-    s = open_store(f"sqlite:///{path}")
-    yield s
-    s.close()
+    yield from copied_store(plans_db, tmp_path)
 
 
 
