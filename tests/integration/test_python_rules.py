@@ -168,7 +168,7 @@ BOTH_ENGINES_SCRIPT = r"""
 import json, sys
 from sandgate_harness.payload import read_payload, write_tree
 from sandgate_harness.static import PrestartedEngine, run_static
-engine = PrestartedEngine()
+engine = PrestartedEngine("/work/skill")
 files = read_payload(sys.stdin.buffer)
 skill = {k[6:]: v for k, v in files.items() if k.startswith("skill/")}
 rules = {k[6:]: v for k, v in files.items() if k.startswith("rules/")}

@@ -617,7 +617,7 @@ def main() -> int:
     # semgrep's engine is located. The runner gets its job only after the static phase.
     runner = WarmRunner()
     mutation_server: MutationServer | None = MutationServer()
-    engine: PrestartedEngine | None = PrestartedEngine()  # the platform's rules, parsed while we wait
+    engine: PrestartedEngine | None = PrestartedEngine(SKILL_DIR)  # the platform's rules, parsed while we wait
     stdin = sys.stdin.buffer
     stdin.peek(1)  # blocks until the payload's first bytes: the evaluation's clock starts here
     started = time.monotonic()

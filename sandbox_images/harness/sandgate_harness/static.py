@@ -127,9 +127,10 @@ class PrestartedEngine:
     the list's real file is renamed over it, then the FIFO the engine may already be opening is
     fed the same bytes, so whichever the engine opens, it reads the same list."""
 
-    def __init__(self, rules: str = BAKED_RULES) -> None:
+    def __init__(self, skill_dir: str, rules: str = BAKED_RULES) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.rules = b""
+        self.fifo: int | None = None
         if not os.path.isfile(rules):
             return
         with open(rules, "rb") as handle:
@@ -138,22 +139,24 @@ class PrestartedEngine:
         self.targets = os.path.join(self.dir, "targets.json")
         os.mkfifo(self.targets, 0o600)
         self.fifo = os.open(self.targets, os.O_PATH)
+        # run where the skill will be written, as the cold CLI runs: paths come out relative to it
+        os.makedirs(skill_dir, mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen(
             ["semgrep-core", "-rules", rules, "-targets", self.targets, "-json_nodots", "-j", "1",
              "-timeout", RULE_TIMEOUT, "-timeout_threshold", RULE_TIMEOUT_THRESHOLD],
-            executable=semgrep_binary(), cwd="/", env=_engine_env(), stdin=subprocess.DEVNULL,
+            executable=semgrep_binary(), cwd=skill_dir, env=_engine_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def accepts(self, rules: dict[str, bytes]) -> bool:
         """Whether the payload's rules are the ones this engine has loaded."""
         return self.proc is not None and self.proc.poll() is None and merge_rules(rules) == self.rules
 
-    def scan(self, skill_dir: str, targets: list[str], timeout: float) -> tuple[int, bytes, bytes]:
-        """(exit code, stdout, stderr) of the scan of ``targets`` (paths under ``skill_dir``);
+    def scan(self, targets: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        """(exit code, stdout, stderr) of the scan of ``targets`` (paths under the skill directory);
         raises :class:`subprocess.TimeoutExpired` after ``timeout`` s (the engine is killed)."""
         assert self.proc is not None
         body = json.dumps(["Targets", [
-            ["CodeTarget", {"path": {"fpath": os.path.join(skill_dir, t), "ppath": "/" + t},
+            ["CodeTarget", {"path": {"fpath": t, "ppath": "/" + t},
                             "analyzer": "python", "products": ["sast"]}] for t in targets]]).encode()
         real = self.targets + ".real"
         with open(real, "wb") as handle:
@@ -179,11 +182,10 @@ class PrestartedEngine:
             raise
         finally:
             self._close()
-        stdout = _relative(stdout, skill_dir)
         return self.proc.returncode, stdout, stderr
 
     def _close(self) -> None:
-        if getattr(self, "fifo", None) is not None:
+        if self.fifo is not None:
             os.close(self.fifo)
             self.fifo = None
             shutil.rmtree(self.dir, ignore_errors=True)
@@ -193,28 +195,6 @@ class PrestartedEngine:
             self.proc.kill()
             self.proc.wait()
         self._close()
-
-
-def _relative(stdout: bytes, skill_dir: str) -> bytes:
-    """The engine's JSON with the targets' paths relative to the skill, as the CLI reports them."""
-    try:
-        data = json.loads(stdout or b"{}")
-    except ValueError:
-        return stdout
-    if not isinstance(data, dict):
-        return stdout
-    prefix = skill_dir.rstrip("/") + "/"
-
-    def rel(path: Any) -> Any:
-        return path[len(prefix):] if isinstance(path, str) and path.startswith(prefix) else path
-
-    for item in (data.get("results") or []) + (data.get("errors") or []):
-        if isinstance(item, dict) and "path" in item:
-            item["path"] = rel(item["path"])
-    paths = data.get("paths")
-    if isinstance(paths, dict) and isinstance(paths.get("scanned"), list):
-        paths["scanned"] = [rel(p) for p in paths["scanned"]]
-    return json.dumps(data).encode()
 
 
 def semgrep_binary() -> str:
@@ -245,7 +225,7 @@ def run_static(skill_dir: str, rules_dir: str, targets: list[str], timeout: floa
         return {"ran": True, "findings": [], "errors": [], "seconds": 0.0}
     try:
         if engine is not None:
-            returncode, stdout, stderr = engine.scan(skill_dir, targets, timeout)
+            returncode, stdout, stderr = engine.scan(targets, timeout)
         else:
             cold = subprocess.run(
                 semgrep_command(rules_dir, targets),
