@@ -39,6 +39,7 @@ __all__ = [
     "load_settings",
     "project_root",
     "remote_url",
+    "rules_files",
     "settings_variables",
 ]
 
@@ -46,6 +47,15 @@ __all__ = [
 def project_root() -> Path:
     """The checkout this package lives in (``platform/sandgate`` → two levels up)."""
     return Path(__file__).resolve().parents[2]
+
+
+def rules_files(rules_dir: Path) -> dict[str, bytes]:
+    """The platform's semgrep rules (never the submission's), name → bytes: what an evaluation
+    sends the sandbox, and what the image build bakes for the engine started before the payload."""
+    files = {}
+    for path in sorted(rules_dir.glob("*.y*ml")):
+        files[path.name] = path.read_bytes()
+    return files
 
 
 def _default_home() -> Path:

@@ -26,6 +26,9 @@ SETTINGS_FIELDS: tuple[str, ...] = (
     "pool_size", "pool_max_age", "host_id", "otel_exporter_otlp_endpoint",
 )
 
+#: the variable of each field (``SANDGATE_<FIELD>``)
+SETTINGS_VARIABLES: frozenset[str] = frozenset(f"SANDGATE_{name.upper()}" for name in SETTINGS_FIELDS)
+
 #: the settings whose every value is valid (plain text, no constraint): the read commands need not load
 #: the settings to validate them (:func:`plain_store_url`; a test pins them against the settings)
 FREE_TEXT_VARIABLES: tuple[str, ...] = ("SANDGATE_POLICY", "SANDGATE_IMAGE")
@@ -61,10 +64,9 @@ def plain_store_url(environ: Mapping[str, str] | None = None) -> str | None:
     env = os.environ if environ is None else environ
     if Path(env.get("SANDGATE_CONFIG", "sandgate.toml")).is_file():
         return None
-    fields = {f"SANDGATE_{name.upper()}" for name in SETTINGS_FIELDS}
     for key, value in env.items():
         upper = key.upper()
-        if upper not in fields:
+        if upper not in SETTINGS_VARIABLES:
             continue
         if key != upper or upper not in ("SANDGATE_HOME", "SANDGATE_DATABASE_URL", *FREE_TEXT_VARIABLES):
             return None
@@ -81,7 +83,7 @@ def plain_store_url(environ: Mapping[str, str] | None = None) -> str | None:
 
 def known_variables() -> set[str]:
     """Every ``SANDGATE_*`` variable outside the areas: the settings' and :data:`OTHER_VARIABLES`."""
-    return {f"SANDGATE_{name.upper()}" for name in SETTINGS_FIELDS} | set(OTHER_VARIABLES)
+    return set(SETTINGS_VARIABLES) | set(OTHER_VARIABLES)
 
 
 def check_environment(environ: Mapping[str, str] | None = None) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from sandgate import report as reports
 from sandgate import tracing
-from sandgate.config import get_settings
+from sandgate.config import get_settings, rules_files
 from sandgate.errors import InfrastructureError, SubmissionError
 from sandgate.evaluation import oracle
 from sandgate.evaluation.oracle import Baseline
@@ -50,14 +50,6 @@ LIMITS_STATEMENTS = [
     "set, generated contract inputs, replayed inputs), not every input, and a skill can tell "
     "it is being served; examples the submitter wrote show only that the skill answers them.",
 ]
-
-
-def rules_files(rules_dir: Path) -> dict[str, bytes]:
-    """The platform's semgrep rules (never the submission's)."""
-    files = {}
-    for path in sorted(rules_dir.glob("*.y*ml")):
-        files[path.name] = path.read_bytes()
-    return files
 
 
 def evaluate(

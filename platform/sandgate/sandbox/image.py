@@ -23,7 +23,7 @@ from pathlib import Path
 import docker
 from docker.errors import BuildError, DockerException, ImageNotFound
 
-from sandgate.config import Settings, get_settings, project_root
+from sandgate.config import Settings, get_settings, project_root, rules_files
 from sandgate.errors import ConfigError, ImageMissing, InfrastructureError
 from sandgate.sandbox.engine import connect, engine_info
 
@@ -255,8 +255,8 @@ def build_image(
         # the platform's rules, baked for the prestarted engine (not in the definition hash: a
         # rule edit without a rebuild only sends evaluations down the cold scan)
         (ctx / "rules").mkdir()
-        for path in sorted((settings.policies_dir / "semgrep").glob("*.y*ml")):  # as evaluations send them
-            shutil.copy2(path, ctx / "rules" / path.name)
+        for name, data in rules_files(settings.policies_dir / "semgrep").items():  # as evaluations send them
+            (ctx / "rules" / name).write_bytes(data)
         say(f"build: {tag} from {base_image} (network off)")
         try:
             image, _logs = client.images.build(
