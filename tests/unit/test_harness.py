@@ -247,3 +247,56 @@ def test_comments_and_crlf_merge() -> None:
     merged = merge_rules({"a.yml": b"# head\r\nrules:\r\n  # one\r\n" + (RULE % b"x")[len(b"rules:\n"):],
                           "b.yml": RULE % b"y"})
     assert merged is not None and merged.count(b"  - id: ") == 2 and b"\r" not in merged
+
+
+def _mutation_config() -> dict:
+    return {"tests": ["tests"], "mutation": {"max_mutants": 3, "seconds": 10}}
+
+
+class _Server:
+    def __init__(self) -> None:
+        self.discarded = False
+
+    def alive(self) -> bool:
+        return True  # as alive() can answer while a signal is still unwinding the server
+
+    def discard(self) -> None:
+        self.discarded = True
+
+
+def test_a_warm_mutation_server_that_dies_before_its_first_event_is_replaced_by_a_cold_one(monkeypatch) -> None:
+    import time
+
+    import sandgate_harness.__main__ as harness
+
+    calls: list = []
+    plan = {"plan": {"total": 1}}
+
+    def serve(server, job, stop_at, started, seconds):
+        calls.append(server)
+        return (-2, [], None, False) if server is not None else (0, [plan], None, False)
+
+    monkeypatch.setattr(harness, "_serve_job", serve)
+    warm = _Server()
+    out = harness.run_mutation(_mutation_config(), {}, {"result": {}}, time.monotonic() + 30, warm)
+    assert calls == [warm, None]  # the warm one first, then a cold one
+    assert out["warm"] is False and "status -2" not in (out.get("problem") or ""), out  # the cold run's
+
+
+@pytest.mark.parametrize("events", [[{"plan": {"total": 1}}], []])
+def test_a_mutation_server_that_dies_is_a_problem_once_it_reported_or_was_cold(monkeypatch, events) -> None:
+    import time
+
+    import sandgate_harness.__main__ as harness
+
+    calls: list = []
+
+    def serve(server, job, stop_at, started, seconds):
+        calls.append(server)
+        return (-9, events, None, False)
+
+    monkeypatch.setattr(harness, "_serve_job", serve)
+    server = _Server() if events else None  # reported before dying, or a cold server from the start
+    out = harness.run_mutation(_mutation_config(), {}, {"result": {}}, time.monotonic() + 30, server)
+    assert len(calls) == 1  # never retried: the phase ran submitted code, or nothing was warm
+    assert "exited with status -9" in (out.get("problem") or ""), out

@@ -520,6 +520,38 @@ def mutation_skip(config: dict[str, Any], dynamic: dict[str, Any]) -> str | None
     return None
 
 
+def _serve_job(server: MutationServer | None, job: dict[str, Any], stop_at: float, started: float,
+               seconds: float) -> tuple[int, list[dict[str, Any]], str | None, bool]:
+    """One mutation server (``server``, else a cold one) given ``job``, until it exits or the
+    deadline: its return code, its events, a problem, and whether its channel overflowed."""
+    if server is None:
+        server = MutationServer(warm=False)
+    proc = server.proc
+    reader = _CappedReader(server.res_r, MAX_RESULT, _kill_everything_else)
+    reader.start()
+    problem = None
+    if not server.send(job):
+        problem = "the mutation server did not accept its job"
+    try:
+        returncode = wait_exit(proc, max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill_everything_else()
+        returncode = proc.wait()
+        problem = problem or "the mutation server was stopped at the evaluation's deadline"
+    _kill_everything_else()
+    reader.join(5)
+    events = []
+    for line in reader.data().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            problem = problem or "the mutation server wrote a line that is not JSON"
+            break
+        if isinstance(event, dict):
+            events.append(event)
+    return returncode, events, problem, reader.truncated
+
+
 def run_mutation(
     config: dict[str, Any], skill: dict[str, bytes], dynamic: dict[str, Any], deadline: float,
     server: MutationServer | None = None,
@@ -556,35 +588,18 @@ def run_mutation(
     warm = server is not None and server.alive()
     if server is not None and not warm:
         server.discard()
-    if not warm:
-        server = MutationServer(warm=False)
-    assert server is not None
-    proc = server.proc
-    reader = _CappedReader(server.res_r, MAX_RESULT, _kill_everything_else)
-    reader.start()
-    problem = None
-    if not server.send(job):
-        problem = "the mutation server did not accept its job"
-    try:
-        returncode = wait_exit(proc, max(0.1, min(stop_at, started + seconds + 5.0) - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        _kill_everything_else()
-        returncode = proc.wait()
-        problem = problem or "the mutation server was stopped at the evaluation's deadline"
-    _kill_everything_else()
-    reader.join(5)
-    events = []
-    for line in reader.data().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            problem = problem or "the mutation server wrote a line that is not JSON"
-            break
-        if isinstance(event, dict):
-            events.append(event)
+    returncode, events, problem, truncated = _serve_job(server if warm else None, job, stop_at, started, seconds)
+    if warm and returncode != 0 and not events and not truncated:
+        # The warm server died before its first event (before the phase ran anything
+        # submitted): a signal from the dynamic phase can still be taking effect when
+        # alive() said yes (SIGINT unwinds the interpreter). The phase runs cold instead.
+        warm = False
+        seconds = max(0.0, min(seconds, stop_at - time.monotonic() - 0.5))
+        returncode, events, problem, truncated = _serve_job(None, {**job, "seconds": seconds}, stop_at,
+                                                            time.monotonic(), seconds)
     if returncode != 0 and problem is None:
         problem = f"the mutation server exited with status {returncode}"
-    if reader.truncated:
+    if truncated:
         problem = "the mutation result channel exceeded its size cap"
     out = summarise(events, problem)
     out["wall_seconds"] = time.monotonic() - started
