@@ -36,127 +36,40 @@ Registries (``HttpBackend``) use :meth:`pointers_raw` (with ``content``),
 from __future__ import annotations
 
 import base64
-import dataclasses
-import functools
 import io
 import json
 import os
 import time
 import tomllib
-import typing
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
-from sandgate.errors import (
-    ApiError,
-    InfrastructureError,
-    SandgateError,
-    SubmissionError,
-    error_from_status,
+from sandgate.errors import ApiError, InfrastructureError, SandgateError, SubmissionError
+from sandgate.records import CanaryRecord, EventRecord, PointerMove, YankResult
+from sandgate.wire import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_TIMEOUT,
+    KEY_ENV,
+    URL_ENV,
+    ApiReads,
+    error_from_answer,
+    record_from_dict,
 )
-from sandgate.records import (
-    CanaryRecord,
-    EvaluationRecord,
-    EventRecord,
-    FileDiff,
-    PointerMove,
-    SkillRecord,
-    VersionRecord,
-    YankResult,
-)
-from sandgate.service import VersionDetail
 
 __all__ = ["SandgateClient", "ApiError", "URL_ENV", "KEY_ENV", "from_env", "record_from_dict"]
 
-URL_ENV = "SANDGATE_URL"
-KEY_ENV = "SANDGATE_API_KEY"
-DEFAULT_CONNECT_TIMEOUT = 5.0
-DEFAULT_TIMEOUT = 60.0
 #: a waiting submit asks `/readyz` this often whether any worker is alive (and gives up when none is)
 NO_WORKER_AFTER_SECONDS = 3.0
 
-R = TypeVar("R")
-
-
-def _parse_time(value: Any) -> Any:
-    if isinstance(value, str):
-        try:
-            return datetime.fromisoformat(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _kinds(hint: Any) -> tuple[Any, ...]:
-    """The types a field annotation names: ``X | None`` → (X, None), ``list[X]`` → (X,)."""
-    args = typing.get_args(hint)
-    return tuple(k for a in args for k in _kinds(a)) if args else (hint,)
-
-
-@functools.cache
-def _fields_of(cls: type) -> tuple[tuple[str, type | None, bool], ...]:
-    """``(name, nested record class or None, is a datetime)`` per field of a record class."""
-    hints = typing.get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        kinds = _kinds(hints[f.name])
-        nested = next((k for k in kinds if isinstance(k, type) and dataclasses.is_dataclass(k)), None)
-        out.append((f.name, nested, datetime in kinds))
-    return tuple(out)
-
-
-def _rebuild(nested: type, value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return record_from_dict(nested, value)
-    if isinstance(value, list):
-        return [_rebuild(nested, v) for v in value]
-    return value
-
-
-def record_from_dict(cls: type[R], data: Mapping[str, Any]) -> R:
-    """Rebuild a record from its ``to_dict()`` — the one rebuild for every record type.
-
-    Unknown keys are ignored (a newer server may send more); datetimes and
-    nested records (a yank's ``version`` and ``rollback``) are rebuilt from
-    the record class's field types.
-    """
-    kwargs: dict[str, Any] = {}
-    record_type: type = cls  # mypy does not see a type[R] as Hashable (the cache's key); a plain type it does
-    for name, nested, is_time in _fields_of(record_type):
-        if name not in data:
-            continue
-        value = data[name]
-        if nested is not None:
-            value = _rebuild(nested, value)
-        elif is_time:
-            value = _parse_time(value)
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 def _error_from_response(response: httpx.Response) -> SandgateError:
-    try:
-        body = response.json()
-        err = body.get("error") if isinstance(body, dict) else None
-    except ValueError:
-        err = None
-    err = err if isinstance(err, dict) else {}
-    status = response.status_code
-    message = err.get("message") or f"HTTP {status} from {response.request.url}"
-    retry = response.headers.get("retry-after")
-    try:
-        retry_after = float(retry) if retry is not None else None
-    except ValueError:
-        retry_after = None
-    return error_from_status(status, err.get("code"), message, path=err.get("path"),
-                             request_id=err.get("request_id"), retry_after=retry_after)
+    return error_from_answer(response.status_code, response.content, response.headers.get("retry-after"),
+                             str(response.request.url))
 
 
-class SandgateClient:
+class SandgateClient(ApiReads):
     def __init__(
         self,
         base_url: str,
@@ -214,39 +127,6 @@ class SandgateClient:
 
     # -- reads ---------------------------------------------------------------------
 
-    def whoami(self) -> dict[str, Any]:
-        return self._json("GET", "/v1/whoami")
-
-    def list_skills(self, *, prefix: str | None = None, limit: int | None = None) -> list[SkillRecord]:
-        params = {k: v for k, v in (("prefix", prefix), ("limit", limit)) if v is not None}
-        return [record_from_dict(SkillRecord, r) for r in self._json("GET", "/v1/skills", params=params)]
-
-    def get_skill(self, name: str) -> SkillRecord:
-        return record_from_dict(SkillRecord, self._json("GET", f"/v1/skills/{name}"))
-
-    def list_versions(self, name: str) -> list[VersionRecord]:
-        return [record_from_dict(VersionRecord, v)
-                for v in self._json("GET", f"/v1/skills/{name}/versions")]
-
-    def get_version(self, name: str, number: int) -> VersionDetail:
-        """The version's record, latest finished evaluation and file list."""
-        return record_from_dict(VersionDetail, self._json("GET", f"/v1/skills/{name}/versions/{int(number)}"))
-
-    def get_version_files(self, name: str, number: int) -> dict[str, Any]:
-        """``{"content_hash", "entrypoint", "files": {path: bytes}}`` — the exact stored bytes."""
-        data = self._json("GET", f"/v1/skills/{name}/versions/{int(number)}/files")
-        files = {f["path"]: base64.b64decode(f["content_base64"]) for f in data.get("files") or []}
-        return {"content_hash": data["content_hash"], "entrypoint": data.get("entrypoint"),
-                "files": files}
-
-    def get_evaluation(self, evaluation_id: str) -> EvaluationRecord:
-        data = self._json("GET", f"/v1/evaluations/{evaluation_id}")
-        return record_from_dict(EvaluationRecord, data)
-
-    def get_evaluation_status(self, evaluation_id: str) -> dict[str, Any]:
-        """The raw evaluation answer, including ``promoted`` (the move that cites it)."""
-        return self._json("GET", f"/v1/evaluations/{evaluation_id}")
-
     def wait_evaluation(self, evaluation_id: str, *, timeout: float = 600.0, poll: float = 0.5,
                         progress: Callable[[str], None] | None = None,
                         no_worker_after: float = NO_WORKER_AFTER_SECONDS) -> dict[str, Any]:
@@ -288,35 +168,6 @@ class SandgateClient:
             return None
         alive = workers.get("alive") if isinstance(workers, dict) else None
         return alive if isinstance(alive, int) else None
-
-    def history(self, name: str, *, limit: int | None = None) -> list[EventRecord]:
-        params = {"limit": limit} if limit is not None else {}
-        return [record_from_dict(EventRecord, e)
-                for e in self._json("GET", f"/v1/skills/{name}/history", params=params)]
-
-    def diff(self, name: str, a: int, b: int) -> list[FileDiff]:
-        return [record_from_dict(FileDiff, d)
-                for d in self._json("GET", f"/v1/skills/{name}/diff", params={"a": a, "b": b})]
-
-    def pointers(self, names: Iterable[str] | None = None) -> dict[str, tuple[int, int]]:
-        """``{skill: (active version, generation)}`` (see :meth:`pointers_raw` for the event id)."""
-        data = self.pointers_raw(names)
-        return {n: (p["version"], p["generation"]) for n, p in data["pointers"].items()}
-
-    def pointers_raw(self, names: Iterable[str] | None = None, *,
-                     content: bool = False) -> dict[str, Any]:
-        """The raw ``/v1/pointers`` answer; ``content``: each pointer also carries the active
-        version's ``content_hash``, ``entrypoint`` and ``canary`` route."""
-        params: dict[str, Any] = {"content": "true"} if content else {}
-        if names is not None:
-            wanted = list(names)
-            if not wanted:
-                return {"pointers": {}, "last_event_id": 0}
-            params["names"] = ",".join(wanted)
-        return self._json("GET", "/v1/pointers", params=params)
-
-    def healthz(self) -> dict[str, Any]:
-        return self._json("GET", "/healthz")
 
     # -- writes --------------------------------------------------------------------
 

@@ -3,8 +3,9 @@
 Each command runs in a fresh interpreter and reports ``sys.modules`` at its
 end. Registering every command loads typer and sandgate's CLI modules only;
 ``--help`` adds what typer needs to render it (rich) and nothing of the
-platform; a read in remote mode loads the HTTP client but no database layer,
-no settings machinery and no lifecycle; a read of the embedded store loads
+platform; a read in remote mode loads the standard library's HTTP
+(sandgate.wire's PlainClient: no httpx) and no database layer, no settings
+machinery and no lifecycle; a read of the embedded store loads
 the store with the standard library's sqlite3 (no SQLAlchemy: sandgate.service.lite)
 and neither the lifecycle, the policies, the sandbox nor the report models.
 A module that creeps into one of these paths fails here with its name.
@@ -16,12 +17,13 @@ import json
 import os
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
+
+from tests.loopback import serve
 
 #: run sandgate's main() with argv, then write the modules loaded (sorted) as JSON to the file argv[1]
 RUN = (
@@ -131,27 +133,27 @@ class _Api(BaseHTTPRequestHandler):
 
 @pytest.fixture()
 def api_url() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serve(_Api) as url:
+        yield url
 
 
 @pytest.mark.parametrize("args", [("skills",), ("versions", "greet"), ("history", "greet")])
-def test_a_remote_read_loads_the_http_client_and_no_database_layer(tmp_path: Path, api_url: str,
-                                                                   args: tuple[str, ...]) -> None:
+def test_a_remote_read_loads_the_standard_librarys_http_and_no_database_layer(tmp_path: Path, api_url: str,
+                                                                              args: tuple[str, ...]) -> None:
     code, modules, out = run_cli(tmp_path, *args, SANDGATE_URL=api_url, SANDGATE_API_KEY="sg_test")
     assert code == 0, out
     if args == ("skills",):
         assert "greet" in out
-    assert "sandgate.client" in modules and "sandgate.service.remote" in modules  # it did go over HTTP
-    assert _under(modules, (HEAVY - {"httpx", "httpcore"}) | PLATFORM | {
-        "sandgate.store", "sandgate.config", "sandgate.service.embedded"}) == []
-    assert _under(modules, {"click", "pygments"}) == [], "httpx's own command line is not loaded"
+    assert {"sandgate.wire", "sandgate.service.remote", "http.client"} <= modules  # it did go over HTTP
+    assert _under(modules, HEAVY | PLATFORM | {"sandgate.client", "trio", "anyio", "sandgate.store",
+                                               "sandgate.config", "sandgate.service.embedded"}) == []
+
+
+def test_a_remote_write_still_takes_the_full_client(tmp_path: Path, api_url: str) -> None:
+    code, modules, _ = run_cli(tmp_path, "rollback", "greet", SANDGATE_URL=api_url, SANDGATE_API_KEY="sg_test")
+    assert code != 0  # the fake API answers 404 to the POST
+    assert {"sandgate.client", "httpx"} <= modules
+    assert _under(modules, {"sqlalchemy", "sandgate.store", "sandgate.service.embedded"}) == []
 
 
 @pytest.fixture()

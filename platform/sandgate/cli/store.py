@@ -82,10 +82,17 @@ def _service(ctx: typer.Context, *, read: bool = False) -> Iterator[SkillService
     (with the collaborators passed as the context object, if any). ``read``: a read command
     (skills, versions, show, history), which reads an embedded SQLite store at head with the
     standard library's sqlite3 (:mod:`sandgate.service.lite`: same records, same errors, no
-    SQLAlchemy); anything else about the store (missing, not at head) takes the full path."""
+    SQLAlchemy), or a server with the standard library's HTTP (:class:`~sandgate.wire.PlainClient`,
+    no httpx); anything else about the store (missing, not at head) takes the full path."""
     from sandgate.environ import remote_url
 
-    if read and not remote_url():
+    if read and remote_url():
+        from sandgate.service import open_remote_reads
+
+        with open_remote_reads() as remote:  # GET requests over http.client: no httpx
+            yield remote
+        return
+    if read:
         from sandgate.environ import plain_store_url
         from sandgate.service.lite import open_reader
 

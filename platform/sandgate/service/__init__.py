@@ -40,7 +40,7 @@ from sandgate.records import (
 if TYPE_CHECKING:  # pragma: no cover
     from sandgate.lifecycle import SubmitResult
 
-__all__ = ["SkillService", "FileEntry", "VersionDetail", "version_detail", "open_service"]
+__all__ = ["SkillService", "FileEntry", "VersionDetail", "version_detail", "open_service", "open_remote_reads"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +134,15 @@ class SkillService(Protocol):
     def __enter__(self) -> SkillService: ...
 
     def __exit__(self, *exc: object) -> None: ...
+
+
+def open_remote_reads() -> SkillService:
+    """For the read commands with ``$SANDGATE_URL`` set: the remote service over the standard library's
+    HTTP (:meth:`RemoteService.reads_from_env <sandgate.service.remote.RemoteService.reads_from_env>`:
+    GET requests only, no httpx)."""
+    from sandgate.service.remote import RemoteService
+
+    return RemoteService.reads_from_env()
 
 
 def open_service(*, default_actor: Callable[[], str],

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sandgate.client import SandgateClient, from_env, record_from_dict
 from sandgate.errors import ConfigError, NotFound
 from sandgate.records import (
     CanaryRecord,
@@ -24,8 +23,10 @@ from sandgate.records import (
     YankResult,
 )
 from sandgate.service import VersionDetail
+from sandgate.wire import plain_from_env, record_from_dict
 
 if TYPE_CHECKING:  # pragma: no cover
+    from sandgate.client import SandgateClient
     from sandgate.lifecycle import SubmitResult
 
 __all__ = ["RemoteService"]
@@ -45,10 +46,22 @@ class RemoteService:
 
     @classmethod
     def from_env(cls) -> RemoteService:
+        from sandgate.client import from_env  # httpx: for everything but the read commands
+
         client = from_env()
         if client is None:
             raise ConfigError("SANDGATE_URL is not set")
         return cls(client)
+
+    @classmethod
+    def reads_from_env(cls) -> RemoteService:
+        """For the read commands (``skills``, ``versions``, ``show``, ``history``, ``diff``): the same
+        service over :class:`~sandgate.wire.PlainClient`, the standard library's HTTP (GET requests only:
+        a write through it raises TypeError)."""
+        client = plain_from_env()
+        if client is None:
+            raise ConfigError("SANDGATE_URL is not set")
+        return cls(cast("SandgateClient", client))  # it answers the reads exactly as SandgateClient
 
     def close(self) -> None:
         self.client.close()
