@@ -6,8 +6,10 @@ the policy ships (``stop_when_decided``: the phase stops once the mutants left
 cannot change the verdict) and with every selected mutant run. The harness's own
 timings give, per run, the dynamic phase (pytest + coverage in its child) and the
 mutation phase (server start, mutant generation, one forked child per mutant,
-the controls). Prints medians per skill, mutants/second, and the ratio
-mutation/dynamic (target <= 1.0 for 20 mutants), plus each skill's score.
+the controls). Prints medians per skill — the mutants' and the controls' run time and
+when the first run ended (generation, pytest's configuration and the schemata child's
+start come before it) — mutants/second, and the ratio mutation/dynamic (target <= 1.0
+for 20 mutants), plus each skill's score.
 
     python bench/bench_mutation.py [--runs 3] [--mutants 20] [--runtime runc] [--pool]
 
@@ -81,6 +83,7 @@ def bench_examples(args: argparse.Namespace) -> int:
 
             once()  # warm the page cache
             dyn, mut, ran, scores, children, warm = [], [], [], [], [], []
+            controls, first = [], []
             for _ in range(args.runs):
                 report = once()
                 assert report.verdict.value == "passed", report.reasons
@@ -90,6 +93,8 @@ def bench_examples(args: argparse.Namespace) -> int:
                 mut.append(report.timings["mutation"] + report.timings.get("mutation_ready_wait", 0.0))
                 warm.append(bool(report.timings.get("mutation_warm", 0.0)))
                 children.append(report.timings.get("mutation_children", 0.0))
+                controls.append(report.timings.get("mutation_controls", 0.0))
+                first.append(report.timings.get("mutation_first_run", 0.0))
                 ran.append(report.mutation.run)
                 scores.append(report.mutation.score)
             all_dyn += dyn
@@ -97,10 +102,11 @@ def bench_examples(args: argparse.Namespace) -> int:
             all_run += ran
             d, m = statistics.median(dyn), statistics.median(mut)
             rows.append((name, d, m, statistics.median(children), statistics.median(ran), scores[-1],
-                         sum(warm)))
+                         sum(warm), statistics.median(controls), statistics.median(first)))
         print(f"{mode}:")
-        for name, d, m, c, n, score, w in rows:
-            print(f"  {name:13s} dynamic {d:.3f}s  mutation {m:.3f}s (children {c:.3f}s)  "
+        for name, d, m, c, n, score, w, ctl, first_run in rows:
+            print(f"  {name:13s} dynamic {d:.3f}s  mutation {m:.3f}s (mutants {c:.3f}s, controls {ctl:.3f}s, "
+                  f"first result at {first_run:.3f}s)  "
                   f"{n:.0f} mutants  {n / m:.1f} mutants/s  ratio {m / d:.2f}  score {score}%  "
                   f"warm server {w}/{args.runs}")
         d, m = statistics.median(all_dyn), statistics.median(all_mut)

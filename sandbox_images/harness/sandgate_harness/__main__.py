@@ -720,7 +720,8 @@ def main() -> int:
             else:
                 out["timings"]["mutation"] = out["mutation"]["wall_seconds"]
                 out["timings"]["mutation_warm"] = 1.0 if out["mutation"].get("warm") else 0.0
-                for name in ("generate_seconds", "children_seconds"):
+                for name in ("generate_seconds", "children_seconds", "controls_seconds", "first_run_seconds",
+                             "server_seconds"):
                     if isinstance(out["mutation"].get(name), (int, float)):
                         out["timings"][f"mutation_{name.removesuffix('_seconds')}"] = out["mutation"][name]
     if not mutation_started and mutation_server is not None:

@@ -1726,7 +1726,10 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
     done, exhausted, seconds, control = False, False, None, None
     decided: str | None = None
     controls = 0
+    first: Any = None  # the server's clock (its "_t") when the first run ended
     for event in events:
+        if first is None and ("mutant" in event or "control" in event):
+            first = event.get("_t")
         if "plan" in event:
             plan = event["plan"] if isinstance(event["plan"], dict) else {}
         elif "mutant" in event:
@@ -1772,6 +1775,11 @@ def summarise(events: list[dict[str, Any]], problem: str | None) -> dict[str, An
         "seconds": seconds,
         "generate_seconds": plan.get("generate_seconds"),
         "children_seconds": round(sum(float(r.get("seconds") or 0) for r in results), 4),
+        "controls_seconds": round(sum(float(e[t].get("seconds") or 0) for e in events
+                                      for t in ("control", "closing_control")
+                                      if isinstance(e.get(t), dict)), 4),
+        "first_run_seconds": first if isinstance(first, (int, float)) else None,
+        "server_seconds": events[-1].get("_t") if events and isinstance(events[-1].get("_t"), (int, float)) else None,
     }
 
 
