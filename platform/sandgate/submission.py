@@ -138,6 +138,7 @@ from sandgate.examples import (
 from sandgate.limits import LimitsRequest
 from sandgate.names import SKILL_NAME, SKILL_NAME_RULE
 from sandgate.names import content_hash as _content_hash
+from sandgate.pysource import parse as parse_source
 
 __all__ = [
     "MANIFEST_NAME",
@@ -1087,7 +1088,7 @@ def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
         if not path.endswith(".py") or path in tests:
             continue
         try:
-            tree = ast.parse(files[path])
+            tree = parse_source(files[path])
         except (SyntaxError, ValueError):
             continue  # _check_source reported it
         package = path[: -len(".py")].split("/")[:-1]
@@ -1191,7 +1192,7 @@ def _check_source(path: str, data: bytes) -> None:
                 path=path,
             )
     try:
-        ast.parse(data, filename=path)
+        parse_source(data, filename=path)
         _check_identifiers(path, text)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" if exc.lineno else "line ?"

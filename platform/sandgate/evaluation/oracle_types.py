@@ -27,6 +27,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from sandgate.pysource import parse as parse_source
+
 __all__ = [
     "T",
     "Unsupported",
@@ -107,7 +109,7 @@ def parse_annotation(node: ast.expr | str, _depth: int = 0) -> T:
         raise Unsupported("annotation nested too deeply")
     if isinstance(node, str):
         try:
-            node = ast.parse(node, mode="eval").body
+            node = parse_source(node, mode="eval").body
         except SyntaxError as exc:
             raise Unsupported(f"annotation {node!r} does not parse") from exc
     if isinstance(node, ast.Constant):
@@ -241,7 +243,7 @@ def read_signature(source: bytes, function: str, schema: dict[str, Any] | None =
     if schema is not None:
         return _schema_signature(schema)
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         return Signature(unsupported=f"the module does not parse: {exc}")
     node = _find_function(tree, function)
