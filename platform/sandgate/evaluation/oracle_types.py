@@ -109,7 +109,8 @@ def parse_annotation(node: ast.expr | str, _depth: int = 0) -> T:
         raise Unsupported("annotation nested too deeply")
     if isinstance(node, str):
         try:
-            node = parse_source(node, mode="eval").body
+            expression: ast.Expression = parse_source(node, mode="eval")
+            node = expression.body
         except SyntaxError as exc:
             raise Unsupported(f"annotation {node!r} does not parse") from exc
     if isinstance(node, ast.Constant):
