@@ -625,8 +625,11 @@ class Worker:
             return
         try:
             from sandgate.sandbox import pool as warm_pools
+            from sandgate.sandbox.runner import harness_args
 
-            warm_pools.start(self._policy_loader(None).limits, default_size=self.concurrency + 1)
+            policy = self._policy_loader(None)
+            warm_pools.start(policy.limits, default_size=self.concurrency + 1,
+                             harness_argv=harness_args(mutation=policy.mutation.max_mutants > 0))
         except Exception as exc:  # no pool is slower, not wrong: evaluations start cold sandboxes
             log.warning("no warm pool: %s", exc, extra=self._extra)
 

@@ -207,6 +207,59 @@ def test_pool_sandboxes_have_the_ordinary_hardening(manager, docker_client) -> N
         assert warm["Config"][key] == cold["Config"][key], key
 
 
+# --------------------------------------------------------------------------- the mutation server
+
+def harness_processes(docker_client: Any, container_id: str) -> list[str]:
+    top = docker_client.api.top(container_id, ps_args="-eo pid,args")
+    return [" ".join(row[1:]) for row in top["Processes"]]
+
+
+def test_a_policy_without_a_mutation_phase_gets_sandboxes_without_the_mutation_server(
+        manager, docker_client) -> None:
+    """The pool of such a policy is its own; its sandboxes' harness prepares no mutation server
+    (≈ 0.2 CPU-s each); an evaluation under the policy takes one and gets the same verdict."""
+    from sandgate.sandbox.runner import HARNESS_ENTRYPOINT, NO_MUTATION_SERVER, harness_args
+
+    lean_policy = policy()
+    data = lean_policy.model_dump(mode="json", exclude={"name"})
+    data["mutation"]["max_mutants"] = 0
+    data["gates"]["min_mutation_score"] = 0
+    data["gates"]["null_entrypoint_must_be_killed"] = False
+    lean_policy = parse_policy(data, name="test-pool-no-mutation")
+    limits = effective_limits(lean_policy.limits, None)
+    full = warm_pool(manager, docker_client, limits)
+    lean = manager.pool(docker_client, image=Settings().image, limits=limits,
+                        harness_argv=harness_args(mutation=False))
+    assert lean is not None and lean is not full
+    wait_for(lambda: len(lean.idle()) == 1, what="the lean pool to fill")
+    [full_id], [lean_id] = full.idle(), lean.idle()
+    assert docker_client.api.inspect_container(lean_id)["Config"]["Entrypoint"] == [
+        *HARNESS_ENTRYPOINT, NO_MUTATION_SERVER]
+    wait_for(lambda: any("sandgate_harness.mutation" in p for p in harness_processes(docker_client, full_id)),
+             what="the full sandbox's mutation server")
+    time.sleep(0.5)  # the lean sandbox's harness has started everything it will start
+    lean_processes = harness_processes(docker_client, lean_id)
+    assert any("sandgate_harness" in p for p in lean_processes), lean_processes
+    assert not any("sandgate_harness.mutation" in p for p in lean_processes), lean_processes
+
+    report = evaluate(load_submission(EXAMPLES / "text_stats"), policy=lean_policy)
+    assert was_warm(report) and report.sandbox.container_id == lean_id, report.timings
+    assert report.verdict.value == "passed", report.reasons
+    assert lean.stats["taken"] == 1 and full.stats["taken"] == 0
+
+
+def test_a_harness_told_no_mutation_phase_still_runs_one_the_payload_asks_for(monkeypatch) -> None:
+    """The argument only saves the preparation: a payload with a mutation phase gets a cold server."""
+    import sandgate.sandbox as sandbox
+    from sandgate.sandbox.runner import NO_MUTATION_SERVER
+
+    monkeypatch.setattr(sandbox, "harness_args", lambda *, mutation: (NO_MUTATION_SERVER,))
+    report = evaluate(load_submission(EXAMPLES / "text_stats"), policy=policy())
+    assert report.verdict.value == "passed", report.reasons
+    assert report.mutation is not None and report.mutation.run > 0 and report.mutation.problem is None
+    assert report.timings["mutation_warm"] == 0.0
+
+
 # --------------------------------------------------------------------------- new image
 
 @pytest.fixture

@@ -31,7 +31,7 @@ class FakeApi:
         cid = uuid.uuid4().hex
         with self.lock:
             self.containers_[cid] = {"Image": self.image_id, "Running": False, "Labels": kwargs["labels"],
-                                     "Created": time.time()}
+                                     "Created": time.time(), "Entrypoint": kwargs.get("entrypoint")}
         return {"Id": cid}
 
     def start(self, cid: str) -> None:
@@ -170,6 +170,37 @@ def test_the_manager_keeps_one_pool_per_image_and_limits(client) -> None:
         manager.close()
     assert manager.pool(client, image="img:tag", limits=Limits()) is None
     wait_for(lambda: client.api.containers_ == {})
+
+
+def test_a_pool_without_the_mutation_server_is_its_own_and_tells_the_harness(client) -> None:
+    from sandgate.sandbox.runner import HARNESS_ENTRYPOINT, NO_MUTATION_SERVER, harness_args
+
+    manager = warm_pools.PoolManager(size=1, max_age=60)
+    try:
+        full = manager.pool(client, image="img:tag", limits=Limits(), harness_argv=harness_args(mutation=True))
+        lean = manager.pool(client, image="img:tag", limits=Limits(), harness_argv=harness_args(mutation=False))
+        assert full is not lean and full is manager.pool(client, image="img:tag", limits=Limits())
+        wait_for(lambda: len(full.idle()) == len(lean.idle()) == 1)
+        taken = manager.take(client, image="img:tag", image_id="sha256:one", limits=Limits(),
+                             harness_argv=harness_args(mutation=False))
+        assert taken is not None
+        assert client.api.containers_[taken]["Entrypoint"] == [*HARNESS_ENTRYPOINT, NO_MUTATION_SERVER]
+        (other,) = [cid for cid in client.api.containers_ if cid != taken]
+        assert client.api.containers_[other]["Entrypoint"] is None  # the image's own: the harness, in full
+        manager.done(taken)
+    finally:
+        manager.close()
+
+
+def test_the_harness_entrypoint_is_the_images() -> None:
+    import json
+    from pathlib import Path
+
+    from sandgate.sandbox.runner import HARNESS_ENTRYPOINT
+
+    dockerfile = Path(__file__).resolve().parents[2] / "sandbox_images" / "python" / "Dockerfile"
+    (line,) = [x for x in dockerfile.read_text().splitlines() if x.startswith("ENTRYPOINT ")]
+    assert tuple(json.loads(line.removeprefix("ENTRYPOINT "))) == HARNESS_ENTRYPOINT
 
 
 def test_enable_with_size_zero_is_no_pool() -> None:

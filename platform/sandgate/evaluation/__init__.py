@@ -151,7 +151,7 @@ def _evaluate(
                          f"got {phases!r}")
     # the sandbox (and the report parser over its runs) import docker: loaded on first use
     from sandgate.evaluation.parse import build_report
-    from sandgate.sandbox import make_payload, require_image, run_sandbox
+    from sandgate.sandbox import harness_args, make_payload, require_image, run_sandbox
     from sandgate.sandbox import pool as warm_pools
     from sandgate.sandbox.engine import shared_client
 
@@ -219,8 +219,11 @@ def _evaluate(
         }).encode()
         # a warm sandbox when this process runs a pool (workers do): same image, same limits;
         # a skill with requirements runs cold in its derived image
+        # the harness prepares a mutation server only for an evaluation with a mutation phase
+        harness_argv = harness_args(mutation="dynamic" in phases and policy.mutation.max_mutants > 0)
         pools = warm_pools.current()
-        warm = (pools.take(client, image=settings.image, image_id=image.id, limits=limits)
+        warm = (pools.take(client, image=settings.image, image_id=image.id, limits=limits,
+                            harness_argv=harness_argv)
                 if pools and run_image == settings.image else None)
         on_started = None
         if oracle_phase is not None:
@@ -236,6 +239,7 @@ def _evaluate(
                 image=run_image,
                 payload=make_payload(files),
                 container=warm,
+                harness_argv=harness_argv,
                 limits=limits,
                 evaluation_id=evaluation_id,
                 kill_grace=settings.sandbox_kill_grace,

@@ -10,8 +10,10 @@ one evaluation and forgets it; the run removes it like any other sandbox. Nothin
 is ever returned to a pool, so nothing one skill leaves behind (files in ``/work``
 or ``/tmp``, a background process) can be seen by the next.
 
-One :class:`WarmPool` per (image, limits) — the runtime is one of the limits —
-kept by a :class:`PoolManager`. Each pool refills itself in a background thread,
+One :class:`WarmPool` per (image, limits, the harness's arguments) — the runtime
+is one of the limits; the arguments say whether the harness prepares a mutation
+server, which only a policy with a mutation phase needs — kept by a
+:class:`PoolManager`. Each pool refills itself in a background thread,
 retires sandboxes older than ``max_age`` seconds, and drains itself when the
 image behind its tag changes (a rebuild or a retag): a sandbox of the old image
 is never handed out. :meth:`PoolManager.close` drains every pool (at shutdown,
@@ -67,12 +69,16 @@ class _Warm:
 class WarmPool:
     """Up to ``size`` started, unused sandboxes of ``image`` under ``limits``."""
 
-    def __init__(self, client: Any, *, image: str, limits: Limits, size: int, max_age: float) -> None:
+    def __init__(self, client: Any, *, image: str, limits: Limits, size: int, max_age: float,
+                 harness_argv: tuple[str, ...] = ()) -> None:
         if size < 1:
             raise ValueError("a warm pool needs a size of at least 1")
         if max_age <= 0:
             raise ValueError("a warm pool's max_age must be positive")
         self.client, self.image, self.limits = client, image, limits
+        #: the harness's arguments (:func:`~sandgate.sandbox.runner.harness_args`): with or without
+        #: a mutation server prepared
+        self.harness_argv = tuple(harness_argv)
         #: the engine, as :class:`~sandgate.sandbox.backend.SandboxBackend` (``client`` may be a Docker client)
         self.backend = as_backend(client)
         self.size, self.max_age = int(size), float(max_age)
@@ -198,7 +204,7 @@ class WarmPool:
         backend = self.backend
         container_id = create_sandbox(backend, image=self.image, limits=self.limits,
                                       evaluation_id=f"{self.name}-{uuid.uuid4().hex[:8]}",
-                                      labels={POOL_LABEL: self.name})
+                                      labels={POOL_LABEL: self.name}, harness_argv=self.harness_argv)
         try:
             if backend.state(container_id).image_id != image_id:
                 backend.remove(container_id)  # the tag moved between check and create
@@ -262,28 +268,30 @@ class WarmPool:
 
 
 class PoolManager:
-    """One :class:`WarmPool` per (image, limits), made on first use, at most :data:`MAX_POOLS`."""
+    """One :class:`WarmPool` per (image, limits, harness arguments), made on first use, at most :data:`MAX_POOLS`."""
 
     def __init__(self, *, size: int, max_age: float, max_pools: int = MAX_POOLS) -> None:
         if size < 1:
             raise ValueError("a pool manager needs a size of at least 1")
         self.size, self.max_age, self.max_pools = int(size), float(max_age), int(max_pools)
-        self._pools: OrderedDict[tuple[str, Limits], WarmPool] = OrderedDict()
+        self._pools: OrderedDict[tuple[str, Limits, tuple[str, ...]], WarmPool] = OrderedDict()
         self._lock = threading.Lock()
         self._closed = False
         self._taken: dict[str, WarmPool] = {}
 
-    def pool(self, client: Any, *, image: str, limits: Limits) -> WarmPool | None:
-        """The pool of (image, limits), started if new; None once closed."""
+    def pool(self, client: Any, *, image: str, limits: Limits,
+             harness_argv: tuple[str, ...] = ()) -> WarmPool | None:
+        """The pool of (image, limits, the harness's arguments), started if new; None once closed."""
         evicted: list[WarmPool] = []
         with self._lock:
             if self._closed:
                 return None
-            key = (image, limits)
+            key = (image, limits, tuple(harness_argv))
             found = self._pools.get(key)
             if found is None:
                 found = self._pools[key] = WarmPool(client, image=image, limits=limits,
-                                                    size=self.size, max_age=self.max_age)
+                                                    size=self.size, max_age=self.max_age,
+                                                    harness_argv=harness_argv)
                 while len(self._pools) > self.max_pools:
                     evicted.append(self._pools.popitem(last=False)[1])
             self._pools.move_to_end(key)
@@ -291,10 +299,11 @@ class PoolManager:
             old.close()
         return found
 
-    def take(self, client: Any, *, image: str, image_id: str | None, limits: Limits) -> str | None:
+    def take(self, client: Any, *, image: str, image_id: str | None, limits: Limits,
+             harness_argv: tuple[str, ...] = ()) -> str | None:
         """A warm sandbox for one evaluation, or None (start a cold one). Never raises."""
         try:
-            found = self.pool(client, image=image, limits=limits)
+            found = self.pool(client, image=image, limits=limits, harness_argv=harness_argv)
             taken = found.take(image_id) if found is not None else None
         except Exception as exc:
             log.warning("warm pool unavailable: %s", exc)
@@ -342,18 +351,18 @@ def enable(*, size: int, max_age: float) -> PoolManager | None:
 
 
 def start(limits: Limits | None = None, settings: Settings | None = None, *,
-          default_size: int = 2) -> PoolManager | None:
+          default_size: int = 2, harness_argv: tuple[str, ...] = ()) -> PoolManager | None:
     """:func:`enable` with the settings' ``pool_size`` (``default_size`` when unset) and
     ``pool_max_age``, and, given ``limits``, a pool of the settings' image under them
-    filled now (a worker does this at start with its default policy's limits and its
-    concurrency + 1). None when ``pool_size`` is 0."""
+    filled now (a worker does this at start with its default policy's limits and harness
+    arguments, and its concurrency + 1). None when ``pool_size`` is 0."""
     settings = settings or get_settings()
     size = default_size if settings.pool_size is None else settings.pool_size
     manager = enable(size=size, max_age=settings.pool_max_age)
     if manager is not None and limits is not None:
         from sandgate.sandbox.engine import shared_client
 
-        manager.pool(shared_client(settings), image=settings.image, limits=limits)
+        manager.pool(shared_client(settings), image=settings.image, limits=limits, harness_argv=harness_argv)
     return manager
 
 

@@ -37,6 +37,9 @@ __all__ = [
     "MANAGED_LABEL",
     "controller_id",
     "EVALUATION_LABEL",
+    "HARNESS_ENTRYPOINT",
+    "NO_MUTATION_SERVER",
+    "harness_args",
     "POOL_LABEL",
     "SANDBOX_UID",
     "SandboxBackend",
@@ -70,6 +73,16 @@ def plausible_hostname() -> str:
 
 
 MAX_HARNESS_OUTPUT = 32 * 1024 * 1024
+#: the image's ENTRYPOINT (``sandbox_images/python/Dockerfile``): the evaluation harness
+HARNESS_ENTRYPOINT: tuple[str, ...] = ("python3", "-I", "-m", "sandgate_harness")
+#: the harness's argument when no mutation phase follows: it prepares no mutation server
+#: (an interpreter that imports pytest and runs a warm-up session: ≈ 0.2 CPU-s a sandbox)
+NO_MUTATION_SERVER = "--no-mutation-server"
+
+
+def harness_args(*, mutation: bool) -> tuple[str, ...]:
+    """The harness's arguments for an evaluation with (``mutation``) or without a mutation phase."""
+    return () if mutation else (NO_MUTATION_SERVER,)
 #: how long a killed (timed out) sandbox may take to stop before the engine is blamed
 KILLED_WAIT_SECONDS = 30.0
 
@@ -134,12 +147,16 @@ def create_sandbox(
     evaluation_id: str,
     entrypoint: list[str] | None = None,
     labels: Mapping[str, str] | None = None,
+    harness_argv: tuple[str, ...] = (),
 ) -> str:
     """Create one hardened sandbox (not started) on ``client`` (a backend or a Docker
     client); return its id.
 
-    The one place a sandbox is made: ordinary runs and warm pools alike.
+    The one place a sandbox is made: ordinary runs and warm pools alike. ``harness_argv``:
+    the harness's arguments (:func:`harness_args`; with ``entrypoint`` None only).
     """
+    if harness_argv and entrypoint is None:
+        entrypoint = [*HARNESS_ENTRYPOINT, *harness_argv]
     return as_backend(client).create(SandboxSpec(
         image=image,
         limits=limits,
@@ -168,6 +185,7 @@ def run_sandbox(
     channel_key: bytes | None = None,
     on_started: Callable[[], None] | None = None,
     container: str | None = None,
+    harness_argv: tuple[str, ...] = (),
 ) -> SandboxRun:
     """Run the harness once on ``client`` (a :class:`SandboxBackend`, or a Docker client
     wrapped in :class:`~sandgate.sandbox.docker_backend.DockerBackend`). Raises
@@ -181,7 +199,8 @@ def run_sandbox(
     ``container`` is an already started, never used sandbox of a warm pool
     (:meth:`sandgate.sandbox.pool.WarmPool.take`) made with the same image and
     limits: it gets the payload instead of a new container being made. Either
-    way the container is removed at the end.
+    way the container is removed at the end. ``harness_argv``: the harness's arguments for a
+    new container (:func:`harness_args`; a pool's sandbox was made with its own).
     """
     backend = as_backend(client)
     evaluation_id = evaluation_id or uuid.uuid4().hex
@@ -191,7 +210,7 @@ def run_sandbox(
     try:
         if container_id is None:
             container_id = create_sandbox(backend, image=image, limits=limits, evaluation_id=evaluation_id,
-                                          entrypoint=entrypoint)
+                                          entrypoint=entrypoint, harness_argv=harness_argv)
             _track(evaluation_id, container_id, True)
             timings["create"] = time.monotonic() - started
             t = time.monotonic()

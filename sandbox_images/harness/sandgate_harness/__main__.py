@@ -631,7 +631,9 @@ def main() -> int:
     # warm pool's sandbox, while it waits): the test runner imports the toolchain,
     # semgrep's engine is located. The runner gets its job only after the static phase.
     runner = WarmRunner()
-    mutation_server: MutationServer | None = MutationServer()
+    # ``--no-mutation-server``: the controller knows no mutation phase follows (its policy has
+    # none), so none is prepared; a payload that asks for one anyway gets a cold one
+    mutation_server: MutationServer | None = None if "--no-mutation-server" in sys.argv[1:] else MutationServer()
     engine: PrestartedEngine | None = PrestartedEngine(SKILL_DIR)  # the platform's rules, parsed while we wait
     stdin = sys.stdin.buffer
     stdin.peek(1)  # blocks until the payload's first bytes: the evaluation's clock starts here
