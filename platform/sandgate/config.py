@@ -85,7 +85,7 @@ class Settings(BaseSettings):
 
     # -- warm pool (sandgate.sandbox.pool) ------------------------------------
     pool_size: int | None = Field(default=None, ge=0, le=64, description=(
-        "warm sandboxes a worker keeps started per (image, limits), each used by one evaluation "
+        "warm sandboxes a worker keeps started per (image, limits, harness arguments), each used by one evaluation "
         "and then removed (default: the worker's concurrency + 1, so one is ready while every "
         "slot runs); 0 turns the warm pool off"))
     pool_max_age: float = Field(default=60.0, gt=0, description=(
