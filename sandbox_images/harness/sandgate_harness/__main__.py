@@ -670,6 +670,8 @@ def main() -> int:
         )
         engine = None
         out["timings"]["static"] = out["static"]["seconds"]
+        if isinstance(out["static"].get("engine_seconds"), (int, float)):
+            out["timings"]["static_engine"] = out["static"]["engine_seconds"]
         # Sent now, before any submitted code runs: if the sandbox dies later,
         # the findings still reach the report.
         emit(key, "static", {"protocol": PROTOCOL, "static": out["static"]})
