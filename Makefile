@@ -33,7 +33,7 @@ demo: image
 ## test: the whole suite against a real Docker engine, a real PostgreSQL and a headless Chromium, in
 ## TEST_WORKERS parallel processes (most tests wait on the engine; tests/conftest.py keeps a module in one
 ## process and the modules sharing engine-wide state in one group), printing the 15 slowest tests
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 test: image
 	@bash tests/ensure_postgres.sh
 	@bash tests/ensure_browser.sh

@@ -33,10 +33,13 @@ SHARED_GROUPS = {
     # they remove, build, count and prune the derived images of the sandbox image
     "tests/integration/test_deps.py": "derived-images",
     "tests/security/test_hostile_deps.py": "derived-images",
+    # evaluates every example skill, csv_report (pandas) too: it builds that derived image when missing
+    "tests/integration/test_pool.py": "derived-images",
 }
 
 #: the longest modules start first, so that no worker is left with one of them at the end
 LONG_FIRST = (
+    "tests/integration/test_deps.py",  # the derived-images group (with test_pool and test_hostile_deps): the longest
     "tests/security/test_hostile_oracle.py",
     "tests/security/test_hostile_runtime.py",
     "tests/integration/test_api_lifecycle.py",
