@@ -37,7 +37,7 @@ TEST_WORKERS ?= 3
 test: image
 	@bash tests/ensure_postgres.sh
 	@bash tests/ensure_browser.sh
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder --durations=15
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15
 
 ## test-fast: the unit tests, which need neither a Docker engine nor PostgreSQL (the engine is pointed nowhere)
 test-fast: setup

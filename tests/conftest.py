@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from xdist.scheduler import LoadScopeScheduling
 
 # helper modules whose asserts should explain themselves (before any test module imports them)
 pytest.register_assert_rewrite(
@@ -19,7 +20,7 @@ pytest.register_assert_rewrite(
 
 from sandgate.config import Settings  # noqa: E402  (after the assert-rewrite registration)
 
-# -- parallel runs (pytest-xdist, ``make test`` runs ``-n $TEST_WORKERS --dist loadgroup``) -----------------
+# -- parallel runs (pytest-xdist, ``make test`` runs ``-n $TEST_WORKERS --dist loadscope``) -----------------
 #
 # A module runs whole in one worker process, in its own order: modules share module-scoped
 # servers and some rely on their order (e.g. "the controller still evaluates a clean skill"
@@ -37,15 +38,20 @@ SHARED_GROUPS = {
     "tests/integration/test_pool.py": "derived-images",
 }
 
-#: the longest modules start first, so that no worker is left with one of them at the end
+#: the longest units start first, so that no worker is left with one of them at the end
+#: (the order of the per-module sums of ``--durations=0`` on this machine, 3 workers)
 LONG_FIRST = (
-    "tests/integration/test_deps.py",  # the derived-images group (with test_pool and test_hostile_deps): the longest
-    "tests/security/test_hostile_oracle.py",
+    "tests/security/test_hostile_static.py",
+    "tests/integration/test_deps.py",  # the derived-images group (with test_pool and test_hostile_deps)
     "tests/security/test_hostile_runtime.py",
-    "tests/integration/test_api_lifecycle.py",
-    "tests/integration/test_mutation.py",
+    "tests/integration/test_fleet.py",
+    "tests/integration/test_worker_processes.py",
+    "tests/integration/test_python_rules.py",
     "tests/integration/test_api_auth.py",
-    "tests/integration/test_api_fuzz.py",
+    "tests/integration/test_mcp.py",
+    "tests/integration/test_console_browser.py",
+    "tests/integration/test_mutation.py",
+    "tests/security/test_hostile_oracle.py",
 )
 
 
@@ -53,16 +59,31 @@ def _module_of(item: pytest.Item) -> str:
     return item.nodeid.split("::", 1)[0]
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def _group_of(nodeid: str) -> str:
+    module = nodeid.split("::", 1)[0]
+    return SHARED_GROUPS.get(module, module)
+
+
+class ModuleGroups(LoadScopeScheduling):
+    """xdist's own scope scheduler, whose work units are ours: a module, or a shared group.
+    (``--dist loadgroup`` reads ``xdist_group`` marks through a node id suffix, which pytest 9.2's
+    node ids no longer take: the suite's modules were then spread over the workers test by test.)"""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return _group_of(nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # a run with ``-p no:xdist`` has no such hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> ModuleGroups:
+    return ModuleGroups(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.pluginmanager.hasplugin("xdist") or config.getoption("dist", "no") == "no":
+    if not hasattr(config, "workerinput"):
         return  # a plain run keeps the collection order
+    # in an xdist worker (every worker collects alike): the longest units are handed out first
     rank = {module: i for i, module in enumerate(LONG_FIRST)}
     items.sort(key=lambda item: rank.get(_module_of(item), len(rank)))  # stable: order within a module kept
-    for item in items:
-        if not any(item.iter_markers("xdist_group")):
-            module = _module_of(item)
-            item.add_marker(pytest.mark.xdist_group(SHARED_GROUPS.get(module, module)))
 
 
 @pytest.fixture(scope="session")

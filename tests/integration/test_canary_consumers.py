@@ -126,7 +126,9 @@ def write_skill(path: Path, body: str) -> Path:
 
 
 def start_consumer(store_url: str, tmp: Path, i: int) -> tuple[subprocess.Popen[str], Path, Path]:
-    script = tmp / "consumer.py"
+    # one script per consumer: rewriting a shared one truncates it under an interpreter still
+    # reading it, which then runs an empty program and exits 0 without a word
+    script = tmp / f"consumer-{i}.py"
     script.write_text(CONSUMER)
     stop, out = tmp / f"stop-{i}", tmp / f"out-{i}.json"
     proc = subprocess.Popen([sys.executable, str(script), store_url, SKILL, str(stop), str(out),
