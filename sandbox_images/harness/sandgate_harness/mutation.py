@@ -102,6 +102,7 @@ import json
 import os
 import random
 import re
+import resource
 import secrets
 import select
 import shutil
@@ -805,10 +806,33 @@ def prepare_config(test_files: list[str]) -> Any:
     Parsing the arguments and the harness's pytest.ini and registering the
     built-in plugins imports nothing of the skill (no conftest, no autoload,
     no collection); each child starts from a copy and only runs the session.
+    Built from :func:`base_config` (once per server, in its preparation when it
+    is warm) with ``test_files`` as its arguments.
     """
-    from _pytest.config import _prepareconfig
+    config = base_config()
+    config.args = list(test_files)
+    config.args_source = type(config).ArgsSource.ARGS
+    return config
 
-    return _prepareconfig(_pytest_args(test_files), None)
+
+_BASE_CONFIG: list[Any] = []
+
+
+def base_config() -> Any:
+    """The trusted configuration without test paths, invoked from the skill's directory
+    (test paths resolve against it): parsed once per server; :func:`prepare_config` gives
+    it the test files (each child runs a copy, forked after that)."""
+    if not _BASE_CONFIG:
+        from _pytest.config import _prepareconfig
+
+        here = os.getcwd()
+        os.makedirs(SKILL_DIR, mode=0o755, exist_ok=True)
+        os.chdir(SKILL_DIR)
+        try:
+            _BASE_CONFIG.append(_prepareconfig(_pytest_args([]), None))
+        finally:
+            os.chdir(here)
+    return _BASE_CONFIG[0]
 
 
 def _reset_tree(files: dict[str, bytes], mutated: tuple[str, str] | None) -> None:
@@ -920,19 +944,25 @@ def _detach(keep: tuple[int, ...]) -> None:
         pass
 
 
-def _limit_memory() -> None:
-    """A mutant that allocates without end gets MemoryError before the OOM killer acts."""
+def _limit_memory(size: int | None = None) -> None:
+    """A mutant that allocates without end gets MemoryError before the OOM killer acts.
+
+    ``size``: this process's address space in bytes, when the caller measured it before
+    forking (a schemata child does once: every grandchild starts at its size)."""
     extra = CHILD_MEMORY["bytes"]
     if extra <= 0:
         return
-    import resource
-
     try:
-        with open("/proc/self/statm") as handle:
-            size = int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+        if size is None:
+            size = _address_space()
         resource.setrlimit(resource.RLIMIT_AS, (size + extra, size + extra))
     except (OSError, ValueError):
         pass
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def _child(nodeids: set[str] | None, test_files: list[str], config: Any,
@@ -1248,9 +1278,18 @@ class _SchemataLoop:
             os._exit(4)
         commands = os.fdopen(3, "rb", buffering=0)
         answers = os.fdopen(4, "wb", buffering=0)
+        for item in session.items:
+            try:
+                item.location  # noqa: B018 - computed once here, not again in every grandchild
+            except Exception:  # noqa: BLE001 - the grandchild's run reports it
+                pass
         answers.write(b'{"ready": true}\n')
         gc.collect()
         gc.freeze()  # grandchildren do not copy the collected session's pages when they collect
+        try:
+            size: int | None = _address_space()  # each grandchild's, at its fork
+        except (OSError, ValueError):
+            size = None
         for line in iter(commands.readline, b""):
             command = json.loads(line)
             wanted = command.get("nodeids")
@@ -1263,7 +1302,7 @@ class _SchemataLoop:
                     os.setsid()
                     os.close(3)
                     os.close(4)
-                    _limit_memory()
+                    _limit_memory(size)
                     self.active[0] = command.get("token")
                     self.running = True
                     for position, item in enumerate(items):
@@ -1307,8 +1346,10 @@ class _SchemataRunner:
     #: starts at most; after that, the remaining mutants run one child each
     MAX_STARTS = 3
 
-    def __init__(self, schemata: Schemata, config: Any, files: dict[str, bytes], start_timeout: float) -> None:
-        self.schemata, self.config, self.files = schemata, config, files
+    def __init__(self, schemata: Schemata, config_for: Any, tests: list[str], files: dict[str, bytes],
+                 start_timeout: float) -> None:
+        self.schemata, self.config_for, self.tests, self.files = schemata, config_for, tests, files
+        config = config_for(tests)
         self.start_timeout = start_timeout
         self.pid: int | None = None
         self.starts = 0
@@ -1327,11 +1368,15 @@ class _SchemataRunner:
             return
         self.starts += 1
         _reset_tree(self.files, None)
+        config = self.config_for(self.tests)  # its arguments, for this fork
+        if config is None:
+            self.broken = True
+            return
         cmd_r, cmd_w = os.pipe()
         ans_r, ans_w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            _schemata_child(cmd_r, ans_w, self.schemata, self.config)
+            _schemata_child(cmd_r, ans_w, self.schemata, config)
         os.close(cmd_r)
         os.close(ans_w)
         self.pid, self.commands, self.answers, self.buffer = pid, cmd_w, ans_r, b""
@@ -1545,19 +1590,16 @@ def serve(job: dict[str, Any], write: Any) -> None:
 
     _reset_tree(files, None)
     os.chdir(SKILL_DIR)
-    configs: dict[tuple[str, ...], Any] = {}
 
     def config_for(test_files: list[str]) -> Any:
-        key = tuple(sorted(test_files))
-        if key not in configs:
-            try:
-                configs[key] = prepare_config(list(key))
-            except Exception:  # noqa: BLE001 - the child then configures pytest itself
-                configs[key] = None
-        return configs[key]
+        """The configuration for the next fork (one object: its arguments are set for each)."""
+        try:
+            return prepare_config(sorted(test_files))
+        except Exception:  # noqa: BLE001 - the child then configures pytest itself
+            return None
 
     prepare()
-    runner = _SchemataRunner(schemata, config_for(tests), files,  # built before any fork
+    runner = _SchemataRunner(schemata, config_for, tests, files,  # built before any fork
                              mutant_timeout(None, durations, baseline))
     gc.freeze()  # children do not copy the server's heap when they collect
 
@@ -1683,6 +1725,10 @@ def prepare() -> None:
     except Exception:  # noqa: BLE001 - warming only
         pass
     preload_dependencies()
+    try:
+        base_config()
+    except Exception:  # noqa: BLE001 - built (or reported) when the job needs it
+        pass
 
 
 def main() -> None:
