@@ -2,8 +2,8 @@
 
 Each command runs in a fresh interpreter and reports ``sys.modules`` at its
 end. Registering every command loads typer and sandgate's CLI modules only;
-``--help`` adds what typer needs to render it (rich) and nothing of the
-platform; a read in remote mode loads the standard library's HTTP
+``--help`` and a usage error are rendered by click (the app's ``rich_markup_mode``
+is None: no rich) and load nothing of the platform; a read in remote mode loads the standard library's HTTP
 (sandgate.wire's PlainClient: no httpx) and no database layer, no settings
 machinery and no lifecycle; a read of the embedded store loads
 the store with the standard library's sqlite3 (no SQLAlchemy: sandgate.service.lite)
@@ -92,8 +92,18 @@ def test_help_loads_no_platform_and_no_pydantic(tmp_path: Path) -> None:
     code, modules, out = run_cli(tmp_path, "--help")
     assert code == 0
     assert "Examples:" in out and "skills" in out and "--version" in out  # the epilog, commands, options
-    assert _under(modules, HEAVY | PLATFORM | {"pydantic", "pydantic_core"}) == []
+    assert _under(modules, HEAVY | PLATFORM | {"pydantic", "pydantic_core", "rich"}) == []
     assert "sandgate.config" not in modules and "sandgate.service" not in modules
+    # each command's first sentence is there whole (click alone would cut it at the width, with "...")
+    words = " ".join(out.split())
+    assert "evaluate each attempt in the sandbox, repair, submit." in words
+    assert "or a canary with --canary." in words
+
+
+def test_a_usage_error_loads_no_rich(tmp_path: Path) -> None:
+    code, modules, out = run_cli(tmp_path, "skills", "--bogus")
+    assert code == 2
+    assert _under(modules, HEAVY | PLATFORM | {"rich"}) == []
 
 
 def test_version_loads_no_platform(tmp_path: Path) -> None:

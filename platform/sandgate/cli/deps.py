@@ -6,11 +6,12 @@ from typing import Annotated
 
 import typer
 
+from sandgate.cli import PLAIN_HELP
 from sandgate.cli.common import EXIT_REFUSED, errors, fail_with
 from sandgate.cli.engine import _console
 
 deps_app = typer.Typer(help="A skill version's locked third-party packages (requirements.lock).",
-                       no_args_is_help=True)
+                       no_args_is_help=True, **PLAIN_HELP)
 
 
 def _version_lock(ref: str) -> tuple[str, bytes | None]:

@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sandgate.cli import PLAIN_HELP
 from sandgate.cli.common import EXIT_REFUSED, fail, fail_with
 
 if TYPE_CHECKING:  # pragma: no cover
     from rich.console import Console
 
-image_app = typer.Typer(help="Build and inspect the sandbox image.", no_args_is_help=True)
+image_app = typer.Typer(help="Build and inspect the sandbox image.", no_args_is_help=True, **PLAIN_HELP)
 
 
 @cache

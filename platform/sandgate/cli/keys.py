@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import typer
 
+from sandgate.cli import PLAIN_HELP
 from sandgate.cli.common import EXIT_ERROR, errors, fail_with
 from sandgate.cli.store import _console, _table, _when, default_actor
 
@@ -37,6 +38,7 @@ keys_app = typer.Typer(
     name="keys",
     help="API keys of `sandgate serve` (stored hashed; the token is shown once).",
     no_args_is_help=True,
+    **PLAIN_HELP,
 )
 
 RoleOpt = Annotated[
