@@ -1349,11 +1349,10 @@ class _SchemataRunner:
     def __init__(self, schemata: Schemata, config_for: Any, tests: list[str], files: dict[str, bytes],
                  start_timeout: float) -> None:
         self.schemata, self.config_for, self.tests, self.files = schemata, config_for, tests, files
-        config = config_for(tests)
         self.start_timeout = start_timeout
         self.pid: int | None = None
         self.starts = 0
-        self.broken = not schemata.tokens or config is None
+        self.broken = not schemata.tokens  # or, at its first start, no configuration
         self.commands = self.answers = -1
         self.buffer = b""
 
@@ -1363,15 +1362,12 @@ class _SchemataRunner:
         return self.pid is not None
 
     def _start(self) -> None:
-        if self.starts >= self.MAX_STARTS:
+        config = self.config_for(self.tests)  # its arguments, for this fork
+        if self.starts >= self.MAX_STARTS or config is None:
             self.broken = True
             return
         self.starts += 1
         _reset_tree(self.files, None)
-        config = self.config_for(self.tests)  # its arguments, for this fork
-        if config is None:
-            self.broken = True
-            return
         cmd_r, cmd_w = os.pipe()
         ans_r, ans_w = os.pipe()
         pid = os.fork()
