@@ -146,9 +146,21 @@ class ApiServer:
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
 
-    def log_lines(self) -> list[dict[str, Any]]:
+    def log_size(self) -> int:
+        """The log's length in bytes now: a mark for ``log_lines(since=…)``."""
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_lines(self, since: int = 0) -> list[dict[str, Any]]:
+        """The log's JSON lines, from byte ``since`` on (a line cut by the mark, or still being written, is left
+        out: a mark taken while a line was half written never shifts the count by one)."""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(since)
+            data = fh.read()
         out = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
+        for line in data.decode(errors="replace").splitlines():
             try:
                 out.append(json.loads(line))
             except ValueError:

@@ -277,24 +277,31 @@ def test_a_move_costs_the_poll_and_one_fetch(world: World, tmp_path: Path) -> No
     """After a move an HTTP registry asks for the pointers (which name content and canary) and, on a cache
     miss, the files: no describe, no /v1/canaries. A rollback to a version still loaded costs only the poll."""
     events: list[RegistryEvent] = []
+    begin = world.server.log_size()
     registry = world.connect(tmp_path, events, report=False)
     ops = world.api("ops")
+
+    def reader_requests(since: int) -> list[dict[str, Any]]:
+        return [ln for ln in world.server.log_lines(since)
+                if ln.get("message") == "request" and ln.get("key") == "reader" and ln.get("route") != "/v1/watch"]
+
     try:
         with world.api("reader") as reader:
             current = reader.pointers([SKILL])[SKILL][0]
         assert registry.call(SKILL, 0) == tag(current) + "0"
         assert isinstance(registry.backend, HttpBackend) and registry.backend.wait_push(10)
         target = 1 if current != 1 else 2
+        # the server logs a request once its answer is sent, which can be after the client has it: the first
+        # load's fetch must be in the log before a move's requests are counted from a mark
+        first = f"/v1/skills/{SKILL}/versions/{current}/files"
+        assert _wait(lambda: any(ln.get("path") == first for ln in reader_requests(begin))), first
 
         def requests_during(move: Any, number: int) -> Counter[str]:
-            start = len(world.server.log_lines())
+            start = world.server.log_size()
             move()
             served_within(registry, number)
             time.sleep(0.3)  # the request log line is written when the answer is sent
-            lines = world.server.log_lines()[start:]
-            return Counter(ln["route"] for ln in lines
-                           if ln.get("message") == "request" and ln.get("key") == "reader"
-                           and ln.get("route") != "/v1/watch")
+            return Counter(ln["route"] for ln in reader_requests(start))
 
         fresh = requests_during(lambda: ops.promote(SKILL, target, reason="count"), target)
         assert fresh["/v1/skills/{name}/versions/{number}/files"] == 1, fresh
