@@ -202,6 +202,10 @@ _ODD_CHARACTERS = frozenset(
     chr(c) for c in (*range(0x01, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), *range(0x7F, 0xA0),
                      0x2028, 0x2029)
 )
+#: any character the per-line checks of :func:`_check_source` refuse (or a BOM, allowed only
+#: as the first character)
+_SUSPECT_CHARACTER = re.compile(
+    "[" + "".join(re.escape(ch) for ch in sorted(_ODD_CHARACTERS | _BIDI_CONTROLS | {"\ufeff"})) + "]")
 _MAX_COMPONENT_BYTES = 255
 _CHUNK = 64 * KiB
 #: per tar member: header, a possible pax/long-name header, and block padding
@@ -1074,7 +1078,8 @@ def _imported_names(tree: ast.AST, package: list[str]) -> list[tuple[str, int]]:
     return names
 
 
-def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
+def _check_test_imports(files: Mapping[str, bytes], tests: list[str],
+                        trees: Mapping[str, ast.AST] | None = None) -> None:
     """Test files hold tests only: a module of the skill that imports one is refused.
 
     Test files are not measured by coverage, so an implementation placed in a
@@ -1087,10 +1092,12 @@ def _check_test_imports(files: Mapping[str, bytes], tests: list[str]) -> None:
     for path in sorted(files):
         if not path.endswith(".py") or path in tests:
             continue
-        try:
-            tree = parse_source(files[path])
-        except (SyntaxError, ValueError):
-            continue  # _check_source reported it
+        tree = (trees or {}).get(path)
+        if tree is None:
+            try:
+                tree = parse_source(files[path])
+            except (SyntaxError, ValueError):
+                continue  # _check_source reported it
         package = path[: -len(".py")].split("/")[:-1]
         for name, line in _imported_names(tree, package):
             for dotted, test_path in test_names.items():
@@ -1153,8 +1160,9 @@ def _check_available(manifest: Manifest, available: Mapping[str, str]) -> None:
             )
 
 
-def _check_source(path: str, data: bytes) -> None:
-    """UTF-8, no bidi controls, parses. ``ast.parse`` only: nothing is compiled to code or run."""
+def _check_source(path: str, data: bytes) -> ast.AST:
+    """UTF-8, no bidi controls, parses; returns the tree. ``ast.parse`` only: nothing is
+    compiled to code or run."""
     try:
         declared = tokenize.detect_encoding(io.BytesIO(data).readline)[0]
         encoding = codecs.lookup(declared).name
@@ -1173,7 +1181,10 @@ def _check_source(path: str, data: bytes) -> None:
             f"{path}, line {line}: not valid UTF-8", code="syntax_error", path=path
         ) from exc
     _check_line_endings(path, text)
-    for lineno, line_text in enumerate(text.split("\n"), start=1):
+    # one scan of the whole text finds whether any line needs the per-character look below
+    # (a BOM the decoder left at the very start is allowed there, as the loop allows it)
+    suspect = _SUSPECT_CHARACTER.search(text, 1 if text.startswith("\ufeff") else 0) is not None
+    for lineno, line_text in enumerate(text.split("\n") if suspect else (), start=1):
         odd = next((ch for ch in line_text if ch in _ODD_CHARACTERS or
                     (ch == "\ufeff" and (lineno, line_text.index(ch)) != (1, 0))), None)
         if odd is not None:
@@ -1192,7 +1203,7 @@ def _check_source(path: str, data: bytes) -> None:
                 path=path,
             )
     try:
-        parse_source(data, filename=path)
+        tree = parse_source(data, filename=path)
         _check_identifiers(path, text)
     except SyntaxError as exc:
         where = f"line {exc.lineno}" if exc.lineno else "line ?"
@@ -1205,6 +1216,7 @@ def _check_source(path: str, data: bytes) -> None:
         ) from exc
     except ValueError as exc:  # pragma: no cover - older Pythons: NUL bytes
         raise SubmissionError(f"{path}: {exc}", code="syntax_error", path=path) from exc
+    return tree
 
 
 def _check_line_endings(path: str, text: str) -> None:
@@ -1229,6 +1241,8 @@ def _check_line_endings(path: str, text: str) -> None:
 def _check_identifiers(path: str, text: str) -> None:
     """No identifier that CPython reads as another name (it NFKC-normalises identifiers:
     ``ｓubprocess`` *is* ``subprocess`` to the interpreter, not to a pattern)."""
+    if text.isascii():  # every identifier is ASCII, and NFKC leaves ASCII as it is
+        return
     try:
         for tok in tokenize.generate_tokens(io.StringIO(text.removeprefix("\ufeff")).readline):
             if tok.type == tokenize.NAME and not tok.string.isascii():
@@ -1284,10 +1298,13 @@ def _build(
     if not tests:
         wanted = _DEFAULT_TESTS_TEXT if manifest.tests is None else f"tests = {manifest.tests!r}"
         raise SubmissionError(f"no test files ({wanted})", path=MANIFEST_NAME)
+    trees = {}  # the modules' trees, for the test-import check (test files' are not needed)
     for path in sorted(files):
         if path.endswith(".py"):
-            _check_source(path, files[path])
-    _check_test_imports(files, tests)
+            tree = _check_source(path, files[path])
+            if path not in tests:
+                trees[path] = tree
+    _check_test_imports(files, tests, trees)
     canonical = dict(sorted(files.items()))
     submission = Submission(
         manifest=manifest,

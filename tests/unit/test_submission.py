@@ -940,6 +940,34 @@ def test_text_cpython_reads_differently_is_rejected(source: bytes, message: str)
     assert message in str(err)
 
 
+def test_every_refused_character_is_refused_wherever_it_stands() -> None:
+    """The whole-text scan that decides whether the per-line look runs misses none of the
+    characters that look refuses, at a file's start, in its middle or as its last character."""
+    from sandgate import submission as intake
+
+    refused = sorted(intake._ODD_CHARACTERS | intake._BIDI_CONTROLS)
+    assert len(refused) > 60
+    for ch in refused:
+        for source, line in ((f"{ch}x = 1\n", 1), (f"x = 1\ny = '{ch}'\n", 2), (f"x = 1\n#{ch}", 2)):
+            err = rejected(skill(**{"greet.py": source.encode()}))
+            assert f"greet.py, line {line}: contains the " in str(err), (hex(ord(ch)), str(err))
+            assert f"U+{ord(ch):04X}" in str(err)
+    # a BOM is allowed as the first character only: a second one (the decoder keeps it) is
+    # left to the parser, which refuses it, and one further on is refused by the look
+    err = rejected(skill(**{"greet.py": b"\xef\xbb\xbf\xef\xbb\xbf" + MODULE}))
+    assert (err.code, str(err)) == ("syntax_error", "greet.py, line 1: invalid non-printable character U+FEFF")
+    err = rejected(skill(**{"greet.py": MODULE + "x = 1  # \ufeff\n".encode()}))
+    assert "contains the character U+FEFF" in str(err)
+
+
+def test_a_module_importing_a_test_file_is_refused_with_the_trees_the_source_check_built() -> None:
+    err = rejected(skill(**{"greet.py": MODULE + b"from tests import test_greet\n"}))
+    assert "imports the test file tests/test_greet.py" in str(err)
+    # a syntax error anywhere is reported before an import of a test file
+    err = rejected(skill(**{"greet.py": MODULE + b"import tests.test_greet\n", "zz.py": b"def (:\n"}))
+    assert err.code == "syntax_error" and "zz.py, line 1" in str(err)
+
+
 @pytest.mark.parametrize(
     "source",
     [MODULE.replace(b"\n", b"\r\n"), MODULE + "caf\u00e9 = 'd\u00e9j\u00e0 \u00fc'\n".encode(),
