@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 __all__ = [
     "EXAMPLES_FILE",
+    "EXAMPLES_SOURCES",
     "MAX_EXAMPLES",
     "MAX_EXAMPLE_BYTES",
     "Example",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 EXAMPLES_FILE = "examples.jsonl"
+#: the files of a version :func:`examples_inputs` reads
+EXAMPLES_SOURCES = ("skill.toml", EXAMPLES_FILE)
 MAX_EXAMPLES = 1000
 #: one example's JSON text
 MAX_EXAMPLE_BYTES = 64 * 1024
@@ -259,7 +262,7 @@ def examples_inputs(files: dict[str, bytes]) -> list[tuple[list[Any], dict[str, 
     data, never code, for the oracle's differential replay."""
     found = []
     try:
-        manifest = tomllib.loads(files.get("skill.toml", b"").decode("utf-8-sig"))
+        manifest = tomllib.loads(files.get(EXAMPLES_SOURCES[0], b"").decode("utf-8-sig"))
         found += parse_examples(manifest.get("examples", []) or [], where="skill.toml")
     except (ExampleError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError, TypeError):
         pass

@@ -54,7 +54,7 @@ from sandgate.errors import (
 )
 from sandgate.evaluation import evaluate as _sandbox_evaluate
 from sandgate.evaluation.oracle import Baseline
-from sandgate.examples import examples_inputs
+from sandgate.examples import EXAMPLES_SOURCES, examples_inputs
 from sandgate.policy import load_policy as _load_policy
 from sandgate.records import EvaluationRecord, PointerMove, VersionRecord
 from sandgate.report import EvaluationReport
@@ -159,13 +159,14 @@ def load_baseline(store: Store, *, skill: str, content_hash: str | None = None) 
     active = next((v for v in stored if v.active), None)
     inputs: list[tuple[list[Any], dict[str, Any]]] = []
     active_files = None
+    # the examples' files of every version in one read (not every version's every file)
+    examples_files = versions.get_files_of_versions(store, name=skill, paths=EXAMPLES_SOURCES)
     for version in stored:
         if version.content_hash == content_hash:
             continue
-        files = versions.get_version_files(store, name=skill, number=version.number)
-        inputs += examples_inputs(files)
+        inputs += examples_inputs(examples_files.get(version.number, {}))
         if active is not None and version.number == active.number:
-            active_files = files
+            active_files = versions.get_version_files(store, name=skill, number=version.number)
     if active is None or active_files is None:
         return Baseline(history_inputs=tuple(inputs))
     return Baseline(active_version=active.number, active_files=active_files, history_inputs=tuple(inputs))

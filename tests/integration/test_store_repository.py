@@ -41,6 +41,37 @@ def test_create_version_stores_exact_bytes_and_one_event(store):
     assert [(e.action, e.version, e.actor) for e in events] == [("submitted", 1, "alice")]
 
 
+def test_files_of_versions_reads_the_named_paths_of_every_version_in_one_read(store, policy):
+    from sandgate.lifecycle import load_baseline
+
+    examples = b'{"args": [1], "expect": 2}\n'
+    one = make_submission("greet", {"skill.py": b"x = 1\n", "examples.jsonl": examples})
+    two = make_submission("greet", {"skill.py": b"x = 2\n", "skill.toml": b"name = 'greet'\n"})
+    three = make_submission("greet", {"skill.py": b"x = 3\n", "examples.jsonl": b'{"args": [5], "expect": 6}\n'})
+    other = make_submission("other", {"skill.py": b"x = 9\n", "examples.jsonl": b'{"args": [9], "expect": 10}\n'})
+    for sub in (one, two, three, other):
+        versions.create_version(store, submission=sub, actor="t")
+    wanted = ("skill.toml", "examples.jsonl")
+    assert versions.get_files_of_versions(store, name="greet", paths=wanted) == {
+        1: {"examples.jsonl": examples}, 2: {"skill.toml": b"name = 'greet'\n"},
+        3: {"examples.jsonl": b'{"args": [5], "expect": 6}\n'}}
+    assert versions.get_files_of_versions(store, name="greet", paths=("nothing.py",)) == {}
+    with pytest.raises(NotFound):
+        versions.get_files_of_versions(store, name="absent", paths=wanted)
+    # the baseline: every earlier version's example inputs (not the candidate's own), and the
+    # active version's whole file set
+    baseline = load_baseline(store, skill="greet", content_hash=three.content_hash)
+    assert baseline.history_inputs == (([1], {}),) and baseline.active_files is None
+    evaluations.record_evaluation(
+        store, name="greet", number=1, report=make_report("passed", evaluation_id="p1"),
+        policy_name=policy.name, policy_hash=policy.hash,
+    )  # fmt: skip
+    pointers.promote(store, name="greet", number=1, actor="t", policy=policy)
+    baseline = load_baseline(store, skill="greet", content_hash=three.content_hash)
+    assert baseline.active_version == 1 and baseline.active_files == dict(sorted(one.files.items()))
+    assert load_baseline(store, skill="greet", content_hash=one.content_hash).history_inputs == (([5], {}),)
+
+
 def test_create_version_is_idempotent_and_numbers_are_contiguous(store):
     a, b = variant("greet", 1), variant("greet", 2)
     v1, c1 = versions.create_version(store, submission=a, actor="t")

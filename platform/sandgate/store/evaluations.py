@@ -67,6 +67,7 @@ that is or ever was active.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import statistics
@@ -520,8 +521,12 @@ def claim_evaluation(
     return None  # pragma: no cover - more than _MAX_WALK exhausted rows in one go
 
 
+@functools.cache
 def _fair_tenants() -> Any:
     """The tenants with queued work, fairest first, each under its running cap (a SELECT of ``tenant``).
+
+    Built once per process: the statement has no parameters, and a claim builds none of its
+    aliases and subqueries again.
 
     A recursive skip scan of the ``(status, tenant, created_at)`` index finds the tenants
     (one ``min(tenant) > previous`` probe each); per tenant, correlated index lookups give
@@ -557,15 +562,23 @@ def _fair_tenants() -> Any:
     )
 
 
-def _fair_next(s: Session) -> Evaluation | None:
-    """The oldest queued row of the fairest tenant, locked (one statement; see the module docstring)."""
+@functools.cache
+def _fair_statements() -> tuple[Any, Any, Any]:
+    """(a tenant's oldest queued row, locked; the fair order of tenants; the fairest tenant's
+    oldest queued row, locked): built once per process, like :func:`_fair_tenants`."""
     head = (select(Evaluation)
             .where(Evaluation.status == "queued")
             .order_by(Evaluation.created_at)
             .limit(1)
             .with_for_update(skip_locked=True))
     fair = _fair_tenants()
-    ev = s.scalars(head.where(Evaluation.tenant == fair.limit(1).scalar_subquery())).first()
+    return head, fair, head.where(Evaluation.tenant == fair.limit(1).scalar_subquery())
+
+
+def _fair_next(s: Session) -> Evaluation | None:
+    """The oldest queued row of the fairest tenant, locked (one statement; see the module docstring)."""
+    head, fair, fairest = _fair_statements()
+    ev = s.scalars(fairest).first()
     if ev is not None:
         return ev
     # the fairest tenant's queued rows are all being claimed right now (or nothing is

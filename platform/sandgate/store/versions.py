@@ -266,6 +266,23 @@ def get_version_files(store: Store, *, name: str, number: int) -> dict[str, byte
         )
         return {path: bytes(content) for path, content in rows}
 
+def get_files_of_versions(store: Store, *, name: str, paths: tuple[str, ...]) -> dict[int, dict[str, bytes]]:
+    """The bytes each version of ``name`` stores at ``paths`` (those it has): by version number,
+    then path. One read, whatever the number of versions; no other file's bytes are read."""
+    with store.read() as s:
+        skill = _skill(s, name)
+        rows = s.execute(
+            select(Version.number, VersionFile.path, VersionFile.content)
+            .join(VersionFile, VersionFile.version_id == Version.id)
+            .where(Version.skill_id == skill.id, VersionFile.path.in_(paths))
+            .order_by(Version.number, VersionFile.path)
+        )
+        found: dict[int, dict[str, bytes]] = {}
+        for number, path, content in rows:
+            found.setdefault(int(number), {})[path] = bytes(content)
+        return found
+
+
 class StoredFile(NamedTuple):
     path: str
     content: bytes
