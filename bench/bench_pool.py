@@ -61,6 +61,7 @@ def main() -> int:
     from sandgate.sandbox import connect, make_payload, run_sandbox
     from sandgate.sandbox import pool as warm_pools
     from sandgate.sandbox.engine import shared_client
+    from sandgate.sandbox.runner import harness_args
     from sandgate.submission import load_submission
 
     settings = get_settings()
@@ -104,7 +105,10 @@ def main() -> int:
     limits = effective_limits(policy.limits, getattr(submission.manifest, "sandbox", None))
     floor_once(), evaluate_once(False)  # warm the page cache and the engine
     manager = warm_pools.PoolManager(size=args.pool_size, max_age=settings.pool_max_age)
-    pool = manager.pool(shared_client(settings), image=settings.image, limits=limits)
+    # the pool evaluate() takes from: same image, limits and harness arguments (no mutation phase:
+    # the harness starts no mutation server)
+    pool = manager.pool(shared_client(settings), image=settings.image, limits=limits,
+                        harness_argv=harness_args(mutation=policy.mutation.max_mutants > 0))
     assert pool is not None
 
     def pool_once() -> float:
