@@ -176,9 +176,12 @@ def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[
         "host_cpu_seconds": statistics.median(host),
         "wall_seconds": statistics.median(wall),
         "parallel_per_min": None,
+        "parallel_cpu_seconds": None,
+        "parallel_host_cpu_seconds": None,
     }
     if parallel_runs:
         done = []
+        parallel_cpu: list[float] = []
         lock = threading.Lock()
 
         def loop() -> None:
@@ -187,15 +190,21 @@ def measure_floor(runs: int, *, parallel_runs: int = 0, width: int = 1) -> dict[
                     if len(done) >= parallel_runs:
                         return
                     done.append(None)
-                once()
+                cpu = once()
+                with lock:
+                    parallel_cpu.append(cpu["cgroup_cpu_seconds"] if cpu["cgroup_cpu_seconds"] is not None
+                                        else cpu["rusage_cpu_seconds"])
 
-        t = time.perf_counter()
+        busy, t = _host_busy_seconds(), time.perf_counter()
         threads = [threading.Thread(target=loop) for _ in range(width)]
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         out["parallel_per_min"] = parallel_runs / (time.perf_counter() - t) * 60
+        # the same work's CPU when ``width`` run at once: what concurrency itself costs the floor
+        out["parallel_cpu_seconds"] = statistics.median(parallel_cpu)
+        out["parallel_host_cpu_seconds"] = (_host_busy_seconds() - busy) / parallel_runs
     return out
 
 
@@ -760,8 +769,11 @@ def main() -> int:
         print(
             f"engine-inclusive: {floor['host_cpu_seconds']:.3f} host CPU-s per floor run (engine + kernel too) "
             f"-> {engine_ceiling_per_min:.1f}/min"
-            + (f"; bare floor {width} at a time: {floor['parallel_per_min']:.1f}/min" if floor["parallel_per_min"]
-               else ""),
+            + (f"; bare floor {width} at a time: {floor['parallel_per_min']:.1f}/min "
+               f"({floor['parallel_per_min'] / ceiling_per_min:.3f} of the ceiling), "
+               f"{floor['parallel_cpu_seconds']:.3f} CPU-s per run in its cgroup, "
+               f"{floor['parallel_host_cpu_seconds']:.3f} host CPU-s per run"
+               if floor["parallel_per_min"] else ""),
             flush=True,
         )
         evaluation_cpu: dict[str, Any] = {}
@@ -831,6 +843,8 @@ def main() -> int:
         "floor_wall_seconds": round(floor["wall_seconds"], 3),
         "floor_host_cpu_seconds": round(floor["host_cpu_seconds"], 3),
         "floor_parallel_per_min": round(floor["parallel_per_min"], 1) if floor["parallel_per_min"] else None,
+        "floor_parallel_cpu_seconds": (round(floor["parallel_cpu_seconds"], 3)
+                                       if floor["parallel_cpu_seconds"] is not None else None),
         "ceiling_per_min": round(ceiling_per_min, 1),
         "evaluation_cpu": evaluation_cpu,
         "concurrency_per_worker": per_worker,
