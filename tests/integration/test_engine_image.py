@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -84,3 +85,31 @@ def test_runtime_is_selectable(docker_client, sandbox_image: str, runtime: str) 
     out = docker_client.containers.run(sandbox_image, ["-c", "print('ok')"], entrypoint=["python3"],
                                        network_mode="none", remove=True, runtime=runtime)
     assert out.decode().strip() == "ok"
+
+
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+def test_an_out_of_memory_kill_is_an_engine_event_and_a_kill_from_outside_is_not(
+        docker_client, sandbox_image: str, runtime: str) -> None:
+    """What the runner asks when a sandbox died with 137, no result and a state that does not
+    say out of memory (the engine handled the exit before the event)."""
+    from sandgate.sandbox.docker_backend import DockerBackend
+
+    backend = DockerBackend(docker_client)
+
+    def died(code: str, kill: bool) -> bool:
+        since = time.time()
+        ct = docker_client.containers.create(sandbox_image, ["-c", code], entrypoint=["python3"],
+                                             network_mode="none", runtime=runtime,
+                                             mem_limit="64m", memswap_limit="64m")
+        try:
+            ct.start()
+            if kill:
+                time.sleep(0.3)
+                ct.kill()
+            assert ct.wait(timeout=60)["StatusCode"] == 137
+            return backend.oom_event(ct.id, since)
+        finally:
+            ct.remove(force=True)
+
+    assert died("x = []\nwhile True: x.append(bytearray(1 << 20))", kill=False) is True
+    assert died("import time\ntime.sleep(60)", kill=True) is False

@@ -45,9 +45,11 @@ class FakeBackend:
     kind = "fake"
 
     def __init__(self, answer: Any = None, *, hang: int = 0, exit_code: int = 0, oom: bool = False,
-                 fail_feed: bool = False) -> None:
+                 fail_feed: bool = False, late_oom: bool = False) -> None:
         self.answer = answer or (lambda payload: signed("final", {"ok": True, "got": len(payload)}))
         self.hang, self.exit_code, self.oom, self.fail_feed = hang, exit_code, oom, fail_feed
+        #: an out-of-memory event the state does not show (the engine handled the exit first)
+        self.late_oom = late_oom
         self.boxes: dict[str, dict[str, Any]] = {}
         #: every spec given, kept after the sandbox is removed
         self.specs: dict[str, SandboxSpec] = {}
@@ -94,6 +96,10 @@ class FakeBackend:
     def state(self, sandbox_id: str) -> SandboxState:
         box = self._call("state", sandbox_id)
         return SandboxState(running=box["running"], oom_killed=self.oom, image_id=box["image"])
+
+    def oom_event(self, sandbox_id: str, since: float) -> bool:
+        self._call("oom_event", sandbox_id)
+        return self.late_oom
 
     def stdout(self, sandbox_id: str) -> bytes:
         box = self._call("stdout", sandbox_id)
@@ -210,6 +216,30 @@ def test_oom_and_entrypoint_runs_come_through() -> None:
     run = runner.run_sandbox(fake, image="img", payload=b"p", limits=Limits(), entrypoint=["true"])
     assert run.harness == {"stdout": "bare floor\n"} and run.oom_killed and run.exit_code == 1
     assert fake.specs["box1"].entrypoint == ["true"]
+
+
+@pytest.mark.parametrize("late", [True, False])
+def test_a_kill_with_no_result_asks_the_engine_for_a_late_out_of_memory_event(late: bool) -> None:
+    """Exit 137, no result, and a state that does not say out of memory: an engine that handled
+    the exit before the event never sets it in the state, so the event decides."""
+    fake = FakeBackend(lambda payload: b"", exit_code=137, late_oom=late)
+    run = runner.run_sandbox(fake, image="img", payload=b"p", limits=Limits(), channel_key=KEY)
+    assert run.harness is None and run.exit_code == 137 and run.oom_killed is late
+    assert "oom_event" in ops(fake, "box1")
+
+
+@pytest.mark.parametrize(("exit_code", "oom", "answer"), [
+    (137, True, b""),  # the state already says it
+    (1, False, b""),  # not a kill
+    (137, False, None),  # a result came: nothing to explain
+])
+def test_the_out_of_memory_event_is_asked_for_only_when_it_could_change_the_report(
+        exit_code: int, oom: bool, answer: bytes | None) -> None:
+    fake = FakeBackend(None if answer is None else (lambda payload: answer), exit_code=exit_code, oom=oom,
+                       late_oom=True)
+    run = runner.run_sandbox(fake, image="img", payload=b"p", limits=Limits(), channel_key=KEY)
+    assert "oom_event" not in ops(fake, "box1")
+    assert run.oom_killed is oom
 
 
 def test_reap_removes_only_the_labelled_sandboxes() -> None:

@@ -111,6 +111,12 @@ class SandboxBackend(Protocol):
     def state(self, sandbox_id: str) -> SandboxState:
         ...
 
+    def oom_event(self, sandbox_id: str, since: float) -> bool:
+        """Whether the engine reported it out of memory since ``since`` (a wall-clock time),
+        waiting briefly for an event still on its way: an engine can handle the exit before
+        the out-of-memory event, and then its state never says so."""
+        ...
+
     def stdout(self, sandbox_id: str) -> bytes:
         """Everything it wrote to stdout (read after it stopped: the harness's signed lines)."""
         ...

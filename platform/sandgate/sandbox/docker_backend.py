@@ -29,6 +29,8 @@ __all__ = ["SANDBOX_UID", "DockerBackend", "as_backend", "hardened_host_config",
 SANDBOX_UID = 10001
 #: a wait that fails this much before its timeout did not time out: the engine went away
 WAIT_EARLY_SLACK_SECONDS = 1.0
+#: how long after the exit an out-of-memory event is still waited for (see ``oom_event``)
+OOM_EVENT_WAIT = 0.25
 
 
 def hardened_host_config(api: docker.APIClient, limits: Limits) -> dict[str, Any]:
@@ -197,6 +199,19 @@ class DockerBackend:
         return SandboxState(running=bool(state.get("Running")) and not state.get("Paused"),
                             oom_killed=bool(state.get("OOMKilled")),
                             image_id=str(found.get("Image", "")))
+
+    def oom_event(self, sandbox_id: str, since: float) -> bool:
+        # Docker sets OOMKilled only when the out-of-memory event reaches it before the exit;
+        # the event itself is in its stream either way ("oom"). until: a late event's window.
+        with _engine_errors():
+            found = self.api.events(since=int(since) - 1, until=time.time() + OOM_EVENT_WAIT,
+                                    filters={"container": sandbox_id, "event": "oom"}, decode=True)
+            try:
+                return any(e.get("status") == "oom" or e.get("Action") == "oom" for e in found)
+            finally:
+                close = getattr(found, "close", None)
+                if close is not None:
+                    close()
 
     def stdout(self, sandbox_id: str) -> bytes:
         with _engine_errors():

@@ -219,6 +219,7 @@ def run_sandbox(
             _track(evaluation_id, container_id, True)
             timings["create"] = 0.0
             t = time.monotonic()
+        fed_at = time.time()
         backend.feed(container_id, payload)
         timings["start"] = time.monotonic() - t
         if on_started is not None:
@@ -238,9 +239,15 @@ def run_sandbox(
 
         t = time.monotonic()
         state = backend.state(container_id)
+        oom_killed = state.oom_killed
         logs = backend.stdout(container_id)
         # stderr only explains a missing result: fetched only then (one API call less per run)
         stderr = b"" if b"SGH1 final " in logs else backend.stderr_tail(container_id, 50)
+        if exit_code == 137 and not timed_out and not oom_killed and b"SGH1 final " not in logs:
+            # killed with no result, and the engine's state does not say out of memory: it may
+            # have handled the exit before the out-of-memory event (seen under gVisor, whose
+            # whole sandbox the host's OOM killer ends); the event says which it was
+            oom_killed = backend.oom_event(container_id, fed_at)
         timings["collect"] = time.monotonic() - t
     finally:
         if container_id is not None:
@@ -276,7 +283,7 @@ def run_sandbox(
         tampered=tampered,
         exit_code=exit_code,
         timed_out=timed_out,
-        oom_killed=state.oom_killed,
+        oom_killed=oom_killed,
         wall_seconds=time.monotonic() - started,
         container_id=container_id,
         runtime=limits.runtime,
