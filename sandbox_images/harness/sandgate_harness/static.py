@@ -203,21 +203,24 @@ def semgrep_binary() -> str:
     return os.path.join(os.path.dirname(semgrep.__file__), "bin", "semgrep-core")
 
 
-def semgrep_command(rules_dir: str, targets: list[str]) -> list[str]:
+def semgrep_command(rules_dir: str, targets: list[str], rule_timeout: str = RULE_TIMEOUT) -> list[str]:
     # argv[0] "osemgrep" selects semgrep-core's native CLI. nosemgrep comments and
     # ignore files are NOT honoured: the submission must not silence its own scan.
     return [
         "osemgrep", "scan", "--experimental", "--config", rules_dir, "--json",
         "--disable-nosem", "--x-ignore-semgrepignore-files", "--metrics=off",
         f"--max-target-bytes={MAX_TARGET_BYTES}",
+        f"--timeout={rule_timeout}", f"--timeout-threshold={RULE_TIMEOUT_THRESHOLD}",
         *targets,
     ]
 
 
 def run_static(skill_dir: str, rules_dir: str, targets: list[str], timeout: float,
-               engine: PrestartedEngine | None = None) -> dict[str, Any]:
+               engine: PrestartedEngine | None = None, rule_timeout: str = RULE_TIMEOUT) -> dict[str, Any]:
     """The static phase over ``targets``: with ``engine`` (prestarted with the same rules as
-    ``rules_dir``) the scan is handed to it, else semgrep runs cold on ``rules_dir``."""
+    ``rules_dir``, and :data:`RULE_TIMEOUT`) the scan is handed to it, else semgrep runs cold
+    on ``rules_dir`` with ``rule_timeout`` seconds per rule and file (the harness always
+    passes the default; tests of the timeout itself pass a shorter one)."""
     started = time.monotonic()
     if not targets:
         if engine is not None:
@@ -228,7 +231,7 @@ def run_static(skill_dir: str, rules_dir: str, targets: list[str], timeout: floa
             returncode, stdout, stderr = engine.scan(targets, timeout)
         else:
             cold = subprocess.run(
-                semgrep_command(rules_dir, targets),
+                semgrep_command(rules_dir, targets, rule_timeout),
                 executable=semgrep_binary(),
                 cwd=skill_dir,
                 env=_engine_env(),
