@@ -262,7 +262,7 @@ def examples_inputs(files: dict[str, bytes]) -> list[tuple[list[Any], dict[str, 
     data, never code, for the oracle's differential replay."""
     found = []
     try:
-        manifest = tomllib.loads(files.get(EXAMPLES_SOURCES[0], b"").decode("utf-8-sig"))
+        manifest = tomllib.loads(files.get("skill.toml", b"").decode("utf-8-sig"))
         found += parse_examples(manifest.get("examples", []) or [], where="skill.toml")
     except (ExampleError, UnicodeDecodeError, tomllib.TOMLDecodeError, AttributeError, TypeError):
         pass

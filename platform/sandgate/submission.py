@@ -1078,8 +1078,7 @@ def _imported_names(tree: ast.AST, package: list[str]) -> list[tuple[str, int]]:
     return names
 
 
-def _check_test_imports(files: Mapping[str, bytes], tests: list[str],
-                        trees: Mapping[str, ast.AST] | None = None) -> None:
+def _check_test_imports(trees: Mapping[str, ast.AST], tests: list[str]) -> None:
     """Test files hold tests only: a module of the skill that imports one is refused.
 
     Test files are not measured by coverage, so an implementation placed in a
@@ -1089,15 +1088,7 @@ def _check_test_imports(files: Mapping[str, bytes], tests: list[str],
     for path in tests:
         dotted = path[: -len(".py")].replace("/", ".")
         test_names[dotted] = path
-    for path in sorted(files):
-        if not path.endswith(".py") or path in tests:
-            continue
-        tree = (trees or {}).get(path)
-        if tree is None:
-            try:
-                tree = parse_source(files[path])
-            except (SyntaxError, ValueError):
-                continue  # _check_source reported it
+    for path, tree in sorted(trees.items()):
         package = path[: -len(".py")].split("/")[:-1]
         for name, line in _imported_names(tree, package):
             for dotted, test_path in test_names.items():
@@ -1181,10 +1172,31 @@ def _check_source(path: str, data: bytes) -> ast.AST:
             f"{path}, line {line}: not valid UTF-8", code="syntax_error", path=path
         ) from exc
     _check_line_endings(path, text)
-    # one scan of the whole text finds whether any line needs the per-character look below
-    # (a BOM the decoder left at the very start is allowed there, as the loop allows it)
-    suspect = _SUSPECT_CHARACTER.search(text, 1 if text.startswith("\ufeff") else 0) is not None
-    for lineno, line_text in enumerate(text.split("\n") if suspect else (), start=1):
+    # one scan of the whole text finds whether any line needs the per-character look (a BOM
+    # the decoder left at the very start is allowed there, as the look allows it)
+    if _SUSPECT_CHARACTER.search(text, 1 if text.startswith("\ufeff") else 0) is not None:
+        _check_characters(path, text)
+    try:
+        tree = parse_source(data, filename=path)
+        _check_identifiers(path, text)
+    except SyntaxError as exc:
+        where = f"line {exc.lineno}" if exc.lineno else "line ?"
+        raise SubmissionError(
+            f"{path}, {where}: {exc.msg}", code="syntax_error", path=path
+        ) from exc
+    except (RecursionError, MemoryError) as exc:  # the parser's own nesting limits
+        raise SubmissionError(
+            f"{path}: cannot be parsed: nested too deeply", code="syntax_error", path=path
+        ) from exc
+    except ValueError as exc:  # pragma: no cover - older Pythons: NUL bytes
+        raise SubmissionError(f"{path}: {exc}", code="syntax_error", path=path) from exc
+    return tree
+
+
+def _check_characters(path: str, text: str) -> None:
+    """No character the interpreter and a scanner could read differently, no bidi control:
+    the line and the character named (called only when :data:`_SUSPECT_CHARACTER` matches)."""
+    for lineno, line_text in enumerate(text.split("\n"), start=1):
         odd = next((ch for ch in line_text if ch in _ODD_CHARACTERS or
                     (ch == "\ufeff" and (lineno, line_text.index(ch)) != (1, 0))), None)
         if odd is not None:
@@ -1202,21 +1214,6 @@ def _check_source(path: str, data: bytes) -> ast.AST:
                 f"U+{ord(bidi):04X} (\"Trojan Source\": the code shown differs from the code run)",
                 path=path,
             )
-    try:
-        tree = parse_source(data, filename=path)
-        _check_identifiers(path, text)
-    except SyntaxError as exc:
-        where = f"line {exc.lineno}" if exc.lineno else "line ?"
-        raise SubmissionError(
-            f"{path}, {where}: {exc.msg}", code="syntax_error", path=path
-        ) from exc
-    except (RecursionError, MemoryError) as exc:  # the parser's own nesting limits
-        raise SubmissionError(
-            f"{path}: cannot be parsed: nested too deeply", code="syntax_error", path=path
-        ) from exc
-    except ValueError as exc:  # pragma: no cover - older Pythons: NUL bytes
-        raise SubmissionError(f"{path}: {exc}", code="syntax_error", path=path) from exc
-    return tree
 
 
 def _check_line_endings(path: str, text: str) -> None:
@@ -1298,13 +1295,13 @@ def _build(
     if not tests:
         wanted = _DEFAULT_TESTS_TEXT if manifest.tests is None else f"tests = {manifest.tests!r}"
         raise SubmissionError(f"no test files ({wanted})", path=MANIFEST_NAME)
-    trees = {}  # the modules' trees, for the test-import check (test files' are not needed)
+    trees = {}  # every module's tree (the source check parsed it), for the test-import check
     for path in sorted(files):
         if path.endswith(".py"):
             tree = _check_source(path, files[path])
             if path not in tests:
                 trees[path] = tree
-    _check_test_imports(files, tests, trees)
+    _check_test_imports(trees, tests)
     canonical = dict(sorted(files.items()))
     submission = Submission(
         manifest=manifest,

@@ -241,9 +241,10 @@ def run_sandbox(
         state = backend.state(container_id)
         oom_killed = state.oom_killed
         logs = backend.stdout(container_id)
+        reported = b"SGH1 final " in logs
         # stderr only explains a missing result: fetched only then (one API call less per run)
-        stderr = b"" if b"SGH1 final " in logs else backend.stderr_tail(container_id, 50)
-        if exit_code == 137 and not timed_out and not oom_killed and b"SGH1 final " not in logs:
+        stderr = b"" if reported else backend.stderr_tail(container_id, 50)
+        if exit_code == 137 and not timed_out and not oom_killed and not reported:
             # killed with no result, and the engine's state does not say out of memory: it may
             # have handled the exit before the out-of-memory event (seen under gVisor, whose
             # whole sandbox the host's OOM killer ends); the event says which it was
