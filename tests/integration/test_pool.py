@@ -248,16 +248,46 @@ def test_a_policy_without_a_mutation_phase_gets_sandboxes_without_the_mutation_s
     assert lean.stats["taken"] == 1 and full.stats["taken"] == 0
 
 
-def test_a_harness_told_no_mutation_phase_still_runs_one_the_payload_asks_for(monkeypatch) -> None:
-    """The argument only saves the preparation: a payload with a mutation phase gets a cold server."""
+def test_a_sandbox_made_for_its_evaluation_starts_the_mutation_server_when_the_phase_begins(
+        docker_client, monkeypatch) -> None:
+    """Without a pool the sandbox is made with the argument (nothing is prepared ahead), and the
+    payload's mutation phase gets a cold server: the argument only saves the preparation."""
     import sandgate.sandbox as sandbox
     from sandgate.sandbox.runner import NO_MUTATION_SERVER
 
-    monkeypatch.setattr(sandbox, "harness_args", lambda *, mutation: (NO_MUTATION_SERVER,))
+    assert warm_pools.current() is None
+    made: list[tuple[str, ...]] = []
+    real = sandbox.harness_args
+
+    def recorded(*, mutation: bool, pooled: bool = True) -> tuple[str, ...]:
+        made.append(real(mutation=mutation, pooled=pooled))
+        return made[-1]
+
+    monkeypatch.setattr(sandbox, "harness_args", recorded)
     report = evaluate(load_submission(EXAMPLES / "text_stats"), policy=policy())
+    assert made == [(NO_MUTATION_SERVER,)], made
+    assert real(mutation=True) == () and real(mutation=False) == (NO_MUTATION_SERVER,)
     assert report.verdict.value == "passed", report.reasons
     assert report.mutation is not None and report.mutation.run > 0 and report.mutation.problem is None
     assert report.timings["mutation_warm"] == 0.0
+
+
+def test_a_blocked_finding_stops_the_prepared_mutation_server_before_the_tests(manager, docker_client) -> None:
+    """In a pool sandbox the server has prepared; a blocked finding means no mutation phase, so
+    the harness discards it at once rather than waiting for it to be ready before the tests."""
+    from tests.security.test_hostile_static import HONEST_ASSERT, skill
+
+    working = 'import re\n\n\ndef slugify(text):\n    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")\n'
+    tests = ("import os\nfrom slug import slugify\n\nLEAVE = getattr(os, 'tixe_'[::-1])\n\n\n"
+             "def test_slug():\n    " + HONEST_ASSERT + "\n")  # passes, and is blocked
+    warm_pool(manager, docker_client, effective_limits(policy().limits, None))
+    report = evaluate(submission_from_files(skill(tests, module=working)), policy=policy())
+    assert was_warm(report), report.timings
+    assert report.verdict.value == "failed" and "policy_violation" in {r.code.value for r in report.reasons}
+    assert report.mutation is not None and not report.mutation.ran
+    assert report.mutation.skipped_reason == "static findings of a blocked severity"
+    assert "mutation_ready_wait" not in report.timings, report.timings  # never waited for
+    assert report.tests.collected >= 1, report.tests  # the dynamic phase still ran (no fail-fast)
 
 
 # --------------------------------------------------------------------------- new image

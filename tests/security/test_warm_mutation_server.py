@@ -11,21 +11,58 @@ phase runs submitted code. What must hold:
   the same mutation phase from a cold server, and the same verdict;
 - the server is ready before any submitted code runs.
 
-Each case reads ``mutation_warm`` (1.0 when the warm server ran the phase) from
-the report's timings.
+Only a warm pool's sandbox prepares the server ahead (a worker always evaluates in
+one), so every evaluation here takes a pool sandbox, as a worker's does. Each case
+reads ``mutation_warm`` (1.0 when the warm server ran the phase) from the report's
+timings.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+
 import pytest
 
+from sandgate.config import Settings
 from sandgate.evaluation import evaluate
-from sandgate.policy import load_policy, parse_policy
+from sandgate.policy import effective_limits, load_policy, parse_policy
 from sandgate.report import Verdict
+from sandgate.sandbox import pool as warm_pools
 from sandgate.submission import submission_from_files
 from tests.security.test_mutation_hostile import MANIFEST, MODULE
 
-pytestmark = pytest.mark.usefixtures("sandbox_image", "no_leftovers")
+pytestmark = pytest.mark.usefixtures("sandbox_image", "pooled")
+
+
+@pytest.fixture
+def pooled(no_leftovers, docker_client) -> Iterator[warm_pools.WarmPool]:
+    """A warm pool installed as this process's (what a worker runs), drained before the
+    leftover check."""
+    assert warm_pools.current() is None
+    manager = warm_pools.PoolManager(size=1, max_age=120)
+    warm_pools._current = manager
+    try:
+        found = manager.pool(docker_client, image=Settings().image, limits=effective_limits(policy().limits, None))
+        assert found is not None
+        yield found
+    finally:
+        warm_pools._current = None
+        manager.close()
+
+
+def evaluate_pooled(submission):
+    """``evaluate`` in a sandbox of the pool, once one is idle (its harness has prepared)."""
+    manager = warm_pools.current()
+    assert manager is not None, "the pooled fixture installs the pool"
+    [found] = manager.pools()
+    deadline = time.monotonic() + 60
+    while not found.idle():
+        assert time.monotonic() < deadline, "the pool did not fill"
+        time.sleep(0.05)
+    report = evaluate(submission, policy=policy())
+    assert report.timings.get("sandbox_create") == 0.0, "expected a pool sandbox"
+    return report
 
 GOOD = '''import sys
 
@@ -133,7 +170,7 @@ def run(extra: str = "", check: str = "pass", last: str = "pass"):
     tests = GOOD.format(extra=extra, check=check, last=last).encode()
     submission = submission_from_files({"skill.toml": MANIFEST, "clamp.py": MODULE,
                                         "tests/test_clamp.py": tests})
-    return evaluate(submission, policy=policy())
+    return evaluate_pooled(submission)
 
 
 def test_honest_tests_run_the_mutation_phase_on_the_warm_server() -> None:
@@ -191,7 +228,7 @@ def test_clamp():
 '''
     submission = submission_from_files({"skill.toml": MANIFEST, "clamp.py": MODULE,
                                         "tests/test_clamp.py": weak.encode()})
-    report = evaluate(submission, policy=policy())
+    report = evaluate_pooled(submission)
     assert report.verdict is Verdict.failed, report.reasons
     assert report.timings["mutation_warm"] == 0.0
     assert any(r.code.value == "mutation_score_below_threshold" for r in report.reasons), report.reasons

@@ -219,12 +219,14 @@ def _evaluate(
         }).encode()
         # a warm sandbox when this process runs a pool (workers do): same image, same limits;
         # a skill with requirements runs cold in its derived image
-        # the harness prepares a mutation server only for an evaluation with a mutation phase
-        harness_argv = harness_args(mutation="dynamic" in phases and policy.mutation.max_mutants > 0)
+        # a pool's sandbox has prepared a mutation server when the policy has a mutation phase
+        # (its pool is keyed by these arguments); a sandbox made now does not prepare one ahead
+        mutation = "dynamic" in phases and policy.mutation.max_mutants > 0
         pools = warm_pools.current()
         warm = (pools.take(client, image=settings.image, image_id=image.id, limits=limits,
-                            harness_argv=harness_argv)
+                            harness_argv=harness_args(mutation=mutation))
                 if pools and run_image == settings.image else None)
+        harness_argv = harness_args(mutation=mutation, pooled=warm is not None)
         on_started = None
         if oracle_phase is not None:
             oracle_start = oracle_phase.start

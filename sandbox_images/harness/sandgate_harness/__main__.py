@@ -631,8 +631,10 @@ def main() -> int:
     # warm pool's sandbox, while it waits): the test runner imports the toolchain,
     # semgrep's engine is located. The runner gets its job only after the static phase.
     runner = WarmRunner()
-    # ``--no-mutation-server``: the controller knows no mutation phase follows (its policy has
-    # none), so none is prepared; a payload that asks for one anyway gets a cold one
+    # ``--no-mutation-server``: none is prepared ahead - no mutation phase follows (the policy has
+    # none), or this sandbox was made for its payload, which is already there (preparing would
+    # only share the one CPU with the phases before). A payload with a mutation phase then gets
+    # a server started when that phase begins.
     mutation_server: MutationServer | None = None if "--no-mutation-server" in sys.argv[1:] else MutationServer()
     engine: PrestartedEngine | None = PrestartedEngine(SKILL_DIR)  # the platform's rules, parsed while we wait
     stdin = sys.stdin.buffer
@@ -676,8 +678,14 @@ def main() -> int:
         # the findings still reach the report.
         emit(key, "static", {"protocol": PROTOCOL, "static": out["static"]})
         blocked = set(config.get("blocked_severities", []))
-        if config.get("fail_fast") and any(f["severity"] in blocked for f in out["static"]["findings"]):
-            out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
+        if any(f["severity"] in blocked for f in out["static"]["findings"]):
+            # no mutation phase follows a blocked finding: the server stops preparing now
+            # (in a cold sandbox it was still importing while the scan ran)
+            if mutation_server is not None:
+                mutation_server.discard()
+                mutation_server = None
+            if config.get("fail_fast"):
+                out["dynamic"] = {"ran": False, "skipped_reason": "blocked findings (fail_fast)"}
     elif engine is not None:
         engine.discard()
         engine = None
