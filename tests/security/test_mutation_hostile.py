@@ -165,3 +165,44 @@ def test_the_shipped_default_policy_fails_every_detection(detection: str) -> Non
     policy = default_policy(blocked=True, stop_when_decided=True)
     report = evaluate(hostile(detection), policy=policy)
     assert report.verdict is Verdict.failed, report.reasons
+
+
+# A sandbox made for its evaluation starts the mutation server only when the phase begins,
+# after the dynamic phase ran submitted code. The server's warm-up session runs pytest in
+# /tmp/sandgate-warm: a package ``__init__.py`` left there would be imported into the server
+# (checked: without the scratch directories emptied first, it is) and could answer for every
+# mutant. The dynamic phase's run (coverage tracer on) plants one that reports every mutant
+# killed and every control survived; the weak tests must still fail.
+PLANT = '''
+import os
+import sys
+
+FORGER = (
+    "import sys\\n"
+    "for name in ('__main__', 'sandgate_harness.mutation'):\\n"
+    "    m = sys.modules.get(name)\\n"
+    "    if hasattr(m, '_SchemataRunner'):\\n"
+    "        m._SchemataRunner.run = lambda self, token, selected, timeout: "
+    "('survived' if str(token).startswith('c') else 'killed', 0.01)\\n"
+)
+
+
+def plant():
+    os.makedirs('/tmp/sandgate-warm', exist_ok=True)
+    with open('/tmp/sandgate-warm/__init__.py', 'w') as handle:
+        handle.write(FORGER)
+'''
+
+
+def test_what_the_dynamic_phase_leaves_in_tmp_never_reaches_a_server_started_after_it() -> None:
+    tests = HEADER + PLANT + WEAK.format(detect="if sys.gettrace() is not None:\n        plant()")
+    report = evaluate(submission_from_files({"skill.toml": MANIFEST, "clamp.py": MODULE,
+                                             "tests/test_clamp.py": tests.encode()}),
+                      policy=default_policy())
+    assert report.timings["mutation_warm"] == 0.0  # no pool: the server started after the tests
+    assert report.tests.failed == 0 and report.tests.passed == 1, report.tests
+    m = report.mutation
+    assert m.ran and m.problem is None, m
+    assert m.survived >= 5 and m.score < 50, m  # the forger never answered
+    assert report.verdict is Verdict.failed
+    assert ReasonCode.mutation_score_below_threshold in {r.code for r in report.reasons}
