@@ -167,42 +167,53 @@ def test_the_shipped_default_policy_fails_every_detection(detection: str) -> Non
     assert report.verdict is Verdict.failed, report.reasons
 
 
-# A sandbox made for its evaluation starts the mutation server only when the phase begins,
-# after the dynamic phase ran submitted code. The server's warm-up session runs pytest in
-# /tmp/sandgate-warm: a package ``__init__.py`` left there would be imported into the server
-# (checked: without the scratch directories emptied first, it is) and could answer for every
-# mutant. The dynamic phase's run (coverage tracer on) plants one that reports every mutant
-# killed and every control survived; the weak tests must still fail.
-PLANT = '''
+
+# Runs that count themselves: the dynamic phase (coverage tracer on) leaves a counter in a
+# directory it makes read-only, which an emptying that ignores errors cannot remove; every run
+# of the mutation phase then knows its position. Run 0 is always the null entrypoint; the
+# control is at 1, 2 or 3; the closing controls come after the last mutant. So: fail (a
+# "kill") at every position but 1-3 and those after the last mutant, and the weak tests score
+# (N-2)/N with every control survived (checked: before the scratch directories were unlocked
+# and checked empty after each reset, this scored 92.3%: 12 killed, 1 survived).
+COUNTER = """
 import os
 import sys
 
-FORGER = (
-    "import sys\\n"
-    "for name in ('__main__', 'sandgate_harness.mutation'):\\n"
-    "    m = sys.modules.get(name)\\n"
-    "    if hasattr(m, '_SchemataRunner'):\\n"
-    "        m._SchemataRunner.run = lambda self, token, selected, timeout: "
-    "('survived' if str(token).startswith('c') else 'killed', 0.01)\\n"
-)
+KEEP = '/tmp/keep'
+MUTANTS = {mutants}
 
 
-def plant():
-    os.makedirs('/tmp/sandgate-warm', exist_ok=True)
-    with open('/tmp/sandgate-warm/__init__.py', 'w') as handle:
-        handle.write(FORGER)
-'''
+def position():
+    if sys.gettrace() is not None:  # the dynamic phase
+        os.makedirs(KEEP, exist_ok=True)
+        with open(os.path.join(KEEP, 'n'), 'w') as handle:
+            handle.write('0')
+        os.chmod(KEEP, 0o555)
+        return None
+    try:
+        with open(os.path.join(KEEP, 'n')) as handle:
+            n = int(handle.read() or 0)
+        with open(os.path.join(KEEP, 'n'), 'w') as handle:
+            handle.write(str(n + 1))
+    except (OSError, ValueError):
+        return None
+    return n
+"""
+DETECT_BY_POSITION = ("n = position()\n"
+                      "    assert n is None or n in (1, 2, 3) or n > MUTANTS, 'a kill'")
 
 
-def test_what_the_dynamic_phase_leaves_in_tmp_never_reaches_a_server_started_after_it() -> None:
-    tests = HEADER + PLANT + WEAK.format(detect="if sys.gettrace() is not None:\n        plant()")
+def test_no_state_survives_from_one_run_of_the_mutation_phase_to_the_next() -> None:
+    honest = evaluate(hostile("getsource"), policy=default_policy())
+    mutants = honest.mutation.total
+    assert mutants >= 8, honest.mutation
+    tests = HEADER + COUNTER.format(mutants=mutants) + WEAK.format(detect=DETECT_BY_POSITION)
     report = evaluate(submission_from_files({"skill.toml": MANIFEST, "clamp.py": MODULE,
                                              "tests/test_clamp.py": tests.encode()}),
                       policy=default_policy())
-    assert report.timings["mutation_warm"] == 0.0  # no pool: the server started after the tests
     assert report.tests.failed == 0 and report.tests.passed == 1, report.tests
     m = report.mutation
     assert m.ran and m.problem is None, m
-    assert m.survived >= 5 and m.score < 50, m  # the forger never answered
+    assert m.survived >= 5 and m.score < 50, m  # every run started without the counter
     assert report.verdict is Verdict.failed
     assert ReasonCode.mutation_score_below_threshold in {r.code for r in report.reasons}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import itertools
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -768,3 +769,124 @@ def test_the_tree_comparison_agrees_with_ast_dump(pair: tuple[str, str]) -> None
     assert _same(a, b) == (ast.dump(a) == ast.dump(b))
     for x, y in zip(ast.walk(a), ast.walk(b), strict=False):  # up to the first difference
         assert _same(x, y) == (ast.dump(x) == ast.dump(y))
+
+
+def _as_sandbox_user(fn, *args) -> None:
+    """Run ``fn(*args)`` in a child as an ordinary user (the sandbox's processes are not root:
+    root ignores the permissions a test could hide state behind); re-raises its failure."""
+    import os
+    import pickle
+    import traceback
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read)
+        result: object = None
+        try:
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent
+            result = (type(exc).__name__, str(exc), traceback.format_exc())
+        os.write(write, pickle.dumps(result))
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    result = pickle.loads(data)
+    if result is not None:
+        raise AssertionError(f"in the child: {result[0]}: {result[1]}\n{result[2]}")
+
+
+@pytest.fixture
+def scratch_root() -> Iterator[Path]:
+    """A directory the sandbox's user can reach (pytest's tmp_path is under root's 0700 one)."""
+    import shutil
+    import tempfile
+
+    made = Path(tempfile.mkdtemp(prefix="sandgate-reset-"))
+    made.chmod(0o755)
+    try:
+        yield made
+    finally:
+        for d in made.rglob("*"):
+            if d.is_dir() and not d.is_symlink():
+                d.chmod(0o700)
+        shutil.rmtree(made)
+
+
+def _scratch(root: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path, Path]:
+    import os
+
+    from sandgate_harness import mutation
+
+    work, tmp = root / "work", root / "tmp"
+    skill = work / "skill"
+    for d in (work, tmp, skill):
+        d.mkdir()
+    if os.getuid() == 0:
+        for d in (work, tmp, skill):
+            os.chown(d, 65534, 65534)
+    monkeypatch.setattr(mutation, "SKILL_DIR", str(skill))
+    monkeypatch.setattr(mutation, "SCRATCH_DIRS", (str(work), str(tmp)))
+    return work, tmp, skill
+
+
+def test_a_reset_removes_what_a_test_hid_behind_permissions(
+        scratch_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only directory (its files still writable: a counter), an unreadable one, a read-only
+    scratch directory, the skill's directory swapped for a symlink: all gone, the tree pristine."""
+    import os
+
+    from sandgate_harness import mutation
+
+    work, tmp, skill = _scratch(scratch_root, monkeypatch)
+    files = {"m.py": b"X = 1\n", "tests/test_m.py": b"def test_x():\n    pass\n"}
+    monkeypatch.setattr(mutation, "HOME_DIR", str(tmp / "home"))  # made again after each emptying
+
+    def hide_and_reset() -> None:
+        mutation._reset_tree(files, None)
+        (tmp / "keep").mkdir()
+        (tmp / "keep" / "n").write_text("3")
+        (tmp / "keep").chmod(0o555)
+        (tmp / "deep" / "er").mkdir(parents=True)
+        (tmp / "deep" / "er" / "x").write_text("x")
+        (tmp / "deep").chmod(0o000)
+        (work / "left").write_text("y")
+        work.chmod(0o555)
+        (skill / "tests").chmod(0o555)
+        mutation._reset_tree(files, ("m.py", "X = 2\n"))
+        assert sorted(os.listdir(tmp)) == ["home"] and sorted(os.listdir(work)) == ["skill"]
+        assert (skill / "m.py").read_bytes() == b"X = 2\n"
+        # the skill's directory moved away and a symlink put in its place
+        os.rename(skill, work / "moved")
+        os.symlink(tmp, skill)
+        mutation._reset_tree(files, None)
+        assert not skill.is_symlink() and (skill / "m.py").read_bytes() == b"X = 1\n"
+        assert sorted(os.listdir(work)) == ["skill"]
+
+    _as_sandbox_user(hide_and_reset)
+
+
+def test_a_reset_that_cannot_remove_something_raises(scratch_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Something this user cannot remove (here: in a directory of another user) stops the run."""
+    import os
+
+    from sandgate_harness import mutation
+
+    if os.getuid() != 0:
+        pytest.fail("this test makes a directory of another user: it needs root (CI runs as root)")
+    work, tmp, skill = _scratch(scratch_root, monkeypatch)
+    theirs = tmp / "theirs"
+    theirs.mkdir()
+    (theirs / "f").write_text("z")  # root's, in root's directory, inside the scratch directory
+    monkeypatch.setattr(mutation, "HOME_DIR", str(tmp / "home"))
+
+    def reset() -> None:
+        with pytest.raises(mutation.ResetError, match="could not remove what a run left"):
+            mutation._reset_tree({"m.py": b"X = 1\n"}, None)
+
+    _as_sandbox_user(reset)

@@ -107,8 +107,10 @@ import secrets
 import select
 import shutil
 import signal
+import stat
 import statistics
 import sys
+import tempfile
 import time
 import types
 from dataclasses import dataclass, field
@@ -120,6 +122,8 @@ from sandgate_harness.procs import exited_within, hide_command_line, kill_everyt
 SKILL_DIR = "/work/skill"
 #: writable places a test could leave state in for a later mutant; emptied before each child
 SCRATCH_DIRS = ("/work", "/tmp", "/dev/shm", "/var/tmp", "/run/lock")
+#: the tests' HOME (the harness's CHILD_ENV), made again after each emptying of /tmp
+HOME_DIR = "/tmp/home"
 MAX_SOURCE_BYTES = 1024 * 1024
 MAX_CANDIDATES = 20000
 #: control runs at most per phase (the first one included)
@@ -715,7 +719,8 @@ def _pytest_args(test_files: list[str]) -> list[str]:
     ]
 
 
-WARM_DIR = "/tmp/sandgate-warm"
+#: where the warm-up session's directory is made (a new one each time, named at random)
+WARM_PARENT = "/tmp"
 _WARM_TEST = b"""import pytest
 
 
@@ -741,23 +746,26 @@ def warm_up() -> None:
 
     import pytest
 
-    os.makedirs(WARM_DIR, exist_ok=True)
-    with open(os.path.join(WARM_DIR, "test_warm.py"), "wb") as handle:
+    # a directory of its own, new and private (a server started after the dynamic phase finds
+    # the scratch directories emptied; this does not depend on that): nothing else in it is read
+    warm_dir = tempfile.mkdtemp(prefix="sandgate-warm-", dir=WARM_PARENT)
+    fd = os.open(os.path.join(warm_dir, "test_warm.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as handle:
         handle.write(_WARM_TEST)
     saved = os.dup(1), os.dup(2)
     null = os.open(os.devnull, os.O_WRONLY)
     os.dup2(null, 1)
     os.dup2(null, 2)
     try:
-        args = _pytest_args([os.path.join(WARM_DIR, "test_warm.py")])
-        args[args.index("--rootdir") + 1] = WARM_DIR
+        args = _pytest_args([os.path.join(warm_dir, "test_warm.py")])
+        args[args.index("--rootdir") + 1] = warm_dir
         pytest.main(args)
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
         for fd in (*saved, null):
             os.close(fd)
-        shutil.rmtree(WARM_DIR, ignore_errors=True)
+        shutil.rmtree(warm_dir, ignore_errors=True)
         for name in [m for m in sys.modules if m == "test_warm" or m.endswith(".test_warm")]:
             del sys.modules[name]
 
@@ -835,23 +843,80 @@ def base_config() -> Any:
     return _BASE_CONFIG[0]
 
 
+class ResetError(RuntimeError):
+    """Something a test left could not be removed: no run may start from that state."""
+
+
+def _unlock(path: str) -> None:
+    """Give the owner back write and search permission on ``path`` and every directory under it
+    (symlinks are never followed): a test can make a directory read-only, or unreadable, to
+    keep what it left in it; it cannot make one its own user may not change back."""
+    stack = [path]
+    while stack:
+        here = stack.pop()
+        try:
+            os.chmod(here, 0o700)
+        except OSError:
+            pass
+        try:
+            with os.scandir(here) as entries:
+                stack.extend(e.path for e in entries if e.is_dir(follow_symlinks=False))
+        except OSError:
+            pass
+
+
+def _remove(path: str) -> None:
+    try:
+        is_dir = stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return
+    if not is_dir:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return
+    shutil.rmtree(path, ignore_errors=True)
+    if os.path.lexists(path):  # a read-only or unreadable directory somewhere under it
+        _unlock(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def _reset_tree(files: dict[str, bytes], mutated: tuple[str, str] | None) -> None:
-    """/work/skill = the pristine files (+ a mutated one); scratch directories emptied."""
+    """/work/skill = the pristine files (+ a mutated one); scratch directories emptied.
+
+    Every scratch directory this user owns gets its permissions back first (a test may have
+    made it read-only), and must be empty afterwards (/work but for the skill's directory):
+    whatever stays raises :class:`ResetError`, so no run starts from state an earlier one left
+    (a counter of runs, or a package a later pytest session would import)."""
+    me = os.getuid()
+    left: list[str] = []
     for scratch in (SKILL_DIR, *SCRATCH_DIRS):
-        if not os.path.isdir(scratch) or not os.access(scratch, os.W_OK):
+        try:
+            info = os.lstat(scratch)
+        except FileNotFoundError:
             continue
+        if not stat.S_ISDIR(info.st_mode):
+            if scratch == SKILL_DIR:
+                os.unlink(scratch)  # a symlink (or file) put where the tree goes; made again below
+            continue
+        if info.st_uid == me:
+            os.chmod(scratch, 0o755)
+        if not os.access(scratch, os.W_OK | os.X_OK):
+            continue  # neither this user nor a test (the same user) can write in it
         for name in os.listdir(scratch):
             path = os.path.join(scratch, name)
-            if path == SKILL_DIR:
+            if path == SKILL_DIR and stat.S_ISDIR(os.lstat(path).st_mode):
                 continue  # emptied on its own (it is the children's working directory)
             try:
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    os.unlink(path)
+                _remove(path)
             except OSError:
                 pass
-    os.makedirs("/tmp/home", exist_ok=True)
+        keep = {os.path.basename(SKILL_DIR)} if scratch == os.path.dirname(SKILL_DIR) else set()
+        left += [os.path.join(scratch, n) for n in os.listdir(scratch) if n not in keep]
+    if left:
+        raise ResetError(f"could not remove what a run left: {sorted(left)[:5]}")
+    os.makedirs(HOME_DIR, exist_ok=True)
     tree = dict(files)
     if mutated is not None:
         tree[mutated[0]] = mutated[1].encode("utf-8")
