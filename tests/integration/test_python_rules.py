@@ -168,6 +168,32 @@ def test_a_rule_timeout_fails_closed(sandbox_image) -> None:
     assert incomplete and incomplete[0]["severity"] == "critical" and incomplete[0]["path"] == "big.py"
 
 
+PRESTARTED_SHORT_RULE_TIMEOUT_SCRIPT = r"""
+import json, sys
+from sandgate_harness.payload import read_payload, write_tree
+from sandgate_harness.static import PrestartedEngine, run_static
+engine = PrestartedEngine("/work/skill", rule_timeout="1")
+files = read_payload(sys.stdin.buffer)
+skill = {k[6:]: v for k, v in files.items() if k.startswith("skill/")}
+rules = {k[6:]: v for k, v in files.items() if k.startswith("rules/")}
+write_tree("/work/skill", skill)
+write_tree("/work/rules", rules)
+assert engine.accepts(rules)
+print(json.dumps(run_static("/work/skill", "/work/rules", sorted(skill), timeout=100, engine=engine)))
+"""
+
+
+def test_a_rule_timeout_in_the_prestarted_engine_fails_closed(sandbox_image) -> None:
+    """The engine the harness prestarts (the default path) reports a timeout in its own JSON
+    shape (``error_type``, ``location.path``): the file is still not trusted. It had been: the
+    rules that timed out reported nothing, and nothing said so."""
+    source = b"".join(b"PAD_%07d = %d\n" % (i, i) for i in range(52_000)) + b"import os\nos._exit(0)\n"
+    result = static_phase({"big.py": source, "small.py": b"X = 1\n"}, PRESTARTED_SHORT_RULE_TIMEOUT_SCRIPT)
+    assert any(e.startswith("big.py: Timeout") or "timed out" in e for e in result["errors"]), result["errors"][:3]
+    incomplete = [f for f in result["findings"] if f["rule_id"] == "static-scan-incomplete"]
+    assert [(f["severity"], f["path"]) for f in incomplete] == [("critical", "big.py")], result["findings"]
+
+
 BOTH_ENGINES_SCRIPT = r"""
 import json, sys
 from sandgate_harness.payload import read_payload, write_tree

@@ -174,6 +174,23 @@ def test_a_target_semgrep_did_not_scan_or_failed_on_is_a_critical_finding() -> N
     assert _unscanned(["a.py"], ["a.py"], [{"message": "a rule file warning"}]) == []
 
 
+def test_the_engines_own_error_shape_is_read_too() -> None:
+    """The prestarted ``semgrep-core`` reports a rule timeout with ``error_type`` and
+    ``location.path``, no ``path`` or ``message``: the file is still not trusted (it had been,
+    and a rule that timed out on it reported nothing)."""
+    from sandgate_harness.static import _error, _unscanned
+
+    engine_error = {"error_type": "Timeout", "severity": "warn", "message": "", "rule_id": "os-exit",
+                    "location": {"path": "tests/test_slug.py", "start": {"line": 1, "col": 1, "offset": 0}}}
+    [finding] = _unscanned(["slug.py", "tests/test_slug.py"], ["slug.py", "tests/test_slug.py"], [engine_error])
+    assert (finding["rule_id"], finding["severity"], finding["path"]) == (
+        "static-scan-incomplete", "critical", "tests/test_slug.py")
+    assert "(Timeout)" in finding["message"]
+    assert _error(engine_error) == "tests/test_slug.py: Timeout (os-exit)"
+    assert _error({"path": "a.py", "type": "Timeout", "message": "Timeout on a.py"}) == "a.py: Timeout on a.py"
+    assert _error({}) == "semgrep error"
+
+
 def test_semgrep_gets_an_explicit_target_size_above_intakes_cap() -> None:
     from sandgate.submission import IntakeLimits
     from sandgate_harness.static import MAX_TARGET_BYTES

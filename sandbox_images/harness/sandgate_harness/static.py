@@ -127,7 +127,7 @@ class PrestartedEngine:
     the list's real file is renamed over it, then the FIFO the engine may already be opening is
     fed the same bytes, so whichever the engine opens, it reads the same list."""
 
-    def __init__(self, skill_dir: str, rules: str = BAKED_RULES) -> None:
+    def __init__(self, skill_dir: str, rules: str = BAKED_RULES, rule_timeout: str = RULE_TIMEOUT) -> None:
         self.proc: subprocess.Popen[bytes] | None = None
         self.rules = b""
         self.fifo: int | None = None
@@ -143,7 +143,7 @@ class PrestartedEngine:
         os.makedirs(skill_dir, mode=0o755, exist_ok=True)
         self.proc = subprocess.Popen(
             ["semgrep-core", "-rules", rules, "-targets", self.targets, "-json_nodots", "-j", "1",
-             "-timeout", RULE_TIMEOUT, "-timeout_threshold", RULE_TIMEOUT_THRESHOLD],
+             "-timeout", rule_timeout, "-timeout_threshold", RULE_TIMEOUT_THRESHOLD],
             executable=semgrep_binary(), cwd=skill_dir, env=_engine_env(), stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -278,18 +278,33 @@ def _norm(path: str) -> str:
     return os.path.normpath(path).removeprefix("./")
 
 
+def _error_path(error: dict[str, Any]) -> str | None:
+    """The file an error is about: ``path`` in the CLI's JSON, ``location.path`` in the engine's
+    (``semgrep-core``, as the prestarted engine reports a rule timeout)."""
+    path = error.get("path")
+    location = error.get("location")
+    if not path and isinstance(location, dict):
+        path = location.get("path")
+    return str(path) if path else None
+
+
+def _error_kind(error: dict[str, Any]) -> str:
+    kind = error.get("type") or error.get("error_type") or error.get("message") or "error"
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "error"
+    return str(kind)[:200]
+
+
 def _unscanned(targets: list[str], scanned: list[str], errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A ``static-scan-incomplete`` finding for every target semgrep skipped or failed on."""
+    """A ``static-scan-incomplete`` finding for every target semgrep skipped or failed on (an
+    error that names no file, such as a warning about a rule, is about no target)."""
     severity, _category, message = RULES["static-scan-incomplete"]
     seen = {_norm(p) for p in scanned}
     failed: dict[str, str] = {}
     for error in errors:
-        path = error.get("path")
+        path = _error_path(error)
         if path:
-            kind = str(error.get("type") or error.get("message") or "error")
-            if isinstance(error.get("type"), list):
-                kind = str(error["type"][0])
-            failed.setdefault(_norm(str(path)), kind[:200])
+            failed.setdefault(_norm(path), _error_kind(error))
     out = []
     for target in targets:
         why = None
@@ -319,6 +334,12 @@ def _finding(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def _error(error: dict[str, Any]) -> str:
-    message = error.get("message") or error.get("type") or "semgrep error"
-    path = error.get("path")
+    """One line for an error, from the CLI's JSON or the engine's (no message, a rule id)."""
+    message = error.get("message")
+    if not message:
+        named = error.get("type") or error.get("error_type")
+        message = _error_kind(error) if named else "semgrep error"
+        if error.get("rule_id"):
+            message = f"{message} ({error['rule_id']})"
+    path = _error_path(error)
     return f"{path}: {message}" if path else str(message)
