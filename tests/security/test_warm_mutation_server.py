@@ -19,7 +19,6 @@ timings.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import pytest
@@ -29,40 +28,30 @@ from sandgate.evaluation import evaluate
 from sandgate.policy import effective_limits, load_policy, parse_policy
 from sandgate.report import Verdict
 from sandgate.sandbox import pool as warm_pools
+from sandgate.sandbox.engine import shared_client
 from sandgate.submission import submission_from_files
+from tests.integration.test_pool import manager, warm_pool, was_warm  # noqa: F401 - manager: a fixture
 from tests.security.test_mutation_hostile import MANIFEST, MODULE
 
 pytestmark = pytest.mark.usefixtures("sandbox_image", "pooled")
 
 
 @pytest.fixture
-def pooled(no_leftovers, docker_client) -> Iterator[warm_pools.WarmPool]:
-    """A warm pool installed as this process's (what a worker runs), drained before the
-    leftover check."""
-    assert warm_pools.current() is None
-    manager = warm_pools.PoolManager(size=1, max_age=120)
-    warm_pools._current = manager
-    try:
-        found = manager.pool(docker_client, image=Settings().image, limits=effective_limits(policy().limits, None))
-        assert found is not None
-        yield found
-    finally:
-        warm_pools._current = None
-        manager.close()
+def pooled(no_leftovers, manager) -> Iterator[warm_pools.PoolManager]:
+    """``test_pool``'s manager installed as this process's pool (what a worker runs), set up after
+    the leftover check and so drained before it."""
+    yield manager
 
 
 def evaluate_pooled(submission):
-    """``evaluate`` in a sandbox of the pool, once one is idle (its harness has prepared)."""
+    """``evaluate`` in a sandbox of the pool, once it is full (its harness has prepared)."""
     manager = warm_pools.current()
     assert manager is not None, "the pooled fixture installs the pool"
-    [found] = manager.pools()
-    deadline = time.monotonic() + 60
-    while not found.idle():
-        assert time.monotonic() < deadline, "the pool did not fill"
-        time.sleep(0.05)
+    warm_pool(manager, shared_client(Settings()), effective_limits(policy().limits, None))
     report = evaluate(submission, policy=policy())
-    assert report.timings.get("sandbox_create") == 0.0, "expected a pool sandbox"
+    assert was_warm(report), "expected a pool sandbox"
     return report
+
 
 GOOD = '''import sys
 
