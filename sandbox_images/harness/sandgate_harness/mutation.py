@@ -906,8 +906,8 @@ def _reset_tree(files: dict[str, bytes], mutated: tuple[str, str] | None) -> Non
             continue  # neither this user nor a test (the same user) can write in it
         for name in os.listdir(scratch):
             path = os.path.join(scratch, name)
-            if path == SKILL_DIR and stat.S_ISDIR(os.lstat(path).st_mode):
-                continue  # emptied on its own (it is the children's working directory)
+            if path == SKILL_DIR:
+                continue  # emptied on its own above (a non-directory there was unlinked)
             try:
                 _remove(path)
             except OSError:
